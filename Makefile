@@ -1,0 +1,60 @@
+# kvec: make test | make test-asan | make demo | make bench | make clean
+CC      ?= cc
+CXX     ?= c++
+WARN     = -Wall -Wextra -Werror -pedantic
+CFLAGS_C = -std=c99 $(WARN) -O2 -g
+OPENMP   = -fopenmp
+BUILD    = build
+SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+.PHONY: all test test-asan demo bench clean
+
+all: $(BUILD)/test_kvec $(BUILD)/hello
+
+$(BUILD):
+	@mkdir -p $(BUILD)
+
+# The test runner, plus the builds the header must survive: C++11, KVEC_STATIC
+# in two translation units of one program, and OpenMP compiled out.
+$(BUILD)/test_kvec: tests/test_kvec.c kvec.h | $(BUILD)
+	$(CC) $(CFLAGS_C) $(OPENMP) -o $@ tests/test_kvec.c -lm
+
+$(BUILD)/test_kvec_noomp: tests/test_kvec.c kvec.h | $(BUILD)
+	$(CC) $(CFLAGS_C) -DKVEC_NO_OPENMP -o $@ tests/test_kvec.c -lm
+
+$(BUILD)/test_cpp: tests/test_cpp.cpp kvec.h | $(BUILD)
+	$(CXX) -std=c++11 $(WARN) -O2 $(OPENMP) -o $@ tests/test_cpp.cpp
+
+$(BUILD)/test_static: tests/test_static_a.c tests/test_static_b.c kvec.h | $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ tests/test_static_a.c tests/test_static_b.c -lm
+
+$(BUILD)/test_kvec_asan: tests/test_kvec.c kvec.h | $(BUILD)
+	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_kvec.c -lm
+
+$(BUILD)/hello: examples/hello.c kvec.h | $(BUILD)
+	$(CC) $(CFLAGS_C) $(OPENMP) -o $@ examples/hello.c -lm
+
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello
+	$(BUILD)/test_cpp
+	$(BUILD)/test_static
+	$(BUILD)/test_kvec_noomp --quiet
+	$(BUILD)/test_kvec
+
+# OpenMP's runtime keeps thread pools alive at exit, which LeakSanitizer
+# would report; leaks are checked by the non-OpenMP build under valgrind-free ASan.
+test-asan: $(BUILD)/test_kvec_asan
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_asan
+
+demo: $(BUILD)/hello
+	$(BUILD)/hello
+
+# The speed benchmark needs OpenBLAS for its matrix-product reference
+# (Debian: apt-get install libopenblas-dev).
+$(BUILD)/speed: bench/speed.c kvec.h | $(BUILD)
+	$(CC) -std=c99 -O3 -march=native $(OPENMP) -o $@ bench/speed.c -lopenblas -lm
+
+bench: $(BUILD)/speed
+	$(BUILD)/speed
+
+clean:
+	rm -rf $(BUILD)
