@@ -146,9 +146,11 @@ MEMORY
 ERRORS
 
    Every function returns kvec_result: 0 = KVEC_OK, negative = error;
-   kvec_result_string names each. Arguments are validated before anything is
-   written: on error the cache, the plan and the coverage state are as they
-   were. kvec never aborts, exits or prints.
+   kvec_result_string names each. Arguments, and the keys and queries a
+   policy reads (NaN, Inf), are validated before anything is written: on
+   error the cache, the plan and the coverage state are as they were. Values
+   are moved, never read as numbers, so they are not checked. kvec never
+   aborts, exits or prints.
 
 THREADING
 
@@ -180,7 +182,9 @@ NON-GOALS
 #define KVEC_VERSION_MINOR 1
 #define KVEC_VERSION_PATCH 0
 
-#ifdef KVEC_STATIC
+#if defined(KVEC_STATIC) && (defined(__GNUC__) || defined(__clang__))
+#define KVEC_API static __attribute__((unused)) /* a file need not call them all */
+#elif defined(KVEC_STATIC)
 #define KVEC_API static
 #else
 #define KVEC_API extern
@@ -208,7 +212,8 @@ typedef enum kvec_result {
     KVEC_ERROR_OUT_OF_MEMORY      = -13, /* KVEC_MALLOC failed (kvec_evict only) */
     KVEC_ERROR_BAD_COVERAGE       = -14, /* coverage state for another length or layer */
     KVEC_ERROR_BAD_LAYER_INDEX    = -15, /* layer index outside 0 .. n_layers-1 */
-    KVEC_ERROR_SIZE_OVERFLOW      = -16  /* a size does not fit in size_t / int64 */
+    KVEC_ERROR_SIZE_OVERFLOW      = -16, /* a size does not fit in size_t / int64 */
+    KVEC_ERROR_BAD_PLAN           = -17  /* compaction plan: positions not ascending or out of range */
 } kvec_result;
 
 KVEC_API const char *kvec_result_string(kvec_result result);
@@ -278,7 +283,7 @@ enum {
     KVEC_TERM_CROSS_HEAD  = 1u << 1, /* beta reserve for uncovered tokens */
     KVEC_TERM_CROSS_LAYER = 1u << 2, /* gamma * C_layer                 */
     KVEC_TERM_HEAD_FOCUS  = 1u << 3, /* 4W window for low-focus heads   */
-    KVEC_TERM_NONE        = 1u << 31 /* "explicitly this set", no defaults */
+    KVEC_TERM_NONE        = 1 << 30 /* "explicitly this set", no defaults */
 };
 
 typedef struct kvec_terms {
@@ -385,7 +390,8 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
                                        int64_t layer_budget, int64_t layer_index,
                                        kvec_coverage *coverage, kvec_plan *plan,
                                        void *scratch, size_t scratch_bytes);
-KVEC_API size_t      kvec_select_scratch_bytes(int64_t n_tokens);
+/* Scratch for kvec_select_layer: 0 unless K-VEC's cross-head term is on. */
+KVEC_API size_t      kvec_select_scratch_bytes(const kvec_config *config, int64_t n_tokens);
 KVEC_API kvec_result kvec_compact_layer(kvec_layer *layer, const kvec_plan *plan,
                                         int64_t layer_index);
 KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan);
@@ -400,3 +406,1357 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 }
 #endif
 #endif /* KVEC_H */
+
+/* ======================================================================== */
+/*                            IMPLEMENTATION                                */
+/* ======================================================================== */
+
+#ifdef KVEC_IMPLEMENTATION
+#ifndef KVEC_IMPLEMENTATION_DONE
+#define KVEC_IMPLEMENTATION_DONE
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__F16C__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define KVEC__HAVE_F16C 1
+#endif
+
+#if !defined(KVEC_MALLOC) || !defined(KVEC_FREE)
+#include <stdlib.h>
+#undef KVEC_MALLOC
+#undef KVEC_FREE
+#define KVEC_MALLOC(bytes) malloc(bytes)
+#define KVEC_FREE(ptr) free(ptr)
+#endif
+
+/* OpenMP as a plain pragma on the outer loop; _Pragma keeps builds without
+   -fopenmp free of unknown-pragma warnings. */
+#if defined(_OPENMP) && !defined(KVEC_NO_OPENMP)
+#define KVEC__PRAGMA(x) _Pragma(#x)
+#define KVEC__PARALLEL_FOR KVEC__PRAGMA(omp parallel for schedule(dynamic, 1))
+#else
+#define KVEC__PARALLEL_FOR
+#endif
+
+#define KVEC__DEFAULT_WINDOW      32
+#define KVEC__DEFAULT_POOL_KERNEL 5
+#define KVEC__DEFAULT_SINKS       4
+#define KVEC__DEFAULT_PYRAMID     20.0f
+#define KVEC__DEFAULT_MU          0.5f
+#define KVEC__DEFAULT_BETA        0.25f
+#define KVEC__DEFAULT_GAMMA       0.5f
+#define KVEC__DEFAULT_FOCUS_CV    1.0f
+#define KVEC__FOCUS_FACTOR        4     /* focus heads look at 4W rows */
+#define KVEC__Z_EPS               1e-6  /* z = (x - mean) / (std + eps) */
+
+/* Window attention works on tiles of KVEC__TILE keys against at most
+   KVEC__ROW_CHUNK query rows: the tile's logits stay in L1/L2 and no
+   rows x N buffer ever exists. */
+#define KVEC__TILE      64
+#define KVEC__ROW_CHUNK 128
+#define KVEC__ALIGN     64
+
+/* >>results */
+
+KVEC_API const char *kvec_result_string(kvec_result result) {
+    switch (result) {
+    case KVEC_OK:                        return "ok";
+    case KVEC_ERROR_NULL_POINTER:        return "a required pointer is NULL";
+    case KVEC_ERROR_BAD_EXTENT:          return "an extent (tokens, heads, head_dim, layers) is zero or negative";
+    case KVEC_ERROR_BAD_STRIDE:          return "a stride is negative or makes rows overlap";
+    case KVEC_ERROR_MISALIGNED:          return "data pointer or stride is not a multiple of the element size";
+    case KVEC_ERROR_BAD_DTYPE:           return "dtype is unset or unknown";
+    case KVEC_ERROR_SHAPE_MISMATCH:      return "keys, values, queries or layers have inconsistent shapes";
+    case KVEC_ERROR_BUDGET_BELOW_WINDOW: return "budget is smaller than the observation window";
+    case KVEC_ERROR_SCRATCH_TOO_SMALL:   return "scratch memory is smaller than the *_scratch_bytes query says";
+    case KVEC_ERROR_NON_FINITE:          return "keys or queries contain NaN or Inf";
+    case KVEC_ERROR_MISSING_QUERIES:     return "the policy needs window queries and none (or too few rows) were given";
+    case KVEC_ERROR_BAD_CONFIG:          return "invalid config (unknown policy, mode or pooling, even pool kernel, negative value)";
+    case KVEC_ERROR_PLAN_TOO_SMALL:      return "the plan has too few layers, heads or positions per head";
+    case KVEC_ERROR_OUT_OF_MEMORY:       return "KVEC_MALLOC returned NULL";
+    case KVEC_ERROR_BAD_COVERAGE:        return "coverage state missing, for another sequence length, or out of layer order";
+    case KVEC_ERROR_BAD_LAYER_INDEX:     return "layer index outside 0 .. n_layers-1";
+    case KVEC_ERROR_SIZE_OVERFLOW:       return "a size overflows size_t or int64";
+    case KVEC_ERROR_BAD_PLAN:            return "plan positions are not strictly ascending within 0 .. n_tokens-1, or a count exceeds the capacity";
+    }
+    return "unknown kvec_result";
+}
+
+KVEC_API const char *kvec_policy_name(kvec_policy policy) {
+    switch (policy) {
+    case KVEC_POLICY_DEFAULT:   return "default (K-VEC)";
+    case KVEC_POLICY_KVEC:      return "K-VEC";
+    case KVEC_POLICY_SNAPKV:    return "SnapKV";
+    case KVEC_POLICY_PYRAMIDKV: return "PyramidKV";
+    case KVEC_POLICY_STREAMING: return "StreamingLLM";
+    case KVEC_POLICY_H2O:       return "H2O";
+    case KVEC_POLICY_TOVA:      return "TOVA";
+    case KVEC_POLICY_KNORM:     return "Knorm";
+    case KVEC_POLICY_KEYDIFF:   return "KeyDiff";
+    case KVEC_POLICY_RANDOM:    return "Random";
+    case KVEC_POLICY_COUNT_:    break;
+    }
+    return "unknown";
+}
+
+/* >>conversions */
+
+static float kvec__bits_to_f32(uint32_t bits) { float f; memcpy(&f, &bits, 4); return f; }
+static uint32_t kvec__f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+KVEC_API float kvec_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24 is exact in fp32 */
+        float magnitude = (float)mantissa * (1.0f / 16777216.0f);
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 31) return kvec__bits_to_f32(sign | 0x7f800000u | (mantissa << 13));
+    return kvec__bits_to_f32(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+KVEC_API uint16_t kvec_f32_to_f16(float f) {
+    uint32_t bits = kvec__f32_to_bits(f);
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude >= 0x7f800000u) /* Inf stays Inf, NaN stays a quiet NaN */
+        return (uint16_t)(sign | 0x7c00u | (magnitude > 0x7f800000u ? 0x200u : 0u));
+    if (magnitude >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds past 65504 */
+    if (magnitude < 0x38800000u) { /* below 2^-14: subnormal half, round to nearest even */
+        float scaled = kvec__bits_to_f32(magnitude) * 16777216.0f; /* in units of 2^-24 */
+        float rounded = (scaled + 8388608.0f) - 8388608.0f;          /* RNE to integer */
+        return (uint16_t)(sign | (uint16_t)rounded);
+    }
+    {
+        uint32_t exponent_mantissa = magnitude - (112u << 23);       /* rebias 127 -> 15 */
+        uint32_t round_bit = 1u << 12, lower = exponent_mantissa & 0x1fffu;
+        uint32_t half = exponent_mantissa >> 13;
+        if (lower > round_bit || (lower == round_bit && (half & 1u))) half++;
+        return (uint16_t)(sign | half);
+    }
+}
+
+KVEC_API float kvec_bf16_to_f32(uint16_t b) { return kvec__bits_to_f32((uint32_t)b << 16); }
+
+KVEC_API uint16_t kvec_f32_to_bf16(float f) {
+    uint32_t bits = kvec__f32_to_bits(f);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u); /* quiet NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static int64_t kvec__dtype_size(kvec_dtype dtype) {
+    switch (dtype) {
+    case KVEC_DTYPE_F32:  return 4;
+    case KVEC_DTYPE_F16:  return 2;
+    case KVEC_DTYPE_BF16: return 2;
+    case KVEC_DTYPE_UNSET: break;
+    }
+    return 0;
+}
+
+/* Pointer to element (token, head, 0) of a view. */
+static char *kvec__row(const kvec_tensor *t, int64_t token, int64_t head) {
+    return (char *)t->data + token * t->stride_token + head * t->stride_head;
+}
+
+/* Loads head_dim elements of one row as fp32. */
+static void kvec__load_row(const kvec_tensor *t, int64_t token, int64_t head, float *out) {
+    const char *row = kvec__row(t, token, head);
+    const int64_t n = t->head_dim, step = t->stride_dim;
+    int64_t d = 0;
+    if (t->dtype == KVEC_DTYPE_F32) {
+        if (step == 4) { memcpy(out, row, (size_t)n * 4); return; }
+        for (; d < n; d++) out[d] = *(const float *)(row + d * step);
+    } else if (t->dtype == KVEC_DTYPE_F16) {
+#ifdef KVEC__HAVE_F16C
+        if (step == 2)
+            for (; d + 8 <= n; d += 8)
+                _mm256_storeu_ps(out + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + d * 2))));
+#endif
+        for (; d < n; d++) out[d] = kvec_f16_to_f32(*(const uint16_t *)(row + d * step));
+    } else {
+        for (; d < n; d++) out[d] = kvec_bf16_to_f32(*(const uint16_t *)(row + d * step));
+    }
+}
+
+/* >>config */
+
+static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
+    kvec_config c;
+    if (in) c = *in; else memset(&c, 0, sizeof c);
+    if (c.policy == KVEC_POLICY_DEFAULT) c.policy = KVEC_POLICY_KVEC;
+    if ((int)c.policy < 0 || c.policy >= KVEC_POLICY_COUNT_) return KVEC_ERROR_BAD_CONFIG;
+    if (c.budget_mode == KVEC_BUDGET_DEFAULT)
+        c.budget_mode = c.policy == KVEC_POLICY_PYRAMIDKV ? KVEC_BUDGET_PYRAMID : KVEC_BUDGET_UNIFORM;
+    if (c.budget_mode != KVEC_BUDGET_UNIFORM && c.budget_mode != KVEC_BUDGET_PYRAMID)
+        return KVEC_ERROR_BAD_CONFIG;
+    if (c.window == 0) c.window = KVEC__DEFAULT_WINDOW;
+    if (c.pool_kernel == 0) c.pool_kernel = KVEC__DEFAULT_POOL_KERNEL;
+    if (c.pooling == KVEC_POOL_DEFAULT) c.pooling = KVEC_POOL_AVERAGE;
+    if (c.sink_tokens == 0) c.sink_tokens = KVEC__DEFAULT_SINKS;
+    if (c.pyramid_beta == 0.0f) c.pyramid_beta = KVEC__DEFAULT_PYRAMID;
+    if (c.window < 0 || c.pool_kernel < 0 || c.pool_kernel % 2 == 0 || c.sink_tokens < 0)
+        return KVEC_ERROR_BAD_CONFIG;
+    if (c.pooling != KVEC_POOL_AVERAGE && c.pooling != KVEC_POOL_MAX) return KVEC_ERROR_BAD_CONFIG;
+    if (!(c.pyramid_beta >= 1.0f) || !(c.pyramid_beta <= 1e30f)) return KVEC_ERROR_BAD_CONFIG;
+    if (c.terms.enabled == 0) c.terms.enabled = KVEC_TERM_UNIQUENESS;
+    c.terms.enabled &= ~(uint32_t)KVEC_TERM_NONE;
+    if (c.terms.enabled & ~(uint32_t)(KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_HEAD |
+                                      KVEC_TERM_CROSS_LAYER | KVEC_TERM_HEAD_FOCUS))
+        return KVEC_ERROR_BAD_CONFIG;
+    if (c.terms.mu == 0.0f) c.terms.mu = KVEC__DEFAULT_MU;
+    if (c.terms.beta == 0.0f) c.terms.beta = KVEC__DEFAULT_BETA;
+    if (c.terms.gamma == 0.0f) c.terms.gamma = KVEC__DEFAULT_GAMMA;
+    if (c.terms.focus_cv == 0.0f) c.terms.focus_cv = KVEC__DEFAULT_FOCUS_CV;
+    if (!isfinite(c.terms.mu) || !isfinite(c.terms.gamma) || !isfinite(c.terms.focus_cv) ||
+        !(c.terms.beta >= 0.0f && c.terms.beta <= 1.0f))
+        return KVEC_ERROR_BAD_CONFIG;
+    /* K-VEC terms only mean something for K-VEC; leave them out elsewhere so a
+       SnapKV config never pays for (or validates) coverage state. */
+    if (c.policy != KVEC_POLICY_KVEC) c.terms.enabled = 0;
+    *out = c;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_resolve_config(const kvec_config *config, kvec_config *resolved) {
+    if (!resolved) return KVEC_ERROR_NULL_POINTER;
+    return kvec__resolve(config, resolved);
+}
+
+static int kvec__uses_attention(const kvec_config *c) {
+    return c->policy == KVEC_POLICY_KVEC || c->policy == KVEC_POLICY_SNAPKV ||
+           c->policy == KVEC_POLICY_PYRAMIDKV || c->policy == KVEC_POLICY_H2O ||
+           c->policy == KVEC_POLICY_TOVA;
+}
+
+/* Query rows a policy needs at least (it reads the last ones supplied). */
+static int64_t kvec__rows_needed(const kvec_config *c, int64_t n_tokens) {
+    int64_t rows = c->window;
+    if (c->policy == KVEC_POLICY_TOVA) return 1;
+    if (c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_HEAD_FOCUS))
+        rows = KVEC__FOCUS_FACTOR * c->window;
+    return rows < n_tokens ? rows : n_tokens;
+}
+
+/* >>validation */
+
+/* Largest byte offset of an element, or -1 on overflow. */
+static int64_t kvec__span(const kvec_tensor *t) {
+    const int64_t extent[3] = { t->n_tokens, t->n_heads, t->head_dim };
+    const int64_t stride[3] = { t->stride_token, t->stride_head, t->stride_dim };
+    int64_t span = 0;
+    int a;
+    for (a = 0; a < 3; a++) {
+        if (stride[a] != 0 && extent[a] - 1 > (INT64_MAX - span) / stride[a]) return -1;
+        span += (extent[a] - 1) * stride[a];
+    }
+    return span;
+}
+
+KVEC_API kvec_result kvec_validate_tensor(const kvec_tensor *t) {
+    int64_t extent[3], stride[3], elem;
+    int a, b, n_axes = 0;
+    if (!t || !t->data) return KVEC_ERROR_NULL_POINTER;
+    elem = kvec__dtype_size(t->dtype);
+    if (elem == 0) return KVEC_ERROR_BAD_DTYPE;
+    if (t->n_tokens <= 0 || t->n_heads <= 0 || t->head_dim <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (t->stride_token < 0 || t->stride_head < 0 || t->stride_dim < 0) return KVEC_ERROR_BAD_STRIDE;
+    if ((uintptr_t)t->data % (uintptr_t)elem || t->stride_token % elem ||
+        t->stride_head % elem || t->stride_dim % elem)
+        return KVEC_ERROR_MISALIGNED;
+    if (kvec__span(t) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    /* No two elements may share memory. Sorting the axes by stride, each must
+       step past everything the smaller ones span (sufficient, and what every
+       real layout satisfies). Axes of extent 1 take no steps. */
+    {
+        const int64_t e[3] = { t->n_tokens, t->n_heads, t->head_dim };
+        const int64_t s[3] = { t->stride_token, t->stride_head, t->stride_dim };
+        for (a = 0; a < 3; a++)
+            if (e[a] > 1) { extent[n_axes] = e[a]; stride[n_axes] = s[a]; n_axes++; }
+    }
+    for (a = 1; a < n_axes; a++)
+        for (b = a; b > 0 && stride[b] < stride[b - 1]; b--) {
+            int64_t te = extent[b], ts = stride[b];
+            extent[b] = extent[b - 1]; stride[b] = stride[b - 1];
+            extent[b - 1] = te; stride[b - 1] = ts;
+        }
+    {
+        int64_t covered = elem; /* bytes spanned by the smaller axes */
+        for (a = 0; a < n_axes; a++) {
+            if (stride[a] < covered) return KVEC_ERROR_BAD_STRIDE;
+            covered = stride[a] * extent[a];
+        }
+    }
+    return KVEC_OK;
+}
+
+KVEC_API kvec_tensor kvec_tensor_contiguous(void *data, kvec_dtype dtype, int64_t n_tokens,
+                                            int64_t n_heads, int64_t head_dim) {
+    kvec_tensor t;
+    int64_t e = kvec__dtype_size(dtype);
+    t.data = data; t.dtype = dtype;
+    t.n_tokens = n_tokens; t.n_heads = n_heads; t.head_dim = head_dim;
+    t.stride_dim = e; t.stride_head = head_dim * e; t.stride_token = n_heads * head_dim * e;
+    return t;
+}
+
+/* Keys and values of a layer, and the queries when scoring will read them. */
+static kvec_result kvec__validate_layer(const kvec_config *c, const kvec_layer *layer,
+                                        int need_queries) {
+    kvec_result r;
+    if (!layer) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec_validate_tensor(&layer->keys)) != KVEC_OK) return r;
+    if ((r = kvec_validate_tensor(&layer->values)) != KVEC_OK) return r;
+    if (layer->values.n_tokens != layer->keys.n_tokens ||
+        layer->values.n_heads != layer->keys.n_heads)
+        return KVEC_ERROR_SHAPE_MISMATCH;
+    if (need_queries && kvec__uses_attention(c)) {
+        const kvec_tensor *q = &layer->queries;
+        if (!q->data) return KVEC_ERROR_MISSING_QUERIES;
+        if ((r = kvec_validate_tensor(q)) != KVEC_OK) return r;
+        if (q->head_dim != layer->keys.head_dim || q->n_heads % layer->keys.n_heads != 0 ||
+            q->n_tokens > layer->keys.n_tokens)
+            return KVEC_ERROR_SHAPE_MISMATCH;
+        if (q->n_tokens < kvec__rows_needed(c, layer->keys.n_tokens)) return KVEC_ERROR_MISSING_QUERIES;
+    }
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_validate_cache(const kvec_cache *cache) {
+    kvec_config defaults;
+    int64_t l;
+    kvec_result r;
+    if (!cache || !cache->layers) return KVEC_ERROR_NULL_POINTER;
+    if (cache->n_layers <= 0) return KVEC_ERROR_BAD_EXTENT;
+    kvec__resolve(NULL, &defaults);
+    for (l = 0; l < cache->n_layers; l++) {
+        const kvec_layer *layer = &cache->layers[l];
+        if ((r = kvec__validate_layer(&defaults, layer, 0)) != KVEC_OK) return r;
+        if (layer->keys.n_tokens != cache->layers[0].keys.n_tokens ||
+            layer->keys.n_heads != cache->layers[0].keys.n_heads)
+            return KVEC_ERROR_SHAPE_MISMATCH;
+    }
+    return KVEC_OK;
+}
+
+/* Every element of rows first_token.. finite? One task per head, each
+   with its own row buffer ([n_heads][head_dim] floats) and flag. */
+static int kvec__tensor_is_finite(const kvec_tensor *t, int64_t first_token,
+                                  float *row_buffers, int *head_finite) {
+    int64_t h;
+    KVEC__PARALLEL_FOR
+    for (h = 0; h < t->n_heads; h++) {
+        float *row = row_buffers + h * t->head_dim;
+        int64_t i, d;
+        int ok = 1;
+        for (i = first_token; i < t->n_tokens && ok; i++) {
+            float acc = 0.0f;
+            kvec__load_row(t, i, h, row);
+            /* x - x is 0 for finite x and NaN for NaN or Inf; one NaN poisons the sum */
+            for (d = 0; d < t->head_dim; d++) acc += row[d] - row[d];
+            ok = acc == 0.0f;
+        }
+        head_finite[h] = ok;
+    }
+    for (h = 0; h < t->n_heads; h++)
+        if (!head_finite[h]) return 0;
+    return 1;
+}
+
+/* >>scratch */
+
+/* One code path both measures and carves scratch: with base == NULL it only
+   counts, so the *_scratch_bytes answers can never drift from the layout. */
+typedef struct kvec__bump {
+    char  *base;     /* NULL: measuring */
+    size_t used, size;
+    int    overflow;
+} kvec__bump;
+
+static void kvec__bump_init(kvec__bump *b, void *memory, size_t bytes) {
+    size_t skip = 0;
+    if (memory) skip = (KVEC__ALIGN - (size_t)((uintptr_t)memory % KVEC__ALIGN)) % KVEC__ALIGN;
+    b->base = memory ? (char *)memory + skip : NULL;
+    b->size = memory ? (bytes > skip ? bytes - skip : 0) : 0;
+    b->used = memory ? 0 : KVEC__ALIGN; /* a measured answer covers any alignment */
+    b->overflow = 0;
+}
+
+static void *kvec__take(kvec__bump *b, int64_t count, size_t elem) {
+    size_t start = (b->used + KVEC__ALIGN - 1) / KVEC__ALIGN * KVEC__ALIGN, bytes;
+    if (count < 0 || (uint64_t)count > SIZE_MAX / elem || start < b->used) { b->overflow = 1; return NULL; }
+    bytes = (size_t)count * elem;
+    if (bytes > SIZE_MAX - start) { b->overflow = 1; return NULL; }
+    b->used = start + bytes;
+    return b->base ? b->base + start : NULL;
+}
+
+/* Per-head work area of window attention and the token-level scores. */
+typedef struct kvec__head_work {
+    float  *queries;   /* [ROW_CHUNK][D]  scaled query rows of one chunk */
+    float  *logits;    /* [ROW_CHUNK][TILE] */
+    float  *row_max;   /* [ROW_CHUNK] */
+    float  *row_sum;   /* [ROW_CHUNK] */
+    float  *keys_t;    /* [D][TILE]       one key tile, transposed */
+    float  *column;    /* [TILE] */
+    float  *row;       /* [D] */
+    double *dim_acc;   /* [D]             kbar accumulation */
+    float  *kbar;      /* [D]             mean key direction */
+    float  *tmp_a;     /* [N] */
+} kvec__head_work;
+
+typedef struct kvec__layer_work {
+    kvec__head_work *heads;   /* [Hk] */
+    float   *check_rows;      /* [max(H, Hk)][D]  finiteness scan */
+    int     *check_flags;     /* [max(H, Hk)] */
+    float   *scores;          /* [Hk][N] */
+    uint8_t *flags;           /* [N]  cross-head selection */
+} kvec__layer_work;
+
+typedef struct kvec__dims {
+    int64_t n_tokens, n_kv_heads, n_query_heads, head_dim;
+} kvec__dims;
+
+static kvec__dims kvec__layer_dims(const kvec_layer *layer) {
+    kvec__dims d;
+    d.n_tokens = layer->keys.n_tokens;
+    d.n_kv_heads = layer->keys.n_heads;
+    d.head_dim = layer->keys.head_dim;
+    d.n_query_heads = layer->queries.data ? layer->queries.n_heads : layer->keys.n_heads;
+    return d;
+}
+
+static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_work *w) {
+    const int64_t n = d->n_tokens, D = d->head_dim;
+    const int64_t rows = KVEC__ROW_CHUNK, tile = KVEC__TILE;
+    const int64_t scan_heads = d->n_query_heads > d->n_kv_heads ? d->n_query_heads : d->n_kv_heads;
+    int64_t j;
+    w->heads = (kvec__head_work *)kvec__take(b, d->n_kv_heads, sizeof(kvec__head_work));
+    for (j = 0; j < d->n_kv_heads; j++) {
+        kvec__head_work h;
+        h.queries = (float *)kvec__take(b, rows * D, sizeof(float));
+        h.logits  = (float *)kvec__take(b, rows * tile, sizeof(float));
+        h.row_max = (float *)kvec__take(b, rows, sizeof(float));
+        h.row_sum = (float *)kvec__take(b, rows, sizeof(float));
+        h.keys_t  = (float *)kvec__take(b, D * tile, sizeof(float));
+        h.column  = (float *)kvec__take(b, tile, sizeof(float));
+        h.row     = (float *)kvec__take(b, D, sizeof(float));
+        h.dim_acc = (double *)kvec__take(b, D, sizeof(double));
+        h.kbar    = (float *)kvec__take(b, D, sizeof(float));
+        h.tmp_a   = (float *)kvec__take(b, n, sizeof(float));
+        if (w->heads) w->heads[j] = h;
+    }
+    w->check_rows  = (float *)kvec__take(b, scan_heads * D, sizeof(float));
+    w->check_flags = (int *)kvec__take(b, scan_heads, sizeof(int));
+    w->scores      = (float *)kvec__take(b, d->n_kv_heads * n, sizeof(float));
+    w->flags       = (uint8_t *)kvec__take(b, n, 1);
+}
+
+/* >>attention */
+
+#if defined(__FMA__) || defined(__FP_FAST_FMAF)
+#define KVEC__MADD(a, b, c) fmaf((a), (b), (c))
+#else
+#define KVEC__MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* exp(x) for x <= 0 without a library call, so loops over a tile vectorise:
+   x = n*ln2 + r, |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial
+   (relative error below 2e-7). Inputs below -87 give about 1e-38, not 0;
+   callers exclude masked keys explicitly. */
+static float kvec__exp(float x) {
+    const float log2e = 1.44269504f, ln2_hi = 0.693145752f, ln2_lo = 1.42860677e-6f;
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float n, r, p;
+    x = x < -87.0f ? -87.0f : x;
+    n = (x * log2e + round_magic) - round_magic;
+    r = x - n * ln2_hi - n * ln2_lo;
+    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    return p * kvec__bits_to_f32((uint32_t)((int32_t)n + 127) << 23);
+}
+
+/* logits[x][c] = sum_d queries[x][d] * keys_t[d][c] for n_rows rows and a
+   full tile of columns. Four rows at a time share each load of a key column;
+   the fixed tile width lets the compiler vectorise over c. */
+static void kvec__tile_logits(const float *queries, int64_t n_rows, int64_t D,
+                              const float *keys_t, float *logits) {
+    int64_t x, d;
+    int c;
+    for (x = 0; x < n_rows; x += 4) {
+        float a0[KVEC__TILE], a1[KVEC__TILE], a2[KVEC__TILE], a3[KVEC__TILE];
+        const float *q0 = queries + x * D;
+        const float *q1 = x + 1 < n_rows ? q0 + D : q0; /* short blocks repeat a row */
+        const float *q2 = x + 2 < n_rows ? q0 + 2 * D : q0;
+        const float *q3 = x + 3 < n_rows ? q0 + 3 * D : q0;
+        for (c = 0; c < KVEC__TILE; c++) a0[c] = a1[c] = a2[c] = a3[c] = 0.0f;
+        for (d = 0; d < D; d++) {
+            const float *k = keys_t + d * KVEC__TILE;
+            const float b0 = q0[d], b1 = q1[d], b2 = q2[d], b3 = q3[d];
+            for (c = 0; c < KVEC__TILE; c++) {
+                a0[c] = KVEC__MADD(b0, k[c], a0[c]);
+                a1[c] = KVEC__MADD(b1, k[c], a1[c]);
+                a2[c] = KVEC__MADD(b2, k[c], a2[c]);
+                a3[c] = KVEC__MADD(b3, k[c], a3[c]);
+            }
+        }
+        memcpy(logits + x * KVEC__TILE, a0, sizeof a0);
+        if (x + 1 < n_rows) memcpy(logits + (x + 1) * KVEC__TILE, a1, sizeof a1);
+        if (x + 2 < n_rows) memcpy(logits + (x + 2) * KVEC__TILE, a2, sizeof a2);
+        if (x + 3 < n_rows) memcpy(logits + (x + 3) * KVEC__TILE, a3, sizeof a3);
+    }
+}
+
+/* Keys [first, first + count) of one head into keys_t[D][TILE], zero-padded. */
+static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t first,
+                                int64_t count, float *row, float *keys_t) {
+    const int64_t D = keys->head_dim;
+    int64_t c, d;
+    for (c = 0; c < KVEC__TILE; c++) {
+        if (c < count) kvec__load_row(keys, first + c, head, row);
+        for (d = 0; d < D; d++) keys_t[d * KVEC__TILE + c] = c < count ? row[d] : 0.0f;
+    }
+}
+
+/* Window attention of one KV head, reduced over its query heads:
+
+     sums[i] += weight * sum over rows r, heads h of the group of A[h, r, i],  i < n_out
+
+   for the query rows [row_first, row_first + n_rows) of the queries tensor
+   (row r is position N - Wq + r and sees keys i <= its position). Rows are
+   taken in chunks, position-major (x = r*g + h), and each chunk makes two
+   passes over the keys it can see: the first finds each row's softmax max and
+   normaliser with a running (online) update, the second accumulates the
+   normalised probabilities into sums. Nothing of size rows x N is stored. */
+static void kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *queries,
+                                   int64_t kv_head, int64_t row_first, int64_t n_rows,
+                                   int64_t n_out, float weight, kvec__head_work *w,
+                                   float *sums) {
+    const int64_t N = keys->n_tokens, D = keys->head_dim;
+    const int64_t g = queries->n_heads / keys->n_heads;
+    const int64_t first_position = N - queries->n_tokens + row_first;
+    const int64_t total = n_rows * g;
+    const float scale = 1.0f / sqrtf((float)D);
+    int64_t x0;
+    for (x0 = 0; x0 < total; x0 += KVEC__ROW_CHUNK) {
+        const int64_t chunk = total - x0 < KVEC__ROW_CHUNK ? total - x0 : KVEC__ROW_CHUNK;
+        const int64_t last_key = first_position + (x0 + chunk - 1) / g; /* chunk's last position */
+        const int64_t last_out = last_key < n_out - 1 ? last_key : n_out - 1;
+        int64_t x, d, t0;
+        for (x = 0; x < chunk; x++) {
+            float *q = w->queries + x * D;
+            kvec__load_row(queries, row_first + (x0 + x) / g, kv_head * g + (x0 + x) % g, q);
+            for (d = 0; d < D; d++) q[d] *= scale;
+            w->row_max[x] = -INFINITY;
+            w->row_sum[x] = 0.0f;
+        }
+        /* Pass 1: max and normaliser of every row. */
+        for (t0 = 0; t0 <= last_key; t0 += KVEC__TILE) {
+            const int64_t count = last_key + 1 - t0 < KVEC__TILE ? last_key + 1 - t0 : KVEC__TILE;
+            kvec__load_key_tile(keys, kv_head, t0, count, w->row, w->keys_t);
+            kvec__tile_logits(w->queries, chunk, D, w->keys_t, w->logits);
+            for (x = 0; x < chunk; x++) {
+                const float *l = w->logits + x * KVEC__TILE;
+                const int64_t seen = first_position + (x0 + x) / g - t0 + 1;
+                const int64_t visible = seen < count ? seen : count;
+                float tile_max = -INFINITY, m, z = 0.0f;
+                int64_t c;
+                if (visible <= 0) continue;
+                for (c = 0; c < visible; c++) tile_max = l[c] > tile_max ? l[c] : tile_max;
+                m = tile_max > w->row_max[x] ? tile_max : w->row_max[x];
+                for (c = 0; c < visible; c++) z += kvec__exp(l[c] - m);
+                w->row_sum[x] = w->row_sum[x] * kvec__exp(w->row_max[x] - m) + z;
+                w->row_max[x] = m;
+            }
+        }
+        for (x = 0; x < chunk; x++) w->row_sum[x] = weight / w->row_sum[x];
+        /* Pass 2: normalised probabilities, summed over the chunk's rows. */
+        for (t0 = 0; t0 <= last_out; t0 += KVEC__TILE) {
+            const int64_t count = last_out + 1 - t0 < KVEC__TILE ? last_out + 1 - t0 : KVEC__TILE;
+            int64_t c;
+            kvec__load_key_tile(keys, kv_head, t0, count, w->row, w->keys_t);
+            kvec__tile_logits(w->queries, chunk, D, w->keys_t, w->logits);
+            for (c = 0; c < KVEC__TILE; c++) w->column[c] = 0.0f;
+            for (x = 0; x < chunk; x++) {
+                const float *l = w->logits + x * KVEC__TILE;
+                const int64_t seen = first_position + (x0 + x) / g - t0 + 1;
+                const int64_t visible = seen < count ? seen : count;
+                const float m = w->row_max[x], inv = w->row_sum[x];
+                for (c = 0; c < visible; c++) w->column[c] += kvec__exp(l[c] - m) * inv;
+            }
+            for (c = 0; c < count; c++) sums[t0 + c] += w->column[c];
+        }
+    }
+}
+
+/* >>scores */
+
+/* Pooling over [0, n) with stride 1, same padding, padding not counted. */
+static void kvec__pool(const float *in, int64_t n, int64_t kernel, kvec_pooling mode, float *out) {
+    const int64_t half = kernel / 2;
+    int64_t i, m;
+    for (i = 0; i < n; i++) {
+        const int64_t lo = i - half < 0 ? 0 : i - half, hi = i + half >= n ? n - 1 : i + half;
+        float acc = in[lo];
+        for (m = lo + 1; m <= hi; m++)
+            acc = mode == KVEC_POOL_MAX ? (in[m] > acc ? in[m] : acc) : acc + in[m];
+        out[i] = mode == KVEC_POOL_MAX ? acc : acc / (float)(hi - lo + 1);
+    }
+}
+
+/* Mean and population standard deviation, in double. */
+static void kvec__moments(const float *x, int64_t n, double *mean, double *std) {
+    double sum = 0.0, sq = 0.0;
+    int64_t i;
+    for (i = 0; i < n; i++) sum += x[i];
+    *mean = n > 0 ? sum / (double)n : 0.0;
+    for (i = 0; i < n; i++) sq += (x[i] - *mean) * (x[i] - *mean);
+    *std = n > 0 ? sqrt(sq / (double)n) : 0.0;
+}
+
+static double kvec__dot_norm(const float *a, const float *b, int64_t n, double *norm_a) {
+    double dot = 0.0, aa = 0.0;
+    int64_t d;
+    for (d = 0; d < n; d++) { dot += (double)a[d] * b[d]; aa += (double)a[d] * a[d]; }
+    *norm_a = sqrt(aa);
+    return dot;
+}
+
+/* kbar = mean over all N keys of k / ||k|| (zero keys add nothing). */
+static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__head_work *w, float *kbar) {
+    const int64_t N = keys->n_tokens, D = keys->head_dim;
+    int64_t i, d;
+    double norm;
+    for (d = 0; d < D; d++) w->dim_acc[d] = 0.0;
+    for (i = 0; i < N; i++) {
+        kvec__load_row(keys, i, head, w->row);
+        kvec__dot_norm(w->row, w->row, D, &norm);
+        if (norm > 0.0)
+            for (d = 0; d < D; d++) w->dim_acc[d] += w->row[d] / norm;
+    }
+    for (d = 0; d < D; d++) kbar[d] = (float)(w->dim_acc[d] / (double)N);
+}
+
+/* out[i] = -cos(k_i, kbar) for i < n (0 where a norm is 0). */
+static void kvec__uniqueness(const kvec_tensor *keys, int64_t head, int64_t n,
+                             kvec__head_work *w, float *kbar, float *out) {
+    const int64_t D = keys->head_dim;
+    double kbar_norm, key_norm;
+    int64_t i;
+    kvec__key_direction(keys, head, w, kbar);
+    kvec__dot_norm(kbar, kbar, D, &kbar_norm);
+    for (i = 0; i < n; i++) {
+        double dot;
+        kvec__load_row(keys, i, head, w->row);
+        dot = kvec__dot_norm(w->row, kbar, D, &key_norm);
+        out[i] = key_norm > 0.0 && kbar_norm > 0.0 ? (float)(-dot / (key_norm * kbar_norm)) : 0.0f;
+    }
+}
+
+static uint64_t kvec__mix(uint64_t x) { /* splitmix64 finaliser */
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Everything one scoring pass over a layer needs. */
+typedef struct kvec__layer_job {
+    const kvec_config   *config;
+    const kvec_layer    *layer;
+    const kvec_coverage *coverage;
+    int64_t              layer_index;
+    int64_t              n_evictable;  /* N - W */
+    float               *scores;       /* [Hk][N] */
+    kvec__layer_work    *work;
+} kvec__layer_job;
+
+/* SnapKV's pooled importance pool(I) of head j from the last `rows` window rows. */
+static void kvec__pooled_importance(const kvec__layer_job *job, int64_t j, int64_t rows, float *out) {
+    const kvec_layer *layer = job->layer;
+    const int64_t n = job->n_evictable, g = layer->queries.n_heads / layer->keys.n_heads;
+    kvec__head_work *w = &job->work->heads[j];
+    int64_t i;
+    for (i = 0; i < n; i++) w->tmp_a[i] = 0.0f;
+    kvec__window_attention(&layer->keys, &layer->queries, j, layer->queries.n_tokens - rows,
+                           rows, n, 1.0f / (float)g, w, w->tmp_a);
+    kvec__pool(w->tmp_a, n, job->config->pool_kernel, job->config->pooling, out);
+}
+
+/* K-VEC: s = z(P) + mu z(U) + gamma C, P possibly from a wider window. */
+static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
+    const kvec_config *c = job->config;
+    const kvec_layer *layer = job->layer;
+    const int64_t n = job->n_evictable;
+    const uint32_t terms = c->terms.enabled;
+    kvec__head_work *w = &job->work->heads[j];
+    double mean_p, std_p, mean_u = 0.0, std_u = 1.0;
+    int64_t i;
+    kvec__pooled_importance(job, j, c->window, s);
+    if (terms & KVEC_TERM_HEAD_FOCUS) {
+        /* A head whose importance is flat looked at too little: widen its window. */
+        kvec__moments(s, n, &mean_p, &std_p);
+        if (mean_p > 0.0 && std_p / mean_p < (double)c->terms.focus_cv) {
+            int64_t rows = KVEC__FOCUS_FACTOR * c->window;
+            if (rows > layer->queries.n_tokens) rows = layer->queries.n_tokens;
+            kvec__pooled_importance(job, j, rows, s);
+        }
+    }
+    if (!(terms & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER)))
+        return; /* no additive term: rank by P itself, exactly as SnapKV */
+    kvec__moments(s, n, &mean_p, &std_p);
+    if (terms & KVEC_TERM_UNIQUENESS) {
+        kvec__uniqueness(&layer->keys, j, n, w, w->kbar, w->tmp_a);
+        kvec__moments(w->tmp_a, n, &mean_u, &std_u);
+    }
+    for (i = 0; i < n; i++) {
+        double v = (s[i] - mean_p) / (std_p + KVEC__Z_EPS);
+        if (terms & KVEC_TERM_UNIQUENESS)
+            v += c->terms.mu * ((w->tmp_a[i] - mean_u) / (std_u + KVEC__Z_EPS));
+        if ((terms & KVEC_TERM_CROSS_LAYER) && !job->coverage->kept_before[i])
+            v += c->terms.gamma;
+        s[i] = (float)v;
+    }
+}
+
+/* Scores of the evictable tokens of KV head j into s[0 .. N-W). */
+static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
+    const kvec_config *c = job->config;
+    const kvec_layer *layer = job->layer;
+    const kvec_tensor *keys = &layer->keys, *queries = &layer->queries;
+    const int64_t N = keys->n_tokens, n = job->n_evictable;
+    kvec__head_work *w = &job->work->heads[j];
+    float *s = job->scores + j * N;
+    double norm;
+    int64_t i;
+    switch (c->policy) {
+    case KVEC_POLICY_SNAPKV:
+    case KVEC_POLICY_PYRAMIDKV:
+        kvec__pooled_importance(job, j, c->window, s);
+        break;
+    case KVEC_POLICY_KVEC:
+        kvec__score_kvec(job, j, s);
+        break;
+    case KVEC_POLICY_H2O: {
+        /* All supplied rows; normalise by how many of them can see token i. */
+        const int64_t rows = queries->n_tokens, g = queries->n_heads / keys->n_heads;
+        for (i = 0; i < n; i++) s[i] = 0.0f;
+        kvec__window_attention(keys, queries, j, 0, rows, n, 1.0f / (float)g, w, s);
+        for (i = 0; i < n; i++) s[i] /= (float)(rows < N - i ? rows : N - i);
+        break;
+    }
+    case KVEC_POLICY_TOVA: /* this head's share; kvec__score_layer averages over heads */
+        for (i = 0; i < n; i++) s[i] = 0.0f;
+        kvec__window_attention(keys, queries, j, queries->n_tokens - 1, 1, n, 1.0f, w, s);
+        break;
+    case KVEC_POLICY_KNORM:
+        for (i = 0; i < n; i++) {
+            kvec__load_row(keys, i, j, w->row);
+            kvec__dot_norm(w->row, w->row, keys->head_dim, &norm);
+            s[i] = (float)-norm;
+        }
+        break;
+    case KVEC_POLICY_KEYDIFF:
+        kvec__uniqueness(keys, j, n, w, w->kbar, s);
+        break;
+    case KVEC_POLICY_STREAMING:
+        for (i = 0; i < n; i++) s[i] = i < c->sink_tokens ? FLT_MAX : (float)i;
+        break;
+    case KVEC_POLICY_RANDOM: {
+        const uint64_t head_seed = kvec__mix(kvec__mix(c->seed ^ kvec__mix((uint64_t)job->layer_index)) ^ (uint64_t)j);
+        for (i = 0; i < n; i++)
+            s[i] = (float)(kvec__mix(head_seed ^ (uint64_t)i) >> 40) * (1.0f / 16777216.0f);
+        break;
+    }
+    default:
+        break;
+    }
+    for (i = n; i < N; i++) s[i] = INFINITY; /* the window is always kept */
+}
+
+static void kvec__score_layer(const kvec__layer_job *job) {
+    const int64_t Hk = job->layer->keys.n_heads, N = job->layer->keys.n_tokens;
+    int64_t j, i;
+    KVEC__PARALLEL_FOR
+    for (j = 0; j < Hk; j++) kvec__score_head(job, j);
+    if (job->config->policy == KVEC_POLICY_TOVA) {
+        /* TOVA ranks by the attention of all query heads of the layer: every
+           KV head gets the same average. Summed in head order, so the result
+           does not depend on threads. */
+        const float inv_heads = 1.0f / (float)job->layer->queries.n_heads;
+        for (i = 0; i < job->n_evictable; i++) {
+            float total = 0.0f;
+            for (j = 0; j < Hk; j++) total += job->scores[j * N + i];
+            for (j = 0; j < Hk; j++) job->scores[j * N + i] = total * inv_heads;
+        }
+    }
+}
+
+/* >>budgets */
+
+static int64_t kvec__layer_budget(const kvec_config *c, int64_t budget, int64_t layer,
+                                  int64_t n_layers, int64_t n_tokens) {
+    const int64_t W = c->window, free_slots = budget - W, free_max = n_tokens - W;
+    double lo, hi, f;
+    int64_t layer_free;
+    if (budget >= n_tokens) return n_tokens;
+    if (c->budget_mode != KVEC_BUDGET_PYRAMID || n_layers == 1 || n_tokens < 2 * free_slots)
+        return budget;
+    /* PyramidKV: early layers see broad attention and get more, deep layers
+       less, the total staying about L * F. */
+    lo = (double)free_slots / c->pyramid_beta;
+    hi = 2.0 * (double)free_slots - lo;
+    if (hi >= (double)free_max) { hi = (double)free_max; lo = 2.0 * (double)free_slots - hi; }
+    f = floor(hi - (double)layer * (hi - lo) / (double)(n_layers - 1) + 0.5);
+    layer_free = f < 0.0 ? 0 : f > (double)free_max ? free_max : (int64_t)f;
+    return W + layer_free;
+}
+
+KVEC_API kvec_result kvec_layer_budget(const kvec_config *config, int64_t budget,
+                                       int64_t layer_index, int64_t n_layers,
+                                       int64_t n_tokens, int64_t *layer_budget) {
+    kvec_config c;
+    kvec_result r;
+    if (!layer_budget) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (n_layers <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (layer_index < 0 || layer_index >= n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
+    *layer_budget = kvec__layer_budget(&c, budget, layer_index, n_layers, n_tokens);
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_plan_capacity(const kvec_config *config, int64_t budget,
+                                        int64_t n_layers, int64_t n_tokens, int64_t *capacity) {
+    kvec_config c;
+    kvec_result r;
+    int64_t l, largest = 0;
+    if (!capacity) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (n_layers <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
+    for (l = 0; l < n_layers; l++) {
+        int64_t b = kvec__layer_budget(&c, budget, l, n_layers, n_tokens);
+        largest = b > largest ? b : largest;
+    }
+    *capacity = largest;
+    return KVEC_OK;
+}
+
+/* >>selection */
+
+/* An unsigned key whose order is the keep order of scores: larger score,
+   larger key; NaN below everything; -0 equal to +0. */
+static uint32_t kvec__order_key(float score) {
+    uint32_t bits;
+    if (score != score) return 0;
+    if (score == 0.0f) score = 0.0f;
+    bits = kvec__f32_to_bits(score);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+/* Takes the k best of scores[0 .. n) (ties to the lower position) among the
+   positions not excluded (flags[i] & exclude); marks them with bit 0 of
+   flags and/or writes them ascending to out. Returns how many it took.
+
+   A radix select on the 32-bit order key: four byte-wide histogram passes
+   find the key of the k-th best; then one ascending scan takes everything
+   above it and the lowest-positioned ties. O(n), no sort, no scratch. */
+static int64_t kvec__select_top(const float *scores, int64_t n, uint8_t *flags, uint8_t exclude,
+                                int64_t k, int64_t *out) {
+    uint32_t prefix = 0, mask = 0;
+    int64_t need = k, eligible = 0, taken = 0, i;
+    int shift;
+    for (i = 0; i < n; i++) eligible += !(flags && (flags[i] & exclude));
+    if (k <= 0) return 0;
+    if (k < eligible) {
+        for (shift = 24; shift >= 0; shift -= 8) {
+            int64_t histogram[256] = { 0 };
+            int bucket;
+            for (i = 0; i < n; i++) {
+                uint32_t key = kvec__order_key(scores[i]);
+                if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
+                histogram[(key >> shift) & 0xffu]++;
+            }
+            for (bucket = 255; bucket > 0 && histogram[bucket] < need; bucket--) need -= histogram[bucket];
+            prefix |= (uint32_t)bucket << shift;
+            mask |= 0xffu << shift;
+        }
+    } else {
+        need = 0; prefix = 0; /* take every eligible position */
+    }
+    for (i = 0; i < n; i++) {
+        uint32_t key;
+        if (flags && (flags[i] & exclude)) continue;
+        key = kvec__order_key(scores[i]);
+        if (k < eligible && !(key > prefix || (key == prefix && need > 0))) continue;
+        if (k < eligible && key == prefix) need--;
+        if (flags) flags[i] |= 1u;
+        if (out) out[taken] = i;
+        taken++;
+    }
+    return taken;
+}
+
+/* Kept positions of one head: the best `free_slots` evictable tokens, then
+   the window. */
+static int64_t kvec__select_head(const float *scores, int64_t n_tokens, int64_t n_evictable,
+                                 int64_t free_slots, int64_t *out) {
+    int64_t count = kvec__select_top(scores, n_evictable, NULL, 0, free_slots, out), i;
+    for (i = n_evictable; i < n_tokens; i++) out[count++] = i;
+    return count;
+}
+
+/* Cross-head coverage: heads in order; each reserves floor(beta * F) of its
+   free slots for tokens no earlier head of the layer kept. flags: bit 0 =
+   taken by this head, bit 1 = kept by an earlier head. */
+static void kvec__select_cross_head(const kvec_config *c, const float *scores, int64_t Hk,
+                                    int64_t n_tokens, int64_t n_evictable, int64_t free_slots,
+                                    uint8_t *flags, int64_t *counts, int64_t *positions,
+                                    int64_t capacity) {
+    const int64_t reserve = (int64_t)floor((double)c->terms.beta * (double)free_slots);
+    int64_t j, i;
+    memset(flags, 0, (size_t)n_evictable);
+    for (j = 0; j < Hk; j++) {
+        const float *s = scores + j * n_tokens;
+        int64_t *out = positions + j * capacity, count = 0, got;
+        kvec__select_top(s, n_evictable, flags, 1u, free_slots - reserve, NULL);
+        got = kvec__select_top(s, n_evictable, flags, 3u, reserve, NULL);
+        if (got < reserve) kvec__select_top(s, n_evictable, flags, 1u, reserve - got, NULL);
+        for (i = 0; i < n_evictable; i++)
+            if (flags[i] & 1u) { out[count++] = i; flags[i] = 2u; }
+        for (i = n_evictable; i < n_tokens; i++) out[count++] = i;
+        counts[j] = count;
+    }
+}
+
+/* The plan rows of one layer, for scores already computed (or keep-all). */
+static void kvec__select_layer(const kvec_config *c, const float *scores, int64_t Hk,
+                               int64_t n_tokens, int64_t layer_budget, int64_t layer,
+                               kvec_coverage *coverage, kvec_plan *plan, uint8_t *flags) {
+    int64_t *counts = plan->kept_count + layer * plan->n_kv_heads;
+    int64_t *positions = plan->kept_positions + layer * plan->n_kv_heads * plan->capacity;
+    const int64_t capacity = plan->capacity;
+    int64_t j, i;
+    if (layer_budget >= n_tokens) {
+        for (j = 0; j < Hk; j++) {
+            for (i = 0; i < n_tokens; i++) positions[j * capacity + i] = i;
+            counts[j] = n_tokens;
+        }
+    } else if (c->terms.enabled & KVEC_TERM_CROSS_HEAD) {
+        kvec__select_cross_head(c, scores, Hk, n_tokens, n_tokens - c->window,
+                                layer_budget - c->window, flags, counts, positions, capacity);
+    } else {
+        KVEC__PARALLEL_FOR
+        for (j = 0; j < Hk; j++)
+            counts[j] = kvec__select_head(scores + j * n_tokens, n_tokens, n_tokens - c->window,
+                                          layer_budget - c->window, positions + j * capacity);
+    }
+    if (coverage) {
+        for (j = 0; j < Hk; j++)
+            for (i = 0; i < counts[j]; i++) coverage->kept_before[positions[j * capacity + i]] = 1;
+        coverage->next_layer++;
+    }
+}
+
+/* >>compaction */
+
+/* Rows pos[r] -> r of one head, r ascending. pos is strictly ascending, so
+   pos[r] >= r and a row is always read before anything overwrites it. */
+static void kvec__compact_head(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count) {
+    const int64_t elem = kvec__dtype_size(t->dtype);
+    int64_t r, d;
+    if (t->stride_dim == elem) {
+        const size_t row_bytes = (size_t)(t->head_dim * elem);
+        for (r = 0; r < count; r++)
+            if (pos[r] != r) memcpy(kvec__row(t, r, head), kvec__row(t, pos[r], head), row_bytes);
+    } else {
+        /* Transposed or strided rows: walk dims outermost so a [head][dim][token]
+           layout moves contiguous runs of tokens. */
+        for (d = 0; d < t->head_dim; d++)
+            for (r = 0; r < count; r++)
+                if (pos[r] != r)
+                    memcpy(kvec__row(t, r, head) + d * t->stride_dim,
+                           kvec__row(t, pos[r], head) + d * t->stride_dim, (size_t)elem);
+    }
+}
+
+static void kvec__compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t l) {
+    const int64_t Hk = layer->keys.n_heads;
+    int64_t j;
+    KVEC__PARALLEL_FOR
+    for (j = 0; j < Hk; j++) {
+        const int64_t head = l * plan->n_kv_heads + j;
+        const int64_t *pos = plan->kept_positions + head * plan->capacity;
+        kvec__compact_head(&layer->keys, j, pos, plan->kept_count[head]);
+        kvec__compact_head(&layer->values, j, pos, plan->kept_count[head]);
+    }
+}
+
+/* >>entry points */
+
+static kvec_result kvec__check_plan(const kvec_plan *plan, int64_t layer, int64_t Hk,
+                                    int64_t layer_budget) {
+    if (!plan || !plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
+    if (layer >= plan->n_layers || plan->n_kv_heads != Hk || plan->capacity < layer_budget)
+        return KVEC_ERROR_PLAN_TOO_SMALL;
+    return KVEC_OK;
+}
+
+static kvec_result kvec__check_coverage(const kvec_config *c, const kvec_coverage *coverage,
+                                        int64_t layer, int64_t n_tokens) {
+    if (!coverage) return (c->terms.enabled & KVEC_TERM_CROSS_LAYER) ? KVEC_ERROR_BAD_COVERAGE : KVEC_OK;
+    if (!coverage->kept_before || coverage->n_tokens != n_tokens || coverage->next_layer != layer)
+        return KVEC_ERROR_BAD_COVERAGE;
+    return KVEC_OK;
+}
+
+/* NaN or Inf in what scoring will read: the keys, and the queries when the
+   policy uses them. */
+static kvec_result kvec__check_finite(const kvec_config *c, const kvec_layer *layer,
+                                      int scoring, kvec__layer_work *w) {
+    if (!kvec__tensor_is_finite(&layer->keys, 0, w->check_rows, w->check_flags))
+        return KVEC_ERROR_NON_FINITE;
+    if (scoring && kvec__uses_attention(c) &&
+        !kvec__tensor_is_finite(&layer->queries, 0, w->check_rows, w->check_flags))
+        return KVEC_ERROR_NON_FINITE;
+    return KVEC_OK;
+}
+
+static size_t kvec__layer_bytes(const kvec__dims *d) {
+    kvec__bump b;
+    kvec__layer_work w;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__carve_layer(&b, d, &w);
+    return b.overflow ? 0 : b.used;
+}
+
+KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                              size_t *bytes) {
+    kvec_config c;
+    kvec_result r;
+    kvec__dims d;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
+    d = kvec__layer_dims(layer);
+    if ((*bytes = kvec__layer_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    return KVEC_OK;
+}
+
+KVEC_API size_t kvec_select_scratch_bytes(const kvec_config *config, int64_t n_tokens) {
+    kvec_config c;
+    if (kvec__resolve(config, &c) != KVEC_OK || n_tokens <= 0) return 0;
+    return (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? (size_t)n_tokens : 0;
+}
+
+KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_cache *caches,
+                                        int64_t n_caches, size_t *bytes) {
+    kvec_config c;
+    kvec_result r;
+    int64_t s, l;
+    size_t largest = 0;
+    if (!bytes || !caches) return KVEC_ERROR_NULL_POINTER;
+    if (n_caches <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    for (s = 0; s < n_caches; s++) {
+        if ((r = kvec_validate_cache(&caches[s])) != KVEC_OK) return r;
+        for (l = 0; l < caches[s].n_layers; l++) {
+            kvec__dims d = kvec__layer_dims(&caches[s].layers[l]);
+            size_t layer_bytes = kvec__layer_bytes(&d), n = (size_t)d.n_tokens;
+            /* plus the coverage state, one byte per token, and its alignment */
+            if (layer_bytes == 0 || layer_bytes > SIZE_MAX - n - KVEC__ALIGN) return KVEC_ERROR_SIZE_OVERFLOW;
+            layer_bytes += n + KVEC__ALIGN;
+            largest = layer_bytes > largest ? layer_bytes : largest;
+        }
+    }
+    *bytes = largest;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_coverage_init(kvec_coverage *coverage, void *memory,
+                                        size_t memory_bytes, int64_t n_tokens) {
+    if (!coverage || !memory) return KVEC_ERROR_NULL_POINTER;
+    if (n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (memory_bytes < (uint64_t)n_tokens) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    coverage->kept_before = (uint8_t *)memory;
+    coverage->n_tokens = n_tokens;
+    coverage->next_layer = 0;
+    memset(memory, 0, (size_t)n_tokens);
+    return KVEC_OK;
+}
+
+/* Carves the layer work out of caller scratch, or says it is too small. */
+static kvec_result kvec__layer_work_in(void *scratch, size_t scratch_bytes, const kvec__dims *d,
+                                       kvec__layer_work *w) {
+    kvec__bump b;
+    if (!scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < kvec__layer_bytes(d)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    kvec__carve_layer(&b, d, w);
+    return KVEC_OK;
+}
+
+static void kvec__run_scoring(const kvec_config *c, const kvec_layer *layer, int64_t l,
+                              const kvec_coverage *coverage, float *scores, kvec__layer_work *w) {
+    kvec__layer_job job;
+    job.config = c; job.layer = layer; job.coverage = coverage; job.layer_index = l;
+    job.n_evictable = layer->keys.n_tokens - c->window;
+    job.scores = scores; job.work = w;
+    if (job.n_evictable <= 0) { /* everything is window */
+        int64_t i, n = layer->keys.n_tokens * layer->keys.n_heads;
+        for (i = 0; i < n; i++) scores[i] = INFINITY;
+        return;
+    }
+    kvec__score_layer(&job);
+}
+
+KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_layer *layer,
+                                      int64_t layer_index, const kvec_coverage *coverage,
+                                      float *scores, void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec_result r;
+    kvec__layer_work w;
+    kvec__dims d;
+    int scoring;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!layer || !scores) return KVEC_ERROR_NULL_POINTER;
+    if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
+    scoring = layer->keys.n_tokens > c.window;
+    if ((r = kvec__validate_layer(&c, layer, scoring)) != KVEC_OK) return r;
+    if ((r = kvec__check_coverage(&c, coverage, layer_index, layer->keys.n_tokens)) != KVEC_OK) return r;
+    d = kvec__layer_dims(layer);
+    if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
+    if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
+    kvec__run_scoring(&c, layer, layer_index, coverage, scores, &w);
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *scores,
+                                       int64_t n_kv_heads, int64_t n_tokens,
+                                       int64_t layer_budget, int64_t layer_index,
+                                       kvec_coverage *coverage, kvec_plan *plan,
+                                       void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec_result r;
+    int64_t kept;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!scores) return KVEC_ERROR_NULL_POINTER;
+    if (n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if (layer_budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
+    kept = layer_budget < n_tokens ? layer_budget : n_tokens;
+    if ((r = kvec__check_plan(plan, layer_index, n_kv_heads, kept)) != KVEC_OK) return r;
+    if (coverage && (!coverage->kept_before || coverage->n_tokens != n_tokens ||
+                     coverage->next_layer != layer_index))
+        return KVEC_ERROR_BAD_COVERAGE;
+    if (kvec_select_scratch_bytes(&c, n_tokens) > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < kvec_select_scratch_bytes(&c, n_tokens)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__select_layer(&c, scores, n_kv_heads, n_tokens, layer_budget, layer_index, coverage,
+                       plan, (uint8_t *)scratch);
+    return KVEC_OK;
+}
+
+/* A plan layer is safe to compact: counts within capacity and the tensor,
+   positions strictly ascending inside 0 .. N-1. */
+static kvec_result kvec__check_plan_positions(const kvec_plan *plan, int64_t l, int64_t Hk,
+                                              int64_t n_tokens) {
+    int64_t j, r;
+    for (j = 0; j < Hk; j++) {
+        const int64_t head = l * plan->n_kv_heads + j, count = plan->kept_count[head];
+        const int64_t *pos = plan->kept_positions + head * plan->capacity;
+        if (count < 0 || count > plan->capacity || count > n_tokens) return KVEC_ERROR_BAD_PLAN;
+        for (r = 0; r < count; r++)
+            if (pos[r] < 0 || pos[r] >= n_tokens || (r > 0 && pos[r] <= pos[r - 1]))
+                return KVEC_ERROR_BAD_PLAN;
+    }
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t layer_index) {
+    kvec_config c;
+    kvec_result r;
+    kvec__resolve(NULL, &c);
+    if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
+    if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if ((r = kvec__check_plan(plan, layer_index, layer->keys.n_heads, 0)) != KVEC_OK) return r;
+    if ((r = kvec__check_plan_positions(plan, layer_index, layer->keys.n_heads,
+                                        layer->keys.n_tokens)) != KVEC_OK)
+        return r;
+    kvec__compact_layer(layer, plan, layer_index);
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan) {
+    kvec_result r;
+    int64_t l;
+    if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
+    for (l = 0; l < cache->n_layers; l++) {
+        if ((r = kvec__check_plan(plan, l, cache->layers[l].keys.n_heads, 0)) != KVEC_OK) return r;
+        if ((r = kvec__check_plan_positions(plan, l, cache->layers[l].keys.n_heads,
+                                            cache->layers[l].keys.n_tokens)) != KVEC_OK)
+            return r;
+    }
+    for (l = 0; l < cache->n_layers; l++) kvec__compact_layer(&cache->layers[l], plan, l);
+    return KVEC_OK;
+}
+
+/* Everything kvec_evict_layer checks before it may write: layer, budget,
+   plan, coverage, scratch and finiteness. */
+static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *layer, int64_t l,
+                                       int64_t n_layers, int64_t budget, const kvec_coverage *coverage,
+                                       const kvec_plan *plan, int64_t *layer_budget) {
+    kvec_result r;
+    int64_t n;
+    if (!layer) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__validate_layer(c, layer, 0)) != KVEC_OK) return r;
+    if (n_layers <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (l < 0 || l >= n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if (budget < c->window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
+    n = layer->keys.n_tokens;
+    *layer_budget = kvec__layer_budget(c, budget, l, n_layers, n);
+    if (n > *layer_budget && (r = kvec__validate_layer(c, layer, 1)) != KVEC_OK) return r;
+    if ((r = kvec__check_plan(plan, l, layer->keys.n_heads, *layer_budget)) != KVEC_OK) return r;
+    return kvec__check_coverage(c, coverage, l, n);
+}
+
+KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *layer,
+                                      int64_t layer_index, int64_t n_layers, int64_t budget,
+                                      kvec_coverage *coverage, kvec_plan *plan,
+                                      void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec_result r;
+    kvec__layer_work w;
+    kvec__dims d;
+    int64_t layer_budget;
+    int scoring;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kvec__prepare_layer(&c, layer, layer_index, n_layers, budget, coverage, plan,
+                                 &layer_budget)) != KVEC_OK)
+        return r;
+    d = kvec__layer_dims(layer);
+    if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
+    scoring = d.n_tokens > layer_budget;
+    if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
+    if (scoring) kvec__run_scoring(&c, layer, layer_index, coverage, w.scores, &w);
+    kvec__select_layer(&c, w.scores, d.n_kv_heads, d.n_tokens, layer_budget, layer_index,
+                       coverage, plan, w.flags);
+    kvec__compact_layer(layer, plan, layer_index);
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *caches,
+                                      int64_t n_caches, int64_t budget, kvec_plan *plans,
+                                      void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec_result r;
+    size_t needed;
+    int64_t s, l, layer_budget;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!caches || !plans) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec_scratch_bytes(&c, caches, n_caches, &needed)) != KVEC_OK) return r;
+    /* Check everything first; after this loop nothing can fail, so an error
+       never leaves some layers compacted and others not. */
+    for (s = 0; s < n_caches; s++) {
+        if (plans[s].n_layers < caches[s].n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
+        for (l = 0; l < caches[s].n_layers; l++)
+            if ((r = kvec__prepare_layer(&c, &caches[s].layers[l], l, caches[s].n_layers, budget,
+                                         NULL, &plans[s], &layer_budget)) != KVEC_OK)
+                return r;
+    }
+    if (!scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    for (s = 0; s < n_caches; s++) {
+        for (l = 0; l < caches[s].n_layers; l++) {
+            const kvec_layer *layer = &caches[s].layers[l];
+            kvec__dims d = kvec__layer_dims(layer);
+            kvec__layer_work w;
+            kvec__bump b;
+            kvec__bump_init(&b, scratch, scratch_bytes);
+            kvec__carve_layer(&b, &d, &w);
+            layer_budget = kvec__layer_budget(&c, budget, l, caches[s].n_layers, d.n_tokens);
+            if ((r = kvec__check_finite(&c, layer, d.n_tokens > layer_budget, &w)) != KVEC_OK) return r;
+        }
+    }
+    /* Plan every layer of every sequence, then compact. */
+    for (s = 0; s < n_caches; s++) {
+        const int64_t n = caches[s].layers[0].keys.n_tokens;
+        kvec_coverage coverage;
+        kvec__layer_work w;
+        kvec__bump b;
+        kvec__bump_init(&b, scratch, scratch_bytes);
+        coverage.kept_before = (uint8_t *)kvec__take(&b, n, 1);
+        coverage.n_tokens = n;
+        coverage.next_layer = 0;
+        memset(coverage.kept_before, 0, (size_t)n);
+        for (l = 0; l < caches[s].n_layers; l++) {
+            const kvec_layer *layer = &caches[s].layers[l];
+            kvec__dims d = kvec__layer_dims(layer);
+            kvec__bump layer_bump = b;
+            kvec__carve_layer(&layer_bump, &d, &w);
+            layer_budget = kvec__layer_budget(&c, budget, l, caches[s].n_layers, n);
+            if (n > layer_budget) kvec__run_scoring(&c, layer, l, &coverage, w.scores, &w);
+            kvec__select_layer(&c, w.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
+                               &plans[s], w.flags);
+        }
+    }
+    for (s = 0; s < n_caches; s++)
+        for (l = 0; l < caches[s].n_layers; l++) kvec__compact_layer(&caches[s].layers[l], &plans[s], l);
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_evict_ex(const kvec_config *config, kvec_cache *cache, int64_t budget,
+                                   kvec_plan *plan, void *scratch, size_t scratch_bytes) {
+    return kvec_evict_batch(config, cache, 1, budget, plan, scratch, scratch_bytes);
+}
+
+KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget) {
+    kvec_result r;
+    kvec_plan plan;
+    size_t scratch_bytes, plan_bytes;
+    int64_t capacity, heads;
+    char *memory;
+    if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
+    if ((r = kvec_plan_capacity(NULL, budget, cache->n_layers, cache->layers[0].keys.n_tokens,
+                                &capacity)) != KVEC_OK)
+        return r;
+    if ((r = kvec_scratch_bytes(NULL, cache, 1, &scratch_bytes)) != KVEC_OK) return r;
+    heads = cache->n_layers * cache->layers[0].keys.n_heads;
+    if ((uint64_t)heads > (SIZE_MAX - scratch_bytes) / sizeof(int64_t) / (uint64_t)(capacity + 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    plan_bytes = (size_t)heads * (size_t)(capacity + 1) * sizeof(int64_t);
+    memory = (char *)KVEC_MALLOC(plan_bytes + scratch_bytes);
+    if (!memory) return KVEC_ERROR_OUT_OF_MEMORY;
+    plan.n_layers = cache->n_layers;
+    plan.n_kv_heads = cache->layers[0].keys.n_heads;
+    plan.capacity = capacity;
+    plan.kept_count = (int64_t *)memory;
+    plan.kept_positions = plan.kept_count + heads;
+    r = kvec_evict_ex(NULL, cache, budget, &plan, memory + plan_bytes, scratch_bytes);
+    KVEC_FREE(memory);
+    return r;
+}
+
+#endif /* KVEC_IMPLEMENTATION_DONE */
+#endif /* KVEC_IMPLEMENTATION */
+
+/*
+HISTORY
+   0.1.0  first release: CPU scores, selection, compaction; K-VEC.
+
+LICENSE
+   MIT License. Copyright (c) 2026 the kvec authors.
+   Permission is hereby granted, free of charge, to any person obtaining a
+   copy of this software and associated documentation files (the
+   "Software"), to deal in the Software without restriction, including
+   without limitation the rights to use, copy, modify, merge, publish,
+   distribute, sublicense, and/or sell copies of the Software, and to permit
+   persons to whom the Software is furnished to do so, subject to the
+   following conditions: The above copyright notice and this permission
+   notice shall be included in all copies or substantial portions of the
+   Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND,
+   EXPRESS OR IMPLIED.
+*/
