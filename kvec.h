@@ -826,7 +826,8 @@ static kvec__dims kvec__layer_dims(const kvec_layer *layer) {
     d.n_tokens = layer->keys.n_tokens;
     d.n_kv_heads = layer->keys.n_heads;
     d.head_dim = layer->keys.head_dim;
-    d.n_query_heads = layer->queries.data ? layer->queries.n_heads : layer->keys.n_heads;
+    d.n_query_heads = layer->queries.data && layer->queries.n_heads > 0 ? layer->queries.n_heads
+                                                                        : layer->keys.n_heads;
     return d;
 }
 
@@ -858,12 +859,6 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
 
 /* >>attention */
 
-#if defined(__FMA__) || defined(__FP_FAST_FMAF)
-#define KVEC__MADD(a, b, c) fmaf((a), (b), (c))
-#else
-#define KVEC__MADD(a, b, c) ((a) * (b) + (c))
-#endif
-
 /* exp(x) for x <= 0 without a library call, so loops over a tile vectorise:
    x = n*ln2 + r, |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial
    (relative error below 2e-7). Inputs below -87 give about 1e-38, not 0;
@@ -880,35 +875,64 @@ static float kvec__exp(float x) {
 }
 
 /* logits[x][c] = sum_d queries[x][d] * keys_t[d][c] for n_rows rows and a
-   full tile of columns. Four rows at a time share each load of a key column;
-   the fixed tile width lets the compiler vectorise over c. */
+   full tile of columns: the matrix product at the heart of window attention.
+   Four query rows share each load of a key column block. With GCC or Clang
+   the accumulators are explicit vectors (8 lanes with AVX, 4 otherwise) so
+   they stay in registers; other compilers get the same loop in scalars. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#if defined(__AVX__)
+#define KVEC__LANES 8
+#else
+#define KVEC__LANES 4
+#endif
+typedef float kvec__vf __attribute__((vector_size(KVEC__LANES * 4)));
+
 static void kvec__tile_logits(const float *queries, int64_t n_rows, int64_t D,
                               const float *keys_t, float *logits) {
     int64_t x, d;
-    int c;
+    int block;
     for (x = 0; x < n_rows; x += 4) {
-        float a0[KVEC__TILE], a1[KVEC__TILE], a2[KVEC__TILE], a3[KVEC__TILE];
         const float *q0 = queries + x * D;
         const float *q1 = x + 1 < n_rows ? q0 + D : q0; /* short blocks repeat a row */
         const float *q2 = x + 2 < n_rows ? q0 + 2 * D : q0;
         const float *q3 = x + 3 < n_rows ? q0 + 3 * D : q0;
-        for (c = 0; c < KVEC__TILE; c++) a0[c] = a1[c] = a2[c] = a3[c] = 0.0f;
-        for (d = 0; d < D; d++) {
-            const float *k = keys_t + d * KVEC__TILE;
-            const float b0 = q0[d], b1 = q1[d], b2 = q2[d], b3 = q3[d];
-            for (c = 0; c < KVEC__TILE; c++) {
-                a0[c] = KVEC__MADD(b0, k[c], a0[c]);
-                a1[c] = KVEC__MADD(b1, k[c], a1[c]);
-                a2[c] = KVEC__MADD(b2, k[c], a2[c]);
-                a3[c] = KVEC__MADD(b3, k[c], a3[c]);
+        float *out[4];
+        out[0] = logits + x * KVEC__TILE;
+        out[1] = x + 1 < n_rows ? out[0] + KVEC__TILE : out[0];
+        out[2] = x + 2 < n_rows ? out[0] + 2 * KVEC__TILE : out[0];
+        out[3] = x + 3 < n_rows ? out[0] + 3 * KVEC__TILE : out[0];
+        for (block = 0; block < KVEC__TILE; block += 2 * KVEC__LANES) {
+            kvec__vf a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+            kvec__vf b0 = { 0 }, b1 = { 0 }, b2 = { 0 }, b3 = { 0 };
+            for (d = 0; d < D; d++) {
+                kvec__vf k, l;
+                memcpy(&k, keys_t + d * KVEC__TILE + block, sizeof k);
+                memcpy(&l, keys_t + d * KVEC__TILE + block + KVEC__LANES, sizeof l);
+                a0 += q0[d] * k; a1 += q1[d] * k; a2 += q2[d] * k; a3 += q3[d] * k;
+                b0 += q0[d] * l; b1 += q1[d] * l; b2 += q2[d] * l; b3 += q3[d] * l;
             }
+            /* Repeated rows write the same values twice; the real row last. */
+            memcpy(out[3] + block, &a3, sizeof a3); memcpy(out[3] + block + KVEC__LANES, &b3, sizeof b3);
+            memcpy(out[2] + block, &a2, sizeof a2); memcpy(out[2] + block + KVEC__LANES, &b2, sizeof b2);
+            memcpy(out[1] + block, &a1, sizeof a1); memcpy(out[1] + block + KVEC__LANES, &b1, sizeof b1);
+            memcpy(out[0] + block, &a0, sizeof a0); memcpy(out[0] + block + KVEC__LANES, &b0, sizeof b0);
         }
-        memcpy(logits + x * KVEC__TILE, a0, sizeof a0);
-        if (x + 1 < n_rows) memcpy(logits + (x + 1) * KVEC__TILE, a1, sizeof a1);
-        if (x + 2 < n_rows) memcpy(logits + (x + 2) * KVEC__TILE, a2, sizeof a2);
-        if (x + 3 < n_rows) memcpy(logits + (x + 3) * KVEC__TILE, a3, sizeof a3);
     }
 }
+#else
+static void kvec__tile_logits(const float *queries, int64_t n_rows, int64_t D,
+                              const float *keys_t, float *logits) {
+    int64_t x, d;
+    int c;
+    for (x = 0; x < n_rows; x++) {
+        float acc[KVEC__TILE];
+        for (c = 0; c < KVEC__TILE; c++) acc[c] = 0.0f;
+        for (d = 0; d < D; d++)
+            for (c = 0; c < KVEC__TILE; c++) acc[c] += queries[x * D + d] * keys_t[d * KVEC__TILE + c];
+        memcpy(logits + x * KVEC__TILE, acc, sizeof acc);
+    }
+}
+#endif
 
 /* Keys [first, first + count) of one head into keys_t[D][TILE], zero-padded. */
 static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t first,
@@ -916,6 +940,15 @@ static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t f
     const int64_t D = keys->head_dim;
     int64_t c, d;
     for (c = 0; c < KVEC__TILE; c++) {
+#if defined(__GNUC__) || defined(__clang__)
+        /* Rows of one head are usually strided (other heads in between), which
+           hardware prefetchers follow poorly: ask for the next tile's row now. */
+        if (keys->stride_dim == kvec__dtype_size(keys->dtype) && first + KVEC__TILE + c < keys->n_tokens) {
+            const char *next = kvec__row(keys, first + KVEC__TILE + c, head);
+            int64_t line;
+            for (line = 0; line < D * keys->stride_dim; line += 64) __builtin_prefetch(next + line);
+        }
+#endif
         if (c < count) kvec__load_row(keys, first + c, head, row);
         for (d = 0; d < D; d++) keys_t[d * KVEC__TILE + c] = c < count ? row[d] : 0.0f;
     }
@@ -1608,7 +1641,8 @@ KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan) {
    plan, coverage, scratch and finiteness. */
 static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *layer, int64_t l,
                                        int64_t n_layers, int64_t budget, const kvec_coverage *coverage,
-                                       const kvec_plan *plan, int64_t *layer_budget) {
+                                       const kvec_plan *plan, int check_coverage,
+                                       int64_t *layer_budget) {
     kvec_result r;
     int64_t n;
     if (!layer) return KVEC_ERROR_NULL_POINTER;
@@ -1620,7 +1654,7 @@ static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *l
     *layer_budget = kvec__layer_budget(c, budget, l, n_layers, n);
     if (n > *layer_budget && (r = kvec__validate_layer(c, layer, 1)) != KVEC_OK) return r;
     if ((r = kvec__check_plan(plan, l, layer->keys.n_heads, *layer_budget)) != KVEC_OK) return r;
-    return kvec__check_coverage(c, coverage, l, n);
+    return check_coverage ? kvec__check_coverage(c, coverage, l, n) : KVEC_OK;
 }
 
 KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *layer,
@@ -1634,7 +1668,7 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
     int64_t layer_budget;
     int scoring;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
-    if ((r = kvec__prepare_layer(&c, layer, layer_index, n_layers, budget, coverage, plan,
+    if ((r = kvec__prepare_layer(&c, layer, layer_index, n_layers, budget, coverage, plan, 1,
                                  &layer_budget)) != KVEC_OK)
         return r;
     d = kvec__layer_dims(layer);
@@ -1664,7 +1698,7 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
         if (plans[s].n_layers < caches[s].n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
         for (l = 0; l < caches[s].n_layers; l++)
             if ((r = kvec__prepare_layer(&c, &caches[s].layers[l], l, caches[s].n_layers, budget,
-                                         NULL, &plans[s], &layer_budget)) != KVEC_OK)
+                                         NULL, &plans[s], 0, &layer_budget)) != KVEC_OK)
                 return r;
     }
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
