@@ -7,7 +7,7 @@ OPENMP   = -fopenmp
 BUILD    = build
 SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test test-asan demo bench clean
+.PHONY: all test test-asan demo bench clean readme-check
 
 all: $(BUILD)/test_kvec $(BUILD)/hello
 
@@ -34,14 +34,27 @@ $(BUILD)/test_kvec_asan: tests/test_kvec.c kvec.h | $(BUILD)
 $(BUILD)/hello: examples/hello.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) $(OPENMP) -o $@ examples/hello.c -lm
 
-test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello
+$(BUILD)/quickstart: examples/quickstart.c kvec.h | $(BUILD)
+	$(CC) $(CFLAGS_C) $(OPENMP) -o $@ examples/quickstart.c -lm
+
+# The README's quick start must be the code that `make test` compiles.
+readme-check: | $(BUILD)
+	@awk '/^```c$$/{f=1;next} /^```$$/{if(f)exit} f' README.md > $(BUILD)/readme_quickstart.c
+	@sed '/^int main(void)/,$$d' examples/quickstart.c > $(BUILD)/quickstart_head.c
+	@diff -B $(BUILD)/readme_quickstart.c $(BUILD)/quickstart_head.c > /dev/null || \
+	  { echo "README.md quick start differs from examples/quickstart.c"; exit 1; }
+	@echo "README quick start: same as examples/quickstart.c"
+
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check
+	$(BUILD)/quickstart
+	$(BUILD)/hello > /dev/null
 	$(BUILD)/test_cpp
 	$(BUILD)/test_static
 	$(BUILD)/test_kvec_noomp --quiet
 	$(BUILD)/test_kvec
 
-# OpenMP's runtime keeps thread pools alive at exit, which LeakSanitizer
-# would report; leaks are checked by the non-OpenMP build under valgrind-free ASan.
+# OpenMP's runtime keeps its thread pool alive at exit, which LeakSanitizer
+# reports as leaks that are not kvec's; leak checking is off for this build.
 test-asan: $(BUILD)/test_kvec_asan
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_asan
 
