@@ -797,12 +797,13 @@ static void *kvec__take(kvec__bump *b, int64_t count, size_t elem) {
 
 /* Per-head work area of window attention and the token-level scores. */
 typedef struct kvec__head_work {
-    float  *queries;   /* [ROW_CHUNK][D]  scaled query rows of one chunk */
-    float  *logits;    /* [ROW_CHUNK][TILE] */
-    float  *row_max;   /* [ROW_CHUNK] */
-    float  *row_sum;   /* [ROW_CHUNK] */
-    float  *keys_t;    /* [D][TILE]       one key tile, transposed */
-    float  *column;    /* [TILE] */
+    float   *queries_t; /* [D][ROW_CHUNK]  scaled query rows of one chunk, transposed */
+    float   *logits;    /* [TILE][ROW_CHUNK] */
+    float   *row_max;   /* [ROW_CHUNK] */
+    float   *row_sum;   /* [ROW_CHUNK]     normaliser, then weight / normaliser */
+    float   *probs;     /* [ROW_CHUNK] */
+    int32_t *reach;     /* [ROW_CHUNK]     last key of the tile a row sees */
+    float   *keys;      /* [TILE][D]       one key tile as fp32 */
     float  *row;       /* [D] */
     double *dim_acc;   /* [D]             kbar accumulation */
     float  *kbar;      /* [D]             mean key direction */
@@ -839,12 +840,13 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
     w->heads = (kvec__head_work *)kvec__take(b, d->n_kv_heads, sizeof(kvec__head_work));
     for (j = 0; j < d->n_kv_heads; j++) {
         kvec__head_work h;
-        h.queries = (float *)kvec__take(b, rows * D, sizeof(float));
-        h.logits  = (float *)kvec__take(b, rows * tile, sizeof(float));
-        h.row_max = (float *)kvec__take(b, rows, sizeof(float));
-        h.row_sum = (float *)kvec__take(b, rows, sizeof(float));
-        h.keys_t  = (float *)kvec__take(b, D * tile, sizeof(float));
-        h.column  = (float *)kvec__take(b, tile, sizeof(float));
+        h.queries_t = (float *)kvec__take(b, D * rows, sizeof(float));
+        h.logits    = (float *)kvec__take(b, tile * rows, sizeof(float));
+        h.row_max   = (float *)kvec__take(b, rows, sizeof(float));
+        h.row_sum   = (float *)kvec__take(b, rows, sizeof(float));
+        h.probs     = (float *)kvec__take(b, rows, sizeof(float));
+        h.reach     = (int32_t *)kvec__take(b, rows, sizeof(int32_t));
+        h.keys      = (float *)kvec__take(b, tile * D, sizeof(float));
         h.row     = (float *)kvec__take(b, D, sizeof(float));
         h.dim_acc = (double *)kvec__take(b, D, sizeof(double));
         h.kbar    = (float *)kvec__take(b, D, sizeof(float));
@@ -859,26 +861,28 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
 
 /* >>attention */
 
-/* exp(x) for x <= 0 without a library call, so loops over a tile vectorise:
+/* exp(x) without a library call, so loops over a tile vectorise:
    x = n*ln2 + r, |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial
-   (relative error below 2e-7). Inputs below -87 give about 1e-38, not 0;
-   callers exclude masked keys explicitly. */
+   (relative error below 2e-7). x is clamped to [-87, 88]: below, the result
+   is about 1e-38, not 0, so callers exclude masked keys explicitly. */
 static float kvec__exp(float x) {
     const float log2e = 1.44269504f, ln2_hi = 0.693145752f, ln2_lo = 1.42860677e-6f;
     const float round_magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float n, r, p;
-    x = x < -87.0f ? -87.0f : x;
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
     n = (x * log2e + round_magic) - round_magic;
     r = x - n * ln2_hi - n * ln2_lo;
     p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
     return p * kvec__bits_to_f32((uint32_t)((int32_t)n + 127) << 23);
 }
 
-/* logits[x][c] = sum_d queries[x][d] * keys_t[d][c] for n_rows rows and a
-   full tile of columns: the matrix product at the heart of window attention.
-   Four query rows share each load of a key column block. With GCC or Clang
-   the accumulators are explicit vectors (8 lanes with AVX, 4 otherwise) so
-   they stay in registers; other compilers get the same loop in scalars. */
+/* logits[c][x] = sum_d keys[c][d] * queries_t[d][x] for c < n_keys (a
+   multiple of 4) and x < n_rows (a multiple of 2 * KVEC__LANES): the matrix
+   product at the heart of window attention. Keys stay in their natural row
+   order and the query chunk is transposed once, so a tile needs no shuffling;
+   each block of four keys reuses every query vector it loads. With GCC or
+   Clang the accumulators are explicit vectors (8 lanes with AVX, 4
+   otherwise), which keeps them in registers; other compilers get scalars. */
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #if defined(__AVX__)
 #define KVEC__LANES 8
@@ -887,59 +891,63 @@ static float kvec__exp(float x) {
 #endif
 typedef float kvec__vf __attribute__((vector_size(KVEC__LANES * 4)));
 
-static void kvec__tile_logits(const float *queries, int64_t n_rows, int64_t D,
-                              const float *keys_t, float *logits) {
-    int64_t x, d;
-    int block;
-    for (x = 0; x < n_rows; x += 4) {
-        const float *q0 = queries + x * D;
-        const float *q1 = x + 1 < n_rows ? q0 + D : q0; /* short blocks repeat a row */
-        const float *q2 = x + 2 < n_rows ? q0 + 2 * D : q0;
-        const float *q3 = x + 3 < n_rows ? q0 + 3 * D : q0;
-        float *out[4];
-        out[0] = logits + x * KVEC__TILE;
-        out[1] = x + 1 < n_rows ? out[0] + KVEC__TILE : out[0];
-        out[2] = x + 2 < n_rows ? out[0] + 2 * KVEC__TILE : out[0];
-        out[3] = x + 3 < n_rows ? out[0] + 3 * KVEC__TILE : out[0];
-        for (block = 0; block < KVEC__TILE; block += 2 * KVEC__LANES) {
+static void kvec__tile_logits(const float *keys, int64_t n_keys, const float *queries_t,
+                              int64_t n_rows, int64_t D, float *logits) {
+    int64_t c, x, d;
+    for (x = 0; x < n_rows; x += 2 * KVEC__LANES)
+        for (c = 0; c < n_keys; c += 4) {
+            const float *k0 = keys + c * D, *k1 = k0 + D, *k2 = k0 + 2 * D, *k3 = k0 + 3 * D;
             kvec__vf a0 = { 0 }, a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
             kvec__vf b0 = { 0 }, b1 = { 0 }, b2 = { 0 }, b3 = { 0 };
             for (d = 0; d < D; d++) {
-                kvec__vf k, l;
-                memcpy(&k, keys_t + d * KVEC__TILE + block, sizeof k);
-                memcpy(&l, keys_t + d * KVEC__TILE + block + KVEC__LANES, sizeof l);
-                a0 += q0[d] * k; a1 += q1[d] * k; a2 += q2[d] * k; a3 += q3[d] * k;
-                b0 += q0[d] * l; b1 += q1[d] * l; b2 += q2[d] * l; b3 += q3[d] * l;
+                kvec__vf q, r;
+                memcpy(&q, queries_t + d * KVEC__ROW_CHUNK + x, sizeof q);
+                memcpy(&r, queries_t + d * KVEC__ROW_CHUNK + x + KVEC__LANES, sizeof r);
+                a0 += k0[d] * q; a1 += k1[d] * q; a2 += k2[d] * q; a3 += k3[d] * q;
+                b0 += k0[d] * r; b1 += k1[d] * r; b2 += k2[d] * r; b3 += k3[d] * r;
             }
-            /* Repeated rows write the same values twice; the real row last. */
-            memcpy(out[3] + block, &a3, sizeof a3); memcpy(out[3] + block + KVEC__LANES, &b3, sizeof b3);
-            memcpy(out[2] + block, &a2, sizeof a2); memcpy(out[2] + block + KVEC__LANES, &b2, sizeof b2);
-            memcpy(out[1] + block, &a1, sizeof a1); memcpy(out[1] + block + KVEC__LANES, &b1, sizeof b1);
-            memcpy(out[0] + block, &a0, sizeof a0); memcpy(out[0] + block + KVEC__LANES, &b0, sizeof b0);
+#define KVEC__STORE(row, lo, hi)                                                           \
+            memcpy(logits + (c + row) * KVEC__ROW_CHUNK + x, &lo, sizeof lo);               \
+            memcpy(logits + (c + row) * KVEC__ROW_CHUNK + x + KVEC__LANES, &hi, sizeof hi)
+            KVEC__STORE(0, a0, b0); KVEC__STORE(1, a1, b1);
+            KVEC__STORE(2, a2, b2); KVEC__STORE(3, a3, b3);
+#undef KVEC__STORE
         }
-    }
 }
 #else
-static void kvec__tile_logits(const float *queries, int64_t n_rows, int64_t D,
-                              const float *keys_t, float *logits) {
-    int64_t x, d;
-    int c;
-    for (x = 0; x < n_rows; x++) {
-        float acc[KVEC__TILE];
-        for (c = 0; c < KVEC__TILE; c++) acc[c] = 0.0f;
+#define KVEC__LANES 4
+static void kvec__tile_logits(const float *keys, int64_t n_keys, const float *queries_t,
+                              int64_t n_rows, int64_t D, float *logits) {
+    int64_t c, x, d;
+    for (c = 0; c < n_keys; c++) {
+        float *out = logits + c * KVEC__ROW_CHUNK;
+        for (x = 0; x < n_rows; x++) out[x] = 0.0f;
         for (d = 0; d < D; d++)
-            for (c = 0; c < KVEC__TILE; c++) acc[c] += queries[x * D + d] * keys_t[d * KVEC__TILE + c];
-        memcpy(logits + x * KVEC__TILE, acc, sizeof acc);
+            for (x = 0; x < n_rows; x++) out[x] += keys[c * D + d] * queries_t[d * KVEC__ROW_CHUNK + x];
     }
 }
 #endif
 
-/* Keys [first, first + count) of one head into keys_t[D][TILE], zero-padded. */
+/* Sum in a fixed order (KVEC__LANES partial sums, then those in order), so
+   the compiler may vectorise it and the result never depends on threads. */
+static float kvec__sum(const float *v, int64_t n) {
+    float part[KVEC__LANES] = { 0 }, total = 0.0f;
+    int64_t i;
+    int j;
+    for (i = 0; i + KVEC__LANES <= n; i += KVEC__LANES)
+        for (j = 0; j < KVEC__LANES; j++) part[j] += v[i + j];
+    for (j = 0; i < n; i++, j++) part[j] += v[i];
+    for (j = 0; j < KVEC__LANES; j++) total += part[j];
+    return total;
+}
+
+/* Keys [first, first + count) of one head as fp32 rows keys[TILE][D]; rows
+   up to the next multiple of 4 are zero. */
 static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t first,
-                                int64_t count, float *row, float *keys_t) {
-    const int64_t D = keys->head_dim;
-    int64_t c, d;
-    for (c = 0; c < KVEC__TILE; c++) {
+                                int64_t count, float *tile) {
+    const int64_t D = keys->head_dim, padded = (count + 3) / 4 * 4;
+    int64_t c;
+    for (c = 0; c < count; c++) {
 #if defined(__GNUC__) || defined(__clang__)
         /* Rows of one head are usually strided (other heads in between), which
            hardware prefetchers follow poorly: ask for the next tile's row now. */
@@ -949,9 +957,9 @@ static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t f
             for (line = 0; line < D * keys->stride_dim; line += 64) __builtin_prefetch(next + line);
         }
 #endif
-        if (c < count) kvec__load_row(keys, first + c, head, row);
-        for (d = 0; d < D; d++) keys_t[d * KVEC__TILE + c] = c < count ? row[d] : 0.0f;
+        kvec__load_row(keys, first + c, head, tile + c * D);
     }
+    for (; c < padded; c++) memset(tile + c * D, 0, (size_t)D * sizeof(float));
 }
 
 /* Window attention of one KV head, reduced over its query heads:
@@ -971,56 +979,67 @@ static void kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *q
     const int64_t N = keys->n_tokens, D = keys->head_dim;
     const int64_t g = queries->n_heads / keys->n_heads;
     const int64_t first_position = N - queries->n_tokens + row_first;
-    const int64_t total = n_rows * g;
+    const int64_t total = n_rows * g, RC = KVEC__ROW_CHUNK;
     const float scale = 1.0f / sqrtf((float)D);
     int64_t x0;
-    for (x0 = 0; x0 < total; x0 += KVEC__ROW_CHUNK) {
-        const int64_t chunk = total - x0 < KVEC__ROW_CHUNK ? total - x0 : KVEC__ROW_CHUNK;
-        const int64_t last_key = first_position + (x0 + chunk - 1) / g; /* chunk's last position */
+    for (x0 = 0; x0 < total; x0 += RC) {
+        const int64_t chunk = total - x0 < RC ? total - x0 : RC;
+        const int64_t padded_rows = (chunk + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
+        const int64_t first_key_hidden = first_position + x0 / g + 1; /* first row sees keys below */
+        const int64_t last_key = first_position + (x0 + chunk - 1) / g; /* last row's position */
         const int64_t last_out = last_key < n_out - 1 ? last_key : n_out - 1;
-        int64_t x, d, t0;
-        for (x = 0; x < chunk; x++) {
-            float *q = w->queries + x * D;
-            kvec__load_row(queries, row_first + (x0 + x) / g, kv_head * g + (x0 + x) % g, q);
-            for (d = 0; d < D; d++) q[d] *= scale;
-            w->row_max[x] = -INFINITY;
-            w->row_sum[x] = 0.0f;
+        int64_t x, d, c, t0;
+        for (x = 0; x < padded_rows; x++) { /* scaled, transposed; padding rows are zero */
+            if (x < chunk)
+                kvec__load_row(queries, row_first + (x0 + x) / g, kv_head * g + (x0 + x) % g, w->row);
+            for (d = 0; d < D; d++) w->queries_t[d * RC + x] = x < chunk ? w->row[d] * scale : 0.0f;
         }
+        for (x = 0; x < chunk; x++) { w->row_max[x] = -INFINITY; w->row_sum[x] = 0.0f; }
         /* Pass 1: max and normaliser of every row. */
         for (t0 = 0; t0 <= last_key; t0 += KVEC__TILE) {
             const int64_t count = last_key + 1 - t0 < KVEC__TILE ? last_key + 1 - t0 : KVEC__TILE;
-            kvec__load_key_tile(keys, kv_head, t0, count, w->row, w->keys_t);
-            kvec__tile_logits(w->queries, chunk, D, w->keys_t, w->logits);
+            const int all_visible = t0 + count <= first_key_hidden;
+            float *tile_max = w->probs;
+            kvec__load_key_tile(keys, kv_head, t0, count, w->keys);
+            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, w->logits);
             for (x = 0; x < chunk; x++) {
-                const float *l = w->logits + x * KVEC__TILE;
-                const int64_t seen = first_position + (x0 + x) / g - t0 + 1;
-                const int64_t visible = seen < count ? seen : count;
-                float tile_max = -INFINITY, m, z = 0.0f;
-                int64_t c;
-                if (visible <= 0) continue;
-                for (c = 0; c < visible; c++) tile_max = l[c] > tile_max ? l[c] : tile_max;
-                m = tile_max > w->row_max[x] ? tile_max : w->row_max[x];
-                for (c = 0; c < visible; c++) z += kvec__exp(l[c] - m);
-                w->row_sum[x] = w->row_sum[x] * kvec__exp(w->row_max[x] - m) + z;
+                w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0); /* last visible c */
+                tile_max[x] = -INFINITY;
+            }
+            for (c = 0; c < count; c++) {
+                const float *l = w->logits + c * RC;
+                for (x = 0; x < chunk; x++)
+                    tile_max[x] = (all_visible || c <= w->reach[x]) && l[x] > tile_max[x] ? l[x] : tile_max[x];
+            }
+            for (x = 0; x < chunk; x++) {
+                const float m = tile_max[x] > w->row_max[x] ? tile_max[x] : w->row_max[x];
+                w->row_sum[x] *= kvec__exp(w->row_max[x] - m);
                 w->row_max[x] = m;
+            }
+            for (c = 0; c < count; c++) {
+                const float *l = w->logits + c * RC;
+                for (x = 0; x < chunk; x++) {
+                    const float e = kvec__exp(l[x] - w->row_max[x]);
+                    w->row_sum[x] += (all_visible || c <= w->reach[x]) ? e : 0.0f;
+                }
             }
         }
         for (x = 0; x < chunk; x++) w->row_sum[x] = weight / w->row_sum[x];
         /* Pass 2: normalised probabilities, summed over the chunk's rows. */
         for (t0 = 0; t0 <= last_out; t0 += KVEC__TILE) {
             const int64_t count = last_out + 1 - t0 < KVEC__TILE ? last_out + 1 - t0 : KVEC__TILE;
-            int64_t c;
-            kvec__load_key_tile(keys, kv_head, t0, count, w->row, w->keys_t);
-            kvec__tile_logits(w->queries, chunk, D, w->keys_t, w->logits);
-            for (c = 0; c < KVEC__TILE; c++) w->column[c] = 0.0f;
-            for (x = 0; x < chunk; x++) {
-                const float *l = w->logits + x * KVEC__TILE;
-                const int64_t seen = first_position + (x0 + x) / g - t0 + 1;
-                const int64_t visible = seen < count ? seen : count;
-                const float m = w->row_max[x], inv = w->row_sum[x];
-                for (c = 0; c < visible; c++) w->column[c] += kvec__exp(l[c] - m) * inv;
+            const int all_visible = t0 + count <= first_key_hidden;
+            kvec__load_key_tile(keys, kv_head, t0, count, w->keys);
+            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, w->logits);
+            for (x = 0; x < chunk; x++) w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0);
+            for (c = 0; c < count; c++) {
+                const float *l = w->logits + c * RC;
+                for (x = 0; x < chunk; x++) {
+                    const float p = kvec__exp(l[x] - w->row_max[x]) * w->row_sum[x];
+                    w->probs[x] = (all_visible || c <= w->reach[x]) ? p : 0.0f;
+                }
+                sums[t0 + c] += kvec__sum(w->probs, chunk);
             }
-            for (c = 0; c < count; c++) sums[t0 + c] += w->column[c];
         }
     }
 }
