@@ -294,10 +294,11 @@ typedef struct kvec_terms {
     float    focus_cv; /* 0 = 1.0  */
 } kvec_terms;
 
+/* Zero-initialise: `kvec_config c = {0};` in C, `kvec_config c = {};` in C++. */
 typedef struct kvec_config {
+    int64_t          window;       /* 0 = 32 */
     kvec_policy      policy;       /* 0 = KVEC_POLICY_KVEC */
     kvec_budget_mode budget_mode;  /* 0 = uniform (pyramid for PyramidKV) */
-    int64_t          window;       /* 0 = 32 */
     int64_t          pool_kernel;  /* 0 = 5, odd, 1 = none */
     kvec_pooling     pooling;      /* 0 = average */
     int64_t          sink_tokens;  /* 0 = 4 */
