@@ -744,23 +744,38 @@ KVEC_API kvec_result kvec_validate_cache(const kvec_cache *cache) {
     return KVEC_OK;
 }
 
-/* Every element of rows first_token.. finite? One task per head, each
-   with its own row buffer ([n_heads][head_dim] floats) and flag. */
-static int kvec__tensor_is_finite(const kvec_tensor *t, int64_t first_token,
-                                  float *row_buffers, int *head_finite) {
+/* Does the row hold a NaN or Inf? Reads the raw bits (an all-ones exponent),
+   so it needs no conversion and the compiler can vectorise it. */
+static int kvec__row_has_non_finite(const kvec_tensor *t, int64_t token, int64_t head) {
+    const char *row = kvec__row(t, token, head);
+    const int64_t n = t->head_dim, step = t->stride_dim;
+    int64_t d;
+    uint32_t bad = 0;
+    if (t->dtype == KVEC_DTYPE_F32) {
+        for (d = 0; d < n; d++) {
+            uint32_t u;
+            memcpy(&u, row + d * step, 4);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+        }
+    } else {
+        const uint16_t exponent = t->dtype == KVEC_DTYPE_F16 ? 0x7c00u : 0x7f80u;
+        for (d = 0; d < n; d++) {
+            uint16_t h;
+            memcpy(&h, row + d * step, 2);
+            bad |= (uint32_t)((h & exponent) == exponent);
+        }
+    }
+    return bad != 0;
+}
+
+/* Every element finite? One task per head, each with its own flag. */
+static int kvec__tensor_is_finite(const kvec_tensor *t, int *head_finite) {
     int64_t h;
     KVEC__PARALLEL_FOR
     for (h = 0; h < t->n_heads; h++) {
-        float *row = row_buffers + h * t->head_dim;
-        int64_t i, d;
+        int64_t i;
         int ok = 1;
-        for (i = first_token; i < t->n_tokens && ok; i++) {
-            float acc = 0.0f;
-            kvec__load_row(t, i, h, row);
-            /* x - x is 0 for finite x and NaN for NaN or Inf; one NaN poisons the sum */
-            for (d = 0; d < t->head_dim; d++) acc += row[d] - row[d];
-            ok = acc == 0.0f;
-        }
+        for (i = 0; i < t->n_tokens && ok; i++) ok = !kvec__row_has_non_finite(t, i, h);
         head_finite[h] = ok;
     }
     for (h = 0; h < t->n_heads; h++)
@@ -813,7 +828,6 @@ typedef struct kvec__head_work {
 
 typedef struct kvec__layer_work {
     kvec__head_work *heads;   /* [Hk] */
-    float   *check_rows;      /* [max(H, Hk)][D]  finiteness scan */
     int     *check_flags;     /* [max(H, Hk)] */
     float   *scores;          /* [Hk][N] */
     uint8_t *flags;           /* [N]  cross-head selection */
@@ -854,7 +868,6 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
         h.tmp_a   = (float *)kvec__take(b, n, sizeof(float));
         if (w->heads) w->heads[j] = h;
     }
-    w->check_rows  = (float *)kvec__take(b, scan_heads * D, sizeof(float));
     w->check_flags = (int *)kvec__take(b, scan_heads, sizeof(int));
     w->scores      = (float *)kvec__take(b, d->n_kv_heads * n, sizeof(float));
     w->flags       = (uint8_t *)kvec__take(b, n, 1);
@@ -1471,10 +1484,10 @@ static kvec_result kvec__check_coverage(const kvec_config *c, const kvec_coverag
    policy uses them. */
 static kvec_result kvec__check_finite(const kvec_config *c, const kvec_layer *layer,
                                       int scoring, kvec__layer_work *w) {
-    if (!kvec__tensor_is_finite(&layer->keys, 0, w->check_rows, w->check_flags))
+    if (!kvec__tensor_is_finite(&layer->keys, w->check_flags))
         return KVEC_ERROR_NON_FINITE;
     if (scoring && kvec__uses_attention(c) &&
-        !kvec__tensor_is_finite(&layer->queries, 0, w->check_rows, w->check_flags))
+        !kvec__tensor_is_finite(&layer->queries, w->check_flags))
         return KVEC_ERROR_NON_FINITE;
     return KVEC_OK;
 }
