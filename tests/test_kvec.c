@@ -1,0 +1,1103 @@
+/* test_kvec.c - kvec's test runner. Every test names the property it checks
+   and compares kvec against a naive double-precision reference written
+   straight from docs/SEMANTICS.md (explicit softmax rows, sorting instead of
+   radix select, explicit gathers). Ends with "N passed, M failed". */
+#define KVEC_IMPLEMENTATION
+#include "../kvec.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(_OPENMP) && !defined(KVEC_NO_OPENMP)
+#include <omp.h>
+#define TEST_THREADS 1
+#endif
+
+static int g_passed, g_failed, g_quiet;
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (cond) g_passed++;                                                   \
+        else {                                                                  \
+            g_failed++;                                                         \
+            printf("FAIL %s:%d %s: ", __FILE__, __LINE__, __func__);            \
+            printf(__VA_ARGS__);                                                \
+            printf("\n");                                                       \
+        }                                                                       \
+    } while (0)
+
+/* ---- random numbers ------------------------------------------------------ */
+
+static uint64_t g_rng = 1;
+static double uniform(void) {
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(g_rng >> 11) / 9007199254740992.0;
+}
+static double normal(void) {
+    double u = uniform() + 1e-12, v = uniform();
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* ---- test caches ---------------------------------------------------------- */
+
+/* Logical values are kept in double arrays ([N][Hk][D] for K and V,
+   [Wq][H][D] for Q); the kvec views are built over byte buffers in a chosen
+   dtype and layout, holding the same numbers rounded to that dtype. */
+enum layout { TOK_HEAD_DIM, HEAD_TOK_DIM, PADDED, TRANSPOSED_V };
+
+typedef struct test_layer {
+    int64_t N, Hk, H, D, Wq;
+    double *k, *v, *q;          /* logical values */
+    unsigned char *kb, *vb, *qb; /* storage */
+    size_t kbytes, vbytes, qbytes;
+    kvec_layer view;
+} test_layer;
+
+static size_t elem_size(kvec_dtype t) { return t == KVEC_DTYPE_F32 ? 4 : 2; }
+
+static void store(unsigned char *p, kvec_dtype t, double x) {
+    if (t == KVEC_DTYPE_F32) { float f = (float)x; memcpy(p, &f, 4); }
+    else { uint16_t h = t == KVEC_DTYPE_F16 ? kvec_f32_to_f16((float)x) : kvec_f32_to_bf16((float)x); memcpy(p, &h, 2); }
+}
+static double fetch(const unsigned char *p, kvec_dtype t) {
+    if (t == KVEC_DTYPE_F32) { float f; memcpy(&f, p, 4); return f; }
+    { uint16_t h; memcpy(&h, p, 2); return t == KVEC_DTYPE_F16 ? kvec_f16_to_f32(h) : kvec_bf16_to_f32(h); }
+}
+
+/* A view of n_tok x n_head x dim elements in the given layout. */
+static kvec_tensor make_view(unsigned char **buffer, size_t *bytes, kvec_dtype t, enum layout layout,
+                             int is_values, int64_t n_tok, int64_t n_head, int64_t dim) {
+    kvec_tensor v;
+    const int64_t e = (int64_t)elem_size(t);
+    v.dtype = t; v.n_tokens = n_tok; v.n_heads = n_head; v.head_dim = dim;
+    switch (layout) {
+    case HEAD_TOK_DIM:
+        v.stride_dim = e; v.stride_token = dim * e; v.stride_head = n_tok * dim * e;
+        break;
+    case PADDED: /* 3 spare elements after each row, 8 after each token */
+        v.stride_dim = e; v.stride_head = (dim + 3) * e; v.stride_token = n_head * (dim + 3) * e + 8 * e;
+        break;
+    case TRANSPOSED_V: /* values [head][dim][token]; keys stay [token][head][dim] */
+        if (is_values) { v.stride_token = e; v.stride_dim = n_tok * e; v.stride_head = dim * n_tok * e; }
+        else { v.stride_dim = e; v.stride_head = dim * e; v.stride_token = n_head * dim * e; }
+        break;
+    case TOK_HEAD_DIM:
+    default:
+        v.stride_dim = e; v.stride_head = dim * e; v.stride_token = n_head * dim * e;
+        break;
+    }
+    *bytes = (size_t)((n_tok - 1) * v.stride_token + (n_head - 1) * v.stride_head + (dim - 1) * v.stride_dim + e);
+    *buffer = (unsigned char *)calloc(*bytes, 1);
+    v.data = *buffer;
+    return v;
+}
+
+static unsigned char *element(const kvec_tensor *v, int64_t t, int64_t h, int64_t d) {
+    return (unsigned char *)v->data + t * v->stride_token + h * v->stride_head + d * v->stride_dim;
+}
+
+/* Writes the logical values into the storage (rounding to the dtype) and
+   reads them back, so the double arrays hold exactly what kvec sees. */
+static void sync_tensor(const kvec_tensor *v, double *values) {
+    int64_t t, h, d;
+    for (t = 0; t < v->n_tokens; t++)
+        for (h = 0; h < v->n_heads; h++)
+            for (d = 0; d < v->head_dim; d++) {
+                double *x = &values[(t * v->n_heads + h) * v->head_dim + d];
+                store(element(v, t, h, d), v->dtype, *x);
+                *x = fetch(element(v, t, h, d), v->dtype);
+            }
+}
+
+/* Random values on the bf16 grid (so fp32, fp16 and bf16 hold the same
+   numbers), with a few repeated key directions so that uniqueness matters. */
+static void fill_values(test_layer *L, double key_scale) {
+    int64_t i, n;
+    n = L->N * L->Hk * L->D;
+    for (i = 0; i < n; i++) {
+        L->k[i] = kvec_bf16_to_f32(kvec_f32_to_bf16((float)(normal() * key_scale)));
+        L->v[i] = kvec_bf16_to_f32(kvec_f32_to_bf16((float)normal()));
+    }
+    n = L->Wq * L->H * L->D;
+    for (i = 0; i < n; i++) L->q[i] = kvec_bf16_to_f32(kvec_f32_to_bf16((float)normal()));
+}
+
+static void layer_init(test_layer *L, int64_t N, int64_t Hk, int64_t g, int64_t D, int64_t Wq,
+                       kvec_dtype t, enum layout layout, uint64_t seed) {
+    memset(L, 0, sizeof *L);
+    L->N = N; L->Hk = Hk; L->H = Hk * g; L->D = D; L->Wq = Wq;
+    L->k = (double *)malloc(sizeof(double) * (size_t)(N * Hk * D));
+    L->v = (double *)malloc(sizeof(double) * (size_t)(N * Hk * D));
+    L->q = (double *)malloc(sizeof(double) * (size_t)(Wq * L->H * D));
+    g_rng = seed;
+    fill_values(L, 1.0);
+    L->view.keys = make_view(&L->kb, &L->kbytes, t, layout, 0, N, Hk, D);
+    L->view.values = make_view(&L->vb, &L->vbytes, t, layout, 1, N, Hk, D);
+    L->view.queries = make_view(&L->qb, &L->qbytes, KVEC_DTYPE_F32, TOK_HEAD_DIM, 0, Wq, L->H, D);
+    sync_tensor(&L->view.keys, L->k);
+    sync_tensor(&L->view.values, L->v);
+    sync_tensor(&L->view.queries, L->q);
+}
+
+static void layer_free(test_layer *L) {
+    free(L->k); free(L->v); free(L->q); free(L->kb); free(L->vb); free(L->qb);
+}
+
+typedef struct test_cache {
+    int64_t n_layers;
+    test_layer *layers;
+    kvec_layer *views;
+    kvec_cache cache;
+} test_cache;
+
+static void cache_init(test_cache *c, int64_t n_layers, int64_t N, int64_t Hk, int64_t g, int64_t D,
+                       int64_t Wq, kvec_dtype t, enum layout layout, uint64_t seed) {
+    int64_t l;
+    c->n_layers = n_layers;
+    c->layers = (test_layer *)calloc((size_t)n_layers, sizeof(test_layer));
+    c->views = (kvec_layer *)calloc((size_t)n_layers, sizeof(kvec_layer));
+    for (l = 0; l < n_layers; l++) {
+        layer_init(&c->layers[l], N, Hk, g, D, Wq, t, layout, seed * 1000 + (uint64_t)l);
+        c->views[l] = c->layers[l].view;
+    }
+    c->cache.layers = c->views;
+    c->cache.n_layers = n_layers;
+}
+
+static void cache_free(test_cache *c) {
+    int64_t l;
+    for (l = 0; l < c->n_layers; l++) layer_free(&c->layers[l]);
+    free(c->layers); free(c->views);
+}
+
+typedef struct test_plan {
+    kvec_plan plan;
+    int64_t *counts, *positions;
+} test_plan;
+
+static void plan_init(test_plan *p, int64_t n_layers, int64_t Hk, int64_t capacity) {
+    p->counts = (int64_t *)calloc((size_t)(n_layers * Hk), sizeof(int64_t));
+    p->positions = (int64_t *)calloc((size_t)(n_layers * Hk * capacity), sizeof(int64_t));
+    p->plan.n_layers = n_layers; p->plan.n_kv_heads = Hk; p->plan.capacity = capacity;
+    p->plan.kept_count = p->counts; p->plan.kept_positions = p->positions;
+}
+static void plan_free(test_plan *p) { free(p->counts); free(p->positions); }
+
+static int plans_equal(const test_plan *a, const test_plan *b) {
+    int64_t n = a->plan.n_layers * a->plan.n_kv_heads, h, r;
+    for (h = 0; h < n; h++) {
+        if (a->counts[h] != b->counts[h]) return 0;
+        for (r = 0; r < a->counts[h]; r++)
+            if (a->positions[h * a->plan.capacity + r] != b->positions[h * b->plan.capacity + r]) return 0;
+    }
+    return 1;
+}
+
+/* kvec_evict_ex with scratch and a plan of exactly the needed capacity. */
+static kvec_result run_evict(const kvec_config *cfg, test_cache *c, int64_t budget, test_plan *p) {
+    size_t bytes;
+    int64_t capacity;
+    void *scratch;
+    kvec_result r;
+    if ((r = kvec_plan_capacity(cfg, budget, c->n_layers, c->layers[0].N, &capacity)) != KVEC_OK) return r;
+    if ((r = kvec_scratch_bytes(cfg, &c->cache, 1, &bytes)) != KVEC_OK) return r;
+    plan_init(p, c->n_layers, c->layers[0].Hk, capacity);
+    scratch = malloc(bytes);
+    r = kvec_evict_ex(cfg, &c->cache, budget, &p->plan, scratch, bytes);
+    free(scratch);
+    return r;
+}
+
+/* ---- naive references ----------------------------------------------------- */
+
+/* I[i] for KV head j using the last `rows` query rows, weight 1/g per head. */
+static void naive_importance(const test_layer *L, int64_t j, int64_t rows, int64_t n_out,
+                             double weight, double *I) {
+    const int64_t g = L->H / L->Hk;
+    double *logit = (double *)malloc(sizeof(double) * (size_t)L->N);
+    int64_t hh, r, i, d;
+    for (i = 0; i < n_out; i++) I[i] = 0.0;
+    for (hh = 0; hh < g; hh++)
+        for (r = L->Wq - rows; r < L->Wq; r++) {
+            const int64_t h = j * g + hh, pos = L->N - L->Wq + r;
+            double m = -1e300, z = 0.0;
+            for (i = 0; i <= pos; i++) {
+                double dot = 0.0;
+                for (d = 0; d < L->D; d++)
+                    dot += L->q[(r * L->H + h) * L->D + d] * L->k[(i * L->Hk + j) * L->D + d];
+                logit[i] = dot / sqrt((double)L->D);
+                if (logit[i] > m) m = logit[i];
+            }
+            for (i = 0; i <= pos; i++) z += exp(logit[i] - m);
+            for (i = 0; i <= pos && i < n_out; i++) I[i] += weight * exp(logit[i] - m) / z;
+        }
+    free(logit);
+}
+
+static void naive_pool(const double *x, int64_t n, int64_t kernel, int use_max, double *out) {
+    int64_t i, m, half = kernel / 2;
+    for (i = 0; i < n; i++) {
+        double acc = use_max ? -1e300 : 0.0;
+        int64_t cnt = 0;
+        for (m = i - half; m <= i + half; m++) {
+            if (m < 0 || m >= n) continue;
+            acc = use_max ? (x[m] > acc ? x[m] : acc) : acc + x[m];
+            cnt++;
+        }
+        out[i] = use_max ? acc : acc / (double)cnt;
+    }
+}
+
+static void naive_zscore(double *x, int64_t n) {
+    double mean = 0.0, var = 0.0;
+    int64_t i;
+    for (i = 0; i < n; i++) mean += x[i];
+    mean /= (double)n;
+    for (i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (double)n;
+    for (i = 0; i < n; i++) x[i] = (x[i] - mean) / (sqrt(var) + 1e-6);
+}
+
+static double naive_norm(const double *a, int64_t D) {
+    double s = 0.0;
+    int64_t d;
+    for (d = 0; d < D; d++) s += a[d] * a[d];
+    return sqrt(s);
+}
+
+/* U[i] = -cos(k_i, kbar), kbar = mean over all N of k/||k||. */
+static void naive_uniqueness(const test_layer *L, int64_t j, int64_t n, double *U) {
+    double *kbar = (double *)calloc((size_t)L->D, sizeof(double));
+    int64_t i, d;
+    for (i = 0; i < L->N; i++) {
+        const double *k = &L->k[(i * L->Hk + j) * L->D];
+        double norm = naive_norm(k, L->D);
+        if (norm > 0) for (d = 0; d < L->D; d++) kbar[d] += k[d] / norm / (double)L->N;
+    }
+    for (i = 0; i < n; i++) {
+        const double *k = &L->k[(i * L->Hk + j) * L->D];
+        double dot = 0.0, nk = naive_norm(k, L->D), nb = naive_norm(kbar, L->D);
+        for (d = 0; d < L->D; d++) dot += k[d] * kbar[d];
+        U[i] = nk > 0 && nb > 0 ? -dot / (nk * nb) : 0.0;
+    }
+    free(kbar);
+}
+
+/* Scores of KV head j per SEMANTICS.md (window positions excluded). */
+static void naive_scores(const kvec_config *cfg_in, const test_layer *L, int64_t j,
+                         const uint8_t *kept_before, double *s) {
+    kvec_config c;
+    const int64_t W = cfg_in->window ? cfg_in->window : 32, n = L->N - W, g = L->H / L->Hk;
+    double *tmp = (double *)malloc(sizeof(double) * (size_t)L->N);
+    double *u = (double *)malloc(sizeof(double) * (size_t)L->N);
+    int64_t i, jj;
+    kvec_resolve_config(cfg_in, &c);
+    switch (c.policy) {
+    case KVEC_POLICY_SNAPKV: case KVEC_POLICY_PYRAMIDKV: case KVEC_POLICY_KVEC:
+        naive_importance(L, j, W, n, 1.0 / (double)g, tmp);
+        naive_pool(tmp, n, c.pool_kernel, c.pooling == KVEC_POOL_MAX, s);
+        if (c.policy == KVEC_POLICY_KVEC && (c.terms.enabled & KVEC_TERM_HEAD_FOCUS)) {
+            double mean = 0, var = 0;
+            for (i = 0; i < n; i++) mean += s[i];
+            mean /= (double)n;
+            for (i = 0; i < n; i++) var += (s[i] - mean) * (s[i] - mean);
+            if (mean > 0 && sqrt(var / (double)n) / mean < c.terms.focus_cv) {
+                naive_importance(L, j, 4 * W < L->Wq ? 4 * W : L->Wq, n, 1.0 / (double)g, tmp);
+                naive_pool(tmp, n, c.pool_kernel, c.pooling == KVEC_POOL_MAX, s);
+            }
+        }
+        if (c.policy == KVEC_POLICY_KVEC && (c.terms.enabled & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER))) {
+            naive_zscore(s, n);
+            if (c.terms.enabled & KVEC_TERM_UNIQUENESS) {
+                naive_uniqueness(L, j, n, u);
+                naive_zscore(u, n);
+                for (i = 0; i < n; i++) s[i] += c.terms.mu * u[i];
+            }
+            if (c.terms.enabled & KVEC_TERM_CROSS_LAYER)
+                for (i = 0; i < n; i++) s[i] += kept_before[i] ? 0.0 : c.terms.gamma;
+        }
+        break;
+    case KVEC_POLICY_H2O:
+        naive_importance(L, j, L->Wq, n, 1.0 / (double)g, s);
+        for (i = 0; i < n; i++) s[i] /= (double)(L->Wq < L->N - i ? L->Wq : L->N - i);
+        break;
+    case KVEC_POLICY_TOVA:
+        for (i = 0; i < n; i++) s[i] = 0.0;
+        for (jj = 0; jj < L->Hk; jj++) {
+            naive_importance(L, jj, 1, n, 1.0, tmp);
+            for (i = 0; i < n; i++) s[i] += tmp[i] / (double)L->H;
+        }
+        break;
+    case KVEC_POLICY_KNORM:
+        for (i = 0; i < n; i++) s[i] = -naive_norm(&L->k[(i * L->Hk + j) * L->D], L->D);
+        break;
+    case KVEC_POLICY_KEYDIFF:
+        naive_uniqueness(L, j, n, s);
+        break;
+    case KVEC_POLICY_STREAMING:
+        for (i = 0; i < n; i++) s[i] = i < c.sink_tokens ? 3.0e38 : (double)i;
+        break;
+    default:
+        break;
+    }
+    free(tmp); free(u);
+}
+
+/* Kept positions by sorting: score descending, NaN last, ties to the lower
+   position; then the window; ascending. Returns the count. */
+static const double *g_sort_scores;
+static int by_keep_order(const void *a, const void *b) {
+    int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    double x = g_sort_scores[i], y = g_sort_scores[j];
+    int xn = x != x, yn = y != y;
+    if (xn != yn) return xn ? 1 : -1;
+    if (!xn && x != y) return x > y ? -1 : 1;
+    return i < j ? -1 : 1;
+}
+static int by_value(const void *a, const void *b) {
+    int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    return i < j ? -1 : i > j;
+}
+static int64_t naive_select(const double *scores, int64_t N, int64_t W, int64_t budget, int64_t *out) {
+    int64_t n = N - W, i, count;
+    if (budget >= N) { for (i = 0; i < N; i++) out[i] = i; return N; }
+    {
+        int64_t *order = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+        for (i = 0; i < n; i++) order[i] = i;
+        g_sort_scores = scores;
+        qsort(order, (size_t)n, sizeof(int64_t), by_keep_order);
+        for (count = 0; count < budget - W; count++) out[count] = order[count];
+        free(order);
+    }
+    qsort(out, (size_t)count, sizeof(int64_t), by_value);
+    for (i = n; i < N; i++) out[count++] = i;
+    return count;
+}
+
+/* ---- tests: scores -------------------------------------------------------- */
+
+static kvec_config policy_config(kvec_policy p, int64_t window) {
+    kvec_config c;
+    memset(&c, 0, sizeof c);
+    c.policy = p;
+    c.window = window;
+    return c;
+}
+
+/* kvec_score_layer against the naive reference, for one config. */
+static void check_scores(const char *what, const kvec_config *cfg, test_layer *L, const kvec_coverage *cov) {
+    const int64_t W = cfg->window, n = L->N - W;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(L->N * L->Hk));
+    double *ref = (double *)malloc(sizeof(double) * (size_t)L->N);
+    size_t bytes;
+    void *scratch;
+    int64_t j, i, bad = 0, window_ok = 1;
+    double worst = 0.0;
+    kvec_result r = kvec_layer_scratch_bytes(cfg, &L->view, &bytes);
+    CHECK(r == KVEC_OK, "%s: scratch query: %s", what, kvec_result_string(r));
+    scratch = malloc(bytes);
+    r = kvec_score_layer(cfg, &L->view, 0, cov, scores, scratch, bytes);
+    CHECK(r == KVEC_OK, "%s: score: %s", what, kvec_result_string(r));
+    for (j = 0; j < L->Hk && r == KVEC_OK; j++) {
+        double scale = 0.0;
+        naive_scores(cfg, L, j, cov ? cov->kept_before : NULL, ref);
+        for (i = 0; i < n; i++) scale = fabs(ref[i]) > scale && ref[i] < 1e38 ? fabs(ref[i]) : scale;
+        for (i = 0; i < n; i++) {
+            double err = fabs((double)scores[j * L->N + i] - ref[i]) / (fabs(ref[i]) + 1e-3 * scale + 1e-12);
+            if (ref[i] >= 1e38) err = scores[j * L->N + i] >= 1e38f ? 0.0 : 1.0;
+            if (err > worst) worst = err;
+            if (err > 1e-3) bad++;
+        }
+        for (i = n; i < L->N; i++) window_ok &= isinf(scores[j * L->N + i]) && scores[j * L->N + i] > 0;
+    }
+    CHECK(bad == 0, "%s: %ld scores differ from the naive reference (worst relative error %.3g)", what, (long)bad, worst);
+    CHECK(window_ok, "%s: window positions must score +inf", what);
+    free(scores); free(ref); free(scratch);
+}
+
+static void test_each_score_matches_naive_reference(void) {
+    static const kvec_policy policies[] = { KVEC_POLICY_SNAPKV, KVEC_POLICY_PYRAMIDKV, KVEC_POLICY_KVEC,
+                                            KVEC_POLICY_H2O, KVEC_POLICY_TOVA, KVEC_POLICY_KNORM,
+                                            KVEC_POLICY_KEYDIFF, KVEC_POLICY_STREAMING };
+    test_layer L;
+    size_t p;
+    int shape;
+    for (shape = 0; shape < 3; shape++) {
+        const int64_t N = shape == 0 ? 97 : shape == 1 ? 200 : 150, Hk = shape == 0 ? 1 : 2;
+        const int64_t g = shape == 2 ? 1 : shape == 0 ? 3 : 4, D = shape == 1 ? 32 : 16, W = shape == 1 ? 16 : 8;
+        layer_init(&L, N, Hk, g, D, 4 * W, shape == 1 ? KVEC_DTYPE_F16 : KVEC_DTYPE_F32, TOK_HEAD_DIM, 11 + (uint64_t)shape);
+        for (p = 0; p < sizeof policies / sizeof policies[0]; p++) {
+            kvec_config c = policy_config(policies[p], W);
+            char what[64];
+            sprintf(what, "%s shape %d", kvec_policy_name(policies[p]), shape);
+            check_scores(what, &c, &L, NULL);
+        }
+        {
+            kvec_config c = policy_config(KVEC_POLICY_SNAPKV, W);
+            c.pooling = KVEC_POOL_MAX; c.pool_kernel = 7;
+            check_scores("SnapKV max-pool 7", &c, &L, NULL);
+            c.pool_kernel = 1;
+            check_scores("SnapKV no pooling", &c, &L, NULL);
+        }
+        {
+            kvec_config c = policy_config(KVEC_POLICY_KVEC, W);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_HEAD_FOCUS;
+            c.terms.focus_cv = 100.0f; /* every head in focus mode: the 4W path runs */
+            check_scores("K-VEC head focus", &c, &L, NULL);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS;
+            c.terms.mu = 1.5f;
+            check_scores("K-VEC mu 1.5", &c, &L, NULL);
+        }
+        {
+            kvec_config c = policy_config(KVEC_POLICY_KVEC, W);
+            uint8_t *mem = (uint8_t *)malloc((size_t)N);
+            kvec_coverage cov;
+            int64_t i;
+            kvec_coverage_init(&cov, mem, (size_t)N, N);
+            for (i = 0; i < N; i++) mem[i] = (uint8_t)(uniform() < 0.3);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER;
+            check_scores("K-VEC cross-layer", &c, &L, &cov);
+            free(mem);
+        }
+        layer_free(&L);
+    }
+}
+
+static void test_h2o_with_whole_prefix_queries(void) {
+    test_layer L;
+    kvec_config c = policy_config(KVEC_POLICY_H2O, 8);
+    layer_init(&L, 140, 2, 2, 16, 140, KVEC_DTYPE_F32, TOK_HEAD_DIM, 5);
+    check_scores("H2O, queries for the whole prefix", &c, &L, NULL);
+    layer_free(&L);
+}
+
+static void test_random_is_seeded(void) {
+    test_cache a, b, d;
+    test_plan pa, pb, pd;
+    kvec_config c = policy_config(KVEC_POLICY_RANDOM, 8);
+    int64_t h;
+    int counts_ok = 1;
+    cache_init(&a, 2, 120, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 3);
+    cache_init(&b, 2, 120, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 3);
+    cache_init(&d, 2, 120, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 3);
+    c.seed = 7;
+    CHECK(run_evict(&c, &a, 40, &pa) == KVEC_OK, "random a");
+    CHECK(run_evict(&c, &b, 40, &pb) == KVEC_OK, "random b");
+    c.seed = 8;
+    CHECK(run_evict(&c, &d, 40, &pd) == KVEC_OK, "random d");
+    CHECK(plans_equal(&pa, &pb), "same seed must keep the same tokens");
+    CHECK(!plans_equal(&pa, &pd), "another seed should keep other tokens");
+    for (h = 0; h < 4; h++) counts_ok &= pa.counts[h] == 40;
+    CHECK(counts_ok, "random keeps exactly the budget");
+    plan_free(&pa); plan_free(&pb); plan_free(&pd);
+    cache_free(&a); cache_free(&b); cache_free(&d);
+}
+
+/* ---- tests: selection ----------------------------------------------------- */
+
+static void check_select(const char *what, const double *scores_d, int64_t Hk, int64_t N, int64_t W, int64_t budget) {
+    kvec_config c = policy_config(KVEC_POLICY_SNAPKV, W);
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(Hk * N));
+    int64_t *ref = (int64_t *)malloc(sizeof(int64_t) * (size_t)N);
+    test_plan p;
+    int64_t j, i, kept = budget < N ? budget : N;
+    int same = 1;
+    kvec_result r;
+    for (i = 0; i < Hk * N; i++) scores[i] = (float)scores_d[i];
+    plan_init(&p, 1, Hk, kept);
+    r = kvec_select_layer(&c, scores, Hk, N, budget, 0, NULL, &p.plan, NULL, 0);
+    CHECK(r == KVEC_OK, "%s: %s", what, kvec_result_string(r));
+    for (j = 0; j < Hk; j++) {
+        double *sd = (double *)malloc(sizeof(double) * (size_t)N);
+        int64_t n;
+        for (i = 0; i < N; i++) sd[i] = scores[j * N + i];
+        n = naive_select(sd, N, W, budget, ref);
+        same &= n == p.counts[j];
+        for (i = 0; i < n && same; i++) same &= ref[i] == p.positions[j * kept + i];
+        free(sd);
+    }
+    CHECK(same, "%s: selection differs from sorting", what);
+    free(scores); free(ref); plan_free(&p);
+}
+
+static void test_selection_equals_sorting(void) {
+    const int64_t N = 300, Hk = 3;
+    double *s = (double *)malloc(sizeof(double) * (size_t)(N * Hk));
+    int64_t i, budget;
+    int trial;
+    for (trial = 0; trial < 6; trial++) {
+        for (i = 0; i < N * Hk; i++) {
+            double u = uniform();
+            s[i] = trial == 0 ? normal()
+                 : trial == 1 ? (double)(int)(u * 5)            /* heavy ties */
+                 : trial == 2 ? (u < 0.2 ? NAN : normal())       /* NaN ranks lowest */
+                 : trial == 3 ? (u < 0.5 ? -0.0 : 0.0)           /* -0 equals +0 */
+                 : trial == 4 ? (u < 0.1 ? -INFINITY : u < 0.2 ? INFINITY : normal() * 1e-30)
+                 : 1.0;                                          /* all equal */
+        }
+        for (budget = 16; budget <= N + 10; budget += 71) {
+            char what[64];
+            sprintf(what, "trial %d budget %ld", trial, (long)budget);
+            check_select(what, s, Hk, N, 16, budget);
+        }
+    }
+    free(s);
+}
+
+static void test_ties_go_to_lower_position_and_nan_last(void) {
+    /* 10 tokens, window 2: evictable 0..7. */
+    double s[10] = { 1, 5, NAN, 5, 2, 5, NAN, 3, 0, 0 };
+    kvec_config c = policy_config(KVEC_POLICY_SNAPKV, 2);
+    float f[10];
+    test_plan p;
+    int i;
+    for (i = 0; i < 10; i++) f[i] = (float)s[i];
+    plan_init(&p, 1, 1, 5);
+    CHECK(kvec_select_layer(&c, f, 1, 10, 4, 0, NULL, &p.plan, NULL, 0) == KVEC_OK, "select");
+    /* best two of the evictable: the 5s at 1 and 3 (5 at 5 loses the tie) */
+    CHECK(p.counts[0] == 4 && p.positions[0] == 1 && p.positions[1] == 3 && p.positions[2] == 8 &&
+          p.positions[3] == 9, "got %ld: %ld %ld %ld %ld", (long)p.counts[0], (long)p.positions[0],
+          (long)p.positions[1], (long)p.positions[2], (long)p.positions[3]);
+    CHECK(kvec_select_layer(&c, f, 1, 10, 9, 0, NULL, &p.plan, NULL, 0) == KVEC_ERROR_PLAN_TOO_SMALL, "capacity 5 cannot hold 9");
+    plan_free(&p);
+    plan_init(&p, 1, 1, 10);
+    CHECK(kvec_select_layer(&c, f, 1, 10, 9, 0, NULL, &p.plan, NULL, 0) == KVEC_OK, "select 9");
+    /* 7 free slots over 8 evictable: everything but one NaN; the NaN at 6 goes */
+    CHECK(p.counts[0] == 9 && p.positions[2] == 2 && p.positions[6] == 7, "NaN at 6 must be the one dropped");
+    plan_free(&p);
+}
+
+static void test_budget_window_and_order_for_every_policy(void) {
+    int p;
+    for (p = KVEC_POLICY_KVEC; p < KVEC_POLICY_COUNT_; p++) {
+        test_cache c;
+        test_plan plan;
+        kvec_config cfg = policy_config((kvec_policy)p, 8);
+        int64_t l, j, r, layer_budget;
+        int ok_count = 1, ok_window = 1, ok_order = 1;
+        cache_init(&c, 3, 130, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 20 + (uint64_t)p);
+        CHECK(run_evict(&cfg, &c, 40, &plan) == KVEC_OK, "%s evict", kvec_policy_name((kvec_policy)p));
+        for (l = 0; l < 3; l++) {
+            kvec_layer_budget(&cfg, 40, l, 3, 130, &layer_budget);
+            for (j = 0; j < 2; j++) {
+                const int64_t *pos = plan.positions + (l * 2 + j) * plan.plan.capacity;
+                int64_t n = plan.counts[l * 2 + j];
+                ok_count &= n == layer_budget;
+                for (r = 0; r < 8; r++) ok_window &= pos[n - 8 + r] == 130 - 8 + r;
+                for (r = 1; r < n; r++) ok_order &= pos[r] > pos[r - 1];
+            }
+        }
+        CHECK(ok_count, "%s: kept count must equal the layer budget", kvec_policy_name((kvec_policy)p));
+        CHECK(ok_window, "%s: window must be kept", kvec_policy_name((kvec_policy)p));
+        CHECK(ok_order, "%s: positions ascending and unique", kvec_policy_name((kvec_policy)p));
+        plan_free(&plan);
+        cache_free(&c);
+    }
+}
+
+static void test_kvec_without_terms_selects_what_snapkv_selects(void) {
+    int trial;
+    for (trial = 0; trial < 4; trial++) {
+        test_cache a, b;
+        test_plan pa, pb;
+        kvec_config snap = policy_config(KVEC_POLICY_SNAPKV, 16), kv = policy_config(KVEC_POLICY_KVEC, 16);
+        kv.terms.enabled = KVEC_TERM_NONE;
+        cache_init(&a, 2, 150 + trial * 60, 2, 4, 32, 16, KVEC_DTYPE_BF16, TOK_HEAD_DIM, 40 + (uint64_t)trial);
+        cache_init(&b, 2, 150 + trial * 60, 2, 4, 32, 16, KVEC_DTYPE_BF16, TOK_HEAD_DIM, 40 + (uint64_t)trial);
+        CHECK(run_evict(&snap, &a, 48, &pa) == KVEC_OK, "snapkv");
+        CHECK(run_evict(&kv, &b, 48, &pb) == KVEC_OK, "kvec none");
+        CHECK(plans_equal(&pa, &pb), "trial %d: K-VEC with no term must equal SnapKV", trial);
+        CHECK(memcmp(a.layers[1].kb, b.layers[1].kb, a.layers[1].kbytes) == 0, "same compacted keys");
+        plan_free(&pa); plan_free(&pb); cache_free(&a); cache_free(&b);
+    }
+}
+
+static int64_t ref_pyramid(int64_t B, int64_t W, int64_t l, int64_t L, int64_t N, double beta) {
+    int64_t F = B - W;
+    double lo, hi, f;
+    if (B >= N) return N;
+    if (L == 1 || N < 2 * F) return B;
+    lo = (double)F / beta; hi = 2.0 * F - lo;
+    if (hi >= (double)(N - W)) { hi = (double)(N - W); lo = 2.0 * F - hi; }
+    f = floor(hi - (double)l * (hi - lo) / (double)(L - 1) + 0.5);
+    if (f < 0) f = 0;
+    if (f > (double)(N - W)) f = (double)(N - W);
+    return W + (int64_t)f;
+}
+
+static void test_pyramid_budgets_follow_the_formula(void) {
+    kvec_config c = policy_config(KVEC_POLICY_PYRAMIDKV, 8);
+    int64_t B, N, L, l, got;
+    int ok = 1, decreasing = 1;
+    for (N = 50; N <= 2000; N += 390)
+        for (B = 8; B <= N + 5; B += 37)
+            for (L = 1; L <= 6; L++)
+                for (l = 0; l < L; l++) {
+                    kvec_result r = kvec_layer_budget(&c, B, l, L, N, &got);
+                    ok &= r == KVEC_OK && got == ref_pyramid(B, 8, l, L, N, 20.0);
+                    if (l > 0) {
+                        int64_t prev;
+                        kvec_layer_budget(&c, B, l - 1, L, N, &prev);
+                        decreasing &= got <= prev;
+                    }
+                }
+    CHECK(ok, "kvec_layer_budget differs from the PyramidKV formula");
+    CHECK(decreasing, "pyramid budgets must not grow with depth");
+    c.budget_mode = KVEC_BUDGET_UNIFORM;
+    CHECK(kvec_layer_budget(&c, 100, 2, 4, 1000, &got) == KVEC_OK && got == 100, "uniform mode keeps B");
+    CHECK(kvec_layer_budget(&c, 2000, 2, 4, 1000, &got) == KVEC_OK && got == 1000, "budget >= N keeps all");
+    CHECK(kvec_layer_budget(&c, 7, 0, 4, 1000, &got) == KVEC_ERROR_BUDGET_BELOW_WINDOW, "budget < window");
+}
+
+/* ---- tests: compaction, dtypes, layouts ----------------------------------- */
+
+/* After eviction, row r of head j must hold the original row kept[r]. */
+static int compaction_matches_gather(const test_cache *before, const test_cache *after, const test_plan *p) {
+    int64_t l, j, r, d;
+    for (l = 0; l < after->n_layers; l++) {
+        const test_layer *A = &after->layers[l], *B = &before->layers[l];
+        for (j = 0; j < A->Hk; j++) {
+            const int64_t *pos = p->positions + (l * A->Hk + j) * p->plan.capacity;
+            for (r = 0; r < p->counts[l * A->Hk + j]; r++)
+                for (d = 0; d < A->D; d++) {
+                    double k = fetch(element(&A->view.keys, r, j, d), A->view.keys.dtype);
+                    double v = fetch(element(&A->view.values, r, j, d), A->view.values.dtype);
+                    if (k != B->k[(pos[r] * B->Hk + j) * B->D + d]) return 0;
+                    if (v != B->v[(pos[r] * B->Hk + j) * B->D + d]) return 0;
+                }
+            /* rows past the count are left as they were */
+            for (r = p->counts[l * A->Hk + j]; r < A->N; r++)
+                for (d = 0; d < A->D; d++)
+                    if (fetch(element(&A->view.keys, r, j, d), A->view.keys.dtype) != B->k[(r * B->Hk + j) * B->D + d])
+                        return 0;
+        }
+    }
+    return 1;
+}
+
+static void test_compaction_equals_reference_gather_in_every_layout(void) {
+    static const enum layout layouts[] = { TOK_HEAD_DIM, HEAD_TOK_DIM, PADDED, TRANSPOSED_V };
+    static const char *names[] = { "[tok][head][dim]", "[head][tok][dim]", "padded", "transposed V" };
+    test_plan first;
+    int li;
+    for (li = 0; li < 4; li++) {
+        test_cache before, after;
+        test_plan p;
+        kvec_config c = policy_config(KVEC_POLICY_KVEC, 8);
+        cache_init(&before, 2, 120, 3, 2, 16, 8, KVEC_DTYPE_F16, layouts[li], 77);
+        cache_init(&after, 2, 120, 3, 2, 16, 8, KVEC_DTYPE_F16, layouts[li], 77);
+        CHECK(run_evict(&c, &after, 30, &p) == KVEC_OK, "%s evict", names[li]);
+        CHECK(compaction_matches_gather(&before, &after, &p), "%s: compaction differs from a gather", names[li]);
+        if (li == 0) first = p;
+        else { CHECK(plans_equal(&first, &p), "%s: layout changed the kept set", names[li]); plan_free(&p); }
+        cache_free(&before); cache_free(&after);
+    }
+    plan_free(&first);
+}
+
+static void test_same_selection_for_fp32_fp16_bf16(void) {
+    static const kvec_dtype types[] = { KVEC_DTYPE_F32, KVEC_DTYPE_F16, KVEC_DTYPE_BF16 };
+    static const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF };
+    size_t p;
+    for (p = 0; p < sizeof policies / sizeof policies[0]; p++) {
+        test_plan plans[3];
+        int t;
+        for (t = 0; t < 3; t++) {
+            test_cache c;
+            kvec_config cfg = policy_config(policies[p], 8);
+            /* values on the bf16 grid, small enough for fp16: identical numbers */
+            cache_init(&c, 2, 100, 2, 2, 16, 8, types[t], TOK_HEAD_DIM, 91);
+            CHECK(run_evict(&cfg, &c, 24, &plans[t]) == KVEC_OK, "dtype %d", t);
+            cache_free(&c);
+        }
+        CHECK(plans_equal(&plans[0], &plans[1]), "%s: fp32 and fp16 keep different tokens", kvec_policy_name(policies[p]));
+        CHECK(plans_equal(&plans[0], &plans[2]), "%s: fp32 and bf16 keep different tokens", kvec_policy_name(policies[p]));
+        for (t = 0; t < 3; t++) plan_free(&plans[t]);
+    }
+}
+
+/* ---- tests: per-layer, batch, threads ------------------------------------- */
+
+static void test_layer_by_layer_equals_whole_cache(void) {
+    static const uint32_t term_sets[] = { KVEC_TERM_UNIQUENESS, KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER,
+                                          KVEC_TERM_CROSS_HEAD | KVEC_TERM_CROSS_LAYER };
+    size_t t;
+    for (t = 0; t < 3; t++) {
+        test_cache a, b;
+        test_plan pa, pb;
+        kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+        kvec_coverage cov;
+        uint8_t *cov_mem = (uint8_t *)malloc(160);
+        size_t bytes;
+        void *scratch;
+        int64_t l;
+        int ok = 1;
+        cfg.terms.enabled = term_sets[t];
+        cache_init(&a, 3, 160, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 55);
+        cache_init(&b, 3, 160, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 55);
+        CHECK(run_evict(&cfg, &a, 40, &pa) == KVEC_OK, "whole cache");
+        plan_init(&pb, 3, 2, pa.plan.capacity);
+        kvec_coverage_init(&cov, cov_mem, 160, 160);
+        for (l = 0; l < 3; l++) {
+            kvec_layer_scratch_bytes(&cfg, &b.views[l], &bytes);
+            scratch = malloc(bytes);
+            ok &= kvec_evict_layer(&cfg, &b.views[l], l, 3, 40, &cov, &pb.plan, scratch, bytes) == KVEC_OK;
+            free(scratch);
+        }
+        CHECK(ok, "terms %u: per-layer eviction failed", (unsigned)term_sets[t]);
+        CHECK(plans_equal(&pa, &pb), "terms %u: per-layer plan differs from the whole-cache plan", (unsigned)term_sets[t]);
+        for (l = 0; l < 3; l++)
+            CHECK(memcmp(a.layers[l].kb, b.layers[l].kb, a.layers[l].kbytes) == 0 &&
+                  memcmp(a.layers[l].vb, b.layers[l].vb, a.layers[l].vbytes) == 0,
+                  "terms %u layer %ld: compacted bytes differ", (unsigned)term_sets[t], (long)l);
+        CHECK(cov.next_layer == 3, "coverage saw three layers");
+        plan_free(&pa); plan_free(&pb); cache_free(&a); cache_free(&b); free(cov_mem);
+    }
+}
+
+static void test_cross_head_reserve_prefers_uncovered_tokens(void) {
+    /* Two heads with identical scores: without the term they keep the same
+       tokens; with beta = 0.5 the second head's reserve goes to tokens the
+       first did not keep. */
+    enum { N = 60, W = 4, B = 24 };
+    float s[2 * N];
+    kvec_config c = policy_config(KVEC_POLICY_KVEC, W);
+    test_plan p;
+    uint8_t flags[N];
+    int64_t i, overlap = 0, r;
+    for (i = 0; i < N; i++) s[i] = s[N + i] = (float)(N - i);
+    c.terms.enabled = KVEC_TERM_CROSS_HEAD;
+    c.terms.beta = 0.5f;
+    plan_init(&p, 1, 2, B);
+    CHECK(kvec_select_scratch_bytes(&c, N) == N, "cross-head selection needs N bytes");
+    CHECK(kvec_select_layer(&c, s, 2, N, B, 0, NULL, &p.plan, flags, sizeof flags) == KVEC_OK, "select");
+    for (r = 0; r < B; r++)
+        for (i = 0; i < B; i++) overlap += p.positions[r] == p.positions[B + i];
+    /* free slots 20, reserve 10: head 1 shares its first 10 plus the window */
+    CHECK(overlap == 10 + W, "head 1 should share exactly 14 positions with head 0, shares %ld", (long)overlap);
+    CHECK(p.counts[0] == B && p.counts[1] == B, "counts stay at the budget");
+    CHECK(p.positions[B + 10] == 20, "head 1's reserve starts at the best uncovered token (got %ld)", (long)p.positions[B + 10]);
+    plan_free(&p);
+}
+
+static void test_batch_equals_each_sequence_alone(void) {
+    test_cache alone[2], batch[2];
+    test_plan pa[2], pb[2];
+    kvec_cache caches[2];
+    kvec_plan plans[2];
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    size_t bytes;
+    void *scratch;
+    int s;
+    for (s = 0; s < 2; s++) {
+        cache_init(&alone[s], 2, 90 + 70 * s, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 60 + (uint64_t)s);
+        cache_init(&batch[s], 2, 90 + 70 * s, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 60 + (uint64_t)s);
+        CHECK(run_evict(&cfg, &alone[s], 32, &pa[s]) == KVEC_OK, "alone %d", s);
+        plan_init(&pb[s], 2, 2, pa[s].plan.capacity);
+        caches[s] = batch[s].cache;
+        plans[s] = pb[s].plan;
+    }
+    CHECK(kvec_scratch_bytes(&cfg, caches, 2, &bytes) == KVEC_OK, "batch scratch");
+    scratch = malloc(bytes);
+    CHECK(kvec_evict_batch(&cfg, caches, 2, 32, plans, scratch, bytes) == KVEC_OK, "batch");
+    for (s = 0; s < 2; s++) {
+        CHECK(plans_equal(&pa[s], &pb[s]), "sequence %d: batch plan differs", s);
+        CHECK(memcmp(alone[s].layers[1].kb, batch[s].layers[1].kb, alone[s].layers[1].kbytes) == 0, "sequence %d bytes", s);
+        plan_free(&pa[s]); plan_free(&pb[s]); cache_free(&alone[s]); cache_free(&batch[s]);
+    }
+    free(scratch);
+}
+
+static void test_one_and_two_threads_identical(void) {
+#ifdef TEST_THREADS
+    int p;
+    for (p = KVEC_POLICY_KVEC; p < KVEC_POLICY_COUNT_; p++) {
+        test_layer L;
+        kvec_config cfg = policy_config((kvec_policy)p, 8);
+        float *s1, *s2;
+        size_t bytes;
+        void *scratch;
+        layer_init(&L, 300, 4, 2, 32, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 99);
+        s1 = (float *)malloc(sizeof(float) * 1200);
+        s2 = (float *)malloc(sizeof(float) * 1200);
+        kvec_layer_scratch_bytes(&cfg, &L.view, &bytes);
+        scratch = malloc(bytes);
+        omp_set_num_threads(1);
+        kvec_score_layer(&cfg, &L.view, 0, NULL, s1, scratch, bytes);
+        omp_set_num_threads(2);
+        kvec_score_layer(&cfg, &L.view, 0, NULL, s2, scratch, bytes);
+        CHECK(memcmp(s1, s2, sizeof(float) * 1200) == 0, "%s: scores differ between 1 and 2 threads", kvec_policy_name((kvec_policy)p));
+        free(s1); free(s2); free(scratch); layer_free(&L);
+    }
+    {
+        test_cache a, b;
+        test_plan pa, pb;
+        kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+        cache_init(&a, 3, 200, 4, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 5);
+        cache_init(&b, 3, 200, 4, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 5);
+        omp_set_num_threads(1);
+        run_evict(&cfg, &a, 50, &pa);
+        omp_set_num_threads(2);
+        run_evict(&cfg, &b, 50, &pb);
+        CHECK(plans_equal(&pa, &pb), "plans differ between 1 and 2 threads");
+        CHECK(memcmp(a.layers[2].kb, b.layers[2].kb, a.layers[2].kbytes) == 0, "compacted keys differ between thread counts");
+        plan_free(&pa); plan_free(&pb); cache_free(&a); cache_free(&b);
+    }
+#else
+    if (!g_quiet) printf("skip test_one_and_two_threads_identical: built without OpenMP\n");
+#endif
+}
+
+/* ---- tests: errors leave everything untouched ----------------------------- */
+
+typedef struct snapshot { unsigned char *bytes[8]; size_t sizes[8]; int n; } snapshot;
+
+static void snap(snapshot *s, test_cache *c, test_plan *p) {
+    int64_t l;
+    s->n = 0;
+    for (l = 0; l < c->n_layers && s->n < 6; l++) {
+        s->bytes[s->n] = (unsigned char *)malloc(c->layers[l].kbytes); memcpy(s->bytes[s->n], c->layers[l].kb, c->layers[l].kbytes); s->sizes[s->n++] = c->layers[l].kbytes;
+        s->bytes[s->n] = (unsigned char *)malloc(c->layers[l].vbytes); memcpy(s->bytes[s->n], c->layers[l].vb, c->layers[l].vbytes); s->sizes[s->n++] = c->layers[l].vbytes;
+    }
+    s->sizes[6] = sizeof(int64_t) * (size_t)(p->plan.n_layers * p->plan.n_kv_heads);
+    s->bytes[6] = (unsigned char *)malloc(s->sizes[6]); memcpy(s->bytes[6], p->counts, s->sizes[6]);
+}
+static int unchanged(const snapshot *s, test_cache *c, test_plan *p) {
+    int64_t l;
+    int i = 0, ok = 1;
+    for (l = 0; l < c->n_layers && i < 6; l++) {
+        ok &= memcmp(s->bytes[i++], c->layers[l].kb, c->layers[l].kbytes) == 0;
+        ok &= memcmp(s->bytes[i++], c->layers[l].vb, c->layers[l].vbytes) == 0;
+    }
+    ok &= memcmp(s->bytes[6], p->counts, s->sizes[6]) == 0;
+    return ok;
+}
+static void snap_free(snapshot *s) { int i; for (i = 0; i < s->n; i++) free(s->bytes[i]); free(s->bytes[6]); }
+
+/* Runs kvec_evict_ex on a fresh 3-layer cache after `spoil` changed one
+   thing, and checks the error and that nothing was written. */
+typedef void (*spoiler)(test_cache *c, kvec_config *cfg, int64_t *budget, test_plan *p, size_t *scratch_bytes);
+
+static void expect_error(const char *what, spoiler spoil, kvec_result expected) {
+    test_cache c;
+    test_plan p;
+    snapshot s;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    int64_t budget = 30, capacity;
+    size_t bytes;
+    void *scratch;
+    kvec_result r;
+    cache_init(&c, 3, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 13);
+    kvec_plan_capacity(&cfg, budget, 3, 100, &capacity);
+    kvec_scratch_bytes(&cfg, &c.cache, 1, &bytes);
+    plan_init(&p, 3, 2, capacity);
+    scratch = malloc(bytes);
+    spoil(&c, &cfg, &budget, &p, &bytes);
+    snap(&s, &c, &p);
+    r = kvec_evict_ex(&cfg, &c.cache, budget, &p.plan, scratch, bytes);
+    CHECK(r == expected, "%s: expected %s, got %s", what, kvec_result_string(expected), kvec_result_string(r));
+    CHECK(unchanged(&s, &c, &p), "%s: the cache or plan changed on error", what);
+    snap_free(&s); free(scratch); plan_free(&p); cache_free(&c);
+}
+
+static void spoil_null_keys(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[1].keys.data = NULL; }
+static void spoil_zero_tokens(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[0].values.head_dim = 0; }
+static void spoil_negative_heads(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[2].keys.n_heads = -2; }
+static void spoil_negative_stride(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[1].values.stride_head = -32; }
+static void spoil_overlap(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[1].keys.stride_token = 16; /* < a row of 2 heads */ }
+static void spoil_misaligned(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[2].keys.stride_token += 1; }
+static void spoil_dtype(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[0].keys.dtype = KVEC_DTYPE_UNSET; }
+static void spoil_v_shape(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[2].values.n_tokens = 99; }
+static void spoil_q_shape(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[2].queries.head_dim = 8; }
+static void spoil_budget(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)c; (void)f; (void)p; (void)s; *b = 7; }
+static void spoil_scratch(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)c; (void)f; (void)b; (void)p; *s -= 1; }
+static void spoil_nan_key_last_layer(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) {
+    uint16_t nan = 0x7e00; (void)f; (void)b; (void)p; (void)s;
+    memcpy(element(&c->views[2].keys, 57, 1, 3), &nan, 2);
+}
+static void spoil_inf_query(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) {
+    float inf = INFINITY; (void)f; (void)b; (void)p; (void)s;
+    memcpy(element(&c->views[2].queries, 7, 3, 0), &inf, 4);
+}
+static void spoil_no_queries(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[1].queries.data = NULL; }
+static void spoil_few_queries(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->views[0].queries.n_tokens = 4; }
+static void spoil_even_kernel(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)c; (void)b; (void)p; (void)s; f->pool_kernel = 4; }
+static void spoil_policy(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)c; (void)b; (void)p; (void)s; f->policy = (kvec_policy)42; }
+static void spoil_plan_capacity(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)c; (void)f; (void)b; (void)s; p->plan.capacity -= 1; }
+static void spoil_plan_layers(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)c; (void)f; (void)b; (void)s; p->plan.n_layers = 2; }
+static void spoil_layers(test_cache *c, kvec_config *f, int64_t *b, test_plan *p, size_t *s) { (void)f; (void)b; (void)p; (void)s; c->cache.n_layers = 0; }
+
+static void test_bad_inputs_return_errors_and_touch_nothing(void) {
+    expect_error("NULL keys", spoil_null_keys, KVEC_ERROR_NULL_POINTER);
+    expect_error("zero head_dim", spoil_zero_tokens, KVEC_ERROR_BAD_EXTENT);
+    expect_error("negative heads", spoil_negative_heads, KVEC_ERROR_BAD_EXTENT);
+    expect_error("negative stride", spoil_negative_stride, KVEC_ERROR_BAD_STRIDE);
+    expect_error("overlapping rows", spoil_overlap, KVEC_ERROR_BAD_STRIDE);
+    expect_error("misaligned stride", spoil_misaligned, KVEC_ERROR_MISALIGNED);
+    expect_error("unset dtype", spoil_dtype, KVEC_ERROR_BAD_DTYPE);
+    expect_error("V shape", spoil_v_shape, KVEC_ERROR_SHAPE_MISMATCH);
+    expect_error("Q shape", spoil_q_shape, KVEC_ERROR_SHAPE_MISMATCH);
+    expect_error("budget < window", spoil_budget, KVEC_ERROR_BUDGET_BELOW_WINDOW);
+    expect_error("scratch too small", spoil_scratch, KVEC_ERROR_SCRATCH_TOO_SMALL);
+    expect_error("NaN key in the last layer", spoil_nan_key_last_layer, KVEC_ERROR_NON_FINITE);
+    expect_error("Inf query in the last layer", spoil_inf_query, KVEC_ERROR_NON_FINITE);
+    expect_error("no queries", spoil_no_queries, KVEC_ERROR_MISSING_QUERIES);
+    expect_error("too few query rows", spoil_few_queries, KVEC_ERROR_MISSING_QUERIES);
+    expect_error("even pool kernel", spoil_even_kernel, KVEC_ERROR_BAD_CONFIG);
+    expect_error("unknown policy", spoil_policy, KVEC_ERROR_BAD_CONFIG);
+    expect_error("plan capacity", spoil_plan_capacity, KVEC_ERROR_PLAN_TOO_SMALL);
+    expect_error("plan layers", spoil_plan_layers, KVEC_ERROR_PLAN_TOO_SMALL);
+    expect_error("zero layers", spoil_layers, KVEC_ERROR_BAD_EXTENT);
+}
+
+static void test_per_layer_errors_touch_nothing(void) {
+    test_cache c;
+    test_plan p;
+    snapshot s;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    kvec_coverage cov;
+    uint8_t cov_mem[100], cov_copy[100];
+    size_t bytes;
+    void *scratch;
+    uint16_t nan = 0x7e00;
+    cache_init(&c, 3, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 17);
+    plan_init(&p, 3, 2, 30);
+    kvec_layer_scratch_bytes(&cfg, &c.views[0], &bytes);
+    scratch = malloc(bytes);
+    kvec_coverage_init(&cov, cov_mem, sizeof cov_mem, 100);
+    snap(&s, &c, &p);
+    memcpy(cov_copy, cov_mem, sizeof cov_mem);
+    CHECK(kvec_evict_layer(&cfg, &c.views[0], 3, 3, 30, &cov, &p.plan, scratch, bytes) == KVEC_ERROR_BAD_LAYER_INDEX, "layer index");
+    CHECK(kvec_evict_layer(&cfg, &c.views[1], 1, 3, 30, &cov, &p.plan, scratch, bytes) == KVEC_ERROR_BAD_COVERAGE, "out of order");
+    cfg.terms.enabled = KVEC_TERM_CROSS_LAYER;
+    CHECK(kvec_evict_layer(&cfg, &c.views[0], 0, 3, 30, NULL, &p.plan, scratch, bytes) == KVEC_ERROR_BAD_COVERAGE, "cross-layer needs coverage");
+    cov.n_tokens = 99;
+    CHECK(kvec_evict_layer(&cfg, &c.views[0], 0, 3, 30, &cov, &p.plan, scratch, bytes) == KVEC_ERROR_BAD_COVERAGE, "coverage for another length");
+    cov.n_tokens = 100;
+    memcpy(element(&c.views[0].keys, 3, 0, 0), &nan, 2);
+    memcpy(s.bytes[0] + ((char *)element(&c.views[0].keys, 3, 0, 0) - (char *)c.layers[0].kb), &nan, 2);
+    CHECK(kvec_evict_layer(&cfg, &c.views[0], 0, 3, 30, &cov, &p.plan, scratch, bytes) == KVEC_ERROR_NON_FINITE, "NaN key");
+    CHECK(unchanged(&s, &c, &p) && memcmp(cov_copy, cov_mem, sizeof cov_mem) == 0 && cov.next_layer == 0,
+          "per-layer errors must leave cache, plan and coverage untouched");
+    {   /* compaction refuses a plan that is not strictly ascending */
+        p.counts[0] = 3; p.positions[0] = 5; p.positions[1] = 5; p.positions[2] = 9;
+        p.counts[1] = 0;
+        CHECK(kvec_compact_layer(&c.views[1], &p.plan, 0) == KVEC_ERROR_BAD_PLAN, "bad plan");
+        p.positions[1] = 100;
+        CHECK(kvec_compact_layer(&c.views[1], &p.plan, 0) == KVEC_ERROR_BAD_PLAN, "position out of range");
+        CHECK(memcmp(s.bytes[2], c.layers[1].kb, c.layers[1].kbytes) == 0, "a refused plan moves nothing");
+    }
+    snap_free(&s); free(scratch); plan_free(&p); cache_free(&c);
+}
+
+static void test_result_strings_are_distinct(void) {
+    int a, b, ok = 1;
+    for (a = 0; a >= -17; a--) {
+        const char *s = kvec_result_string((kvec_result)a);
+        ok &= s && s[0] && strcmp(s, "unknown kvec_result") != 0;
+        for (b = a - 1; b >= -17; b--) ok &= strcmp(s, kvec_result_string((kvec_result)b)) != 0;
+    }
+    CHECK(ok, "every result code has its own description");
+    CHECK(strcmp(kvec_result_string((kvec_result)-99), "unknown kvec_result") == 0, "unknown codes are named as such");
+}
+
+static void test_validation_of_views(void) {
+    float data[64];
+    kvec_tensor t = kvec_tensor_contiguous(data, KVEC_DTYPE_F32, 4, 2, 8);
+    CHECK(kvec_validate_tensor(&t) == KVEC_OK, "contiguous view is valid");
+    t.stride_head = 8 * 4 * 4; t.stride_token = 8 * 4; /* [head][tok][dim] of the same memory */
+    CHECK(kvec_validate_tensor(&t) == KVEC_OK, "[head][tok][dim] is valid");
+    t.stride_token = 8 * 4 - 4;
+    CHECK(kvec_validate_tensor(&t) == KVEC_ERROR_BAD_STRIDE, "rows overlapping by one element");
+    t = kvec_tensor_contiguous(data, KVEC_DTYPE_F32, 4, 2, 8);
+    t.stride_head = 0;
+    CHECK(kvec_validate_tensor(&t) == KVEC_ERROR_BAD_STRIDE, "two heads on the same memory");
+    t.n_heads = 1;
+    CHECK(kvec_validate_tensor(&t) == KVEC_OK, "stride of an axis of extent 1 does not matter");
+    t = kvec_tensor_contiguous((char *)data + 1, KVEC_DTYPE_F16, 4, 2, 8);
+    CHECK(kvec_validate_tensor(&t) == KVEC_ERROR_MISALIGNED, "odd address for fp16");
+    t = kvec_tensor_contiguous(data, KVEC_DTYPE_F32, 4, 2, 8);
+    t.stride_token = INT64_MAX / 8 * 4; /* aligned, but 3 tokens overflow int64 */
+    CHECK(kvec_validate_tensor(&t) == KVEC_ERROR_SIZE_OVERFLOW, "span overflow");
+    CHECK(kvec_validate_tensor(NULL) == KVEC_ERROR_NULL_POINTER, "NULL view");
+}
+
+static void test_budget_at_least_n_keeps_everything(void) {
+    test_cache c, before;
+    test_plan p;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    int ok = 1;
+    int64_t h, r;
+    cache_init(&c, 2, 50, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 3);
+    cache_init(&before, 2, 50, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 3);
+    CHECK(run_evict(&cfg, &c, 80, &p) == KVEC_OK, "evict with a large budget");
+    for (h = 0; h < 4; h++) {
+        ok &= p.counts[h] == 50;
+        for (r = 0; r < 50; r++) ok &= p.positions[h * p.plan.capacity + r] == r;
+    }
+    CHECK(ok, "budget >= N keeps all N positions");
+    CHECK(memcmp(c.layers[0].kb, before.layers[0].kb, c.layers[0].kbytes) == 0, "and moves nothing");
+    plan_free(&p); cache_free(&c); cache_free(&before);
+}
+
+static void test_convenience_evict(void) {
+    test_cache c, before;
+    test_plan ref;
+    kvec_config cfg = policy_config(KVEC_POLICY_DEFAULT, 0);
+    cache_init(&c, 2, 150, 2, 4, 16, 32, KVEC_DTYPE_F16, TOK_HEAD_DIM, 8);
+    cache_init(&before, 2, 150, 2, 4, 16, 32, KVEC_DTYPE_F16, TOK_HEAD_DIM, 8);
+    CHECK(kvec_evict(&c.cache, 64) == KVEC_OK, "kvec_evict");
+    CHECK(run_evict(&cfg, &before, 64, &ref) == KVEC_OK, "explicit form with defaults");
+    CHECK(memcmp(c.layers[1].kb, before.layers[1].kb, c.layers[1].kbytes) == 0 &&
+          memcmp(c.layers[1].vb, before.layers[1].vb, c.layers[1].vbytes) == 0,
+          "kvec_evict equals kvec_evict_ex with a zeroed config");
+    CHECK(kvec_evict(&c.cache, 16) == KVEC_ERROR_BUDGET_BELOW_WINDOW, "default window is 32");
+    plan_free(&ref); cache_free(&c); cache_free(&before);
+}
+
+static void test_conversions_round_to_nearest_even(void) {
+    int ok = 1;
+    uint32_t h;
+    for (h = 0; h < 0x10000; h++) { /* every finite half round-trips */
+        float f = kvec_f16_to_f32((uint16_t)h);
+        if ((h & 0x7c00) != 0x7c00) ok &= kvec_f32_to_f16(f) == (uint16_t)h;
+    }
+    CHECK(ok, "fp16 -> fp32 -> fp16 is the identity on finite values");
+    CHECK(kvec_f32_to_f16(1.0f + 1.0f / 2048) == 0x3c00, "1 + half an ulp rounds to even (down)");
+    CHECK(kvec_f32_to_f16(1.0f + 3.0f / 2048) == 0x3c02, "1 + 1.5 ulp rounds to even (up)");
+    CHECK(kvec_f32_to_f16(65520.0f) == 0x7c00, "65520 rounds to Inf");
+    CHECK(kvec_f32_to_f16(5.9604645e-8f) == 0x0001, "smallest subnormal");
+    CHECK(kvec_f32_to_bf16(1.0f + 1.0f / 256) == 0x3f80, "bf16 tie to even (down)");
+    CHECK(kvec_f32_to_bf16(1.0f + 3.0f / 256) == 0x3f82, "bf16 tie to even (up)");
+    CHECK(kvec_bf16_to_f32(0x4049) == 3.140625f, "bf16 decode");
+    CHECK(isnan(kvec_f16_to_f32(kvec_f32_to_f16(NAN))) && isnan(kvec_bf16_to_f32(kvec_f32_to_bf16(NAN))), "NaN stays NaN");
+}
+
+int main(int argc, char **argv) {
+    g_quiet = argc > 1 && strcmp(argv[1], "--quiet") == 0;
+#define RUN(test) do { if (!g_quiet) printf("%s\n", #test); test(); } while (0)
+    RUN(test_each_score_matches_naive_reference);
+    RUN(test_h2o_with_whole_prefix_queries);
+    RUN(test_random_is_seeded);
+    RUN(test_selection_equals_sorting);
+    RUN(test_ties_go_to_lower_position_and_nan_last);
+    RUN(test_budget_window_and_order_for_every_policy);
+    RUN(test_kvec_without_terms_selects_what_snapkv_selects);
+    RUN(test_pyramid_budgets_follow_the_formula);
+    RUN(test_compaction_equals_reference_gather_in_every_layout);
+    RUN(test_same_selection_for_fp32_fp16_bf16);
+    RUN(test_layer_by_layer_equals_whole_cache);
+    RUN(test_cross_head_reserve_prefers_uncovered_tokens);
+    RUN(test_batch_equals_each_sequence_alone);
+    RUN(test_one_and_two_threads_identical);
+    RUN(test_bad_inputs_return_errors_and_touch_nothing);
+    RUN(test_per_layer_errors_touch_nothing);
+    RUN(test_result_strings_are_distinct);
+    RUN(test_validation_of_views);
+    RUN(test_budget_at_least_n_keeps_everything);
+    RUN(test_convenience_evict);
+    RUN(test_conversions_round_to_nearest_even);
+    printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}
