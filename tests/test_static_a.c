@@ -6,7 +6,7 @@
 #include <string.h>
 #include <stdio.h>
 
-int evict_in_b(void);
+int check_in_b(void);
 
 static int evict_in_a(void) {
     float k[64 * 8], v[64 * 8];
@@ -35,7 +35,7 @@ static int evict_in_a(void) {
 }
 
 int main(void) {
-    int ok = evict_in_a() && evict_in_b();
+    int ok = evict_in_a() && check_in_b();
     printf("KVEC_STATIC build: %s\n", ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
 }

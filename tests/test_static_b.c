@@ -4,9 +4,9 @@
 #define KVEC_IMPLEMENTATION
 #include "../kvec.h"
 
-int evict_in_b(void);
+int check_in_b(void);
 
-int evict_in_b(void) {
+int check_in_b(void) {
     float data[4 * 2 * 8];
     kvec_tensor keys = kvec_tensor_contiguous(data, KVEC_DTYPE_F32, 4, 2, 8);
     int64_t budget = 0;
