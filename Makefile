@@ -7,7 +7,7 @@ OPENMP   = -fopenmp
 BUILD    = build
 SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test test-asan demo bench clean readme-check
+.PHONY: all test test-asan demo bench clean readme-check nvcc-check
 
 all: $(BUILD)/test_kvec $(BUILD)/hello
 
@@ -28,6 +28,12 @@ $(BUILD)/test_cpp: tests/test_cpp.cpp kvec.h | $(BUILD)
 $(BUILD)/test_static: tests/test_static_a.c tests/test_static_b.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) -o $@ tests/test_static_a.c tests/test_static_b.c -lm
 
+# kvec.h inside a CUDA translation unit; skipped where nvcc is absent.
+nvcc-check: | $(BUILD)
+	@if command -v nvcc > /dev/null; then \
+	  nvcc -std=c++11 -Xcompiler -Wall,-Wextra,-Werror -o $(BUILD)/test_nvcc tests/test_nvcc.cu && $(BUILD)/test_nvcc; \
+	else echo "nvcc build: skipped (nvcc not found)"; fi
+
 $(BUILD)/test_kvec_asan: tests/test_kvec.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_kvec.c -lm
 
@@ -45,7 +51,7 @@ readme-check: | $(BUILD)
 	  { echo "README.md quick start differs from examples/quickstart.c"; exit 1; }
 	@echo "README quick start: same as examples/quickstart.c"
 
-test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check
 	$(BUILD)/quickstart
 	$(BUILD)/hello > /dev/null
 	$(BUILD)/test_cpp
