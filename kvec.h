@@ -752,17 +752,20 @@ static int kvec__row_has_non_finite(const kvec_tensor *t, int64_t token, int64_t
     int64_t d;
     uint32_t bad = 0;
     if (t->dtype == KVEC_DTYPE_F32) {
-        for (d = 0; d < n; d++) {
-            uint32_t u;
-            memcpy(&u, row + d * step, 4);
-            bad |= (u & 0x7f800000u) == 0x7f800000u;
+        const uint32_t exponent = 0x7f800000u;
+        if (step == 4) { /* the common case, kept apart so it vectorises */
+            const uint32_t *u = (const uint32_t *)row;
+            for (d = 0; d < n; d++) bad |= (uint32_t)((u[d] & exponent) == exponent);
+        } else {
+            for (d = 0; d < n; d++) bad |= (uint32_t)((*(const uint32_t *)(row + d * step) & exponent) == exponent);
         }
     } else {
         const uint16_t exponent = t->dtype == KVEC_DTYPE_F16 ? 0x7c00u : 0x7f80u;
-        for (d = 0; d < n; d++) {
-            uint16_t h;
-            memcpy(&h, row + d * step, 2);
-            bad |= (uint32_t)((h & exponent) == exponent);
+        if (step == 2) {
+            const uint16_t *h = (const uint16_t *)row;
+            for (d = 0; d < n; d++) bad |= (uint32_t)((h[d] & exponent) == exponent);
+        } else {
+            for (d = 0; d < n; d++) bad |= (uint32_t)((*(const uint16_t *)(row + d * step) & exponent) == exponent);
         }
     }
     return bad != 0;
