@@ -1523,6 +1523,15 @@ static size_t kvec__layer_bytes(const kvec__dims *d) {
     return b.overflow ? 0 : b.used;
 }
 
+/* The whole-cache calls' scratch for one layer of a sequence: the coverage
+   state (one byte per token, first, so it stays put from layer to layer)
+   and the layer's work. */
+static void kvec__carve_sequence_layer(kvec__bump *b, const kvec__dims *d, uint8_t **kept_before,
+                                       kvec__layer_work *w) {
+    *kept_before = (uint8_t *)kvec__take(b, d->n_tokens, 1);
+    kvec__carve_layer(b, d, w);
+}
+
 KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
                                               size_t *bytes) {
     kvec_config c;
@@ -1555,11 +1564,13 @@ KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_ca
         if ((r = kvec_validate_cache(&caches[s])) != KVEC_OK) return r;
         for (l = 0; l < caches[s].n_layers; l++) {
             kvec__dims d = kvec__layer_dims(&caches[s].layers[l]);
-            size_t layer_bytes = kvec__layer_bytes(&d), n = (size_t)d.n_tokens;
-            /* plus the coverage state, one byte per token, and its alignment */
-            if (layer_bytes == 0 || layer_bytes > SIZE_MAX - n - KVEC__ALIGN) return KVEC_ERROR_SIZE_OVERFLOW;
-            layer_bytes += n + KVEC__ALIGN;
-            largest = layer_bytes > largest ? layer_bytes : largest;
+            kvec__bump b;
+            kvec__layer_work w;
+            uint8_t *kept_before;
+            kvec__bump_init(&b, NULL, 0);
+            kvec__carve_sequence_layer(&b, &d, &kept_before, &w);
+            if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+            largest = b.used > largest ? b.used : largest;
         }
     }
     *bytes = largest;
@@ -1632,6 +1643,7 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
     kvec_config c;
     kvec_result r;
     int64_t kept;
+    size_t needed;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (!scores) return KVEC_ERROR_NULL_POINTER;
     if (n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
@@ -1640,8 +1652,9 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
     kept = layer_budget < n_tokens ? layer_budget : n_tokens;
     if ((r = kvec__check_plan(plan, layer_index, n_kv_heads, kept)) != KVEC_OK) return r;
     if (coverage && (r = kvec__check_coverage(&c, coverage, layer_index, n_tokens)) != KVEC_OK) return r;
-    if (kvec_select_scratch_bytes(&c, n_tokens) > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
-    if (scratch_bytes < kvec_select_scratch_bytes(&c, n_tokens)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    needed = kvec_select_scratch_bytes(&c, n_tokens);
+    if (needed > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     kvec__select_layer(&c, scores, n_kv_heads, n_tokens, layer_budget, layer_index, coverage,
                        plan, (uint8_t *)scratch);
     return KVEC_OK;
@@ -1663,16 +1676,20 @@ static kvec_result kvec__check_plan_positions(const kvec_plan *plan, int64_t l, 
     return KVEC_OK;
 }
 
+/* The plan's layer l fits this (already validated) layer and is safe to compact. */
+static kvec_result kvec__check_compaction(const kvec_layer *layer, const kvec_plan *plan, int64_t l) {
+    kvec_result r = kvec__check_plan(plan, l, layer->keys.n_heads, 0);
+    if (r != KVEC_OK) return r;
+    return kvec__check_plan_positions(plan, l, layer->keys.n_heads, layer->keys.n_tokens);
+}
+
 KVEC_API kvec_result kvec_compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t layer_index) {
     kvec_config c;
     kvec_result r;
     kvec__resolve(NULL, &c);
     if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
     if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
-    if ((r = kvec__check_plan(plan, layer_index, layer->keys.n_heads, 0)) != KVEC_OK) return r;
-    if ((r = kvec__check_plan_positions(plan, layer_index, layer->keys.n_heads,
-                                        layer->keys.n_tokens)) != KVEC_OK)
-        return r;
+    if ((r = kvec__check_compaction(layer, plan, layer_index)) != KVEC_OK) return r;
     kvec__compact_layer(layer, plan, layer_index);
     return KVEC_OK;
 }
@@ -1681,12 +1698,8 @@ KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan) {
     kvec_result r;
     int64_t l;
     if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
-    for (l = 0; l < cache->n_layers; l++) {
-        if ((r = kvec__check_plan(plan, l, cache->layers[l].keys.n_heads, 0)) != KVEC_OK) return r;
-        if ((r = kvec__check_plan_positions(plan, l, cache->layers[l].keys.n_heads,
-                                            cache->layers[l].keys.n_tokens)) != KVEC_OK)
-            return r;
-    }
+    for (l = 0; l < cache->n_layers; l++)
+        if ((r = kvec__check_compaction(&cache->layers[l], plan, l)) != KVEC_OK) return r;
     for (l = 0; l < cache->n_layers; l++) kvec__compact_layer(&cache->layers[l], plan, l);
     return KVEC_OK;
 }
@@ -1773,18 +1786,15 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
     for (s = 0; s < n_caches; s++) {
         const int64_t n = caches[s].layers[0].keys.n_tokens;
         kvec_coverage coverage;
-        kvec__layer_work w;
-        kvec__bump b;
-        kvec__bump_init(&b, scratch, scratch_bytes);
-        coverage.kept_before = (uint8_t *)kvec__take(&b, n, 1);
-        coverage.n_tokens = n;
-        coverage.next_layer = 0;
-        memset(coverage.kept_before, 0, (size_t)n);
         for (l = 0; l < caches[s].n_layers; l++) {
             const kvec_layer *layer = &caches[s].layers[l];
             kvec__dims d = kvec__layer_dims(layer);
-            kvec__bump layer_bump = b;
-            kvec__carve_layer(&layer_bump, &d, &w);
+            kvec__layer_work w;
+            kvec__bump b;
+            uint8_t *kept_before;
+            kvec__bump_init(&b, scratch, scratch_bytes);
+            kvec__carve_sequence_layer(&b, &d, &kept_before, &w);
+            if (l == 0) kvec_coverage_init(&coverage, kept_before, (size_t)n, n);
             layer_budget = kvec__layer_budget(&c, budget, l, caches[s].n_layers, n);
             if (n > layer_budget) kvec__run_scoring(&c, layer, l, &coverage, w.scores, &w);
             kvec__select_layer(&c, w.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
