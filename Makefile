@@ -1,4 +1,4 @@
-# kvec: make test | make test-asan | make demo | make bench | make clean
+# kvec: make test | make test-asan | make demo | make quality | make bench | make clean
 CC      ?= cc
 CXX     ?= c++
 WARN     = -Wall -Wextra -Werror -pedantic
@@ -7,9 +7,9 @@ OPENMP   = -fopenmp
 BUILD    = build
 SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test test-asan demo bench clean readme-check nvcc-check
+.PHONY: all test test-asan demo quality bench clean readme-check nvcc-check quality-smoke
 
-all: $(BUILD)/test_kvec $(BUILD)/hello
+all: $(BUILD)/test_kvec $(BUILD)/hello $(BUILD)/quality $(BUILD)/generate
 
 $(BUILD):
 	@mkdir -p $(BUILD)
@@ -43,6 +43,30 @@ $(BUILD)/hello: examples/hello.c kvec.h | $(BUILD)
 $(BUILD)/quickstart: examples/quickstart.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) $(OPENMP) -o $@ examples/quickstart.c -lm
 
+# The example engine (examples/engine) and what runs on it. Optimised for
+# this machine: the quality benchmark runs thousands of prefills.
+ENGINE     = examples/engine/model.c examples/engine/tasks.c examples/engine/json.c
+ENGINE_DEP = $(ENGINE) examples/engine/model.h examples/engine/tasks.h examples/engine/json.h kvec.h
+ENGINE_CC  = $(CC) -std=c99 $(WARN) -O3 -march=native -g $(OPENMP)
+
+$(BUILD)/test_engine: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ tests/test_engine.c $(ENGINE) -lm
+
+$(BUILD)/test_engine_asan: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
+	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_engine.c $(ENGINE) -lm
+
+$(BUILD)/quality: bench/quality.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/quality.c $(ENGINE) -lm
+
+$(BUILD)/generate: examples/engine/generate.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ examples/engine/generate.c $(ENGINE) -lm
+
+# A few samples through the whole quality protocol, to show it completes.
+quality-smoke: $(BUILD)/quality $(BUILD)/generate
+	$(BUILD)/quality --samples 1 --lengths 512 --out $(BUILD)/quality-smoke.json > $(BUILD)/quality-smoke.txt
+	@grep -q '"results"' $(BUILD)/quality-smoke.json && echo "quality smoke run: completed ($(BUILD)/quality-smoke.txt)"
+	$(BUILD)/generate --length 512 > /dev/null
+
 # The README's quick start must be the code that `make test` compiles.
 readme-check: | $(BUILD)
 	@awk '/^```c$$/{f=1;next} /^```$$/{if(f)exit} f' README.md > $(BUILD)/readme_quickstart.c
@@ -51,21 +75,32 @@ readme-check: | $(BUILD)
 	  { echo "README.md quick start differs from examples/quickstart.c"; exit 1; }
 	@echo "README quick start: same as examples/quickstart.c"
 
-test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check $(BUILD)/test_engine quality-smoke
 	$(BUILD)/quickstart
 	$(BUILD)/hello > /dev/null
 	$(BUILD)/test_cpp
 	$(BUILD)/test_static
 	$(BUILD)/test_kvec_noomp --quiet
+	$(BUILD)/test_engine
 	$(BUILD)/test_kvec
 
 # OpenMP's runtime keeps its thread pool alive at exit, which LeakSanitizer
 # reports as leaks that are not kvec's; leak checking is off for this build.
-test-asan: $(BUILD)/test_kvec_asan
+test-asan: $(BUILD)/test_kvec_asan $(BUILD)/test_engine_asan
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_asan
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_engine_asan
 
-demo: $(BUILD)/hello
-	$(BUILD)/hello
+# The project's main job on its bundled model: how much each policy keeps of
+# what the model needs, 4 samples per task and length (a few minutes).
+demo: $(BUILD)/quality
+	$(BUILD)/quality --quick --out $(BUILD)/quality-quick.json
+
+# The full quality benchmark on both bundled models (64 samples per task and
+# length), then the plot (needs python3 with matplotlib).
+quality: $(BUILD)/quality
+	$(BUILD)/quality --model bench/models/ref-4l --out bench/results/quality.json | tee bench/results/quality.txt
+	$(BUILD)/quality --model bench/models/dev-6l --out bench/results/quality-dev-6l.json | tee bench/results/quality-dev-6l.txt
+	python3 bench/plot_quality.py bench/results/quality.json bench/results/quality-dev-6l.json -o bench/results/quality.png
 
 # The speed benchmark needs OpenBLAS for its matrix-product reference
 # (Debian: apt-get install libopenblas-dev).

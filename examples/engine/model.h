@@ -1,0 +1,113 @@
+/* model.h - a small Llama-architecture inference engine in C, written as the
+   worked example of calling kvec from an engine.
+
+   It loads a Hugging Face model directory (config.json + model.safetensors,
+   fp32/fp16/bf16 weights, tied or untied embeddings, grouped-query
+   attention), runs prefill and decoding on the CPU with OpenMP, keeps its KV
+   cache in its own layout, and compresses that cache with kvec after prefill
+   (llm_evict). Everything is computed in fp32.
+
+   Cache layout, per layer (chosen for this engine's attention loop, and to
+   show that kvec works on the engine's layout, not a layout of its own):
+
+       keys    [n_kv_heads][head_dim][capacity]   transposed: one query's logits
+                                                  over all keys are D sweeps
+                                                  over contiguous rows
+       values  [n_kv_heads][capacity][head_dim]
+       queries [capacity][n_heads][head_dim]      post-RoPE queries by position,
+                                                  kept for the eviction scores
+
+   Every KV head has its own length (rows in use). Kept keys carry the RoPE
+   rotation of their original position, so after eviction decoding goes on at
+   position n_positions while each head attends over its own rows. */
+#ifndef KVEC_EXAMPLE_MODEL_H
+#define KVEC_EXAMPLE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../kvec.h"
+
+typedef struct llm_config {
+    int   vocab_size, hidden_size, intermediate_size;
+    int   n_layers, n_heads, n_kv_heads, head_dim;
+    float rms_norm_eps, rope_theta;
+    int   tied_embeddings;
+    char  weight_dtype[8]; /* "F32", "F16" or "BF16": as stored on disk */
+} llm_config;
+
+typedef struct llm_layer_weights {
+    float *attn_norm, *mlp_norm;    /* [hidden] */
+    float *wq;                      /* [n_heads*head_dim][hidden]    (Linear: [out][in]) */
+    float *wk, *wv;                 /* [n_kv_heads*head_dim][hidden] */
+    float *wo;                      /* [hidden][n_heads*head_dim]    */
+    float *w_gate, *w_up;           /* [intermediate][hidden]        */
+    float *w_down;                  /* [hidden][intermediate]        */
+} llm_layer_weights;
+
+typedef struct llm_model {
+    llm_config         config;
+    float             *embed;       /* [vocab][hidden] */
+    float             *final_norm;  /* [hidden] */
+    float             *lm_head;     /* [vocab][hidden], == embed when tied */
+    float             *rope_inv_freq; /* [head_dim/2] */
+    llm_layer_weights *layers;      /* [n_layers] */
+    void              *memory;      /* one block holding all of the above */
+} llm_model;
+
+/* Loads dir/config.json and dir/model.safetensors. Returns 0, or -1 with a
+   message in error (a corrupt or truncated file, a missing tensor, a shape
+   that disagrees with the config, an unsupported architecture option). */
+int  llm_load(llm_model *model, const char *dir, char *error, size_t error_size);
+void llm_free(llm_model *model);
+
+typedef struct llm_cache {
+    int      n_layers, n_heads, n_kv_heads, head_dim;
+    int64_t  capacity;      /* rows per KV head, and positions of the query log */
+    int64_t  n_positions;   /* tokens seen so far: the next token's position */
+    int64_t *length;        /* [n_layers][n_kv_heads] rows in use */
+    float  **keys;          /* [n_layers] -> [n_kv_heads][head_dim][capacity] */
+    float  **values;        /* [n_layers] -> [n_kv_heads][capacity][head_dim] */
+    float  **queries;       /* [n_layers] -> [capacity][n_heads][head_dim] */
+    /* forward-pass work memory, sized for max_chunk tokens at a time */
+    int      max_chunk, n_threads;
+    float   *work;          /* activations of one chunk */
+    float   *probabilities; /* [n_threads][n_heads/n_kv_heads][capacity] */
+    void    *memory;
+    /* kvec's scratch and plan, grown on demand by llm_evict */
+    void    *kvec_scratch;
+    size_t   kvec_scratch_bytes;
+    int64_t *plan_memory;
+    size_t   plan_entries;
+} llm_cache;
+
+/* A cache for up to `capacity` positions (rounded up to a multiple of 16).
+   Returns 0, or -1 when out of memory. */
+int  llm_cache_init(llm_cache *cache, const llm_model *model, int64_t capacity);
+void llm_cache_free(llm_cache *cache);
+void llm_cache_reset(llm_cache *cache);
+/* dst = src (same model and capacity): the rows in use and the query log. */
+void llm_cache_copy(llm_cache *dst, const llm_cache *src);
+
+/* Runs n tokens at positions n_positions .. n_positions+n-1 (prefill when the
+   cache is empty, decoding when n == 1), appending their keys and values.
+   logits: [n][vocab] for every token, or NULL when not needed. Returns 0, or
+   -1 when a token is out of range or the cache is full. */
+int llm_forward(const llm_model *model, llm_cache *cache, const int32_t *tokens, int64_t n,
+                float *logits);
+
+/* Compresses every layer of the cache to `budget` rows per KV head with kvec
+   (config: the policy and its options; NULL = kvec's defaults), using the
+   captured queries. Call it after prefill, before any decoding. On success
+   the cache's head lengths are the kept counts and, if plan is not NULL, *plan
+   views the kept positions (valid until the next llm_evict). Returns the
+   kvec result (KVEC_OK = 0), or KVEC_ERROR_OUT_OF_MEMORY. */
+kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget,
+                      kvec_plan *plan);
+
+/* kvec's views of the cache (layers: [n_layers]): keys, values and every
+   captured query of the prefix, for engines that call kvec's steps
+   (kvec_score_layer, kvec_select_layer, kvec_compact_layer) themselves. */
+void llm_kvec_layers(const llm_cache *cache, kvec_layer *layers);
+
+#endif
