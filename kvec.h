@@ -283,6 +283,7 @@ enum {
     KVEC_TERM_CROSS_HEAD  = 1u << 1, /* beta reserve for uncovered tokens */
     KVEC_TERM_CROSS_LAYER = 1u << 2, /* gamma * C_layer                 */
     KVEC_TERM_HEAD_FOCUS  = 1u << 3, /* 4W window for low-focus heads   */
+    KVEC_TERM_RANK_UNION  = 1u << 4, /* keep attention's top ranks too  */
     KVEC_TERM_NONE        = 1 << 30 /* "explicitly this set", no defaults */
 };
 
@@ -622,7 +623,8 @@ static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
     if (c.terms.enabled == 0) c.terms.enabled = KVEC_TERM_UNIQUENESS;
     c.terms.enabled &= ~(uint32_t)KVEC_TERM_NONE;
     if (c.terms.enabled & ~(uint32_t)(KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_HEAD |
-                                      KVEC_TERM_CROSS_LAYER | KVEC_TERM_HEAD_FOCUS))
+                                      KVEC_TERM_CROSS_LAYER | KVEC_TERM_HEAD_FOCUS |
+                                      KVEC_TERM_RANK_UNION))
         return KVEC_ERROR_BAD_CONFIG;
     if (c.terms.mu == 0.0f) c.terms.mu = KVEC__DEFAULT_MU;
     if (c.terms.beta == 0.0f) c.terms.beta = KVEC__DEFAULT_BETA;
@@ -842,6 +844,10 @@ typedef struct kvec__head_work {
     double *dim_acc;   /* [D]             kbar accumulation */
     float  *kbar;      /* [D]             mean key direction */
     float  *tmp_a;     /* [N] */
+    /* rank union only (else NULL): */
+    uint32_t *sort_key, *sort_key_b;    /* [N] radix sort keys, ping and pong */
+    int32_t  *sort_index, *sort_index_b; /* [N] positions in sorted order */
+    int32_t  *rank;                     /* [N] rank of each position by pool(I) */
 } kvec__head_work;
 
 typedef struct kvec__layer_work {
@@ -853,10 +859,12 @@ typedef struct kvec__layer_work {
 
 typedef struct kvec__dims {
     int64_t n_tokens, n_kv_heads, n_query_heads, head_dim;
+    int     rank_union; /* K-VEC's rank union is on: carve its sort buffers */
 } kvec__dims;
 
-static kvec__dims kvec__layer_dims(const kvec_layer *layer) {
+static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer) {
     kvec__dims d;
+    d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION);
     d.n_tokens = layer->keys.n_tokens;
     d.n_kv_heads = layer->keys.n_heads;
     d.head_dim = layer->keys.head_dim;
@@ -884,6 +892,15 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
         h.dim_acc = (double *)kvec__take(b, D, sizeof(double));
         h.kbar    = (float *)kvec__take(b, D, sizeof(float));
         h.tmp_a   = (float *)kvec__take(b, n, sizeof(float));
+        {
+            /* positions are int32 in the sort: a longer head cannot be carved */
+            const int64_t m = !d->rank_union ? 0 : n <= INT32_MAX ? n : -1;
+            h.sort_key     = (uint32_t *)kvec__take(b, m, sizeof(uint32_t));
+            h.sort_key_b   = (uint32_t *)kvec__take(b, m, sizeof(uint32_t));
+            h.sort_index   = (int32_t *)kvec__take(b, m, sizeof(int32_t));
+            h.sort_index_b = (int32_t *)kvec__take(b, m, sizeof(int32_t));
+            h.rank         = (int32_t *)kvec__take(b, m, sizeof(int32_t));
+        }
         if (w->heads) w->heads[j] = h;
     }
     w->check_flags = (int *)kvec__take(b, scan_heads, sizeof(int));
@@ -1175,7 +1192,39 @@ static void kvec__pooled_importance(const kvec__layer_job *job, int64_t j, int64
     kvec__pool(w->tmp_a, n, job->config->pool_kernel, job->config->pooling, out);
 }
 
-/* K-VEC: s = z(P) + mu z(U) + gamma C, P possibly from a wider window. */
+static uint32_t kvec__order_key(float score);
+
+/* Positions 0 .. n-1 in descending order of v (ties: lower position first;
+   NaN last) into w->sort_index. An LSD radix sort on the 32-bit order key:
+   four stable byte passes, O(n), the same result on every machine. */
+static void kvec__sort_descending(const float *v, int64_t n, kvec__head_work *w) {
+    uint32_t *key = w->sort_key, *key_b = w->sort_key_b, *swap_key;
+    int32_t *index = w->sort_index, *index_b = w->sort_index_b, *swap_index;
+    int64_t i, count[257];
+    int shift;
+    for (i = 0; i < n; i++) {
+        key[i] = ~kvec__order_key(v[i]); /* ascending key = descending score */
+        index[i] = (int32_t)i;
+    }
+    for (shift = 0; shift < 32; shift += 8) {
+        memset(count, 0, sizeof count);
+        for (i = 0; i < n; i++) count[((key[i] >> shift) & 255u) + 1]++;
+        for (i = 0; i < 256; i++) count[i + 1] += count[i];
+        for (i = 0; i < n; i++) {
+            const int64_t at = count[(key[i] >> shift) & 255u]++;
+            key_b[at] = key[i];
+            index_b[at] = index[i];
+        }
+        swap_key = key; key = key_b; key_b = swap_key;
+        swap_index = index; index = index_b; index_b = swap_index;
+    }
+    /* four swaps: the sorted arrays are w->sort_key and w->sort_index again */
+}
+
+/* K-VEC: s = z(P) + mu z(U) + gamma C, P possibly from a wider window.
+   With the rank union, s becomes n - min(rank by P, rank by s): the best
+   tokens by attention alone and by the combined score interleave, so the
+   top B-W slots hold both lists' heads to equal depth. */
 static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     const kvec_config *c = job->config;
     const kvec_layer *layer = job->layer;
@@ -1197,6 +1246,10 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     if (!(terms & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER)))
         return; /* no additive term: rank by P itself, exactly as SnapKV */
     kvec__moments(s, n, &mean_p, &std_p);
+    if (terms & KVEC_TERM_RANK_UNION) {
+        kvec__sort_descending(s, n, w);
+        for (i = 0; i < n; i++) w->rank[w->sort_index[i]] = (int32_t)i;
+    }
     if (terms & KVEC_TERM_UNIQUENESS) {
         kvec__uniqueness(&layer->keys, j, n, w, w->kbar, w->tmp_a);
         kvec__moments(w->tmp_a, n, &mean_u, &std_u);
@@ -1208,6 +1261,13 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
         if ((terms & KVEC_TERM_CROSS_LAYER) && !job->coverage->kept_before[i])
             v += c->terms.gamma;
         s[i] = (float)v;
+    }
+    if (terms & KVEC_TERM_RANK_UNION) {
+        kvec__sort_descending(s, n, w);
+        for (i = 0; i < n; i++) {
+            const int64_t at = w->sort_index[i], by_attention = w->rank[at];
+            s[at] = (float)(n - (i < by_attention ? i : by_attention)); /* exact to 2^24 */
+        }
     }
 }
 
@@ -1540,7 +1600,7 @@ KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config, const k
     if (!bytes) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
-    d = kvec__layer_dims(layer);
+    d = kvec__layer_dims(&c, layer);
     if ((*bytes = kvec__layer_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
     return KVEC_OK;
 }
@@ -1563,7 +1623,7 @@ KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_ca
     for (s = 0; s < n_caches; s++) {
         if ((r = kvec_validate_cache(&caches[s])) != KVEC_OK) return r;
         for (l = 0; l < caches[s].n_layers; l++) {
-            kvec__dims d = kvec__layer_dims(&caches[s].layers[l]);
+            kvec__dims d = kvec__layer_dims(&c, &caches[s].layers[l]);
             kvec__bump b;
             kvec__layer_work w;
             uint8_t *kept_before;
@@ -1628,7 +1688,7 @@ KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_laye
     scoring = layer->keys.n_tokens > c.window;
     if ((r = kvec__validate_layer(&c, layer, scoring)) != KVEC_OK) return r;
     if ((r = kvec__check_coverage(&c, coverage, layer_index, layer->keys.n_tokens)) != KVEC_OK) return r;
-    d = kvec__layer_dims(layer);
+    d = kvec__layer_dims(&c, layer);
     if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
     if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
     kvec__run_scoring(&c, layer, layer_index, coverage, scores, &w);
@@ -1738,7 +1798,7 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
     if ((r = kvec__prepare_layer(&c, layer, layer_index, n_layers, budget, coverage, plan, 1,
                                  &layer_budget)) != KVEC_OK)
         return r;
-    d = kvec__layer_dims(layer);
+    d = kvec__layer_dims(&c, layer);
     if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
     scoring = d.n_tokens > layer_budget;
     if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
@@ -1773,7 +1833,7 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
     for (s = 0; s < n_caches; s++) {
         for (l = 0; l < caches[s].n_layers; l++) {
             const kvec_layer *layer = &caches[s].layers[l];
-            kvec__dims d = kvec__layer_dims(layer);
+            kvec__dims d = kvec__layer_dims(&c, layer);
             kvec__layer_work w;
             kvec__bump b;
             kvec__bump_init(&b, scratch, scratch_bytes);
@@ -1788,7 +1848,7 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
         kvec_coverage coverage;
         for (l = 0; l < caches[s].n_layers; l++) {
             const kvec_layer *layer = &caches[s].layers[l];
-            kvec__dims d = kvec__layer_dims(layer);
+            kvec__dims d = kvec__layer_dims(&c, layer);
             kvec__layer_work w;
             kvec__bump b;
             uint8_t *kept_before;

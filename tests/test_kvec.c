@@ -308,6 +308,7 @@ static void naive_scores(const kvec_config *cfg_in, const test_layer *L, int64_t
             }
         }
         if (c.policy == KVEC_POLICY_KVEC && (c.terms.enabled & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER))) {
+            for (i = 0; i < n; i++) tmp[i] = s[i]; /* pool(I), for the rank union */
             naive_zscore(s, n);
             if (c.terms.enabled & KVEC_TERM_UNIQUENESS) {
                 naive_uniqueness(L, j, n, u);
@@ -316,6 +317,18 @@ static void naive_scores(const kvec_config *cfg_in, const test_layer *L, int64_t
             }
             if (c.terms.enabled & KVEC_TERM_CROSS_LAYER)
                 for (i = 0; i < n; i++) s[i] += kept_before[i] ? 0.0 : c.terms.gamma;
+            if (c.terms.enabled & KVEC_TERM_RANK_UNION) {
+                /* n - min(rank by pool(I), rank by s), ranks 0 = best, ties to the lower position */
+                for (i = 0; i < n; i++) {
+                    int64_t rank_p = 0, rank_s = 0, m;
+                    for (m = 0; m < n; m++) {
+                        rank_p += tmp[m] > tmp[i] || (tmp[m] == tmp[i] && m < i);
+                        rank_s += s[m] > s[i] || (s[m] == s[i] && m < i);
+                    }
+                    u[i] = (double)(n - (rank_p < rank_s ? rank_p : rank_s));
+                }
+                for (i = 0; i < n; i++) s[i] = u[i];
+            }
         }
         break;
     case KVEC_POLICY_H2O:
@@ -448,6 +461,10 @@ static void test_each_score_matches_naive_reference(void) {
             c.terms.enabled = KVEC_TERM_UNIQUENESS;
             c.terms.mu = 1.5f;
             check_scores("K-VEC mu 1.5", &c, &L, NULL);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION;
+            check_scores("K-VEC rank union, mu 1.5", &c, &L, NULL);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION | KVEC_TERM_HEAD_FOCUS;
+            check_scores("K-VEC rank union, head focus", &c, &L, NULL);
         }
         {
             kvec_config c = policy_config(KVEC_POLICY_KVEC, W);
@@ -458,6 +475,8 @@ static void test_each_score_matches_naive_reference(void) {
             for (i = 0; i < N; i++) mem[i] = (uint8_t)(uniform() < 0.3);
             c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER;
             check_scores("K-VEC cross-layer", &c, &L, &cov);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER | KVEC_TERM_RANK_UNION;
+            check_scores("K-VEC cross-layer, rank union", &c, &L, &cov);
             free(mem);
         }
         layer_free(&L);
@@ -721,9 +740,10 @@ static void test_same_selection_for_fp32_fp16_bf16(void) {
 
 static void test_layer_by_layer_equals_whole_cache(void) {
     static const uint32_t term_sets[] = { KVEC_TERM_UNIQUENESS, KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER,
-                                          KVEC_TERM_CROSS_HEAD | KVEC_TERM_CROSS_LAYER };
+                                          KVEC_TERM_CROSS_HEAD | KVEC_TERM_CROSS_LAYER,
+                                          KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION | KVEC_TERM_CROSS_LAYER };
     size_t t;
-    for (t = 0; t < 3; t++) {
+    for (t = 0; t < sizeof term_sets / sizeof term_sets[0]; t++) {
         test_cache a, b;
         test_plan pa, pb;
         kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
