@@ -79,7 +79,9 @@ CONCEPTS
 POLICIES (kvec_config.policy; scores per KV head, higher = keep)
 
    KVEC_POLICY_KVEC        (default) z(pool(I)) + mu*z(U) + gamma*C_layer,
-                           optional cross-head reserve and head focus.
+                           by default ranked as a union with pool(I)'s own
+                           ranking (KVEC_TERM_RANK_UNION); optional
+                           cross-head reserve and head focus.
    KVEC_POLICY_SNAPKV      pool(I): window attention summed over the window,
                            averaged over the query heads of the group, pooled.
    KVEC_POLICY_PYRAMIDKV   SnapKV scores, budgets shrinking with depth.
@@ -122,9 +124,9 @@ OPTIONS (macros)
    sink_tokens    4        StreamingLLM sinks
    pyramid_beta   20       PyramidKV: smallest budget = free slots / beta
    seed           0        Random policy
-   terms.enabled  UNIQUENESS  K-VEC terms, KVEC_TERM_* bits; set
-                           KVEC_TERM_NONE alone for "no term" (= SnapKV)
-   terms.mu       0.5      weight of key uniqueness z(U)
+   terms.enabled  UNIQUENESS|RANK_UNION  K-VEC terms, KVEC_TERM_* bits;
+                           set KVEC_TERM_NONE alone for "no term" (= SnapKV)
+   terms.mu       1.0      weight of key uniqueness z(U)
    terms.beta     0.25     cross-head: fraction of free slots reserved for
                            tokens no earlier head of the layer kept
    terms.gamma    0.5      cross-layer: bonus for tokens no earlier layer kept
@@ -132,8 +134,10 @@ OPTIONS (macros)
                            of pool(I) is below this use a 4W window (needs
                            4W query rows)
 
-   Only the uniqueness term is on by default: it is the one measured to help
-   (docs/ALGORITHMS.md). beta, gamma and focus_cv are the values used when
+   Uniqueness (mu = 1) with the rank union is the default: measured on both
+   bundled models to beat every other policy (docs/TUNING.md). The rank
+   union scores n - min(rank by pool(I), rank by the combined score), so the
+   tokens attention alone ranks highest are kept whatever mu says. beta, gamma and focus_cv are the values used when
    you switch those terms on without a weight; they are not measured gains.
 
 MEMORY
@@ -276,7 +280,7 @@ typedef enum kvec_pooling {
 } kvec_pooling;
 
 /* K-VEC terms, bits of kvec_terms.enabled. 0 means the default set
-   (UNIQUENESS); KVEC_TERM_NONE alone means no term, which selects exactly
+   (UNIQUENESS | RANK_UNION); KVEC_TERM_NONE alone means no term, which selects exactly
    what SnapKV selects. */
 enum {
     KVEC_TERM_UNIQUENESS  = 1u << 0, /* mu * z(U)                       */
@@ -288,8 +292,8 @@ enum {
 };
 
 typedef struct kvec_terms {
-    uint32_t enabled;  /* KVEC_TERM_* bits, 0 = KVEC_TERM_UNIQUENESS */
-    float    mu;       /* 0 = 0.5  */
+    uint32_t enabled;  /* KVEC_TERM_* bits, 0 = UNIQUENESS | RANK_UNION */
+    float    mu;       /* 0 = 1.0  */
     float    beta;     /* 0 = 0.25 */
     float    gamma;    /* 0 = 0.5  */
     float    focus_cv; /* 0 = 1.0  */
@@ -447,7 +451,7 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 #define KVEC__DEFAULT_POOL_KERNEL 5
 #define KVEC__DEFAULT_SINKS       4
 #define KVEC__DEFAULT_PYRAMID     20.0f
-#define KVEC__DEFAULT_MU          0.5f
+#define KVEC__DEFAULT_MU          1.0f
 #define KVEC__DEFAULT_BETA        0.25f
 #define KVEC__DEFAULT_GAMMA       0.5f
 #define KVEC__DEFAULT_FOCUS_CV    1.0f
@@ -620,11 +624,12 @@ static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
         return KVEC_ERROR_BAD_CONFIG;
     if (c.pooling != KVEC_POOL_AVERAGE && c.pooling != KVEC_POOL_MAX) return KVEC_ERROR_BAD_CONFIG;
     if (!(c.pyramid_beta >= 1.0f) || !(c.pyramid_beta <= 1e30f)) return KVEC_ERROR_BAD_CONFIG;
-    if (c.terms.enabled == 0) c.terms.enabled = KVEC_TERM_UNIQUENESS;
-    c.terms.enabled &= ~(uint32_t)KVEC_TERM_NONE;
+    if (c.terms.enabled == 0) c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION;
+    /* KVEC_TERM_NONE stays set, so that resolving a resolved config again
+       never turns an empty term set into the defaults. */
     if (c.terms.enabled & ~(uint32_t)(KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_HEAD |
                                       KVEC_TERM_CROSS_LAYER | KVEC_TERM_HEAD_FOCUS |
-                                      KVEC_TERM_RANK_UNION))
+                                      KVEC_TERM_RANK_UNION | KVEC_TERM_NONE))
         return KVEC_ERROR_BAD_CONFIG;
     if (c.terms.mu == 0.0f) c.terms.mu = KVEC__DEFAULT_MU;
     if (c.terms.beta == 0.0f) c.terms.beta = KVEC__DEFAULT_BETA;
@@ -635,7 +640,7 @@ static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
         return KVEC_ERROR_BAD_CONFIG;
     /* K-VEC terms only mean something for K-VEC; leave them out elsewhere so a
        SnapKV config never pays for (or validates) coverage state. */
-    if (c.policy != KVEC_POLICY_KVEC) c.terms.enabled = 0;
+    if (c.policy != KVEC_POLICY_KVEC) c.terms.enabled = KVEC_TERM_NONE;
     *out = c;
     return KVEC_OK;
 }

@@ -400,8 +400,8 @@ int main(int argc, char **argv) {
     fputc('\n', stderr);
 
     /* The table: accuracy averaged over tasks and lengths, then coverage. */
-    printf("accuracy (all tasks and lengths)   question-agnostic       question-aware\n");
-    printf("%-12s %29s %22s\n", "policy", "5%    10%    20%", "5%    10%    20%");
+    printf("accuracy, all tasks and lengths  %-21s  %s\n", "question-agnostic", "question-aware");
+    printf("%-29s %6s %6s %6s  %6s %6s %6s\n", "policy / budget", "5%", "10%", "20%", "5%", "10%", "20%");
     for (p = 0; p < n_runs; p++) {
         printf("%-12s", runs[p].name);
         for (s = 0; s < N_SETTINGS; s++) {
@@ -411,7 +411,7 @@ int main(int argc, char **argv) {
         }
         printf("\n");
     }
-    printf("\nunique-token coverage           question-agnostic       question-aware\n");
+    printf("\nunique-token coverage            %-21s  %s\n", "question-agnostic", "question-aware");
     for (p = 0; p < n_runs; p++) {
         if (runs[p].full) continue;
         printf("%-12s", runs[p].name);
