@@ -80,8 +80,6 @@ static void test_reference_logits(const char *dir) {
 
 /* ------------------------------------------------------------- the loader */
 
-static char *read_all(const char *path, size_t *length) { return json_read_file(path, length); }
-
 static void write_file(const char *path, const char *data, size_t length) {
     FILE *f = fopen(path, "wb");
     if (f) { fwrite(data, 1, length, f); fclose(f); }
@@ -89,13 +87,12 @@ static void write_file(const char *path, const char *data, size_t length) {
 
 /* A copy of the model directory in build/, with one file changed; llm_load
    must fail with a message containing `expect`. */
-static void expect_load_error(const char *dir, const char *config, size_t config_length,
+static void expect_load_error(const char *config, size_t config_length,
                               const char *weights, size_t weights_length, const char *expect) {
     const char *broken = "build/broken-model";
     char path[1024], error[512] = "", what[700];
     llm_model model;
     int status;
-    (void)dir;
     snprintf(path, sizeof path, "mkdir -p %s", broken);
     if (system(path) != 0) { check(0, "mkdir build/broken-model"); return; }
     snprintf(path, sizeof path, "%s/config.json", broken);
@@ -114,9 +111,9 @@ static void test_loader_errors(const char *dir) {
     char *config, *weights, *copy, *hit;
     llm_model model;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    config = read_all(path, &config_length);
+    config = json_read_file(path, &config_length);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    weights = read_all(path, &weights_length);
+    weights = json_read_file(path, &weights_length);
     check(config && weights, "model files readable");
     if (!config || !weights) { free(config); free(weights); return; }
     copy = (char *)malloc(weights_length > config_length ? weights_length : config_length);
@@ -124,26 +121,26 @@ static void test_loader_errors(const char *dir) {
     check(llm_load(&model, "build/no-such-model", error, sizeof error) == -1 && strstr(error, "cannot read"),
           "missing directory rejected");
     /* Truncated weights: the data of the last tensors is gone. */
-    expect_load_error(dir, config, config_length, weights, weights_length / 2, "truncated");
+    expect_load_error(config, config_length, weights, weights_length / 2, "truncated");
     /* A file too short to hold its header. */
-    expect_load_error(dir, config, config_length, weights, 100, "truncated");
+    expect_load_error(config, config_length, weights, 100, "truncated");
     /* Corrupt header JSON: its first '{' overwritten. */
     memcpy(copy, weights, weights_length);
     copy[8] = '#';
-    expect_load_error(dir, config, config_length, copy, weights_length, "header");
+    expect_load_error(config, config_length, copy, weights_length, "header");
     /* A missing tensor: one name misspelt, same length, offsets intact. */
     memcpy(copy, weights, weights_length);
     hit = strstr(copy + 8, "model.norm.weight");
     if (hit) memcpy(hit, "model.nrom", 10);
-    expect_load_error(dir, config, config_length, copy, weights_length, "missing tensor model.norm.weight");
+    expect_load_error(config, config_length, copy, weights_length, "missing tensor model.norm.weight");
     /* A config that disagrees with the weights' shapes. */
     memcpy(copy, config, config_length);
     hit = strstr(copy, "\"intermediate_size\": 640");
     if (hit) memcpy(hit, "\"intermediate_size\": 512", 24);
     check(hit != NULL, "config.json has intermediate_size 640");
-    expect_load_error(dir, copy, config_length, weights, weights_length, "should be [512, 256]");
+    expect_load_error(copy, config_length, weights, weights_length, "should be [512, 256]");
     /* Malformed config.json. */
-    expect_load_error(dir, "{\"vocab_size\": 512,", 19, weights, weights_length, "config.json: JSON");
+    expect_load_error("{\"vocab_size\": 512,", 19, weights, weights_length, "config.json: JSON");
     free(copy);
     free(config);
     free(weights);

@@ -47,7 +47,8 @@ static json_value *new_node(parser *p, json_type type) {
 /* Copies a string literal (p->at on the opening quote); returns its copy in
    the second pass. */
 static int parse_string(parser *p, const char **out) {
-    size_t start = ++p->at, n = 0;
+    size_t n = 0;
+    p->at++; /* opening quote */
     char *copy = p->strings ? p->strings + p->n_string_bytes : NULL;
     while (p->at < p->length && p->text[p->at] != '"') {
         char c = p->text[p->at];
@@ -67,7 +68,6 @@ static int parse_string(parser *p, const char **out) {
         n++;
         p->at++;
     }
-    (void)start;
     if (p->at >= p->length) return fail(p, "unterminated string");
     p->at++; /* closing quote */
     if (copy) copy[n] = '\0';

@@ -490,7 +490,6 @@ static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_
     float *gate = att + chunk * H * D;    /* [chunk][width]  */
     float *up = gate + chunk * width;     /* [chunk][width]  */
     int64_t l, t, j, d, i;
-    (void)up;
     for (t = 0; t < n; t++) memcpy(x + t * E, model->embed + (int64_t)tokens[t] * E, (size_t)E * sizeof(float));
     for (l = 0; l < c->n_layers; l++) {
         const llm_layer_weights *w = &model->layers[l];
