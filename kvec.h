@@ -1,4 +1,4 @@
-/* kvec.h - KV-cache eviction for LLM inference engines - v0.1.0 - MIT license (end of file)
+/* kvec.h - KV-cache eviction for LLM inference engines - v0.2.0 - MIT license (end of file)
 
    One header. In exactly one C or C++ file of your program:
 
@@ -64,10 +64,24 @@ CONCEPTS
    position, a NaN score ranks lowest. B >= N keeps everything; B < W is an
    error.
 
+   Budget modes (config.budget_mode). Uniform: every head keeps B. Pyramid:
+   layer l keeps W + F_l (PyramidKV). Adaptive (Ada-KV): the heads of a layer
+   share Hk*(B-W) free slots; each first takes its best head_floor*(B-W)
+   (0.2), the rest go to the best scores of the layer's heads compared as
+   they are. Global: the same with one pool of L*Hk*(B-W) for the whole
+   model. Shared pools leave heads with different counts: compaction moves
+   each head's rows to the front of its own rows, and the engine attends
+   with per-head lengths (kvec_plan_offsets gives cu_seqlens for a
+   flattened layout, kvec_compact_packed packs into one) or pads to the
+   longest head and masks (kvec_plan_mask).
+
    Plan. Kept positions per (layer, KV head), ascending, and a count per head
-   (counts differ between layers under PyramidKV budgets), in caller memory.
+   (counts differ between layers under PyramidKV budgets, and between heads
+   under shared pools), in caller memory.
 
    Steps. kvec_score_layer -> kvec_select_layer -> kvec_compact_layer.
+   Engines with scores of their own (learned retention gates, say) call
+   kvec_select on them, then kvec_compact.
    kvec_evict_layer does the three for one layer; kvec_evict_ex plans every
    layer first and compacts only when all succeeded, so an error leaves the
    whole cache untouched. Both give the same kept sets.
@@ -116,8 +130,11 @@ OPTIONS (macros)
 
    field          default  meaning
    policy         KVEC     scoring policy
-   budget_mode    uniform  KVEC_BUDGET_UNIFORM, or KVEC_BUDGET_PYRAMID
-                           (default for KVEC_POLICY_PYRAMIDKV)
+   budget_mode    uniform  KVEC_BUDGET_UNIFORM, KVEC_BUDGET_PYRAMID (default
+                           for KVEC_POLICY_PYRAMIDKV), KVEC_BUDGET_ADAPTIVE,
+                           KVEC_BUDGET_GLOBAL
+   head_floor     0.2      adaptive, global: share of B - W each head keeps
+                           by its own ranking; negative = no floor
    window         32       observation window W, always kept
    pool_kernel    5        odd; 1 = no pooling (SnapKV, PyramidKV, K-VEC)
    pooling        average  KVEC_POOL_AVERAGE or KVEC_POOL_MAX
@@ -171,7 +188,7 @@ CUDA
 NON-GOALS
 
    Attention for decoding, quantisation, paging or moving caches between
-   devices; eviction during decoding and adaptive budgets are planned.
+   devices; eviction during decoding is planned.
    Positions are int64; scores are fp32, so StreamingLLM's recency score is
    exact up to 2^24 tokens.
 */
@@ -183,7 +200,7 @@ NON-GOALS
 #include <stdint.h>
 
 #define KVEC_VERSION_MAJOR 0
-#define KVEC_VERSION_MINOR 1
+#define KVEC_VERSION_MINOR 2
 #define KVEC_VERSION_PATCH 0
 
 #if defined(KVEC_STATIC) && (defined(__GNUC__) || defined(__clang__))
@@ -217,7 +234,8 @@ typedef enum kvec_result {
     KVEC_ERROR_BAD_COVERAGE       = -14, /* coverage state for another length or layer */
     KVEC_ERROR_BAD_LAYER_INDEX    = -15, /* layer index outside 0 .. n_layers-1 */
     KVEC_ERROR_SIZE_OVERFLOW      = -16, /* a size does not fit in size_t / int64 */
-    KVEC_ERROR_BAD_PLAN           = -17  /* compaction plan: positions not ascending or out of range */
+    KVEC_ERROR_BAD_PLAN           = -17, /* compaction plan: positions not ascending or out of range */
+    KVEC_ERROR_OVERLAP            = -18  /* packed output overlaps the cache, and not in place */
 } kvec_result;
 
 KVEC_API const char *kvec_result_string(kvec_result result);
@@ -269,8 +287,10 @@ KVEC_API const char *kvec_policy_name(kvec_policy policy);
 
 typedef enum kvec_budget_mode {
     KVEC_BUDGET_DEFAULT = 0, /* uniform, or pyramid for KVEC_POLICY_PYRAMIDKV */
-    KVEC_BUDGET_UNIFORM = 1, /* every head keeps B */
-    KVEC_BUDGET_PYRAMID = 2  /* PyramidKV: layer l keeps W + F_l */
+    KVEC_BUDGET_UNIFORM  = 1, /* every head keeps B */
+    KVEC_BUDGET_PYRAMID  = 2, /* PyramidKV: layer l keeps W + F_l */
+    KVEC_BUDGET_ADAPTIVE = 3, /* Ada-KV: the heads of a layer share Hk*(B-W) free slots */
+    KVEC_BUDGET_GLOBAL   = 4  /* all heads of all layers share L*Hk*(B-W) free slots */
 } kvec_budget_mode;
 
 typedef enum kvec_pooling {
@@ -310,6 +330,9 @@ typedef struct kvec_config {
     float            pyramid_beta; /* 0 = 20 */
     uint64_t         seed;         /* Random policy */
     kvec_terms       terms;        /* K-VEC only */
+    float            head_floor;   /* adaptive, global: share of B-W every head
+                                      keeps by its own ranking; 0 = 0.2,
+                                      negative = no floor */
 } kvec_config;
 
 /* Kept positions, in caller memory. Head (l, j) keeps kept_count[l*Hk + j]
@@ -342,12 +365,14 @@ KVEC_API kvec_result kvec_validate_tensor(const kvec_tensor *tensor);
 KVEC_API kvec_result kvec_validate_cache(const kvec_cache *cache);
 
 /* Tokens kept by each head of layer_index (PyramidKV budgets differ by
-   layer). config may be NULL for defaults. */
+   layer; under shared pools this is the heads' average). config may be
+   NULL for defaults. */
 KVEC_API kvec_result kvec_layer_budget(const kvec_config *config, int64_t budget,
                                        int64_t layer_index, int64_t n_layers,
                                        int64_t n_tokens, int64_t *layer_budget);
 
-/* Positions per head a plan needs: the largest layer budget. */
+/* Positions per head a plan needs: the largest layer budget, or N under
+   adaptive and global budgets (one head may take the whole pool). */
 KVEC_API kvec_result kvec_plan_capacity(const kvec_config *config, int64_t budget,
                                         int64_t n_layers, int64_t n_tokens,
                                         int64_t *capacity);
@@ -376,7 +401,9 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
 
 /* Layer by layer, during prefill. coverage may be NULL unless K-VEC's
    cross-layer term is on; it must be initialised for this sequence and see
-   the layers in order. Scratch from kvec_layer_scratch_bytes. */
+   the layers in order. Scratch from kvec_layer_scratch_bytes. A global
+   budget needs every layer's scores first: KVEC_ERROR_BAD_CONFIG here and
+   in kvec_select_layer (use kvec_evict_ex, or scores and kvec_select). */
 KVEC_API kvec_result kvec_coverage_init(kvec_coverage *coverage, void *memory,
                                         size_t memory_bytes, int64_t n_tokens);
 KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *layer,
@@ -396,11 +423,45 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
                                        int64_t layer_budget, int64_t layer_index,
                                        kvec_coverage *coverage, kvec_plan *plan,
                                        void *scratch, size_t scratch_bytes);
-/* Scratch for kvec_select_layer: 0 unless K-VEC's cross-head term is on. */
-KVEC_API size_t      kvec_select_scratch_bytes(const kvec_config *config, int64_t n_tokens);
+/* Scratch for kvec_select_layer (n_layers = 1) and kvec_select: one byte per
+   token of the heads that compete in one selection (Hk under an adaptive
+   budget, all L*Hk under a global one, 1 for the cross-head term, else 0). */
+KVEC_API size_t      kvec_select_scratch_bytes(const kvec_config *config, int64_t n_layers,
+                                               int64_t n_kv_heads, int64_t n_tokens);
 KVEC_API kvec_result kvec_compact_layer(kvec_layer *layer, const kvec_plan *plan,
                                         int64_t layer_index);
 KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan);
+
+/* External scores: the engine's own scores ([L][Hk][N] fp32, higher = keep,
+   e.g. learned retention gates) select the plan under any budget mode;
+   kvec_compact then applies it. The window is kept whatever its scores; of
+   the config only window, budget_mode, head_floor, pyramid_beta and the
+   cross-head term matter. Scratch: kvec_select_scratch_bytes. */
+KVEC_API kvec_result kvec_select(const kvec_config *config, const float *scores,
+                                 int64_t n_layers, int64_t n_kv_heads, int64_t n_tokens,
+                                 int64_t budget, kvec_plan *plan,
+                                 void *scratch, size_t scratch_bytes);
+
+/* Heads of different lengths (adaptive and global budgets), two ways to
+   attend over them. Varlen: head j of layer layer_index holds kept_count
+   rows; cu_seqlens ([Hk + 1], int32 as varlen attention kernels take it)
+   gets their running offsets in a flattened layout, and max_count (may be
+   NULL) the longest head. Padded: every head is max_count long and rows at
+   or past its count are masked; mask ([Hk][n_rows]) gets 0 for kept rows
+   and -INFINITY for padding, to add to attention logits. */
+KVEC_API kvec_result kvec_plan_offsets(const kvec_plan *plan, int64_t layer_index,
+                                       int32_t *cu_seqlens, int64_t *max_count);
+KVEC_API kvec_result kvec_plan_mask(const kvec_plan *plan, int64_t layer_index,
+                                    int64_t n_rows, float *mask);
+/* Compaction into a flattened layout: head j's r-th kept row goes to row
+   cu_seqlens[j] + r of packed_keys / packed_values ([T][1][D] views, T at
+   least the total kept, same dtype and head_dim). The packed views must not
+   overlap the layer, except exactly in place over a [head][token][dim]
+   layer (same data, same token and dim strides, stride_head = N *
+   stride_token), where heads are packed front to back. */
+KVEC_API kvec_result kvec_compact_packed(kvec_layer *layer, const kvec_plan *plan,
+                                         int64_t layer_index, kvec_tensor *packed_keys,
+                                         kvec_tensor *packed_values);
 
 /* Element conversions, exposed for tests and for engines. */
 KVEC_API float    kvec_f16_to_f32(uint16_t h);
@@ -455,6 +516,7 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 #define KVEC__DEFAULT_BETA        0.25f
 #define KVEC__DEFAULT_GAMMA       0.5f
 #define KVEC__DEFAULT_FOCUS_CV    1.0f
+#define KVEC__DEFAULT_HEAD_FLOOR  0.2f  /* Ada-KV's alpha */
 #define KVEC__FOCUS_FACTOR        4     /* focus heads look at 4W rows */
 #define KVEC__Z_EPS               1e-6  /* z = (x - mean) / (std + eps) */
 
@@ -487,6 +549,7 @@ KVEC_API const char *kvec_result_string(kvec_result result) {
     case KVEC_ERROR_BAD_LAYER_INDEX:     return "layer index outside 0 .. n_layers-1";
     case KVEC_ERROR_SIZE_OVERFLOW:       return "a size overflows size_t or int64";
     case KVEC_ERROR_BAD_PLAN:            return "plan positions are not strictly ascending within 0 .. n_tokens-1, or a count exceeds the capacity";
+    case KVEC_ERROR_OVERLAP:             return "packed output overlaps the cache and is not exactly in place over a [head][token][dim] layout";
     }
     return "unknown kvec_result";
 }
@@ -613,8 +676,11 @@ static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
     if ((int)c.policy < 0 || c.policy >= KVEC_POLICY_COUNT_) return KVEC_ERROR_BAD_CONFIG;
     if (c.budget_mode == KVEC_BUDGET_DEFAULT)
         c.budget_mode = c.policy == KVEC_POLICY_PYRAMIDKV ? KVEC_BUDGET_PYRAMID : KVEC_BUDGET_UNIFORM;
-    if (c.budget_mode != KVEC_BUDGET_UNIFORM && c.budget_mode != KVEC_BUDGET_PYRAMID)
+    if ((int)c.budget_mode < KVEC_BUDGET_UNIFORM || c.budget_mode > KVEC_BUDGET_GLOBAL)
         return KVEC_ERROR_BAD_CONFIG;
+    if (c.head_floor == 0.0f) c.head_floor = KVEC__DEFAULT_HEAD_FLOOR;
+    if (c.head_floor < 0.0f) c.head_floor = -1.0f; /* "none", stable when resolved again */
+    if (!(c.head_floor <= 1.0f)) return KVEC_ERROR_BAD_CONFIG; /* also NaN */
     if (c.window == 0) c.window = KVEC__DEFAULT_WINDOW;
     if (c.pool_kernel == 0) c.pool_kernel = KVEC__DEFAULT_POOL_KERNEL;
     if (c.pooling == KVEC_POOL_DEFAULT) c.pooling = KVEC_POOL_AVERAGE;
@@ -641,6 +707,13 @@ static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
     /* K-VEC terms only mean something for K-VEC; leave them out elsewhere so a
        SnapKV config never pays for (or validates) coverage state. */
     if (c.policy != KVEC_POLICY_KVEC) c.terms.enabled = KVEC_TERM_NONE;
+    /* The cross-head reserve is a per-head budget rule, and a model-wide pool
+       selects after every layer is scored, so no earlier layer's choice can
+       feed the cross-layer term: these pairs have no meaning. */
+    if ((c.terms.enabled & KVEC_TERM_CROSS_HEAD) && c.budget_mode >= KVEC_BUDGET_ADAPTIVE)
+        return KVEC_ERROR_BAD_CONFIG;
+    if ((c.terms.enabled & KVEC_TERM_CROSS_LAYER) && c.budget_mode == KVEC_BUDGET_GLOBAL)
+        return KVEC_ERROR_BAD_CONFIG;
     *out = c;
     return KVEC_OK;
 }
@@ -859,17 +932,19 @@ typedef struct kvec__layer_work {
     kvec__head_work *heads;   /* [Hk] */
     int     *check_flags;     /* [max(H, Hk)] */
     float   *scores;          /* [Hk][N] */
-    uint8_t *flags;           /* [N]  cross-head selection */
+    uint8_t *flags;           /* [Hk][N]  cross-head and adaptive selection */
 } kvec__layer_work;
 
 typedef struct kvec__dims {
     int64_t n_tokens, n_kv_heads, n_query_heads, head_dim;
     int     rank_union; /* K-VEC's rank union is on: carve its sort buffers */
+    int64_t pool_heads; /* global budget: L*Hk heads scored before selection, else 0 */
 } kvec__dims;
 
 static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer) {
     kvec__dims d;
     d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION);
+    d.pool_heads = 0;
     d.n_tokens = layer->keys.n_tokens;
     d.n_kv_heads = layer->keys.n_heads;
     d.head_dim = layer->keys.head_dim;
@@ -910,7 +985,7 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
     }
     w->check_flags = (int *)kvec__take(b, scan_heads, sizeof(int));
     w->scores      = (float *)kvec__take(b, d->n_kv_heads * n, sizeof(float));
-    w->flags       = (uint8_t *)kvec__take(b, n, 1);
+    w->flags       = (uint8_t *)kvec__take(b, d->n_kv_heads * n, 1);
 }
 
 /* >>attention */
@@ -1357,6 +1432,7 @@ static int64_t kvec__layer_budget(const kvec_config *c, int64_t budget, int64_t 
     double lo, hi, f;
     int64_t layer_free;
     if (budget >= n_tokens) return n_tokens;
+    /* adaptive and global: B is the average; kvec__head_capacity bounds a head */
     if (c->budget_mode != KVEC_BUDGET_PYRAMID || n_layers == 1 || n_tokens < 2 * free_slots)
         return budget;
     /* PyramidKV: early layers see broad attention and get more, deep layers
@@ -1367,6 +1443,12 @@ static int64_t kvec__layer_budget(const kvec_config *c, int64_t budget, int64_t 
     f = floor(hi - (double)layer * (hi - lo) / (double)(n_layers - 1) + 0.5);
     layer_free = f < 0.0 ? 0 : f > (double)free_max ? free_max : (int64_t)f;
     return W + layer_free;
+}
+
+/* Plan positions a head of this layer may need: its budget, or under a
+   shared pool everything (one head may win the whole pool). */
+static int64_t kvec__head_capacity(const kvec_config *c, int64_t layer_budget, int64_t n_tokens) {
+    return c->budget_mode >= KVEC_BUDGET_ADAPTIVE && layer_budget < n_tokens ? n_tokens : layer_budget;
 }
 
 KVEC_API kvec_result kvec_layer_budget(const kvec_config *config, int64_t budget,
@@ -1396,6 +1478,8 @@ KVEC_API kvec_result kvec_plan_capacity(const kvec_config *config, int64_t budge
         int64_t b = kvec__layer_budget(&c, budget, l, n_layers, n_tokens);
         largest = b > largest ? b : largest;
     }
+    /* A shared pool may give one head everything it has. */
+    if (c.budget_mode >= KVEC_BUDGET_ADAPTIVE) largest = n_tokens;
     *capacity = largest;
     return KVEC_OK;
 }
@@ -1487,6 +1571,43 @@ static void kvec__select_cross_head(const kvec_config *c, const float *scores, i
     }
 }
 
+/* Shared pools (Ada-KV per layer, or model-wide): G heads, scores [G][N],
+   each with N - W evictable tokens, share G * free_slots slots. Every head
+   first takes its own best floor_slots; the rest of the pool goes to the
+   best remaining scores of all heads together, compared as they are, ties
+   to the lower (head, position). Heads end with different counts.
+   flags [G][N]: bit 0 = taken, bit 1 = window (never competes). */
+static void kvec__select_pool(const float *scores, int64_t G, int64_t N, int64_t W,
+                              int64_t free_slots, int64_t floor_slots, uint8_t *flags,
+                              int64_t *counts, int64_t *positions, int64_t capacity) {
+    const int64_t n_evictable = N - W;
+    int64_t g, i, floors_taken = 0;
+    for (g = 0; g < G; g++) {
+        memset(flags + g * N, 0, (size_t)n_evictable);
+        memset(flags + g * N + n_evictable, 2, (size_t)W);
+    }
+    KVEC__PARALLEL_FOR
+    for (g = 0; g < G; g++)
+        counts[g] = kvec__select_top(scores + g * N, n_evictable, flags + g * N, 1u, floor_slots, NULL);
+    for (g = 0; g < G; g++) floors_taken += counts[g];
+    /* One flat pass over [G][N]: flat order is (head, position) order, so the
+       radix select's tie rule is the documented one. */
+    kvec__select_top(scores, G * N, flags, 3u, G * free_slots - floors_taken, NULL);
+    KVEC__PARALLEL_FOR
+    for (g = 0; g < G; g++) {
+        int64_t *out = positions + g * capacity, count = 0;
+        for (i = 0; i < n_evictable; i++)
+            if (flags[g * N + i] & 1u) out[count++] = i;
+        for (i = n_evictable; i < N; i++) out[count++] = i;
+        counts[g] = count;
+    }
+}
+
+/* Slots of B - W every head keeps by its own ranking in a shared pool. */
+static int64_t kvec__floor_slots(const kvec_config *c, int64_t free_slots) {
+    return c->head_floor <= 0.0f ? 0 : (int64_t)floor((double)c->head_floor * (double)free_slots);
+}
+
 /* The plan rows of one layer, for scores already computed (or keep-all). */
 static void kvec__select_layer(const kvec_config *c, const float *scores, int64_t Hk,
                                int64_t n_tokens, int64_t layer_budget, int64_t layer,
@@ -1500,6 +1621,10 @@ static void kvec__select_layer(const kvec_config *c, const float *scores, int64_
             for (i = 0; i < n_tokens; i++) positions[j * capacity + i] = i;
             counts[j] = n_tokens;
         }
+    } else if (c->budget_mode == KVEC_BUDGET_ADAPTIVE) {
+        const int64_t free_slots = layer_budget - c->window;
+        kvec__select_pool(scores, Hk, n_tokens, c->window, free_slots,
+                          kvec__floor_slots(c, free_slots), flags, counts, positions, capacity);
     } else if (c->terms.enabled & KVEC_TERM_CROSS_HEAD) {
         kvec__select_cross_head(c, scores, Hk, n_tokens, n_tokens - c->window,
                                 layer_budget - c->window, flags, counts, positions, capacity);
@@ -1588,13 +1713,28 @@ static size_t kvec__layer_bytes(const kvec__dims *d) {
     return b.overflow ? 0 : b.used;
 }
 
-/* The whole-cache calls' scratch for one layer of a sequence: the coverage
-   state (one byte per token, first, so it stays put from layer to layer)
-   and the layer's work. */
-static void kvec__carve_sequence_layer(kvec__bump *b, const kvec__dims *d, uint8_t **kept_before,
-                                       kvec__layer_work *w) {
-    *kept_before = (uint8_t *)kvec__take(b, d->n_tokens, 1);
-    kvec__carve_layer(b, d, w);
+/* The whole-cache calls' scratch for one layer of a sequence: what must
+   stay put from layer to layer first (the coverage state, and under a
+   global budget every layer's scores), then the layer's work. */
+typedef struct kvec__sequence_work {
+    uint8_t *kept_before;    /* [N]         coverage state */
+    float   *model_scores;   /* [L][Hk][N]  global budget only */
+    uint8_t *model_flags;    /* [L][Hk][N]  global budget only */
+    kvec__layer_work layer;
+} kvec__sequence_work;
+
+static void kvec__carve_sequence_layer(kvec__bump *b, const kvec__dims *d, kvec__sequence_work *s) {
+    s->kept_before  = (uint8_t *)kvec__take(b, d->n_tokens, 1);
+    s->model_scores = (float *)kvec__take(b, d->pool_heads * d->n_tokens, sizeof(float));
+    s->model_flags  = (uint8_t *)kvec__take(b, d->pool_heads * d->n_tokens, 1);
+    kvec__carve_layer(b, d, &s->layer);
+}
+
+/* The dims of layer l of a sequence of n_layers. */
+static kvec__dims kvec__sequence_dims(const kvec_config *c, const kvec_cache *cache, int64_t l) {
+    kvec__dims d = kvec__layer_dims(c, &cache->layers[l]);
+    if (c->budget_mode == KVEC_BUDGET_GLOBAL) d.pool_heads = cache->n_layers * d.n_kv_heads;
+    return d;
 }
 
 KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
@@ -1610,10 +1750,19 @@ KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config, const k
     return KVEC_OK;
 }
 
-KVEC_API size_t kvec_select_scratch_bytes(const kvec_config *config, int64_t n_tokens) {
+KVEC_API size_t kvec_select_scratch_bytes(const kvec_config *config, int64_t n_layers,
+                                          int64_t n_kv_heads, int64_t n_tokens) {
     kvec_config c;
-    if (kvec__resolve(config, &c) != KVEC_OK || n_tokens <= 0) return 0;
-    return (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? (size_t)n_tokens : 0;
+    int64_t heads;
+    if (kvec__resolve(config, &c) != KVEC_OK || n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0)
+        return 0;
+    /* one flag byte per token of every head that competes in one selection */
+    heads = c.budget_mode == KVEC_BUDGET_GLOBAL   ? n_layers * n_kv_heads
+          : c.budget_mode == KVEC_BUDGET_ADAPTIVE ? n_kv_heads
+          : (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? 1 : 0;
+    if (heads > 0 && (heads > INT64_MAX / n_tokens || (uint64_t)(heads * n_tokens) > SIZE_MAX))
+        return 0;
+    return (size_t)(heads * n_tokens);
 }
 
 KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_cache *caches,
@@ -1628,12 +1777,11 @@ KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_ca
     for (s = 0; s < n_caches; s++) {
         if ((r = kvec_validate_cache(&caches[s])) != KVEC_OK) return r;
         for (l = 0; l < caches[s].n_layers; l++) {
-            kvec__dims d = kvec__layer_dims(&c, &caches[s].layers[l]);
+            kvec__dims d = kvec__sequence_dims(&c, &caches[s], l);
             kvec__bump b;
-            kvec__layer_work w;
-            uint8_t *kept_before;
+            kvec__sequence_work w;
             kvec__bump_init(&b, NULL, 0);
-            kvec__carve_sequence_layer(&b, &d, &kept_before, &w);
+            kvec__carve_sequence_layer(&b, &d, &w);
             if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
             largest = b.used > largest ? b.used : largest;
         }
@@ -1710,14 +1858,15 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
     int64_t kept;
     size_t needed;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (c.budget_mode == KVEC_BUDGET_GLOBAL) return KVEC_ERROR_BAD_CONFIG; /* whole model: kvec_select */
     if (!scores) return KVEC_ERROR_NULL_POINTER;
     if (n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
     if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
     if (layer_budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
-    kept = layer_budget < n_tokens ? layer_budget : n_tokens;
+    kept = kvec__head_capacity(&c, layer_budget < n_tokens ? layer_budget : n_tokens, n_tokens);
     if ((r = kvec__check_plan(plan, layer_index, n_kv_heads, kept)) != KVEC_OK) return r;
     if (coverage && (r = kvec__check_coverage(&c, coverage, layer_index, n_tokens)) != KVEC_OK) return r;
-    needed = kvec_select_scratch_bytes(&c, n_tokens);
+    needed = kvec_select_scratch_bytes(&c, 1, n_kv_heads, n_tokens);
     if (needed > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     kvec__select_layer(&c, scores, n_kv_heads, n_tokens, layer_budget, layer_index, coverage,
@@ -1769,6 +1918,153 @@ KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan) {
     return KVEC_OK;
 }
 
+KVEC_API kvec_result kvec_select(const kvec_config *config, const float *scores,
+                                 int64_t n_layers, int64_t n_kv_heads, int64_t n_tokens,
+                                 int64_t budget, kvec_plan *plan,
+                                 void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec_result r;
+    int64_t l, capacity;
+    size_t needed;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!scores || !plan) return KVEC_ERROR_NULL_POINTER;
+    if (n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (n_kv_heads > INT64_MAX / n_layers || n_layers * n_kv_heads > INT64_MAX / n_tokens)
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec_plan_capacity(&c, budget, n_layers, n_tokens, &capacity)) != KVEC_OK) return r;
+    if (plan->n_layers < n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
+    for (l = 0; l < n_layers; l++)
+        if ((r = kvec__check_plan(plan, l, n_kv_heads, capacity)) != KVEC_OK) return r;
+    needed = kvec_select_scratch_bytes(&c, n_layers, n_kv_heads, n_tokens);
+    if (needed > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (c.budget_mode == KVEC_BUDGET_GLOBAL && budget < n_tokens) {
+        const int64_t free_slots = budget - c.window;
+        kvec__select_pool(scores, n_layers * n_kv_heads, n_tokens, c.window, free_slots,
+                          kvec__floor_slots(&c, free_slots), (uint8_t *)scratch, plan->kept_count,
+                          plan->kept_positions, plan->capacity);
+        return KVEC_OK;
+    }
+    for (l = 0; l < n_layers; l++)
+        kvec__select_layer(&c, scores + l * n_kv_heads * n_tokens, n_kv_heads, n_tokens,
+                           kvec__layer_budget(&c, budget, l, n_layers, n_tokens), l, NULL, plan,
+                           (uint8_t *)scratch);
+    return KVEC_OK;
+}
+
+/* Counts of layer l, checked: within 0 .. capacity. */
+static kvec_result kvec__plan_counts(const kvec_plan *plan, int64_t l, const int64_t **counts) {
+    int64_t j;
+    if (!plan || !plan->kept_count) return KVEC_ERROR_NULL_POINTER;
+    if (l < 0 || l >= plan->n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
+    *counts = plan->kept_count + l * plan->n_kv_heads;
+    for (j = 0; j < plan->n_kv_heads; j++)
+        if ((*counts)[j] < 0 || (*counts)[j] > plan->capacity) return KVEC_ERROR_BAD_PLAN;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_plan_offsets(const kvec_plan *plan, int64_t layer_index,
+                                       int32_t *cu_seqlens, int64_t *max_count) {
+    const int64_t *counts;
+    int64_t j, total = 0, longest = 0;
+    kvec_result r;
+    if (!cu_seqlens) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__plan_counts(plan, layer_index, &counts)) != KVEC_OK) return r;
+    for (j = 0; j < plan->n_kv_heads; j++) {
+        total += counts[j];
+        if (total > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+        longest = counts[j] > longest ? counts[j] : longest;
+    }
+    cu_seqlens[0] = 0;
+    for (j = 0; j < plan->n_kv_heads; j++) cu_seqlens[j + 1] = cu_seqlens[j] + (int32_t)counts[j];
+    if (max_count) *max_count = longest;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_plan_mask(const kvec_plan *plan, int64_t layer_index, int64_t n_rows,
+                                    float *mask) {
+    const int64_t *counts;
+    int64_t j, i;
+    kvec_result r;
+    if (!mask) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__plan_counts(plan, layer_index, &counts)) != KVEC_OK) return r;
+    for (j = 0; j < plan->n_kv_heads; j++)
+        if (counts[j] > n_rows) return KVEC_ERROR_BAD_EXTENT; /* rows below the longest head */
+    for (j = 0; j < plan->n_kv_heads; j++)
+        for (i = 0; i < n_rows; i++) mask[j * n_rows + i] = i < counts[j] ? 0.0f : -INFINITY;
+    return KVEC_OK;
+}
+
+/* Two validated views touch no common byte range. */
+static int kvec__disjoint(const kvec_tensor *a, const kvec_tensor *b) {
+    const uintptr_t a0 = (uintptr_t)a->data, b0 = (uintptr_t)b->data;
+    const uintptr_t a1 = a0 + (uintptr_t)kvec__span(a) + (uintptr_t)kvec__dtype_size(a->dtype) - 1;
+    const uintptr_t b1 = b0 + (uintptr_t)kvec__span(b) + (uintptr_t)kvec__dtype_size(b->dtype) - 1;
+    return a1 < b0 || b1 < a0;
+}
+
+/* packed may be written from source: disjoint, or exactly in place over a
+   [head][token][dim] source (then *in_place = 1). */
+static kvec_result kvec__check_packed(const kvec_tensor *source, const kvec_tensor *packed,
+                                      int64_t total, int *in_place) {
+    kvec_result r;
+    if ((r = kvec_validate_tensor(packed)) != KVEC_OK) return r;
+    if (packed->dtype != source->dtype || packed->head_dim != source->head_dim ||
+        packed->n_heads != 1 || packed->n_tokens < total)
+        return KVEC_ERROR_SHAPE_MISMATCH;
+    *in_place = packed->data == source->data && packed->stride_token == source->stride_token &&
+                packed->stride_dim == source->stride_dim &&
+                source->stride_head == source->n_tokens * source->stride_token;
+    return *in_place || kvec__disjoint(source, packed) ? KVEC_OK : KVEC_ERROR_OVERLAP;
+}
+
+/* Head by head, front to back; in place each destination row is at or
+   before its source and after every row already read (see the header). */
+static void kvec__pack(const kvec_tensor *source, const kvec_tensor *packed, const kvec_plan *plan,
+                       int64_t l) {
+    const int64_t elem = kvec__dtype_size(source->dtype);
+    int64_t j, r, d, row = 0;
+    for (j = 0; j < source->n_heads; j++) {
+        const int64_t head = l * plan->n_kv_heads + j;
+        const int64_t *pos = plan->kept_positions + head * plan->capacity;
+        for (r = 0; r < plan->kept_count[head]; r++, row++) {
+            char *to = kvec__row(packed, row, 0);
+            const char *from = kvec__row(source, pos[r], j);
+            if (to == from) continue;
+            if (source->stride_dim == elem && packed->stride_dim == elem)
+                memcpy(to, from, (size_t)(source->head_dim * elem));
+            else
+                for (d = 0; d < source->head_dim; d++)
+                    memcpy(to + d * packed->stride_dim, from + d * source->stride_dim, (size_t)elem);
+        }
+    }
+}
+
+KVEC_API kvec_result kvec_compact_packed(kvec_layer *layer, const kvec_plan *plan,
+                                         int64_t layer_index, kvec_tensor *packed_keys,
+                                         kvec_tensor *packed_values) {
+    kvec_config c;
+    kvec_result r;
+    int64_t j, total = 0;
+    int keys_in_place, values_in_place;
+    kvec__resolve(NULL, &c);
+    if (!packed_keys || !packed_values) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
+    if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if ((r = kvec__check_compaction(layer, plan, layer_index)) != KVEC_OK) return r;
+    for (j = 0; j < layer->keys.n_heads; j++) total += plan->kept_count[layer_index * plan->n_kv_heads + j];
+    if ((r = kvec__check_packed(&layer->keys, packed_keys, total, &keys_in_place)) != KVEC_OK) return r;
+    if ((r = kvec__check_packed(&layer->values, packed_values, total, &values_in_place)) != KVEC_OK) return r;
+    /* Neither output may land on the other tensor or on the other output. */
+    if (!kvec__disjoint(packed_keys, packed_values) ||
+        (!keys_in_place && !kvec__disjoint(packed_keys, &layer->values)) ||
+        (!values_in_place && !kvec__disjoint(packed_values, &layer->keys)))
+        return KVEC_ERROR_OVERLAP;
+    kvec__pack(&layer->keys, packed_keys, plan, layer_index);
+    kvec__pack(&layer->values, packed_values, plan, layer_index);
+    return KVEC_OK;
+}
+
 /* Everything kvec_evict_layer checks before it may write: layer, budget,
    plan, coverage, scratch and finiteness. */
 static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *layer, int64_t l,
@@ -1785,7 +2081,9 @@ static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *l
     n = layer->keys.n_tokens;
     *layer_budget = kvec__layer_budget(c, budget, l, n_layers, n);
     if (n > *layer_budget && (r = kvec__validate_layer(c, layer, 1)) != KVEC_OK) return r;
-    if ((r = kvec__check_plan(plan, l, layer->keys.n_heads, *layer_budget)) != KVEC_OK) return r;
+    if ((r = kvec__check_plan(plan, l, layer->keys.n_heads, kvec__head_capacity(c, *layer_budget, n)))
+        != KVEC_OK)
+        return r;
     return check_coverage ? kvec__check_coverage(c, coverage, l, n) : KVEC_OK;
 }
 
@@ -1800,6 +2098,7 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
     int64_t layer_budget;
     int scoring;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (c.budget_mode == KVEC_BUDGET_GLOBAL) return KVEC_ERROR_BAD_CONFIG; /* needs every layer first */
     if ((r = kvec__prepare_layer(&c, layer, layer_index, n_layers, budget, coverage, plan, 1,
                                  &layer_budget)) != KVEC_OK)
         return r;
@@ -1849,21 +2148,32 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
     }
     /* Plan every layer of every sequence, then compact. */
     for (s = 0; s < n_caches; s++) {
-        const int64_t n = caches[s].layers[0].keys.n_tokens;
+        const int64_t n = caches[s].layers[0].keys.n_tokens, L = caches[s].n_layers;
+        /* Under a global budget every layer is scored first, then one pool selects. */
+        const int global = c.budget_mode == KVEC_BUDGET_GLOBAL && budget < n;
+        kvec__sequence_work w;
         kvec_coverage coverage;
-        for (l = 0; l < caches[s].n_layers; l++) {
+        for (l = 0; l < L; l++) {
             const kvec_layer *layer = &caches[s].layers[l];
-            kvec__dims d = kvec__layer_dims(&c, layer);
-            kvec__layer_work w;
+            kvec__dims d = kvec__sequence_dims(&c, &caches[s], l);
             kvec__bump b;
-            uint8_t *kept_before;
             kvec__bump_init(&b, scratch, scratch_bytes);
-            kvec__carve_sequence_layer(&b, &d, &kept_before, &w);
-            if (l == 0) kvec_coverage_init(&coverage, kept_before, (size_t)n, n);
-            layer_budget = kvec__layer_budget(&c, budget, l, caches[s].n_layers, n);
-            if (n > layer_budget) kvec__run_scoring(&c, layer, l, &coverage, w.scores, &w);
-            kvec__select_layer(&c, w.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
-                               &plans[s], w.flags);
+            kvec__carve_sequence_layer(&b, &d, &w);
+            if (l == 0) kvec_coverage_init(&coverage, w.kept_before, (size_t)n, n);
+            layer_budget = kvec__layer_budget(&c, budget, l, L, n);
+            if (global) {
+                kvec__run_scoring(&c, layer, l, NULL, w.model_scores + l * d.n_kv_heads * n, &w.layer);
+                continue;
+            }
+            if (n > layer_budget) kvec__run_scoring(&c, layer, l, &coverage, w.layer.scores, &w.layer);
+            kvec__select_layer(&c, w.layer.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
+                               &plans[s], w.layer.flags);
+        }
+        if (global) {
+            const int64_t free_slots = budget - c.window;
+            kvec__select_pool(w.model_scores, L * plans[s].n_kv_heads, n, c.window, free_slots,
+                              kvec__floor_slots(&c, free_slots), w.model_flags, plans[s].kept_count,
+                              plans[s].kept_positions, plans[s].capacity);
         }
     }
     for (s = 0; s < n_caches; s++)
@@ -1908,6 +2218,10 @@ KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget) {
 
 /*
 HISTORY
+   0.2.0  budget modes adaptive (Ada-KV) and global; kvec_select for
+          external scores; kvec_plan_offsets, kvec_plan_mask and
+          kvec_compact_packed for heads of different lengths;
+          kvec_select_scratch_bytes takes layers and heads.
    0.1.0  first release: CPU scores, selection, compaction; K-VEC.
 
 LICENSE

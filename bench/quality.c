@@ -57,17 +57,34 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Policies by name; the budget modes other than the policy's own are
+   named after the score: adakv is SnapKV scores in Ada-KV's per-layer
+   pool, *-global one pool for the whole model (floor 0.2 of B - W). */
 static int parse_policy(const char *name, policy_run *run) {
-    static const struct { const char *name; kvec_policy policy; } known[] = {
-        {"kvec", KVEC_POLICY_KVEC},     {"snapkv", KVEC_POLICY_SNAPKV}, {"pyramidkv", KVEC_POLICY_PYRAMIDKV},
-        {"streaming", KVEC_POLICY_STREAMING}, {"h2o", KVEC_POLICY_H2O}, {"tova", KVEC_POLICY_TOVA},
-        {"knorm", KVEC_POLICY_KNORM},   {"keydiff", KVEC_POLICY_KEYDIFF}, {"random", KVEC_POLICY_RANDOM}};
+    static const struct { const char *name; kvec_policy policy; kvec_budget_mode mode; } known[] = {
+        {"kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT},
+        {"snapkv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_DEFAULT},
+        {"pyramidkv", KVEC_POLICY_PYRAMIDKV, KVEC_BUDGET_DEFAULT},
+        {"streaming", KVEC_POLICY_STREAMING, KVEC_BUDGET_DEFAULT},
+        {"h2o", KVEC_POLICY_H2O, KVEC_BUDGET_DEFAULT},
+        {"tova", KVEC_POLICY_TOVA, KVEC_BUDGET_DEFAULT},
+        {"knorm", KVEC_POLICY_KNORM, KVEC_BUDGET_DEFAULT},
+        {"keydiff", KVEC_POLICY_KEYDIFF, KVEC_BUDGET_DEFAULT},
+        {"random", KVEC_POLICY_RANDOM, KVEC_BUDGET_DEFAULT},
+        {"adakv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_ADAPTIVE},
+        {"kvec-ada", KVEC_POLICY_KVEC, KVEC_BUDGET_ADAPTIVE},
+        {"snap-global", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
+        {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL}};
     size_t i;
     memset(run, 0, sizeof *run);
     snprintf(run->name, sizeof run->name, "%s", name);
     if (!strcmp(name, "full")) { run->full = 1; return 0; }
     for (i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (!strcmp(name, known[i].name)) { run->config.policy = known[i].policy; return 0; }
+        if (!strcmp(name, known[i].name)) {
+            run->config.policy = known[i].policy;
+            run->config.budget_mode = known[i].mode;
+            return 0;
+        }
     return -1;
 }
 
@@ -170,14 +187,10 @@ static int run_policy(bench *b, policy_run *run, const llm_cache *prefix, const 
             plan.n_layers = L; plan.n_kv_heads = Hk; plan.capacity = capacity;
             plan.kept_count = b->plan_memory;
             plan.kept_positions = b->plan_memory + L * Hk;
-            if (grow(&b->scratch, &b->scratch_bytes, kvec_select_scratch_bytes(&run->config, N))) r = KVEC_ERROR_OUT_OF_MEMORY;
-            for (l = 0; l < L && r == KVEC_OK; l++) {
-                int64_t layer_budget;
-                r = kvec_layer_budget(&run->config, budget, l, L, N, &layer_budget);
-                if (r == KVEC_OK)
-                    r = kvec_select_layer(&run->config, b->scores + l * Hk * N, Hk, N, layer_budget, l, NULL,
-                                          &plan, b->scratch, b->scratch_bytes);
-            }
+            if (grow(&b->scratch, &b->scratch_bytes, kvec_select_scratch_bytes(&run->config, L, Hk, N)))
+                r = KVEC_ERROR_OUT_OF_MEMORY;
+            if (r == KVEC_OK)
+                r = kvec_select(&run->config, b->scores, L, Hk, N, budget, &plan, b->scratch, b->scratch_bytes);
             if (r == KVEC_OK) {
                 kvec_cache view;
                 llm_kvec_layers(&b->work, layers);

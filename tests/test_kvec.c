@@ -790,7 +790,7 @@ static void test_cross_head_reserve_prefers_uncovered_tokens(void) {
     c.terms.enabled = KVEC_TERM_CROSS_HEAD;
     c.terms.beta = 0.5f;
     plan_init(&p, 1, 2, B);
-    CHECK(kvec_select_scratch_bytes(&c, N) == N, "cross-head selection needs N bytes");
+    CHECK(kvec_select_scratch_bytes(&c, 1, 3, N) == N, "cross-head selection needs N bytes");
     CHECK(kvec_select_layer(&c, s, 2, N, B, 0, NULL, &p.plan, flags, sizeof flags) == KVEC_OK, "select");
     for (r = 0; r < B; r++)
         for (i = 0; i < B; i++) overlap += p.positions[r] == p.positions[B + i];
@@ -866,6 +866,358 @@ static void test_one_and_two_threads_identical(void) {
     }
 #else
     if (!g_quiet) printf("skip test_one_and_two_threads_identical: built without OpenMP\n");
+#endif
+}
+
+/* ---- tests: shared budgets (Ada-KV, global), external scores, varlen ----- */
+
+/* Pool selection by sorting: G heads of scores [G][N]; every head first
+   takes its best floor_slots evictable tokens, then the best remaining
+   entries of all heads (score descending, NaN last, ties to the lower head,
+   then the lower position) fill G * free_slots. counts [G], kept [G][N]. */
+static const double *g_pool_scores;
+static int64_t g_pool_n;
+static int by_pool_order(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    double sx = g_pool_scores[x], sy = g_pool_scores[y];
+    int xn = sx != sx, yn = sy != sy;
+    if (xn != yn) return xn ? 1 : -1;
+    if (!xn && sx != sy) return sx > sy ? -1 : 1;
+    return x < y ? -1 : 1; /* flat index = (head, position) order */
+}
+static void naive_pool_select(const double *scores, int64_t G, int64_t N, int64_t W, int64_t free_slots,
+                              int64_t floor_slots, int64_t *counts, int64_t *kept) {
+    const int64_t n_ev = N - W;
+    int64_t *order = (int64_t *)malloc(sizeof(int64_t) * (size_t)(G * N));
+    unsigned char *taken = (unsigned char *)calloc((size_t)(G * N), 1);
+    int64_t g, i, m = 0, left = G * free_slots;
+    g_pool_scores = scores; g_pool_n = N;
+    for (g = 0; g < G; g++) {
+        int64_t *own = order, k;
+        for (i = 0; i < n_ev; i++) own[i] = g * N + i;
+        qsort(own, (size_t)n_ev, sizeof(int64_t), by_pool_order);
+        for (k = 0; k < floor_slots && k < n_ev; k++) { taken[own[k]] = 1; left--; }
+    }
+    for (g = 0; g < G; g++)
+        for (i = 0; i < n_ev; i++)
+            if (!taken[g * N + i]) order[m++] = g * N + i;
+    qsort(order, (size_t)m, sizeof(int64_t), by_pool_order);
+    for (i = 0; i < m && i < left; i++) taken[order[i]] = 1;
+    for (g = 0; g < G; g++) {
+        counts[g] = 0;
+        for (i = 0; i < N; i++)
+            if (i >= n_ev || taken[g * N + i]) kept[g * N + counts[g]++] = i;
+    }
+    free(order); free(taken);
+}
+
+/* kvec_select under a budget mode against the sorting reference. */
+static void check_pool(const char *what, kvec_budget_mode mode, float head_floor, const double *scores_d,
+                       int64_t L, int64_t Hk, int64_t N, int64_t W, int64_t budget) {
+    kvec_config c = policy_config(KVEC_POLICY_SNAPKV, W);
+    const int64_t G = L * Hk, free_slots = budget - W;
+    const int64_t floor_slots = head_floor < 0 ? 0 : (int64_t)floor((head_floor == 0 ? 0.2 : head_floor) * free_slots);
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(G * N));
+    double *sd = (double *)malloc(sizeof(double) * (size_t)(G * N));
+    int64_t *counts = (int64_t *)malloc(sizeof(int64_t) * (size_t)G);
+    int64_t *kept = (int64_t *)malloc(sizeof(int64_t) * (size_t)(G * N));
+    int64_t capacity = N, g, i, total = 0, lowest = N;
+    size_t bytes;
+    void *scratch;
+    test_plan p;
+    int same = 1;
+    kvec_result r;
+    c.budget_mode = mode;
+    c.head_floor = head_floor;
+    for (i = 0; i < G * N; i++) { scores[i] = (float)scores_d[i]; sd[i] = scores[i]; }
+    CHECK(kvec_plan_capacity(&c, budget, L, N, &capacity) == KVEC_OK && capacity == N, "%s: capacity N", what);
+    plan_init(&p, L, Hk, capacity);
+    bytes = kvec_select_scratch_bytes(&c, L, Hk, N);
+    CHECK(bytes == (size_t)((mode == KVEC_BUDGET_GLOBAL ? G : Hk) * N), "%s: scratch %zu bytes", what, bytes);
+    scratch = malloc(bytes);
+    r = kvec_select(&c, scores, L, Hk, N, budget, &p.plan, scratch, bytes);
+    CHECK(r == KVEC_OK, "%s: %s", what, kvec_result_string(r));
+    if (mode == KVEC_BUDGET_GLOBAL) naive_pool_select(sd, G, N, W, free_slots, floor_slots, counts, kept);
+    else
+        for (g = 0; g < L; g++)
+            naive_pool_select(sd + g * Hk * N, Hk, N, W, free_slots, floor_slots, counts + g * Hk, kept + g * Hk * N);
+    for (g = 0; g < G; g++) {
+        same &= counts[g] == p.counts[g];
+        for (i = 0; i < counts[g] && same; i++) same &= kept[g * N + i] == p.positions[g * capacity + i];
+        total += p.counts[g];
+        lowest = p.counts[g] < lowest ? p.counts[g] : lowest;
+    }
+    CHECK(same, "%s: selection differs from the sorting reference", what);
+    CHECK(total == G * budget, "%s: pool not exact (%ld kept, %ld budgeted)", what, (long)total, (long)(G * budget));
+    CHECK(lowest >= W + floor_slots, "%s: a head kept %ld < window + floor %ld", what, (long)lowest, (long)(W + floor_slots));
+    free(scores); free(sd); free(counts); free(kept); free(scratch); plan_free(&p);
+}
+
+static void test_shared_pools_equal_sorting(void) {
+    const int64_t L = 3, Hk = 4, N = 200, W = 8;
+    double *s = (double *)malloc(sizeof(double) * (size_t)(L * Hk * N));
+    int64_t i, budget;
+    int trial;
+    for (trial = 0; trial < 4; trial++) {
+        for (i = 0; i < L * Hk * N; i++) {
+            double u = uniform();
+            /* heads on different scales, so pools really move slots */
+            s[i] = trial == 0 ? normal() * (1 + (double)(i / N % 5))
+                 : trial == 1 ? (double)(int)(u * 4)                 /* ties across heads */
+                 : trial == 2 ? (u < 0.15 ? NAN : exp(normal() * 3)) /* NaN ranks lowest */
+                 : 1.0;                                              /* all equal */
+        }
+        for (budget = W; budget < N; budget += 37) {
+            char what[96];
+            sprintf(what, "adaptive trial %d budget %ld", trial, (long)budget);
+            check_pool(what, KVEC_BUDGET_ADAPTIVE, 0.0f, s, L, Hk, N, W, budget);
+            sprintf(what, "global trial %d budget %ld", trial, (long)budget);
+            check_pool(what, KVEC_BUDGET_GLOBAL, 0.0f, s, L, Hk, N, W, budget);
+            sprintf(what, "global no floor trial %d budget %ld", trial, (long)budget);
+            check_pool(what, KVEC_BUDGET_GLOBAL, -1.0f, s, L, Hk, N, W, budget);
+            sprintf(what, "adaptive floor 0.5 trial %d budget %ld", trial, (long)budget);
+            check_pool(what, KVEC_BUDGET_ADAPTIVE, 0.5f, s, L, Hk, N, W, budget);
+        }
+    }
+    free(s);
+}
+
+/* kvec_evict_ex under a shared budget = the layer's own scores through
+   kvec_select, then compaction equal to a gather of uneven heads. */
+static void test_shared_pools_in_evict_equal_scores_then_select(void) {
+    static const kvec_budget_mode modes[] = { KVEC_BUDGET_ADAPTIVE, KVEC_BUDGET_GLOBAL };
+    static const kvec_policy policies[] = { KVEC_POLICY_SNAPKV, KVEC_POLICY_KVEC, KVEC_POLICY_KEYDIFF };
+    const int64_t L = 3, N = 180, Hk = 3, W = 8, B = 40;
+    size_t m, q;
+    for (m = 0; m < 2; m++)
+        for (q = 0; q < 3; q++) {
+            test_cache before, after;
+            test_plan pe, ps;
+            kvec_config c = policy_config(policies[q], W);
+            float *scores = (float *)malloc(sizeof(float) * (size_t)(L * Hk * N));
+            size_t bytes;
+            void *scratch;
+            int64_t l, h, uneven = 0;
+            int ok = 1;
+            c.budget_mode = modes[m];
+            cache_init(&before, L, N, Hk, 2, 16, W, KVEC_DTYPE_BF16, HEAD_TOK_DIM, 31 + q);
+            cache_init(&after, L, N, Hk, 2, 16, W, KVEC_DTYPE_BF16, HEAD_TOK_DIM, 31 + q);
+            for (l = 0; l < L; l++) {
+                kvec_layer_scratch_bytes(&c, &before.views[l], &bytes);
+                scratch = malloc(bytes);
+                ok &= kvec_score_layer(&c, &before.views[l], l, NULL, scores + l * Hk * N, scratch, bytes) == KVEC_OK;
+                free(scratch);
+            }
+            plan_init(&ps, L, Hk, N);
+            bytes = kvec_select_scratch_bytes(&c, L, Hk, N);
+            scratch = malloc(bytes);
+            ok &= kvec_select(&c, scores, L, Hk, N, B, &ps.plan, scratch, bytes) == KVEC_OK;
+            free(scratch);
+            CHECK(ok, "%s mode %d: score + select failed", kvec_policy_name(policies[q]), (int)modes[m]);
+            CHECK(run_evict(&c, &after, B, &pe) == KVEC_OK, "%s mode %d: evict", kvec_policy_name(policies[q]), (int)modes[m]);
+            CHECK(plans_equal(&pe, &ps), "%s mode %d: evict differs from score + select", kvec_policy_name(policies[q]), (int)modes[m]);
+            CHECK(compaction_matches_gather(&before, &after, &pe), "%s mode %d: uneven compaction differs from a gather",
+                  kvec_policy_name(policies[q]), (int)modes[m]);
+            for (h = 1; h < L * Hk; h++) uneven |= pe.counts[h] != pe.counts[0];
+            if (policies[q] == KVEC_POLICY_SNAPKV)
+                CHECK(uneven, "mode %d: SnapKV scores should leave heads uneven", (int)modes[m]);
+            free(scores); plan_free(&pe); plan_free(&ps); cache_free(&before); cache_free(&after);
+        }
+}
+
+static void test_adaptive_layer_by_layer_equals_whole_cache(void) {
+    test_cache a, b;
+    test_plan pa, pb;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    int64_t l;
+    int ok = 1;
+    cfg.budget_mode = KVEC_BUDGET_ADAPTIVE;
+    cfg.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER;
+    cache_init(&a, 3, 160, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 56);
+    cache_init(&b, 3, 160, 2, 2, 16, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 56);
+    CHECK(run_evict(&cfg, &a, 40, &pa) == KVEC_OK, "whole cache");
+    plan_init(&pb, 3, 2, pa.plan.capacity);
+    {
+        kvec_coverage cov;
+        uint8_t cov_mem[160];
+        kvec_coverage_init(&cov, cov_mem, 160, 160);
+        for (l = 0; l < 3; l++) {
+            size_t bytes;
+            void *scratch;
+            kvec_layer_scratch_bytes(&cfg, &b.views[l], &bytes);
+            scratch = malloc(bytes);
+            ok &= kvec_evict_layer(&cfg, &b.views[l], l, 3, 40, &cov, &pb.plan, scratch, bytes) == KVEC_OK;
+            free(scratch);
+        }
+    }
+    CHECK(ok && plans_equal(&pa, &pb), "adaptive: per-layer plan differs from the whole-cache plan");
+    CHECK(memcmp(a.layers[2].kb, b.layers[2].kb, a.layers[2].kbytes) == 0, "adaptive: compacted keys differ");
+    plan_free(&pa); plan_free(&pb); cache_free(&a); cache_free(&b);
+}
+
+static void test_shared_pool_errors(void) {
+    test_cache c;
+    test_plan p;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8), r;
+    float scores[2 * 100];
+    int64_t counts_before[2], i;
+    uint8_t flags[200];
+    size_t bytes = 64;
+    void *scratch = malloc(bytes);
+    for (i = 0; i < 200; i++) scores[i] = (float)normal();
+    cfg.budget_mode = KVEC_BUDGET_GLOBAL;
+    cfg.terms.enabled = KVEC_TERM_CROSS_LAYER;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "global + cross-layer is refused");
+    cfg.budget_mode = KVEC_BUDGET_ADAPTIVE;
+    cfg.terms.enabled = KVEC_TERM_CROSS_HEAD;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "adaptive + cross-head is refused");
+    cfg.terms.enabled = 0;
+    cfg.head_floor = 1.5f;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "floor above 1 is refused");
+    cfg.head_floor = -3.0f;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_OK && r.head_floor == -1.0f, "negative floor = none");
+    CHECK(kvec_resolve_config(&r, &r) == KVEC_OK && r.head_floor == -1.0f, "none stays none when resolved again");
+    cfg.budget_mode = (kvec_budget_mode)7;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "unknown budget mode");
+
+    cfg = policy_config(KVEC_POLICY_SNAPKV, 8);
+    cfg.budget_mode = KVEC_BUDGET_GLOBAL;
+    plan_init(&p, 1, 2, 100);
+    for (i = 0; i < 2; i++) p.counts[i] = counts_before[i] = 77;
+    CHECK(kvec_select_layer(&cfg, scores, 2, 100, 20, 0, NULL, &p.plan, flags, sizeof flags) == KVEC_ERROR_BAD_CONFIG,
+          "global needs every layer: kvec_select_layer refuses it");
+    CHECK(kvec_select(&cfg, scores, 1, 2, 100, 20, &p.plan, scratch, bytes) == KVEC_ERROR_SCRATCH_TOO_SMALL,
+          "kvec_select checks its scratch");
+    p.plan.capacity = 50;
+    CHECK(kvec_select(&cfg, scores, 1, 2, 100, 20, &p.plan, flags, sizeof flags) == KVEC_ERROR_PLAN_TOO_SMALL,
+          "a shared pool needs capacity N");
+    CHECK(p.counts[0] == counts_before[0] && p.counts[1] == counts_before[1], "errors leave the plan alone");
+    plan_free(&p);
+    cache_init(&c, 2, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 3);
+    plan_init(&p, 2, 2, 100);
+    CHECK(kvec_evict_layer(&cfg, &c.views[0], 0, 2, 20, NULL, &p.plan, scratch, bytes) == KVEC_ERROR_BAD_CONFIG,
+          "global needs every layer: kvec_evict_layer refuses it");
+    plan_free(&p); cache_free(&c); free(scratch);
+}
+
+static void test_plan_offsets_and_mask(void) {
+    int64_t counts[6] = { 5, 9, 0, 3, 7, 7 }, positions[6 * 10], longest = -1;
+    int32_t cu[4];
+    float mask[3 * 9];
+    kvec_plan plan;
+    int64_t j, i;
+    int ok = 1;
+    plan.n_layers = 2; plan.n_kv_heads = 3; plan.capacity = 10;
+    plan.kept_count = counts; plan.kept_positions = positions;
+    CHECK(kvec_plan_offsets(&plan, 1, cu, &longest) == KVEC_OK, "offsets");
+    CHECK(cu[0] == 0 && cu[1] == 3 && cu[2] == 10 && cu[3] == 17 && longest == 7, "layer 1 offsets 0 3 10 17, longest 7");
+    CHECK(kvec_plan_mask(&plan, 0, 9, mask) == KVEC_OK, "mask");
+    for (j = 0; j < 3; j++)
+        for (i = 0; i < 9; i++) ok &= mask[j * 9 + i] == (i < counts[j] ? 0.0f : -INFINITY);
+    CHECK(ok, "mask is 0 below each head's count and -inf above");
+    CHECK(kvec_plan_mask(&plan, 0, 8, mask) == KVEC_ERROR_BAD_EXTENT, "mask rows below the longest head");
+    CHECK(kvec_plan_offsets(&plan, 2, cu, NULL) == KVEC_ERROR_BAD_LAYER_INDEX, "layer out of range");
+    counts[4] = 11;
+    CHECK(kvec_plan_offsets(&plan, 1, cu, NULL) == KVEC_ERROR_BAD_PLAN, "count above capacity");
+}
+
+/* Packed compaction: out of place and exactly in place over [head][tok][dim]. */
+static void test_packed_compaction_equals_gather(void) {
+    const int64_t L = 2, N = 150, Hk = 3, D = 16, W = 8, B = 30;
+    int in_place;
+    for (in_place = 0; in_place < 2; in_place++) {
+        test_cache before, after;
+        test_plan p;
+        kvec_config c = policy_config(KVEC_POLICY_SNAPKV, W);
+        int64_t l;
+        int ok = 1;
+        c.budget_mode = KVEC_BUDGET_ADAPTIVE;
+        cache_init(&before, L, N, Hk, 2, D, W, KVEC_DTYPE_F16, HEAD_TOK_DIM, 11);
+        cache_init(&after, L, N, Hk, 2, D, W, KVEC_DTYPE_F16, HEAD_TOK_DIM, 11);
+        {   /* plan only: compact nothing yet */
+            size_t bytes;
+            void *scratch;
+            float *scores = (float *)malloc(sizeof(float) * (size_t)(L * Hk * N));
+            plan_init(&p, L, Hk, N);
+            for (l = 0; l < L; l++) {
+                kvec_layer_scratch_bytes(&c, &after.views[l], &bytes);
+                scratch = malloc(bytes);
+                kvec_score_layer(&c, &after.views[l], l, NULL, scores + l * Hk * N, scratch, bytes);
+                free(scratch);
+            }
+            bytes = kvec_select_scratch_bytes(&c, L, Hk, N);
+            scratch = malloc(bytes);
+            CHECK(kvec_select(&c, scores, L, Hk, N, B, &p.plan, scratch, bytes) == KVEC_OK, "select");
+            free(scratch); free(scores);
+        }
+        for (l = 0; l < L; l++) {
+            kvec_layer *v = &after.views[l];
+            int32_t cu[4];
+            unsigned char *kp = NULL, *vp = NULL;
+            kvec_tensor pk = v->keys, pv = v->values;
+            int64_t j, r, d;
+            kvec_plan_offsets(&p.plan, l, cu, NULL);
+            pk.n_heads = pv.n_heads = 1;
+            pk.n_tokens = pv.n_tokens = cu[Hk];
+            if (!in_place) {
+                kp = (unsigned char *)malloc((size_t)(cu[Hk] * D * 2));
+                vp = (unsigned char *)malloc((size_t)(cu[Hk] * D * 2));
+                pk.data = kp; pv.data = vp;
+            }
+            ok &= kvec_compact_packed(v, &p.plan, l, &pk, &pv) == KVEC_OK;
+            for (j = 0; j < Hk; j++) {
+                const int64_t *pos = p.positions + (l * Hk + j) * N;
+                for (r = 0; r < p.counts[l * Hk + j]; r++)
+                    for (d = 0; d < D; d++) {
+                        const test_layer *o = &before.layers[l];
+                        ok &= fetch(element(&pk, cu[j] + r, 0, d), pk.dtype) == o->k[(pos[r] * Hk + j) * D + d];
+                        ok &= fetch(element(&pv, cu[j] + r, 0, d), pv.dtype) == o->v[(pos[r] * Hk + j) * D + d];
+                    }
+            }
+            free(kp); free(vp);
+        }
+        CHECK(ok, "%s packed compaction differs from a gather", in_place ? "in-place" : "out-of-place");
+        plan_free(&p); cache_free(&before); cache_free(&after);
+    }
+    {   /* packing in place over a [tok][head][dim] layout would overwrite unread rows */
+        test_cache c;
+        test_plan p;
+        kvec_tensor pk, pv;
+        unsigned char *copy;
+        int64_t h;
+        cache_init(&c, 1, 50, 2, 1, 8, 8, KVEC_DTYPE_F32, TOK_HEAD_DIM, 4);
+        plan_init(&p, 1, 2, 50);
+        for (h = 0; h < 2; h++) { int64_t r; p.counts[h] = 20; for (r = 0; r < 20; r++) p.positions[h * 50 + r] = 2 * r; }
+        pk = c.views[0].keys; pv = c.views[0].values;
+        pk.n_heads = pv.n_heads = 1; pk.n_tokens = pv.n_tokens = 40;
+        pk.stride_token = pv.stride_token = 8 * 4;
+        copy = (unsigned char *)malloc(c.layers[0].kbytes);
+        memcpy(copy, c.layers[0].kb, c.layers[0].kbytes);
+        CHECK(kvec_compact_packed(&c.views[0], &p.plan, 0, &pk, &pv) == KVEC_ERROR_OVERLAP, "overlap refused");
+        CHECK(memcmp(copy, c.layers[0].kb, c.layers[0].kbytes) == 0, "refused packing leaves the keys alone");
+        pv = pk;
+        pk.data = copy;
+        CHECK(kvec_compact_packed(&c.views[0], &p.plan, 0, &pk, &pv) == KVEC_ERROR_OVERLAP, "values packed onto keys refused");
+        free(copy); plan_free(&p); cache_free(&c);
+    }
+}
+
+static void test_global_one_and_two_threads_identical(void) {
+#ifdef TEST_THREADS
+    test_cache a, b;
+    test_plan pa, pb;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    cfg.budget_mode = KVEC_BUDGET_GLOBAL;
+    cache_init(&a, 3, 200, 4, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 6);
+    cache_init(&b, 3, 200, 4, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 6);
+    omp_set_num_threads(1);
+    run_evict(&cfg, &a, 50, &pa);
+    omp_set_num_threads(2);
+    run_evict(&cfg, &b, 50, &pb);
+    CHECK(plans_equal(&pa, &pb), "global plans differ between 1 and 2 threads");
+    plan_free(&pa); plan_free(&pb); cache_free(&a); cache_free(&b);
+#else
+    if (!g_quiet) printf("skip test_global_one_and_two_threads_identical: built without OpenMP\n");
 #endif
 }
 
@@ -1111,6 +1463,13 @@ int main(int argc, char **argv) {
     RUN(test_cross_head_reserve_prefers_uncovered_tokens);
     RUN(test_batch_equals_each_sequence_alone);
     RUN(test_one_and_two_threads_identical);
+    RUN(test_shared_pools_equal_sorting);
+    RUN(test_shared_pools_in_evict_equal_scores_then_select);
+    RUN(test_adaptive_layer_by_layer_equals_whole_cache);
+    RUN(test_shared_pool_errors);
+    RUN(test_plan_offsets_and_mask);
+    RUN(test_packed_compaction_equals_gather);
+    RUN(test_global_one_and_two_threads_identical);
     RUN(test_bad_inputs_return_errors_and_touch_nothing);
     RUN(test_per_layer_errors_touch_nothing);
     RUN(test_result_strings_are_distinct);
