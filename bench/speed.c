@@ -480,7 +480,7 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
         TRY(kvec_layer_scratch_bytes(&cfg, &b->layers[l], &bytes), "kvec_layer_scratch_bytes", l);
         if (bytes > out->score_scratch) out->score_scratch = bytes;
     }
-    out->select_scratch = kvec_select_scratch_bytes(&cfg, 1, b->hk, b->n);
+    out->select_scratch = kvec_select_scratch_bytes(&cfg, 1, N_KVHEADS, b->n);
     scratch_bytes = out->score_scratch > out->select_scratch ? out->score_scratch : out->select_scratch;
 
     plan.n_layers = N_LAYERS;
