@@ -52,7 +52,9 @@ CONCEPTS
    post-RoPE queries of the last positions of the prefix
    ([n_window_rows][n_query_heads][head_dim]; row r is position
    N - n_window_rows + r). Query head h belongs to KV head h / (H / Hk), the
-   usual grouped-query layout; K is never replicated per query head.
+   usual grouped-query layout; K is never replicated per query head. The
+   output-aware policies (CriticalKV, LaProx) also read the layer's output
+   projection W_o as out_proj ([E][H][Dv]).
 
    Cache. An array of layers for one sequence; n_tokens (N) is the keys'
    token extent, identical across layers. A batch is an array of caches,
@@ -110,6 +112,12 @@ POLICIES (kvec_config.policy; scores per KV head, higher = keep)
    KVEC_POLICY_KNORM       -||k_i||
    KVEC_POLICY_KEYDIFF     -cos(k_i, kbar), kbar = mean of normalised keys
    KVEC_POLICY_RANDOM      uniform, from seed, layer, head and position only
+   KVEC_POLICY_CRITICALKV  half of the free slots by pool(I); the rest by
+                           (pool(I) + 1e-4) * O1, O1 = mean over the group
+                           of ||W_o^h v_i||_1 (reads values and out_proj)
+   KVEC_POLICY_LAPROX      pool(I) * O2 (O2 with the 2-norm), divided by its
+                           mean over the layer so scores compare across
+                           layers (for KVEC_BUDGET_GLOBAL)
 
    I = window attention importance, U = -cos(k_i, kbar) (key uniqueness),
    z = per-head z-score over evictable tokens. The formulas and the evidence
@@ -235,7 +243,8 @@ typedef enum kvec_result {
     KVEC_ERROR_BAD_LAYER_INDEX    = -15, /* layer index outside 0 .. n_layers-1 */
     KVEC_ERROR_SIZE_OVERFLOW      = -16, /* a size does not fit in size_t / int64 */
     KVEC_ERROR_BAD_PLAN           = -17, /* compaction plan: positions not ascending or out of range */
-    KVEC_ERROR_OVERLAP            = -18  /* packed output overlaps the cache, and not in place */
+    KVEC_ERROR_OVERLAP            = -18, /* packed output overlaps the cache, and not in place */
+    KVEC_ERROR_MISSING_OUT_PROJ   = -19  /* output-aware policy, no layer.out_proj */
 } kvec_result;
 
 KVEC_API const char *kvec_result_string(kvec_result result);
@@ -262,6 +271,11 @@ typedef struct kvec_layer {
     kvec_tensor values;  /* [N][Hk][Dv]  */
     kvec_tensor queries; /* [Wq][H][D]   last Wq prefix positions, post-RoPE;
                             data may be NULL for policies that read no queries */
+    kvec_tensor out_proj; /* [E][H][Dv] the attention output projection W_o
+                             (E = model width; a Hugging Face o_proj.weight
+                             [E][H*Dv] is stride_token = H*Dv*e, stride_head =
+                             Dv*e, stride_dim = e); read only by CriticalKV
+                             and LaProx, data may be NULL otherwise */
 } kvec_layer;
 
 typedef struct kvec_cache {
@@ -280,7 +294,9 @@ typedef enum kvec_policy {
     KVEC_POLICY_KNORM     = 7,
     KVEC_POLICY_KEYDIFF   = 8,
     KVEC_POLICY_RANDOM    = 9,
-    KVEC_POLICY_COUNT_    = 10
+    KVEC_POLICY_CRITICALKV = 10, /* reads values and out_proj */
+    KVEC_POLICY_LAPROX    = 11, /* reads values and out_proj */
+    KVEC_POLICY_COUNT_    = 12
 } kvec_policy;
 
 KVEC_API const char *kvec_policy_name(kvec_policy policy);
@@ -411,12 +427,16 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
                                       kvec_coverage *coverage, kvec_plan *plan,
                                       void *scratch, size_t scratch_bytes);
 
-/* The steps. scores is [Hk][N]; window positions get +inf. coverage is
-   needed only by the cross-layer term (NULL otherwise is fine). select writes
+/* The steps. scores is [Hk][N]; window positions get +inf. layer_budget is
+   the budget the scores will be selected at: only CriticalKV reads it (its
+   first stage keeps (layer_budget - W) / 2 tokens by attention alone; 0 =
+   unknown, no first stage). coverage is needed only by the cross-layer term
+   (NULL otherwise is fine). select writes
    layer layer_index of the plan and, when coverage is given, marks the kept
    tokens in it. select's scratch: kvec_select_scratch_bytes. */
 KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_layer *layer,
-                                      int64_t layer_index, const kvec_coverage *coverage,
+                                      int64_t layer_index, int64_t layer_budget,
+                                      const kvec_coverage *coverage,
                                       float *scores, void *scratch, size_t scratch_bytes);
 KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *scores,
                                        int64_t n_kv_heads, int64_t n_tokens,
@@ -517,6 +537,7 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 #define KVEC__DEFAULT_GAMMA       0.5f
 #define KVEC__DEFAULT_FOCUS_CV    1.0f
 #define KVEC__DEFAULT_HEAD_FLOOR  0.2f  /* Ada-KV's alpha */
+#define KVEC__CRITICAL_EPS        1e-4f /* CriticalKV: (pool(I) + eps) * O1 */
 #define KVEC__FOCUS_FACTOR        4     /* focus heads look at 4W rows */
 #define KVEC__Z_EPS               1e-6  /* z = (x - mean) / (std + eps) */
 
@@ -550,6 +571,7 @@ KVEC_API const char *kvec_result_string(kvec_result result) {
     case KVEC_ERROR_SIZE_OVERFLOW:       return "a size overflows size_t or int64";
     case KVEC_ERROR_BAD_PLAN:            return "plan positions are not strictly ascending within 0 .. n_tokens-1, or a count exceeds the capacity";
     case KVEC_ERROR_OVERLAP:             return "packed output overlaps the cache and is not exactly in place over a [head][token][dim] layout";
+    case KVEC_ERROR_MISSING_OUT_PROJ:    return "the policy reads the output projection (layer.out_proj) and none was given";
     }
     return "unknown kvec_result";
 }
@@ -566,6 +588,8 @@ KVEC_API const char *kvec_policy_name(kvec_policy policy) {
     case KVEC_POLICY_KNORM:     return "Knorm";
     case KVEC_POLICY_KEYDIFF:   return "KeyDiff";
     case KVEC_POLICY_RANDOM:    return "Random";
+    case KVEC_POLICY_CRITICALKV: return "CriticalKV";
+    case KVEC_POLICY_LAPROX:    return "LaProx";
     case KVEC_POLICY_COUNT_:    break;
     }
     return "unknown";
@@ -723,10 +747,14 @@ KVEC_API kvec_result kvec_resolve_config(const kvec_config *config, kvec_config 
     return kvec__resolve(config, resolved);
 }
 
+static int kvec__uses_output(const kvec_config *c) {
+    return c->policy == KVEC_POLICY_CRITICALKV || c->policy == KVEC_POLICY_LAPROX;
+}
+
 static int kvec__uses_attention(const kvec_config *c) {
     return c->policy == KVEC_POLICY_KVEC || c->policy == KVEC_POLICY_SNAPKV ||
            c->policy == KVEC_POLICY_PYRAMIDKV || c->policy == KVEC_POLICY_H2O ||
-           c->policy == KVEC_POLICY_TOVA;
+           c->policy == KVEC_POLICY_TOVA || kvec__uses_output(c);
 }
 
 /* Query rows a policy needs at least (it reads the last ones supplied). */
@@ -818,6 +846,13 @@ static kvec_result kvec__validate_layer(const kvec_config *c, const kvec_layer *
             q->n_tokens > layer->keys.n_tokens)
             return KVEC_ERROR_SHAPE_MISMATCH;
         if (q->n_tokens < kvec__rows_needed(c, layer->keys.n_tokens)) return KVEC_ERROR_MISSING_QUERIES;
+    }
+    if (need_queries && kvec__uses_output(c)) {
+        const kvec_tensor *o = &layer->out_proj;
+        if (!o->data) return KVEC_ERROR_MISSING_OUT_PROJ;
+        if ((r = kvec_validate_tensor(o)) != KVEC_OK) return r;
+        if (o->n_heads != layer->queries.n_heads || o->head_dim != layer->values.head_dim)
+            return KVEC_ERROR_SHAPE_MISMATCH;
     }
     return KVEC_OK;
 }
@@ -926,6 +961,13 @@ typedef struct kvec__head_work {
     uint32_t *sort_key, *sort_key_b;    /* [N] radix sort keys, ping and pong */
     int32_t  *sort_index, *sort_index_b; /* [N] positions in sorted order */
     int32_t  *rank;                     /* [N] rank of each position by pool(I) */
+    /* output-aware policies only (else NULL): */
+    float    *out_proj;    /* [E][Dv]  W_o^h as fp32 (CriticalKV's 1-norm) */
+    double   *gram;        /* [Dv][Dv] W_o^h' W_o^h (LaProx's 2-norm)       */
+    float    *value_row;   /* [Dv] */
+    float    *proj_row;    /* [Dv] */
+    float    *out_norm;    /* [N]  mean over the group of ||W_o^h v_i||     */
+    uint8_t  *first_stage; /* [N]  CriticalKV: taken by attention alone     */
 } kvec__head_work;
 
 typedef struct kvec__layer_work {
@@ -939,12 +981,21 @@ typedef struct kvec__dims {
     int64_t n_tokens, n_kv_heads, n_query_heads, head_dim;
     int     rank_union; /* K-VEC's rank union is on: carve its sort buffers */
     int64_t pool_heads; /* global budget: L*Hk heads scored before selection, else 0 */
+    int     output_norm;             /* 1: CriticalKV, 2: LaProx, 0: no output term */
+    int64_t out_rows, value_dim;     /* E and Dv of out_proj, when output_norm */
 } kvec__dims;
 
 static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer) {
     kvec__dims d;
     d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION);
     d.pool_heads = 0;
+    d.output_norm = c->policy == KVEC_POLICY_CRITICALKV ? 1 : c->policy == KVEC_POLICY_LAPROX ? 2 : 0;
+    d.out_rows = d.value_dim = 0;
+    if (d.output_norm && layer->out_proj.data && layer->out_proj.n_tokens > 0 && layer->out_proj.head_dim > 0) {
+        d.out_rows = layer->out_proj.n_tokens;
+        d.value_dim = layer->out_proj.head_dim;
+        if (d.out_rows > INT32_MAX || d.value_dim > INT32_MAX) d.out_rows = -1; /* cannot be carved */
+    }
     d.n_tokens = layer->keys.n_tokens;
     d.n_kv_heads = layer->keys.n_heads;
     d.head_dim = layer->keys.head_dim;
@@ -980,6 +1031,15 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
             h.sort_index   = (int32_t *)kvec__take(b, m, sizeof(int32_t));
             h.sort_index_b = (int32_t *)kvec__take(b, m, sizeof(int32_t));
             h.rank         = (int32_t *)kvec__take(b, m, sizeof(int32_t));
+        }
+        {
+            const int64_t E = d->out_rows, Dv = d->value_dim, on = d->output_norm ? 1 : 0;
+            h.out_proj    = (float *)kvec__take(b, d->output_norm == 1 ? E * Dv : 0, sizeof(float));
+            h.gram        = (double *)kvec__take(b, d->output_norm == 2 ? Dv * Dv : 0, sizeof(double));
+            h.value_row   = (float *)kvec__take(b, on * Dv, sizeof(float));
+            h.proj_row    = (float *)kvec__take(b, on * Dv, sizeof(float));
+            h.out_norm    = (float *)kvec__take(b, on * n, sizeof(float));
+            h.first_stage = (uint8_t *)kvec__take(b, on * n, 1);
         }
         if (w->heads) w->heads[j] = h;
     }
@@ -1167,6 +1227,9 @@ static void kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *q
 
 /* >>scores */
 
+static int64_t kvec__select_top(const float *scores, int64_t n, uint8_t *flags, uint8_t exclude,
+                                int64_t k, int64_t *out); /* in >>selection */
+
 /* Pooling over [0, n) with stride 1, same padding, padding not counted. */
 static void kvec__pool(const float *in, int64_t n, int64_t kernel, kvec_pooling mode, float *out) {
     const int64_t half = kernel / 2;
@@ -1256,6 +1319,7 @@ typedef struct kvec__layer_job {
     const kvec_coverage *coverage;
     int64_t              layer_index;
     int64_t              n_evictable;  /* N - W */
+    int64_t              free_slots;   /* B_l - W the scores are for; <= 0 unknown */
     float               *scores;       /* [Hk][N] */
     kvec__layer_work    *work;
 } kvec__layer_job;
@@ -1351,6 +1415,78 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     }
 }
 
+/* sum a[d] * b[d] in KVEC__LANES partial sums of a fixed order. */
+static float kvec__dot(const float *a, const float *b, int64_t n) {
+    float lane[KVEC__LANES] = { 0 }, total = 0.0f;
+    int64_t d;
+    int j;
+    for (d = 0; d + KVEC__LANES <= n; d += KVEC__LANES)
+        for (j = 0; j < KVEC__LANES; j++) lane[j] += a[d + j] * b[d + j];
+    for (j = 0; d < n; d++, j++) lane[j] += a[d] * b[d];
+    for (j = 0; j < KVEC__LANES; j++) total += lane[j];
+    return total;
+}
+
+/* out[i] = mean over the query heads h of KV head j of ||W_o^h v_i||_p for
+   i < n: how far token i's value moves the layer's output when head h
+   attends to it fully. The 2-norm needs no projection per token:
+   ||W v||^2 = v' (W'W) v with the Dv x Dv Gram matrix W'W, built once per
+   head (E*Dv^2) instead of E*Dv per token. The 1-norm projects. */
+static void kvec__output_norms(const kvec_layer *layer, int64_t j, int64_t n, int p,
+                               kvec__head_work *w, float *out) {
+    const kvec_tensor *V = &layer->values, *Wo = &layer->out_proj;
+    const int64_t Dv = V->head_dim, E = Wo->n_tokens, g = Wo->n_heads / V->n_heads;
+    const float inv_g = 1.0f / (float)g;
+    int64_t hh, i, o, a, b;
+    for (i = 0; i < n; i++) out[i] = 0.0f;
+    for (hh = 0; hh < g; hh++) {
+        const int64_t h = j * g + hh;
+        if (p == 2) {
+            for (a = 0; a < Dv * Dv; a++) w->gram[a] = 0.0;
+            for (o = 0; o < E; o++) {
+                kvec__load_row(Wo, o, h, w->proj_row);
+                for (a = 0; a < Dv; a++)
+                    for (b = 0; b < Dv; b++) w->gram[a * Dv + b] += (double)w->proj_row[a] * w->proj_row[b];
+            }
+            for (i = 0; i < n; i++) {
+                double q = 0.0;
+                kvec__load_row(V, i, j, w->value_row);
+                for (a = 0; a < Dv; a++) {
+                    double row = 0.0;
+                    for (b = 0; b < Dv; b++) row += w->gram[a * Dv + b] * w->value_row[b];
+                    q += row * w->value_row[a];
+                }
+                out[i] += (float)sqrt(q > 0.0 ? q : 0.0) * inv_g;
+            }
+        } else {
+            for (o = 0; o < E; o++) kvec__load_row(Wo, o, h, w->out_proj + o * Dv);
+            for (i = 0; i < n; i++) {
+                float l1 = 0.0f;
+                kvec__load_row(V, i, j, w->value_row);
+                for (o = 0; o < E; o++) l1 += fabsf(kvec__dot(w->out_proj + o * Dv, w->value_row, Dv));
+                out[i] += l1 * inv_g;
+            }
+        }
+    }
+}
+
+/* CriticalKV: the first half of the free slots goes to the best tokens by
+   pool(I) alone (scored FLT_MAX, so they are kept first); the others score
+   (pool(I) + eps) * O1, attention weighted by how much the value can move
+   the output. */
+static void kvec__score_criticalkv(const kvec__layer_job *job, int64_t j, float *s) {
+    const int64_t n = job->n_evictable;
+    kvec__head_work *w = &job->work->heads[j];
+    const int64_t first = job->free_slots > 0 ? job->free_slots / 2 : 0;
+    int64_t i;
+    kvec__pooled_importance(job, j, job->config->window, s);
+    kvec__output_norms(job->layer, j, n, 1, w, w->out_norm);
+    for (i = 0; i < n; i++) w->first_stage[i] = 0;
+    kvec__select_top(s, n, w->first_stage, 1u, first, NULL);
+    for (i = 0; i < n; i++)
+        s[i] = w->first_stage[i] ? FLT_MAX : (s[i] + KVEC__CRITICAL_EPS) * w->out_norm[i];
+}
+
 /* Scores of the evictable tokens of KV head j into s[0 .. N-W). */
 static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
     const kvec_config *c = job->config;
@@ -1391,6 +1527,14 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
     case KVEC_POLICY_KEYDIFF:
         kvec__uniqueness(keys, j, n, w, w->kbar, s);
         break;
+    case KVEC_POLICY_CRITICALKV:
+        kvec__score_criticalkv(job, j, s);
+        break;
+    case KVEC_POLICY_LAPROX: /* kvec__score_layer normalises over the layer */
+        kvec__pooled_importance(job, j, c->window, s);
+        kvec__output_norms(layer, j, n, 2, w, w->out_norm);
+        for (i = 0; i < n; i++) s[i] *= w->out_norm[i];
+        break;
     case KVEC_POLICY_STREAMING:
         for (i = 0; i < n; i++) s[i] = i < c->sink_tokens ? FLT_MAX : (float)i;
         break;
@@ -1420,6 +1564,19 @@ static void kvec__score_layer(const kvec__layer_job *job) {
             float total = 0.0f;
             for (j = 0; j < Hk; j++) total += job->scores[j * N + i];
             for (j = 0; j < Hk; j++) job->scores[j * N + i] = total * inv_heads;
+        }
+    }
+    if (job->config->policy == KVEC_POLICY_LAPROX) {
+        /* Divide by the layer's mean score, summed in a fixed order: layers
+           then compare on one scale in a model-wide pool. */
+        double total = 0.0;
+        float inv_mean;
+        for (j = 0; j < Hk; j++)
+            for (i = 0; i < job->n_evictable; i++) total += job->scores[j * N + i];
+        if (total > 0.0) {
+            inv_mean = (float)((double)(Hk * job->n_evictable) / total);
+            for (j = 0; j < Hk; j++)
+                for (i = 0; i < job->n_evictable; i++) job->scores[j * N + i] *= inv_mean;
         }
     }
 }
@@ -1702,6 +1859,11 @@ static kvec_result kvec__check_finite(const kvec_config *c, const kvec_layer *la
     if (scoring && kvec__uses_attention(c) &&
         !kvec__tensor_is_finite(&layer->queries, w->check_flags))
         return KVEC_ERROR_NON_FINITE;
+    /* Output-aware scores read V and W_o as numbers. */
+    if (scoring && kvec__uses_output(c) &&
+        (!kvec__tensor_is_finite(&layer->values, w->check_flags) ||
+         !kvec__tensor_is_finite(&layer->out_proj, w->check_flags)))
+        return KVEC_ERROR_NON_FINITE;
     return KVEC_OK;
 }
 
@@ -1814,10 +1976,12 @@ static kvec_result kvec__layer_work_in(void *scratch, size_t scratch_bytes, cons
 }
 
 static void kvec__run_scoring(const kvec_config *c, const kvec_layer *layer, int64_t l,
-                              const kvec_coverage *coverage, float *scores, kvec__layer_work *w) {
+                              int64_t layer_budget, const kvec_coverage *coverage, float *scores,
+                              kvec__layer_work *w) {
     kvec__layer_job job;
     job.config = c; job.layer = layer; job.coverage = coverage; job.layer_index = l;
     job.n_evictable = layer->keys.n_tokens - c->window;
+    job.free_slots = layer_budget - c->window;
     job.scores = scores; job.work = w;
     if (job.n_evictable <= 0) { /* everything is window */
         int64_t i, n = layer->keys.n_tokens * layer->keys.n_heads;
@@ -1828,7 +1992,8 @@ static void kvec__run_scoring(const kvec_config *c, const kvec_layer *layer, int
 }
 
 KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_layer *layer,
-                                      int64_t layer_index, const kvec_coverage *coverage,
+                                      int64_t layer_index, int64_t layer_budget,
+                                      const kvec_coverage *coverage,
                                       float *scores, void *scratch, size_t scratch_bytes) {
     kvec_config c;
     kvec_result r;
@@ -1844,7 +2009,7 @@ KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_laye
     d = kvec__layer_dims(&c, layer);
     if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
     if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
-    kvec__run_scoring(&c, layer, layer_index, coverage, scores, &w);
+    kvec__run_scoring(&c, layer, layer_index, layer_budget, coverage, scores, &w);
     return KVEC_OK;
 }
 
@@ -2106,7 +2271,7 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
     if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
     scoring = d.n_tokens > layer_budget;
     if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
-    if (scoring) kvec__run_scoring(&c, layer, layer_index, coverage, w.scores, &w);
+    if (scoring) kvec__run_scoring(&c, layer, layer_index, layer_budget, coverage, w.scores, &w);
     kvec__select_layer(&c, w.scores, d.n_kv_heads, d.n_tokens, layer_budget, layer_index,
                        coverage, plan, w.flags);
     kvec__compact_layer(layer, plan, layer_index);
@@ -2162,10 +2327,12 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
             if (l == 0) kvec_coverage_init(&coverage, w.kept_before, (size_t)n, n);
             layer_budget = kvec__layer_budget(&c, budget, l, L, n);
             if (global) {
-                kvec__run_scoring(&c, layer, l, NULL, w.model_scores + l * d.n_kv_heads * n, &w.layer);
+                kvec__run_scoring(&c, layer, l, budget, NULL, w.model_scores + l * d.n_kv_heads * n,
+                                  &w.layer);
                 continue;
             }
-            if (n > layer_budget) kvec__run_scoring(&c, layer, l, &coverage, w.layer.scores, &w.layer);
+            if (n > layer_budget)
+                kvec__run_scoring(&c, layer, l, layer_budget, &coverage, w.layer.scores, &w.layer);
             kvec__select_layer(&c, w.layer.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
                                &plans[s], w.layer.flags);
         }

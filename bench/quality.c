@@ -71,6 +71,9 @@ static int parse_policy(const char *name, policy_run *run) {
         {"knorm", KVEC_POLICY_KNORM, KVEC_BUDGET_DEFAULT},
         {"keydiff", KVEC_POLICY_KEYDIFF, KVEC_BUDGET_DEFAULT},
         {"random", KVEC_POLICY_RANDOM, KVEC_BUDGET_DEFAULT},
+        {"criticalkv", KVEC_POLICY_CRITICALKV, KVEC_BUDGET_DEFAULT},
+        {"laprox", KVEC_POLICY_LAPROX, KVEC_BUDGET_DEFAULT},
+        {"laprox-global", KVEC_POLICY_LAPROX, KVEC_BUDGET_GLOBAL},
         {"adakv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_ADAPTIVE},
         {"kvec-ada", KVEC_POLICY_KVEC, KVEC_BUDGET_ADAPTIVE},
         {"snap-global", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
@@ -151,14 +154,16 @@ static int grow(void **buffer, size_t *have, size_t want) {
 /* Evicts `work` (a copy of the prefix cache) for every budget with one
    policy and tallies the results. Scores that do not depend on the budget
    (every policy except K-VEC with its cross-layer term, whose scores depend
-   on what earlier layers kept) are computed once and selected three times:
+   on what earlier layers kept, and CriticalKV, whose first stage is half of
+   the budget) are computed once and selected three times:
    kvec's steps give what kvec_evict_ex gives (tests/test_kvec.c checks it). */
 static int run_policy(bench *b, policy_run *run, const llm_cache *prefix, const task_sample *s,
                       int setting, const float *last_logits) {
     const llm_model *model = b->model;
     const int64_t L = model->config.n_layers, Hk = model->config.n_kv_heads, N = prefix->n_positions;
     const int reuse = !(run->config.policy == KVEC_POLICY_KVEC &&
-                        (run->config.terms.enabled & KVEC_TERM_CROSS_LAYER));
+                        (run->config.terms.enabled & KVEC_TERM_CROSS_LAYER)) &&
+                      run->config.policy != KVEC_POLICY_CRITICALKV;
     kvec_config resolved;
     kvec_layer layers[64];
     int k, correct;
@@ -171,7 +176,7 @@ static int run_policy(bench *b, policy_run *run, const llm_cache *prefix, const 
             kvec_result r = kvec_layer_scratch_bytes(&run->config, &layers[l], &bytes);
             if (r == KVEC_OK && grow(&b->scratch, &b->scratch_bytes, bytes)) r = KVEC_ERROR_OUT_OF_MEMORY;
             if (r == KVEC_OK)
-                r = kvec_score_layer(&run->config, &layers[l], l, NULL, b->scores + l * Hk * N, b->scratch,
+                r = kvec_score_layer(&run->config, &layers[l], l, 0, NULL, b->scores + l * Hk * N, b->scratch,
                                      b->scratch_bytes);
             if (r != KVEC_OK) { fprintf(stderr, "\nkvec scoring (%s): %s\n", run->name, kvec_result_string(r)); return -1; }
         }
@@ -283,7 +288,8 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     const char *model_dir = "bench/models/ref-4l", *out_path = "bench/results/quality.json";
-    const char *policy_list = "full,kvec,snapkv,pyramidkv,h2o,tova,keydiff,knorm,streaming,random";
+    const char *policy_list =
+        "full,kvec,snapkv,pyramidkv,h2o,tova,keydiff,knorm,streaming,random,criticalkv,laprox";
     int samples = 64, quick = 0, lengths[MAX_LENGTHS] = {2048, 4096}, n_lengths = 2;
     uint64_t seed = 1;
     float mu = 0.0f;
@@ -416,9 +422,9 @@ int main(int argc, char **argv) {
     printf("accuracy, all tasks and lengths  %-21s  %s\n", "question-agnostic", "question-aware");
     printf("%-29s %6s %6s %6s  %6s %6s %6s\n", "policy / budget", "5%", "10%", "20%", "5%", "10%", "20%");
     for (p = 0; p < n_runs; p++) {
-        printf("%-12s", runs[p].name);
+        printf("%-14s", runs[p].name);
         for (s = 0; s < N_SETTINGS; s++) {
-            printf(s ? "  " : "                 ");
+            printf(s ? "  " : "               ");
             for (k = 0; k < N_BUDGETS; k++)
                 printf(" %6.3f", accuracy(&runs[p], s, runs[p].full ? 0 : k, -1));
         }
@@ -427,19 +433,19 @@ int main(int argc, char **argv) {
     printf("\nunique-token coverage            %-21s  %s\n", "question-agnostic", "question-aware");
     for (p = 0; p < n_runs; p++) {
         if (runs[p].full) continue;
-        printf("%-12s", runs[p].name);
+        printf("%-14s", runs[p].name);
         for (s = 0; s < N_SETTINGS; s++) {
-            printf(s ? "  " : "                 ");
+            printf(s ? "  " : "               ");
             for (k = 0; k < N_BUDGETS; k++)
                 printf(" %6.3f", runs[p].coverage[s][k] / (total_runs(&runs[p], s, k) ? total_runs(&runs[p], s, k) : 1));
         }
         printf("\n");
     }
-    printf("\nper task, question-agnostic / question-aware at 10%% (full: full cache)\n%-12s", "policy");
+    printf("\nper task, question-agnostic / question-aware at 10%% (full: full cache)\n%-14s", "policy");
     for (t = 0; t < TASK_COUNT; t++) printf(" %19s", task_name((task_kind)t));
     printf("\n");
     for (p = 0; p < n_runs; p++) {
-        printf("%-12s", runs[p].name);
+        printf("%-14s", runs[p].name);
         for (t = 0; t < TASK_COUNT; t++) {
             const int kk = runs[p].full ? 0 : 1;
             printf("         %.2f / %.2f", accuracy(&runs[p], 0, kk, t), accuracy(&runs[p], 1, kk, t));

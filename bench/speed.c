@@ -506,7 +506,7 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
             /* Coverage is NULL: only K-VEC's cross-layer term reads it, and
                it is off by default. */
             t0 = omp_get_wtime();
-            r_score = kvec_score_layer(&cfg, &b->layers[l], l, NULL, b->scores, scratch, scratch_bytes);
+            r_score = kvec_score_layer(&cfg, &b->layers[l], l, b->budget, NULL, b->scores, scratch, scratch_bytes);
             t1 = omp_get_wtime();
             TRY(r_score, "kvec_score_layer", l);
             r_select = kvec_select_layer(&cfg, b->scores, N_KVHEADS, b->n, budgets[l], l, NULL, &plan,
@@ -574,7 +574,7 @@ static kvec_result run_scoring(bench *b, const bench_policy *bp, int threads, do
                 threads, threads == 1 ? "" : "s", rep + 1, b->repeats);
         for (l = 0; l < N_LAYERS && r == KVEC_OK; l++) {
             double t0 = omp_get_wtime();
-            r = kvec_score_layer(&cfg, &b->layers[l], l, NULL, b->scores, scratch, scratch_bytes);
+            r = kvec_score_layer(&cfg, &b->layers[l], l, b->budget, NULL, b->scores, scratch, scratch_bytes);
             t += omp_get_wtime() - t0;
         }
         times[rep] = t;

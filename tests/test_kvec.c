@@ -46,11 +46,13 @@ static double normal(void) {
    dtype and layout, holding the same numbers rounded to that dtype. */
 enum layout { TOK_HEAD_DIM, HEAD_TOK_DIM, PADDED, TRANSPOSED_V };
 
+enum { TEST_WIDTH = 24 }; /* E, the model width of the output projection */
+
 typedef struct test_layer {
     int64_t N, Hk, H, D, Wq;
-    double *k, *v, *q;          /* logical values */
-    unsigned char *kb, *vb, *qb; /* storage */
-    size_t kbytes, vbytes, qbytes;
+    double *k, *v, *q, *o;            /* logical values; o is W_o [E][H][D] */
+    unsigned char *kb, *vb, *qb, *ob; /* storage */
+    size_t kbytes, vbytes, qbytes, obytes;
     kvec_layer view;
 } test_layer;
 
@@ -121,6 +123,8 @@ static void fill_values(test_layer *L, double key_scale) {
     }
     n = L->Wq * L->H * L->D;
     for (i = 0; i < n; i++) L->q[i] = kvec_bf16_to_f32(kvec_f32_to_bf16((float)normal()));
+    n = TEST_WIDTH * L->H * L->D;
+    for (i = 0; i < n; i++) L->o[i] = kvec_bf16_to_f32(kvec_f32_to_bf16((float)(normal() * (1 + i % 3))));
 }
 
 static void layer_init(test_layer *L, int64_t N, int64_t Hk, int64_t g, int64_t D, int64_t Wq,
@@ -130,6 +134,7 @@ static void layer_init(test_layer *L, int64_t N, int64_t Hk, int64_t g, int64_t 
     L->k = (double *)malloc(sizeof(double) * (size_t)(N * Hk * D));
     L->v = (double *)malloc(sizeof(double) * (size_t)(N * Hk * D));
     L->q = (double *)malloc(sizeof(double) * (size_t)(Wq * L->H * D));
+    L->o = (double *)malloc(sizeof(double) * (size_t)(TEST_WIDTH * L->H * D));
     g_rng = seed;
     fill_values(L, 1.0);
     L->view.keys = make_view(&L->kb, &L->kbytes, t, layout, 0, N, Hk, D);
@@ -138,10 +143,12 @@ static void layer_init(test_layer *L, int64_t N, int64_t Hk, int64_t g, int64_t 
     sync_tensor(&L->view.keys, L->k);
     sync_tensor(&L->view.values, L->v);
     sync_tensor(&L->view.queries, L->q);
+    L->view.out_proj = make_view(&L->ob, &L->obytes, t, TOK_HEAD_DIM, 0, TEST_WIDTH, L->H, D);
+    sync_tensor(&L->view.out_proj, L->o);
 }
 
 static void layer_free(test_layer *L) {
-    free(L->k); free(L->v); free(L->q); free(L->kb); free(L->vb); free(L->qb);
+    free(L->k); free(L->v); free(L->q); free(L->o); free(L->kb); free(L->vb); free(L->qb); free(L->ob);
 }
 
 typedef struct test_cache {
@@ -284,6 +291,30 @@ static void naive_uniqueness(const test_layer *L, int64_t j, int64_t n, double *
     free(kbar);
 }
 
+/* mean over the query heads h of KV head j of ||W_o^h v_i||_p, i < n. */
+static void naive_output_norm(const test_layer *L, int64_t j, int64_t n, int p, double *out) {
+    const int64_t g = L->H / L->Hk;
+    int64_t i, hh, o, d;
+    for (i = 0; i < n; i++) {
+        out[i] = 0.0;
+        for (hh = 0; hh < g; hh++) {
+            const int64_t h = j * g + hh;
+            double norm = 0.0;
+            for (o = 0; o < TEST_WIDTH; o++) {
+                double y = 0.0;
+                for (d = 0; d < L->D; d++) y += L->o[(o * L->H + h) * L->D + d] * L->v[(i * L->Hk + j) * L->D + d];
+                norm += p == 1 ? fabs(y) : y * y;
+            }
+            out[i] += (p == 1 ? norm : sqrt(norm)) / (double)g;
+        }
+    }
+}
+
+/* The budget check_scores scores for (CriticalKV's first stage reads it). */
+static int64_t g_score_budget;
+
+static int64_t naive_select(const double *scores, int64_t N, int64_t W, int64_t budget, int64_t *out);
+
 /* Scores of KV head j per SEMANTICS.md (window positions excluded). */
 static void naive_scores(const kvec_config *cfg_in, const test_layer *L, int64_t j,
                          const uint8_t *kept_before, double *s) {
@@ -348,6 +379,34 @@ static void naive_scores(const kvec_config *cfg_in, const test_layer *L, int64_t
     case KVEC_POLICY_KEYDIFF:
         naive_uniqueness(L, j, n, s);
         break;
+    case KVEC_POLICY_CRITICALKV: {
+        const int64_t first = g_score_budget > W ? (g_score_budget - W) / 2 : 0;
+        int64_t *kept = (int64_t *)malloc(sizeof(int64_t) * (size_t)L->N), count;
+        naive_importance(L, j, W, n, 1.0 / (double)g, tmp);
+        naive_pool(tmp, n, c.pool_kernel, c.pooling == KVEC_POOL_MAX, s);
+        for (i = 0; i < n; i++) tmp[i] = s[i];
+        naive_output_norm(L, j, n, 1, u);
+        for (i = 0; i < n; i++) s[i] = (s[i] + 1e-4) * u[i];
+        /* the first stage: the best `first` by pool(I) (the window is not evictable) */
+        count = naive_select(tmp, n, 0, first, kept);
+        for (i = 0; i < count; i++) s[kept[i]] = 3.4028234663852886e38;
+        free(kept);
+        break;
+    }
+    case KVEC_POLICY_LAPROX: {
+        double total = 0.0;
+        for (jj = 0; jj < L->Hk; jj++) {
+            naive_importance(L, jj, W, n, 1.0 / (double)g, tmp);
+            naive_pool(tmp, n, c.pool_kernel, c.pooling == KVEC_POOL_MAX, u);
+            naive_output_norm(L, jj, n, 2, tmp);
+            for (i = 0; i < n; i++) {
+                total += u[i] * tmp[i];
+                if (jj == j) s[i] = u[i] * tmp[i];
+            }
+        }
+        for (i = 0; i < n; i++) s[i] /= total / (double)(L->Hk * n);
+        break;
+    }
     case KVEC_POLICY_STREAMING:
         for (i = 0; i < n; i++) s[i] = i < c.sink_tokens ? 3.0e38 : (double)i;
         break;
@@ -410,7 +469,7 @@ static void check_scores(const char *what, const kvec_config *cfg, test_layer *L
     kvec_result r = kvec_layer_scratch_bytes(cfg, &L->view, &bytes);
     CHECK(r == KVEC_OK, "%s: scratch query: %s", what, kvec_result_string(r));
     scratch = malloc(bytes);
-    r = kvec_score_layer(cfg, &L->view, 0, cov, scores, scratch, bytes);
+    r = kvec_score_layer(cfg, &L->view, 0, g_score_budget, cov, scores, scratch, bytes);
     CHECK(r == KVEC_OK, "%s: score: %s", what, kvec_result_string(r));
     for (j = 0; j < L->Hk && r == KVEC_OK; j++) {
         double scale = 0.0;
@@ -432,7 +491,8 @@ static void check_scores(const char *what, const kvec_config *cfg, test_layer *L
 static void test_each_score_matches_naive_reference(void) {
     static const kvec_policy policies[] = { KVEC_POLICY_SNAPKV, KVEC_POLICY_PYRAMIDKV, KVEC_POLICY_KVEC,
                                             KVEC_POLICY_H2O, KVEC_POLICY_TOVA, KVEC_POLICY_KNORM,
-                                            KVEC_POLICY_KEYDIFF, KVEC_POLICY_STREAMING };
+                                            KVEC_POLICY_KEYDIFF, KVEC_POLICY_STREAMING,
+                                            KVEC_POLICY_CRITICALKV, KVEC_POLICY_LAPROX };
     test_layer L;
     size_t p;
     int shape;
@@ -445,6 +505,12 @@ static void test_each_score_matches_naive_reference(void) {
             char what[64];
             sprintf(what, "%s shape %d", kvec_policy_name(policies[p]), shape);
             check_scores(what, &c, &L, NULL);
+        }
+        {
+            kvec_config c = policy_config(KVEC_POLICY_CRITICALKV, W);
+            g_score_budget = W + (N - W) / 3; /* the first stage takes a sixth */
+            check_scores("CriticalKV with its first stage", &c, &L, NULL);
+            g_score_budget = 0;
         }
         {
             kvec_config c = policy_config(KVEC_POLICY_SNAPKV, W);
@@ -844,9 +910,9 @@ static void test_one_and_two_threads_identical(void) {
         kvec_layer_scratch_bytes(&cfg, &L.view, &bytes);
         scratch = malloc(bytes);
         omp_set_num_threads(1);
-        kvec_score_layer(&cfg, &L.view, 0, NULL, s1, scratch, bytes);
+        kvec_score_layer(&cfg, &L.view, 0, 0, NULL, s1, scratch, bytes);
         omp_set_num_threads(2);
-        kvec_score_layer(&cfg, &L.view, 0, NULL, s2, scratch, bytes);
+        kvec_score_layer(&cfg, &L.view, 0, 0, NULL, s2, scratch, bytes);
         CHECK(memcmp(s1, s2, sizeof(float) * 1200) == 0, "%s: scores differ between 1 and 2 threads", kvec_policy_name((kvec_policy)p));
         free(s1); free(s2); free(scratch); layer_free(&L);
     }
@@ -1005,7 +1071,7 @@ static void test_shared_pools_in_evict_equal_scores_then_select(void) {
             for (l = 0; l < L; l++) {
                 kvec_layer_scratch_bytes(&c, &before.views[l], &bytes);
                 scratch = malloc(bytes);
-                ok &= kvec_score_layer(&c, &before.views[l], l, NULL, scores + l * Hk * N, scratch, bytes) == KVEC_OK;
+                ok &= kvec_score_layer(&c, &before.views[l], l, 0, NULL, scores + l * Hk * N, scratch, bytes) == KVEC_OK;
                 free(scratch);
             }
             plan_init(&ps, L, Hk, N);
@@ -1100,6 +1166,40 @@ static void test_shared_pool_errors(void) {
     plan_free(&p); cache_free(&c); free(scratch);
 }
 
+static void test_output_aware_errors(void) {
+    static const kvec_policy policies[] = { KVEC_POLICY_CRITICALKV, KVEC_POLICY_LAPROX };
+    size_t p;
+    for (p = 0; p < 2; p++) {
+        test_cache c;
+        test_plan plan;
+        kvec_config cfg = policy_config(policies[p], 8);
+        unsigned char *keys_before;
+        void *saved;
+        kvec_result r;
+        cache_init(&c, 2, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 21);
+        keys_before = (unsigned char *)malloc(c.layers[1].kbytes);
+        memcpy(keys_before, c.layers[1].kb, c.layers[1].kbytes);
+        saved = c.views[1].out_proj.data;
+        c.views[1].out_proj.data = NULL;
+        r = run_evict(&cfg, &c, 30, &plan); plan_free(&plan);
+        CHECK(r == KVEC_ERROR_MISSING_OUT_PROJ, "%s without out_proj: %s", kvec_policy_name(policies[p]), kvec_result_string(r));
+        c.views[1].out_proj.data = saved;
+        c.views[1].out_proj.n_heads = 2; /* query heads are 4 */
+        r = run_evict(&cfg, &c, 30, &plan); plan_free(&plan);
+        CHECK(r == KVEC_ERROR_SHAPE_MISMATCH, "%s out_proj with the wrong heads: %s", kvec_policy_name(policies[p]), kvec_result_string(r));
+        c.views[1].out_proj.n_heads = 4;
+        store(element(&c.views[1].values, 5, 1, 3), KVEC_DTYPE_F16, NAN);
+        r = run_evict(&cfg, &c, 30, &plan); plan_free(&plan);
+        CHECK(r == KVEC_ERROR_NON_FINITE, "%s reads V: NaN in V is an error: %s", kvec_policy_name(policies[p]), kvec_result_string(r));
+        CHECK(memcmp(keys_before, c.layers[1].kb, c.layers[1].kbytes) == 0, "%s: errors leave the cache alone", kvec_policy_name(policies[p]));
+        cfg.policy = KVEC_POLICY_SNAPKV;
+        c.views[1].out_proj.data = NULL;
+        r = run_evict(&cfg, &c, 30, &plan); plan_free(&plan);
+        CHECK(r == KVEC_OK, "SnapKV needs neither out_proj nor finite values: %s", kvec_result_string(r));
+        free(keys_before); cache_free(&c);
+    }
+}
+
 static void test_plan_offsets_and_mask(void) {
     int64_t counts[6] = { 5, 9, 0, 3, 7, 7 }, positions[6 * 10], longest = -1;
     int32_t cu[4];
@@ -1142,7 +1242,7 @@ static void test_packed_compaction_equals_gather(void) {
             for (l = 0; l < L; l++) {
                 kvec_layer_scratch_bytes(&c, &after.views[l], &bytes);
                 scratch = malloc(bytes);
-                kvec_score_layer(&c, &after.views[l], l, NULL, scores + l * Hk * N, scratch, bytes);
+                kvec_score_layer(&c, &after.views[l], l, 0, NULL, scores + l * Hk * N, scratch, bytes);
                 free(scratch);
             }
             bytes = kvec_select_scratch_bytes(&c, L, Hk, N);
@@ -1468,6 +1568,7 @@ int main(int argc, char **argv) {
     RUN(test_adaptive_layer_by_layer_equals_whole_cache);
     RUN(test_shared_pool_errors);
     RUN(test_plan_offsets_and_mask);
+    RUN(test_output_aware_errors);
     RUN(test_packed_compaction_equals_gather);
     RUN(test_global_one_and_two_threads_identical);
     RUN(test_bad_inputs_return_errors_and_touch_nothing);

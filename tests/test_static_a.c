@@ -14,9 +14,9 @@ static int evict_in_a(void) {
     kvec_cache cache;
     int i;
     for (i = 0; i < 64 * 8; i++) { k[i] = (float)((i * 37) % 17) - 8.0f; v[i] = (float)i; }
+    memset(&layer, 0, sizeof layer); /* fields a policy does not read stay zero */
     layer.keys = kvec_tensor_contiguous(k, KVEC_DTYPE_F32, 64, 1, 8);
     layer.values = kvec_tensor_contiguous(v, KVEC_DTYPE_F32, 64, 1, 8);
-    memset(&layer.queries, 0, sizeof layer.queries); /* no queries */
     cache.layers = &layer;
     cache.n_layers = 1;
     /* Knorm reads no queries; window 32 of the default config, keep 40 */

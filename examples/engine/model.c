@@ -257,6 +257,7 @@ int llm_cache_init(llm_cache *cache, const llm_model *model, int64_t capacity) {
     float *p;
     memset(cache, 0, sizeof *cache);
     if (capacity < 1 || Hk > 64) return -1;
+    cache->model = model;
     capacity = (capacity + 15) / 16 * 16; /* the attention loop reads keys 16 at a time */
     cache->n_layers = (int)L; cache->n_heads = (int)H; cache->n_kv_heads = (int)Hk; cache->head_dim = (int)D;
     cache->capacity = capacity;
@@ -567,6 +568,9 @@ void llm_kvec_layers(const llm_cache *cache, kvec_layer *layers) {
         v->stride_token = D * e; v->stride_head = cap * D * e; v->stride_dim = e;
         /* Every prefix query: the window policies read the last rows, H2O all. */
         layers[l].queries = kvec_tensor_contiguous(cache->queries[l], KVEC_DTYPE_F32, N, H, D);
+        /* W_o [hidden][H*D] is [hidden][H][D]: read by CriticalKV and LaProx. */
+        layers[l].out_proj = kvec_tensor_contiguous(cache->model->layers[l].wo, KVEC_DTYPE_F32,
+                                                    cache->model->config.hidden_size, H, D);
     }
 }
 

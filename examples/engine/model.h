@@ -62,6 +62,7 @@ int  llm_load(llm_model *model, const char *dir, char *error, size_t error_size)
 void llm_free(llm_model *model);
 
 typedef struct llm_cache {
+    const llm_model *model; /* whose weights the output-aware policies read */
     int      n_layers, n_heads, n_kv_heads, head_dim;
     int64_t  capacity;      /* rows per KV head, and positions of the query log */
     int64_t  n_positions;   /* tokens seen so far: the next token's position */
@@ -105,9 +106,10 @@ int llm_forward(const llm_model *model, llm_cache *cache, const int32_t *tokens,
 kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget,
                       kvec_plan *plan);
 
-/* kvec's views of the cache (layers: [n_layers]): keys, values and every
-   captured query of the prefix, for engines that call kvec's steps
-   (kvec_score_layer, kvec_select_layer, kvec_compact_layer) themselves. */
+/* kvec's views of the cache (layers: [n_layers]): keys, values, every
+   captured query of the prefix and the model's output projection, for
+   engines that call kvec's steps (kvec_score_layer, kvec_select,
+   kvec_compact) themselves. */
 void llm_kvec_layers(const llm_cache *cache, kvec_layer *layers);
 
 #endif
