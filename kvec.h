@@ -196,7 +196,8 @@ CUDA
 NON-GOALS
 
    Attention for decoding, quantisation, paging or moving caches between
-   devices; eviction during decoding is planned.
+   devices. Eviction during decoding (kvec_decode_*) keeps every head at
+   the same length: uniform budgets only.
    Positions are int64; scores are fp32, so StreamingLLM's recency score is
    exact up to 2^24 tokens.
 */
@@ -244,7 +245,8 @@ typedef enum kvec_result {
     KVEC_ERROR_SIZE_OVERFLOW      = -16, /* a size does not fit in size_t / int64 */
     KVEC_ERROR_BAD_PLAN           = -17, /* compaction plan: positions not ascending or out of range */
     KVEC_ERROR_OVERLAP            = -18, /* packed output overlaps the cache, and not in place */
-    KVEC_ERROR_MISSING_OUT_PROJ   = -19  /* output-aware policy, no layer.out_proj */
+    KVEC_ERROR_MISSING_OUT_PROJ   = -19, /* output-aware policy, no layer.out_proj */
+    KVEC_ERROR_STATE_MISMATCH     = -20  /* decode state full, or not this cache's */
 } kvec_result;
 
 KVEC_API const char *kvec_result_string(kvec_result result);
@@ -483,6 +485,59 @@ KVEC_API kvec_result kvec_compact_packed(kvec_layer *layer, const kvec_plan *pla
                                          int64_t layer_index, kvec_tensor *packed_keys,
                                          kvec_tensor *packed_values);
 
+/* >>decoding api */
+
+/* Eviction while generating: the cache is held at a budget. The engine
+   appends tokens as usual and tells kvec (kvec_decode_append); for H2O it
+   also shows kvec the attention it computed for each new query
+   (kvec_decode_observe, O(H * rows) per token and layer, nothing else per
+   token); every n tokens it calls kvec_decode_evict, which scores the rows
+   now held, keeps `budget` per head (the last config.window rows, the recent
+   buffer, always) and compacts cache and state alike. Every head holds the
+   same number of rows, so budgets are uniform here. Policies: H2O ranks by
+   the attention a row received since it entered the cache; StreamingLLM by
+   position; the window policies (SnapKV, K-VEC, ...) re-score with the
+   queries of the last window positions, passed in the cache's layers as at
+   prefill; external scores ([L][Hk][rows], e.g. retention gate logits
+   times age, with ages from state.positions) replace the policy. */
+typedef struct kvec_decode_state {
+    int64_t  n_layers, n_kv_heads;
+    int64_t  capacity;      /* rows per head the cache can hold */
+    int64_t  n_rows;        /* rows in use, the same in every head */
+    int64_t  next_position; /* position of the next token appended */
+    int64_t *positions;     /* [L][Hk][capacity] original position of each row */
+    float   *attention;     /* [L][Hk][capacity] attention the row received while decoding */
+} kvec_decode_state;
+
+/* Memory for a state; init lays it out. plan (may be NULL) is the prefill
+   eviction's: row r of head (l, j) holds its r-th kept position, every
+   head with the same count; NULL means rows 0 .. n_rows-1 hold positions
+   0 .. n_rows-1. next_position is where decoding goes on. */
+KVEC_API kvec_result kvec_decode_state_bytes(int64_t n_layers, int64_t n_kv_heads,
+                                             int64_t capacity, size_t *bytes);
+KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, size_t memory_bytes,
+                                      int64_t n_layers, int64_t n_kv_heads, int64_t capacity,
+                                      int64_t n_rows, int64_t next_position,
+                                      const kvec_plan *plan);
+/* n_new tokens were appended to every head (rows n_rows .., positions
+   next_position ..). */
+KVEC_API kvec_result kvec_decode_append(kvec_decode_state *state, int64_t n_new);
+/* One new query of layer layer_index: attention [H][row_stride], row h
+   holds the softmax probabilities of query head h over the n_rows rows of
+   its KV head h / (H / Hk). Adds their group mean to each row's total. */
+KVEC_API kvec_result kvec_decode_observe(kvec_decode_state *state, int64_t layer_index,
+                                         const float *attention, int64_t n_query_heads,
+                                         int64_t row_stride);
+/* Back to budget. cache: the engine's layers with n_tokens = state.n_rows
+   (and window queries for the policies that read them); scores: NULL, or
+   [L][Hk][n_rows] external scores. plan receives what was kept (capacity
+   >= min(budget, n_rows)). Scratch: kvec_decode_scratch_bytes. */
+KVEC_API kvec_result kvec_decode_scratch_bytes(const kvec_config *config, const kvec_cache *cache,
+                                               size_t *bytes);
+KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_state *state,
+                                       kvec_cache *cache, const float *scores, int64_t budget,
+                                       kvec_plan *plan, void *scratch, size_t scratch_bytes);
+
 /* Element conversions, exposed for tests and for engines. */
 KVEC_API float    kvec_f16_to_f32(uint16_t h);
 KVEC_API uint16_t kvec_f32_to_f16(float f);   /* round to nearest even */
@@ -572,6 +627,7 @@ KVEC_API const char *kvec_result_string(kvec_result result) {
     case KVEC_ERROR_BAD_PLAN:            return "plan positions are not strictly ascending within 0 .. n_tokens-1, or a count exceeds the capacity";
     case KVEC_ERROR_OVERLAP:             return "packed output overlaps the cache and is not exactly in place over a [head][token][dim] layout";
     case KVEC_ERROR_MISSING_OUT_PROJ:    return "the policy reads the output projection (layer.out_proj) and none was given";
+    case KVEC_ERROR_STATE_MISMATCH:      return "decode state full (evict first), or its layers, heads or rows differ from the cache";
     }
     return "unknown kvec_result";
 }
@@ -2380,6 +2436,204 @@ KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget) {
     return r;
 }
 
+/* >>decoding */
+
+/* The state's arrays in its memory: positions, then attention. */
+static void kvec__carve_decode(kvec__bump *b, int64_t rows, int64_t **positions, float **attention) {
+    *positions = (int64_t *)kvec__take(b, rows, sizeof(int64_t));
+    *attention = (float *)kvec__take(b, rows, sizeof(float));
+}
+
+/* L * Hk * capacity, or -1 when an extent is not positive or it overflows. */
+static int64_t kvec__decode_rows(int64_t n_layers, int64_t n_kv_heads, int64_t capacity) {
+    if (n_layers <= 0 || n_kv_heads <= 0 || capacity <= 0) return -1;
+    if (n_kv_heads > INT64_MAX / n_layers || n_layers * n_kv_heads > INT64_MAX / capacity) return -1;
+    return n_layers * n_kv_heads * capacity;
+}
+
+KVEC_API kvec_result kvec_decode_state_bytes(int64_t n_layers, int64_t n_kv_heads, int64_t capacity,
+                                             size_t *bytes) {
+    const int64_t rows = kvec__decode_rows(n_layers, n_kv_heads, capacity);
+    kvec__bump b;
+    int64_t *positions;
+    float *attention;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if (n_layers <= 0 || n_kv_heads <= 0 || capacity <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (rows < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__carve_decode(&b, rows, &positions, &attention);
+    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+    *bytes = b.used;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, size_t memory_bytes,
+                                      int64_t n_layers, int64_t n_kv_heads, int64_t capacity,
+                                      int64_t n_rows, int64_t next_position,
+                                      const kvec_plan *plan) {
+    size_t needed;
+    kvec_result r;
+    kvec__bump b;
+    int64_t head, i;
+    if (!state || !memory) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec_decode_state_bytes(n_layers, n_kv_heads, capacity, &needed)) != KVEC_OK) return r;
+    if (memory_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (n_rows < 0 || n_rows > capacity || next_position < n_rows) return KVEC_ERROR_BAD_EXTENT;
+    if (plan) {
+        /* every head keeps n_rows positions, strictly ascending, below next_position */
+        if (!plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
+        if (plan->n_layers < n_layers || plan->n_kv_heads != n_kv_heads || plan->capacity < n_rows)
+            return KVEC_ERROR_PLAN_TOO_SMALL;
+        for (head = 0; head < n_layers * n_kv_heads; head++) {
+            const int64_t *pos = plan->kept_positions + head * plan->capacity;
+            if (plan->kept_count[head] != n_rows) return KVEC_ERROR_BAD_PLAN;
+            for (i = 0; i < n_rows; i++)
+                if (pos[i] < 0 || pos[i] >= next_position || (i > 0 && pos[i] <= pos[i - 1]))
+                    return KVEC_ERROR_BAD_PLAN;
+        }
+    }
+    state->n_layers = n_layers;
+    state->n_kv_heads = n_kv_heads;
+    state->capacity = capacity;
+    state->n_rows = n_rows;
+    state->next_position = next_position;
+    kvec__bump_init(&b, memory, memory_bytes);
+    kvec__carve_decode(&b, n_layers * n_kv_heads * capacity, &state->positions, &state->attention);
+    for (head = 0; head < n_layers * n_kv_heads; head++)
+        for (i = 0; i < capacity; i++) {
+            state->positions[head * capacity + i] =
+                i >= n_rows ? -1 : plan ? plan->kept_positions[head * plan->capacity + i] : i;
+            state->attention[head * capacity + i] = 0.0f;
+        }
+    return KVEC_OK;
+}
+
+static kvec_result kvec__check_state(const kvec_decode_state *state) {
+    if (!state || !state->positions || !state->attention) return KVEC_ERROR_NULL_POINTER;
+    if (state->n_rows < 0 || state->n_rows > state->capacity) return KVEC_ERROR_STATE_MISMATCH;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_append(kvec_decode_state *state, int64_t n_new) {
+    kvec_result r;
+    int64_t head, t;
+    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    if (n_new < 0) return KVEC_ERROR_BAD_EXTENT;
+    if (n_new > state->capacity - state->n_rows) return KVEC_ERROR_STATE_MISMATCH; /* evict first */
+    for (head = 0; head < state->n_layers * state->n_kv_heads; head++)
+        for (t = 0; t < n_new; t++) {
+            state->positions[head * state->capacity + state->n_rows + t] = state->next_position + t;
+            state->attention[head * state->capacity + state->n_rows + t] = 0.0f;
+        }
+    state->n_rows += n_new;
+    state->next_position += n_new;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_observe(kvec_decode_state *state, int64_t layer_index,
+                                         const float *attention, int64_t n_query_heads,
+                                         int64_t row_stride) {
+    const int64_t n = state ? state->n_rows : 0;
+    int64_t j, h, i, g;
+    float inv_g;
+    kvec_result r;
+    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    if (!attention) return KVEC_ERROR_NULL_POINTER;
+    if (layer_index < 0 || layer_index >= state->n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if (n_query_heads <= 0 || n_query_heads % state->n_kv_heads || row_stride < n) return KVEC_ERROR_SHAPE_MISMATCH;
+    for (h = 0; h < n_query_heads; h++) /* checked before anything is added */
+        for (i = 0; i < n; i++)
+            if (!isfinite(attention[h * row_stride + i])) return KVEC_ERROR_NON_FINITE;
+    g = n_query_heads / state->n_kv_heads;
+    inv_g = 1.0f / (float)g;
+    for (j = 0; j < state->n_kv_heads; j++) {
+        float *total = state->attention + (layer_index * state->n_kv_heads + j) * state->capacity;
+        for (h = j * g; h < (j + 1) * g; h++) /* query heads in order: deterministic sums */
+            for (i = 0; i < n; i++) total[i] += attention[h * row_stride + i] * inv_g;
+    }
+    return KVEC_OK;
+}
+
+/* Scratch of the external-score path: [L][Hk][N] scores, then selection's. */
+static kvec_result kvec__decode_score_bytes(const kvec_config *c, int64_t L, int64_t Hk, int64_t N,
+                                            size_t *bytes) {
+    kvec__bump b;
+    if (kvec__decode_rows(L, Hk, N) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__take(&b, L * Hk * N, sizeof(float));
+    kvec__take(&b, (int64_t)kvec_select_scratch_bytes(c, L, Hk, N), 1);
+    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+    *bytes = b.used;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_scratch_bytes(const kvec_config *config, const kvec_cache *cache,
+                                               size_t *bytes) {
+    kvec_config c;
+    kvec_result r;
+    size_t evict_bytes, score_bytes;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (c.budget_mode != KVEC_BUDGET_UNIFORM) return KVEC_ERROR_BAD_CONFIG;
+    if ((r = kvec_scratch_bytes(&c, cache, 1, &evict_bytes)) != KVEC_OK) return r;
+    if ((r = kvec__decode_score_bytes(&c, cache->n_layers, cache->layers[0].keys.n_heads,
+                                      cache->layers[0].keys.n_tokens, &score_bytes)) != KVEC_OK)
+        return r;
+    *bytes = evict_bytes > score_bytes ? evict_bytes : score_bytes;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_state *state,
+                                       kvec_cache *cache, const float *scores, int64_t budget,
+                                       kvec_plan *plan, void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec_result r;
+    size_t needed;
+    int64_t L, Hk, N, head, i;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (c.budget_mode != KVEC_BUDGET_UNIFORM) return KVEC_ERROR_BAD_CONFIG; /* heads stay equal */
+    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    if ((r = kvec_decode_scratch_bytes(&c, cache, &needed)) != KVEC_OK) return r;
+    L = cache->n_layers; Hk = cache->layers[0].keys.n_heads; N = cache->layers[0].keys.n_tokens;
+    if (L != state->n_layers || Hk != state->n_kv_heads || N != state->n_rows)
+        return KVEC_ERROR_STATE_MISMATCH;
+    if (!plan || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (scores || c.policy == KVEC_POLICY_H2O) {
+        /* Scores known without reading the cache: select, then compact. */
+        kvec__bump b;
+        float *own;
+        void *select_scratch;
+        const size_t select_bytes = kvec_select_scratch_bytes(&c, L, Hk, N);
+        kvec__bump_init(&b, scratch, scratch_bytes);
+        own = (float *)kvec__take(&b, L * Hk * N, sizeof(float));
+        select_scratch = kvec__take(&b, (int64_t)select_bytes, 1);
+        if (!scores) {
+            for (head = 0; head < L * Hk; head++)
+                memcpy(own + head * N, state->attention + head * state->capacity, (size_t)N * sizeof(float));
+            scores = own;
+        }
+        if ((r = kvec_select(&c, scores, L, Hk, N, budget, plan, select_scratch, select_bytes)) != KVEC_OK)
+            return r;
+        if ((r = kvec_compact(cache, plan)) != KVEC_OK) return r;
+    } else if ((r = kvec_evict_ex(&c, cache, budget, plan, scratch, scratch_bytes)) != KVEC_OK) {
+        return r;
+    }
+    /* The state follows the rows: row r of each head now holds its kept[r]. */
+    for (head = 0; head < L * Hk; head++) {
+        const int64_t *kept = plan->kept_positions + head * plan->capacity;
+        int64_t *positions = state->positions + head * state->capacity;
+        float *attention = state->attention + head * state->capacity;
+        for (i = 0; i < plan->kept_count[head]; i++) {
+            positions[i] = positions[kept[i]];
+            attention[i] = attention[kept[i]];
+        }
+        for (; i < state->capacity; i++) { positions[i] = -1; attention[i] = 0.0f; }
+    }
+    state->n_rows = plan->kept_count[0];
+    return KVEC_OK;
+}
+
 #endif /* KVEC_IMPLEMENTATION_DONE */
 #endif /* KVEC_IMPLEMENTATION */
 
@@ -2388,7 +2642,9 @@ HISTORY
    0.2.0  budget modes adaptive (Ada-KV) and global; kvec_select for
           external scores; kvec_plan_offsets, kvec_plan_mask and
           kvec_compact_packed for heads of different lengths;
-          kvec_select_scratch_bytes takes layers and heads.
+          kvec_select_scratch_bytes takes layers and heads; output-aware
+          CriticalKV and LaProx (layer.out_proj; kvec_score_layer takes
+          the layer budget); eviction during decoding (kvec_decode_*).
    0.1.0  first release: CPU scores, selection, compaction; K-VEC.
 
 LICENSE

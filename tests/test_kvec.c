@@ -1321,6 +1321,256 @@ static void test_global_one_and_two_threads_identical(void) {
 #endif
 }
 
+/* ---- tests: eviction during decoding -------------------------------------- */
+
+/* A decoding cache of capacity rows per head: K and V [row][head][dim]
+   fp32, dim 0 of every key and value row holding the row's position, so
+   compaction can be checked against the state. */
+typedef struct decode_cache {
+    int64_t L, Hk, H, D, capacity;
+    unsigned char **kb, **vb, **qb;
+    kvec_layer *views;
+    kvec_cache cache;
+} decode_cache;
+
+static void decode_cache_init(decode_cache *c, int64_t L, int64_t Hk, int64_t g, int64_t D, int64_t capacity,
+                              int64_t window) {
+    int64_t l;
+    size_t bytes;
+    c->L = L; c->Hk = Hk; c->H = Hk * g; c->D = D; c->capacity = capacity;
+    c->kb = (unsigned char **)calloc((size_t)L, sizeof *c->kb);
+    c->vb = (unsigned char **)calloc((size_t)L, sizeof *c->vb);
+    c->qb = (unsigned char **)calloc((size_t)L, sizeof *c->qb);
+    c->views = (kvec_layer *)calloc((size_t)L, sizeof *c->views);
+    for (l = 0; l < L; l++) {
+        int64_t i;
+        float *q;
+        c->views[l].keys = make_view(&c->kb[l], &bytes, KVEC_DTYPE_F32, TOK_HEAD_DIM, 0, capacity, Hk, D);
+        c->views[l].values = make_view(&c->vb[l], &bytes, KVEC_DTYPE_F32, TOK_HEAD_DIM, 0, capacity, Hk, D);
+        c->views[l].queries = make_view(&c->qb[l], &bytes, KVEC_DTYPE_F32, TOK_HEAD_DIM, 0, window, c->H, D);
+        q = (float *)c->qb[l];
+        for (i = 0; i < window * c->H * D; i++) q[i] = (float)normal();
+    }
+    c->cache.layers = c->views;
+    c->cache.n_layers = L;
+}
+
+static void decode_cache_free(decode_cache *c) {
+    int64_t l;
+    for (l = 0; l < c->L; l++) { free(c->kb[l]); free(c->vb[l]); free(c->qb[l]); }
+    free(c->kb); free(c->vb); free(c->qb); free(c->views);
+}
+
+/* Writes the token at `position` into row `row` of every head and layer. */
+static void decode_cache_put(decode_cache *c, int64_t row, int64_t position) {
+    int64_t l, j, d;
+    for (l = 0; l < c->L; l++)
+        for (j = 0; j < c->Hk; j++)
+            for (d = 0; d < c->D; d++) {
+                float k = d == 0 ? (float)position : (float)normal(), v = d == 0 ? (float)position : (float)normal();
+                memcpy(element(&c->views[l].keys, row, j, d), &k, 4);
+                memcpy(element(&c->views[l].values, row, j, d), &v, 4);
+            }
+}
+
+static void decode_cache_rows(decode_cache *c, int64_t n_rows) {
+    int64_t l;
+    for (l = 0; l < c->L; l++) c->views[l].keys.n_tokens = c->views[l].values.n_tokens = n_rows;
+}
+
+/* Rows agree with the state: dim 0 of K and V is the state's position. */
+static int decode_rows_match(decode_cache *c, const kvec_decode_state *s) {
+    int64_t l, j, r;
+    for (l = 0; l < c->L; l++)
+        for (j = 0; j < c->Hk; j++)
+            for (r = 0; r < s->n_rows; r++) {
+                float k, v;
+                const int64_t want = s->positions[(l * c->Hk + j) * s->capacity + r];
+                memcpy(&k, element(&c->views[l].keys, r, j, 0), 4);
+                memcpy(&v, element(&c->views[l].values, r, j, 0), 4);
+                if (k != (float)want || v != (float)want) return 0;
+            }
+    return 1;
+}
+
+/* H2O while decoding: random attention observed token by token, evicted
+   every 8 tokens; a naive model keeps (position, total) per row and
+   selects by sorting. State, plan and rows must all agree with it. */
+static void test_decode_h2o_state_equals_recomputation(void) {
+    const int64_t L = 2, Hk = 2, g = 2, D = 8, C = 48, W = 4, B = 24, start = 20;
+    decode_cache c;
+    kvec_decode_state s;
+    kvec_config cfg = policy_config(KVEC_POLICY_H2O, W);
+    int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L * Hk * C));
+    float *acc = (float *)calloc((size_t)(L * Hk * C), sizeof(float));
+    float *att = (float *)malloc(sizeof(float) * (size_t)(Hk * g * C));
+    double *sd = (double *)malloc(sizeof(double) * (size_t)C);
+    int64_t *kept = (int64_t *)malloc(sizeof(int64_t) * (size_t)C);
+    size_t bytes, scratch_bytes;
+    void *memory, *scratch;
+    test_plan p;
+    int64_t n = start, step, l, j, h, i, evictions = 0;
+    int ok = 1, same_plan = 1, same_state = 1, same_rows = 1;
+    decode_cache_init(&c, L, Hk, g, D, C, W);
+    for (i = 0; i < start; i++) decode_cache_put(&c, i, i);
+    for (i = 0; i < L * Hk * C; i++) pos[i] = i % C;
+    CHECK(kvec_decode_state_bytes(L, Hk, C, &bytes) == KVEC_OK, "state bytes");
+    memory = malloc(bytes);
+    CHECK(kvec_decode_init(&s, memory, bytes, L, Hk, C, start, start, NULL) == KVEC_OK, "init");
+    decode_cache_rows(&c, C);
+    kvec_decode_scratch_bytes(&cfg, &c.cache, &scratch_bytes);
+    scratch = malloc(scratch_bytes);
+    plan_init(&p, L, Hk, B);
+    for (step = 0; step < 100; step++) {
+        const int64_t position = start + step;
+        decode_cache_put(&c, n, position);
+        ok &= kvec_decode_append(&s, 1) == KVEC_OK;
+        for (l = 0; l < L * Hk; l++) { pos[l * C + n] = position; acc[l * C + n] = 0.0f; }
+        n++;
+        for (l = 0; l < L; l++) {
+            for (h = 0; h < Hk * g; h++) { /* a softmax row over the n rows of the head */
+                double z = 0.0;
+                for (i = 0; i < n; i++) { att[h * C + i] = (float)exp(2.0 * normal()); z += att[h * C + i]; }
+                for (i = 0; i < n; i++) att[h * C + i] = (float)(att[h * C + i] / z);
+            }
+            ok &= kvec_decode_observe(&s, l, att, Hk * g, C) == KVEC_OK;
+            for (j = 0; j < Hk; j++)
+                for (h = j * g; h < (j + 1) * g; h++)
+                    for (i = 0; i < n; i++) acc[(l * Hk + j) * C + i] += att[h * C + i] * (1.0f / (float)g);
+        }
+        if (step % 8 == 7 && n > B) {
+            decode_cache_rows(&c, n);
+            ok &= kvec_decode_evict(&cfg, &s, &c.cache, NULL, B, &p.plan, scratch, scratch_bytes) == KVEC_OK;
+            for (l = 0; l < L * Hk; l++) {
+                int64_t count, r;
+                for (i = 0; i < n; i++) sd[i] = acc[l * C + i];
+                count = naive_select(sd, n, W, B, kept);
+                same_plan &= count == p.counts[l];
+                for (r = 0; r < count; r++) {
+                    same_plan &= kept[r] == p.positions[l * B + r];
+                    pos[l * C + r] = pos[l * C + kept[r]];
+                    acc[l * C + r] = acc[l * C + kept[r]];
+                }
+            }
+            n = B;
+            evictions++;
+            same_rows &= decode_rows_match(&c, &s);
+        }
+        same_state &= s.n_rows == n && s.next_position == position + 1;
+        for (l = 0; l < L * Hk; l++)
+            for (i = 0; i < n; i++)
+                same_state &= s.positions[l * C + i] == pos[l * C + i] && s.attention[l * C + i] == acc[l * C + i];
+    }
+    CHECK(ok, "decode calls failed");
+    CHECK(evictions == 12, "expected 12 evictions, saw %ld", (long)evictions);
+    CHECK(same_plan, "H2O decode eviction differs from sorting the recomputed totals");
+    CHECK(same_state, "decode state differs from recomputation from scratch");
+    CHECK(same_rows, "compacted rows differ from the state's positions");
+    free(pos); free(acc); free(att); free(sd); free(kept); free(memory); free(scratch);
+    plan_free(&p); decode_cache_free(&c);
+}
+
+/* StreamingLLM, re-scoring SnapKV and K-VEC, and external scores, while decoding. */
+static void test_decode_policies_keep_what_they_say(void) {
+    const int64_t L = 2, Hk = 2, g = 2, D = 16, C = 80, W = 8, B = 40;
+    static const kvec_policy policies[] = { KVEC_POLICY_STREAMING, KVEC_POLICY_SNAPKV, KVEC_POLICY_KVEC, KVEC_POLICY_RANDOM };
+    size_t q;
+    for (q = 0; q < 5; q++) {
+        decode_cache c;
+        kvec_decode_state s;
+        kvec_config cfg = policy_config(q < 4 ? policies[q] : KVEC_POLICY_SNAPKV, W);
+        float *scores = (float *)malloc(sizeof(float) * (size_t)(L * Hk * C));
+        size_t bytes, scratch_bytes;
+        void *memory, *scratch;
+        test_plan p;
+        int64_t n = B, step, i, l;
+        int ok = 1, rows = 1, expected = 1;
+        const char *name = q < 4 ? kvec_policy_name(policies[q]) : "external scores";
+        decode_cache_init(&c, L, Hk, g, D, C, W);
+        for (i = 0; i < B; i++) decode_cache_put(&c, i, i);
+        kvec_decode_state_bytes(L, Hk, C, &bytes);
+        memory = malloc(bytes);
+        kvec_decode_init(&s, memory, bytes, L, Hk, C, B, B, NULL);
+        decode_cache_rows(&c, C);
+        kvec_decode_scratch_bytes(&cfg, &c.cache, &scratch_bytes);
+        scratch = malloc(scratch_bytes);
+        plan_init(&p, L, Hk, B);
+        for (step = 0; step < 120; step++) {
+            decode_cache_put(&c, n, B + step);
+            ok &= kvec_decode_append(&s, 1) == KVEC_OK;
+            n++;
+            if (n == C) {
+                decode_cache_rows(&c, n);
+                for (l = 0; l < L * Hk; l++) /* external: newest first (score = position = -age) */
+                    for (i = 0; i < n; i++) scores[l * n + i] = (float)s.positions[l * C + i];
+                ok &= kvec_decode_evict(&cfg, &s, &c.cache, q == 4 ? scores : NULL, B, &p.plan, scratch,
+                                        scratch_bytes) == KVEC_OK;
+                n = B;
+                rows &= decode_rows_match(&c, &s);
+                for (l = 0; l < L * Hk; l++)
+                    for (i = 0; i < B; i++) {
+                        const int64_t at = s.positions[l * C + i], newest = s.next_position - 1;
+                        if (q == 0) expected &= at == (i < 4 ? i : newest - (B - 1 - i));
+                        if (q == 4) expected &= at == newest - (B - 1 - i);
+                        if (i >= B - W) expected &= at == newest - (B - 1 - i); /* the recent buffer */
+                        if (i > 0) expected &= at > s.positions[l * C + i - 1];
+                    }
+            }
+        }
+        CHECK(ok && s.n_rows == n, "%s: decode calls failed", name);
+        CHECK(rows, "%s: rows differ from the state", name);
+        CHECK(expected, "%s: kept positions are not what the policy keeps", name);
+        free(scores); free(memory); free(scratch); plan_free(&p); decode_cache_free(&c);
+    }
+}
+
+static void test_decode_errors_touch_nothing(void) {
+    decode_cache c;
+    kvec_decode_state s, before;
+    kvec_config cfg = policy_config(KVEC_POLICY_H2O, 4);
+    float att[4 * 16];
+    size_t bytes, scratch_bytes;
+    void *memory, *scratch;
+    unsigned char *copy;
+    test_plan p;
+    int64_t i;
+    decode_cache_init(&c, 1, 2, 2, 8, 16, 4);
+    for (i = 0; i < 16; i++) decode_cache_put(&c, i, i);
+    decode_cache_rows(&c, 16);
+    kvec_decode_scratch_bytes(&cfg, &c.cache, &scratch_bytes);
+    scratch = malloc(scratch_bytes);
+    kvec_decode_state_bytes(1, 2, 16, &bytes);
+    memory = malloc(bytes);
+    CHECK(kvec_decode_init(&s, memory, bytes - 1, 1, 2, 16, 10, 10, NULL) == KVEC_ERROR_SCRATCH_TOO_SMALL, "init: memory");
+    CHECK(kvec_decode_init(&s, memory, bytes, 1, 2, 16, 17, 17, NULL) == KVEC_ERROR_BAD_EXTENT, "init: rows above capacity");
+    CHECK(kvec_decode_init(&s, memory, bytes, 1, 2, 16, 10, 10, NULL) == KVEC_OK, "init");
+    copy = (unsigned char *)malloc(bytes);
+    memcpy(copy, memory, bytes);
+    before = s;
+    CHECK(kvec_decode_append(&s, 7) == KVEC_ERROR_STATE_MISMATCH, "append past capacity");
+    for (i = 0; i < 4 * 16; i++) att[i] = 0.1f;
+    att[17] = NAN;
+    CHECK(kvec_decode_observe(&s, 0, att, 4, 16) == KVEC_ERROR_NON_FINITE, "NaN attention");
+    CHECK(kvec_decode_observe(&s, 1, att, 4, 16) == KVEC_ERROR_BAD_LAYER_INDEX, "layer index");
+    CHECK(kvec_decode_observe(&s, 0, att, 3, 16) == KVEC_ERROR_SHAPE_MISMATCH, "query heads not a multiple");
+    plan_init(&p, 1, 2, 16);
+    decode_cache_rows(&c, 12);
+    CHECK(kvec_decode_evict(&cfg, &s, &c.cache, NULL, 8, &p.plan, scratch, scratch_bytes) == KVEC_ERROR_STATE_MISMATCH,
+          "cache rows differ from the state's");
+    decode_cache_rows(&c, 10);
+    cfg.budget_mode = KVEC_BUDGET_PYRAMID;
+    CHECK(kvec_decode_evict(&cfg, &s, &c.cache, NULL, 8, &p.plan, scratch, scratch_bytes) == KVEC_ERROR_BAD_CONFIG,
+          "decoding keeps heads equal: pyramid budgets refused");
+    cfg.budget_mode = KVEC_BUDGET_UNIFORM;
+    CHECK(kvec_decode_evict(&cfg, &s, &c.cache, NULL, 3, &p.plan, scratch, scratch_bytes) == KVEC_ERROR_BUDGET_BELOW_WINDOW,
+          "budget below the recent buffer");
+    CHECK(memcmp(copy, memory, bytes) == 0 && s.n_rows == before.n_rows && s.next_position == before.next_position,
+          "errors leave the state alone");
+    CHECK(kvec_decode_evict(&cfg, &s, &c.cache, NULL, 8, &p.plan, scratch, scratch_bytes) == KVEC_OK && s.n_rows == 8,
+          "then a valid eviction works");
+    free(memory); free(copy); free(scratch); plan_free(&p); decode_cache_free(&c);
+}
+
 /* ---- tests: errors leave everything untouched ----------------------------- */
 
 typedef struct snapshot { unsigned char *bytes[8]; size_t sizes[8]; int n; } snapshot;
@@ -1569,6 +1819,9 @@ int main(int argc, char **argv) {
     RUN(test_shared_pool_errors);
     RUN(test_plan_offsets_and_mask);
     RUN(test_output_aware_errors);
+    RUN(test_decode_h2o_state_equals_recomputation);
+    RUN(test_decode_policies_keep_what_they_say);
+    RUN(test_decode_errors_touch_nothing);
     RUN(test_packed_compaction_equals_gather);
     RUN(test_global_one_and_two_threads_identical);
     RUN(test_bad_inputs_return_errors_and_touch_nothing);
