@@ -14,7 +14,7 @@
 
    build/quality [--model DIR] [--samples N] [--seed S] [--quick]
                  [--lengths 2048,4096] [--policies full,kvec,snapkv,...]
-                 [--mu X] [--terms BITS] [--out FILE]
+                 [--mu X] [--terms BITS] [--out FILE] [--decode CHUNK]
 
    Prints a table on stdout, a progress bar on stderr, and writes JSON:
    {"model", "samples", "lengths", "seed", "wall_seconds",
@@ -23,7 +23,12 @@
     "tasks":    {policy: {setting: {budget: {task: accuracy}}}}}
    The full cache is policy "full" with budget "1.0". Coverage is the share
    of evictable positions that at least one head of a layer keeps, averaged
-   over layers and samples. */
+   over layers and samples.
+
+   --decode CHUNK replaces the two settings by "streamed-context": the
+   context arrives CHUNK tokens at a time and the cache is brought back to
+   the budget after each chunk (eviction during decoding), then the
+   question is asked. */
 #include "../examples/engine/model.h"
 #include "../examples/engine/tasks.h"
 
@@ -36,8 +41,12 @@
 #include <omp.h>
 #endif
 
-enum { N_SETTINGS = 2, N_BUDGETS = 3, MAX_POLICIES = 16, MAX_LENGTHS = 4 };
-static const char *const SETTING_NAMES[N_SETTINGS] = {"question-agnostic", "question-aware"};
+enum { N_SETTINGS = 2, N_BUDGETS = 3, MAX_POLICIES = 20, MAX_LENGTHS = 4 };
+static const char *const PREFILL_SETTINGS[N_SETTINGS] = {"question-agnostic", "question-aware"};
+/* --decode: one setting, the context streamed in chunks at the budget. */
+static const char *const DECODE_SETTINGS[1] = {"streamed-context"};
+static const char *const *g_setting_names = PREFILL_SETTINGS;
+static int g_n_settings = N_SETTINGS;
 static const double BUDGET_FRACTIONS[N_BUDGETS] = {0.05, 0.10, 0.20};
 static const char *const BUDGET_KEYS[N_BUDGETS] = {"0.05", "0.1", "0.2"};
 
@@ -218,6 +227,48 @@ static int run_policy(bench *b, policy_run *run, const llm_cache *prefix, const 
     return 0;
 }
 
+/* The decoding scenario: the context arrives in chunks of `chunk` tokens
+   and, after each, kvec brings the cache back to the budget
+   (llm_decode_evict: the policy re-scores what the cache holds, H2O from
+   the attention observed while the chunks ran); then the question comes
+   and the answer is scored. The budget is the same floor(f * P) as after
+   prefill, P the context's length. */
+static int run_decode(bench *b, policy_run *run, const task_sample *s, int64_t chunk) {
+    const llm_model *model = b->model;
+    const int64_t P = s->context_end;
+    int k, correct;
+    for (k = 0; k < N_BUDGETS; k++) {
+        const int64_t budget = (int64_t)floor(BUDGET_FRACTIONS[k] * (double)P);
+        kvec_plan held;
+        kvec_config resolved;
+        int64_t at;
+        llm_cache_reset(&b->work);
+        if (llm_decode_begin(&b->work, run->config.policy == KVEC_POLICY_H2O)) return -1;
+        for (at = 0; at < P; at += chunk) {
+            const int64_t m = P - at < chunk ? P - at : chunk;
+            kvec_result r;
+            if (llm_forward(model, &b->work, s->tokens + at, m, NULL)) return -1;
+            if ((r = llm_decode_evict(&b->work, &run->config, budget)) != KVEC_OK) {
+                fprintf(stderr, "\nkvec decode (%s): %s\n", run->name, kvec_result_string(r));
+                return -1;
+            }
+        }
+        correct = run_rest(model, &b->work, s, NULL, b->logits);
+        if (correct < 0) return -1;
+        run->correct[0][k][s->kind] += correct;
+        run->total[0][k][s->kind] += 1;
+        /* coverage of what the cache holds at the question */
+        held.n_layers = model->config.n_layers;
+        held.n_kv_heads = model->config.n_kv_heads;
+        held.capacity = b->work.decode.capacity;
+        held.kept_count = b->work.length;
+        held.kept_positions = b->work.decode.positions;
+        kvec_resolve_config(&run->config, &resolved);
+        run->coverage[0][k] += unique_coverage(&held, P, resolved.window, b->mark);
+    }
+    return 0;
+}
+
 static double accuracy(const policy_run *run, int setting, int k, int task) {
     int correct = 0, total = 0, t;
     for (t = 0; t < TASK_COUNT; t++) {
@@ -257,8 +308,8 @@ static void write_json(FILE *f, const char *model_name, int samples, const int *
         for (p = 0; p < n_runs; p++) {
             if (i == 1 && runs[p].full) continue;
             fprintf(f, "    \"%s\": {", runs[p].name);
-            for (s = 0; s < N_SETTINGS; s++) {
-                fprintf(f, "%s\"%s\": {", s ? ", " : "", SETTING_NAMES[s]);
+            for (s = 0; s < g_n_settings; s++) {
+                fprintf(f, "%s\"%s\": {", s ? ", " : "", g_setting_names[s]);
                 for (k = 0; k < (runs[p].full ? 1 : N_BUDGETS); k++) {
                     const char *key = runs[p].full ? "1.0" : BUDGET_KEYS[k];
                     if (i == 0) fprintf(f, "%s\"%s\": %.4f", k ? ", " : "", key, accuracy(&runs[p], s, k, -1));
@@ -283,7 +334,8 @@ static void write_json(FILE *f, const char *model_name, int samples, const int *
 static void usage(void) {
     fprintf(stderr,
             "usage: quality [--model DIR] [--samples N] [--seed S] [--quick] [--lengths 2048,4096]\n"
-            "               [--policies full,kvec,snapkv,...] [--mu X] [--terms BITS] [--out FILE]\n");
+            "               [--policies full,kvec,snapkv,...] [--mu X] [--terms BITS] [--out FILE]\n"
+            "               [--decode CHUNK]   (context streamed in chunks, cache held at the budget)\n");
 }
 
 int main(int argc, char **argv) {
@@ -292,6 +344,7 @@ int main(int argc, char **argv) {
         "full,kvec,snapkv,pyramidkv,h2o,tova,keydiff,knorm,streaming,random,criticalkv,laprox";
     int samples = 64, quick = 0, lengths[MAX_LENGTHS] = {2048, 4096}, n_lengths = 2;
     uint64_t seed = 1;
+    int64_t decode_chunk = 0; /* --decode: the streamed-context scenario */
     float mu = 0.0f;
     long terms = -1;
     char error[512], path[1200], list[512], *token;
@@ -317,6 +370,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(arg, "--out")) out_path = value;
         else if (!strcmp(arg, "--mu")) mu = (float)atof(value);
         else if (!strcmp(arg, "--terms")) terms = strtol(value, NULL, 0);
+        else if (!strcmp(arg, "--decode")) decode_chunk = atoi(value);
         else if (!strcmp(arg, "--lengths")) {
             snprintf(list, sizeof list, "%s", value);
             for (n_lengths = 0, token = strtok(list, ","); token && n_lengths < MAX_LENGTHS; token = strtok(NULL, ","))
@@ -325,7 +379,8 @@ int main(int argc, char **argv) {
         i++;
     }
     if (quick) samples = samples == 64 ? 4 : samples; /* --quick: 4 samples per task and length */
-    if (samples < 1 || n_lengths < 1) { usage(); return 2; }
+    if (samples < 1 || n_lengths < 1 || decode_chunk < 0) { usage(); return 2; }
+    if (decode_chunk > 0) { g_setting_names = DECODE_SETTINGS; g_n_settings = 1; }
     for (i = 0; i < n_lengths; i++) {
         if (lengths[i] < 256) { fprintf(stderr, "quality: length %d is below 256\n", lengths[i]); return 2; }
         if (lengths[i] > max_length) max_length = lengths[i];
@@ -400,10 +455,14 @@ int main(int argc, char **argv) {
                         llm_cache_copy(&b.work, &aware);
                         correct = run_rest(&model, &b.work, &sample, last_aware, b.logits);
                         if (correct < 0) return 1;
-                        for (k = 0; k < N_SETTINGS; k++) {
+                        for (k = 0; k < g_n_settings; k++) {
                             runs[p].correct[k][0][task] += correct;
                             runs[p].total[k][0][task] += 1;
                         }
+                        continue;
+                    }
+                    if (decode_chunk > 0) {
+                        if (run_decode(&b, &runs[p], &sample, decode_chunk)) return 1;
                         continue;
                     }
                     for (k = 0; k < N_SETTINGS; k++)
@@ -419,36 +478,42 @@ int main(int argc, char **argv) {
     fputc('\n', stderr);
 
     /* The table: accuracy averaged over tasks and lengths, then coverage. */
-    printf("accuracy, all tasks and lengths  %-21s  %s\n", "question-agnostic", "question-aware");
-    printf("%-29s %6s %6s %6s  %6s %6s %6s\n", "policy / budget", "5%", "10%", "20%", "5%", "10%", "20%");
+    printf("accuracy, all tasks and lengths  %-21s  %s\n", g_setting_names[0], g_n_settings > 1 ? g_setting_names[1] : "");
+    printf("%-29s %6s %6s %6s", "policy / budget", "5%", "10%", "20%");
+    if (g_n_settings > 1) printf("  %6s %6s %6s", "5%", "10%", "20%");
+    printf("\n");
     for (p = 0; p < n_runs; p++) {
         printf("%-14s", runs[p].name);
-        for (s = 0; s < N_SETTINGS; s++) {
+        for (s = 0; s < g_n_settings; s++) {
             printf(s ? "  " : "               ");
             for (k = 0; k < N_BUDGETS; k++)
                 printf(" %6.3f", accuracy(&runs[p], s, runs[p].full ? 0 : k, -1));
         }
         printf("\n");
     }
-    printf("\nunique-token coverage            %-21s  %s\n", "question-agnostic", "question-aware");
+    printf("\nunique-token coverage            %-21s  %s\n", g_setting_names[0], g_n_settings > 1 ? g_setting_names[1] : "");
     for (p = 0; p < n_runs; p++) {
         if (runs[p].full) continue;
         printf("%-14s", runs[p].name);
-        for (s = 0; s < N_SETTINGS; s++) {
+        for (s = 0; s < g_n_settings; s++) {
             printf(s ? "  " : "               ");
             for (k = 0; k < N_BUDGETS; k++)
                 printf(" %6.3f", runs[p].coverage[s][k] / (total_runs(&runs[p], s, k) ? total_runs(&runs[p], s, k) : 1));
         }
         printf("\n");
     }
-    printf("\nper task, question-agnostic / question-aware at 10%% (full: full cache)\n%-14s", "policy");
+    printf("\nper task, %s at 10%% (full: full cache)\n%-14s",
+           g_n_settings > 1 ? "question-agnostic / question-aware" : g_setting_names[0], "policy");
     for (t = 0; t < TASK_COUNT; t++) printf(" %19s", task_name((task_kind)t));
     printf("\n");
     for (p = 0; p < n_runs; p++) {
         printf("%-14s", runs[p].name);
         for (t = 0; t < TASK_COUNT; t++) {
             const int kk = runs[p].full ? 0 : 1;
-            printf("         %.2f / %.2f", accuracy(&runs[p], 0, kk, t), accuracy(&runs[p], 1, kk, t));
+            if (g_n_settings > 1)
+                printf("         %.2f / %.2f", accuracy(&runs[p], 0, kk, t), accuracy(&runs[p], 1, kk, t));
+            else
+                printf(" %19.2f", accuracy(&runs[p], 0, kk, t));
         }
         printf("\n");
     }

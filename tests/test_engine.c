@@ -221,6 +221,80 @@ static void test_decode_and_evict(const char *dir) {
     llm_free(&model);
 }
 
+/* The context streamed in chunks with eviction during decoding. */
+static void test_streamed_eviction(const char *dir) {
+    char error[256], spec_path[1024];
+    llm_model model;
+    task_spec spec;
+    task_sample s;
+    llm_cache full, streamed;
+    float *all, *rest;
+    double worst = 0.0, total = 0.0;
+    int64_t i, at, V, P, L, Hk;
+    int rows_ok = 1, positions_ok = 1;
+    kvec_config config;
+    if (llm_load(&model, dir, error, sizeof error)) { check(0, error); return; }
+    snprintf(spec_path, sizeof spec_path, "%s/tasks.json", dir);
+    if (task_spec_load(&spec, spec_path, error, sizeof error)) { check(0, error); llm_free(&model); return; }
+    task_generate(&spec, TASK_MULTIKEY, 512, 9, &s);
+    V = model.config.vocab_size; P = s.context_end; L = model.config.n_layers; Hk = model.config.n_kv_heads;
+    all = (float *)malloc((size_t)(s.length * V) * sizeof(float));
+    rest = (float *)malloc((size_t)(s.length * V) * sizeof(float));
+    llm_cache_init(&full, &model, s.length);
+    llm_cache_init(&streamed, &model, s.length);
+    llm_forward(&model, &full, s.tokens, s.length, all);
+
+    /* H2O, budget above the context: nothing is evicted, nothing changes,
+       and every observed query adds one unit of attention per head. */
+    memset(&config, 0, sizeof config);
+    config.policy = KVEC_POLICY_H2O;
+    check(llm_decode_begin(&streamed, 1) == 0, "decode begins on an empty cache");
+    for (at = 0; at < P; at += 64) {
+        const int64_t m = P - at < 64 ? P - at : 64;
+        llm_forward(&model, &streamed, s.tokens + at, m, NULL);
+        check(llm_decode_evict(&streamed, &config, P) == KVEC_OK, "evict within budget");
+    }
+    for (i = 0; i < streamed.decode.n_rows; i++) total += streamed.decode.attention[i];
+    printf("  H2O attention observed in layer 0, head 0: %.4f for %ld queries\n", total, (long)P);
+    check(fabs(total - (double)P) < 1e-3 * (double)P, "observed attention sums to one per query");
+    llm_forward(&model, &streamed, s.tokens + P, s.length - P, rest);
+    for (i = 0; i < (s.length - P) * V; i++)
+        if (fabs(rest[i] - all[P * V + i]) > worst) worst = fabs(rest[i] - all[P * V + i]);
+    check(worst < 1e-4, "streaming with nothing evicted leaves the logits as they were");
+
+    /* H2O and SnapKV at 96 rows: held at the budget, positions go on. */
+    for (i = 0; i < 2; i++) {
+        int64_t j, r;
+        config.policy = i == 0 ? KVEC_POLICY_H2O : KVEC_POLICY_SNAPKV;
+        llm_cache_reset(&streamed);
+        llm_decode_begin(&streamed, i == 0);
+        for (at = 0; at < P; at += 64) {
+            const int64_t m = P - at < 64 ? P - at : 64;
+            llm_forward(&model, &streamed, s.tokens + at, m, NULL);
+            check(llm_decode_evict(&streamed, &config, 96) == KVEC_OK, "evict while streaming");
+            for (j = 0; j < L * Hk; j++) rows_ok &= streamed.length[j] == (at + m < 96 ? at + m : 96);
+        }
+        for (j = 0; j < L * Hk; j++)
+            for (r = 0; r < 96; r++) {
+                const int64_t pos = streamed.decode.positions[j * streamed.decode.capacity + r];
+                positions_ok &= r == 0 || pos > streamed.decode.positions[j * streamed.decode.capacity + r - 1];
+                if (r >= 96 - 32) positions_ok &= pos == P - 96 + r; /* the recent buffer */
+            }
+        check(streamed.n_positions == P, "positions continue at the context length");
+        check(llm_forward(&model, &streamed, s.tokens + P, s.length - P, rest) == 0, "decoding after streamed eviction");
+    }
+    check(rows_ok, "every head holds min(seen, budget) rows after each chunk");
+    check(positions_ok, "kept positions ascending, the last 32 always kept");
+    llm_cache_reset(&streamed);
+    check(llm_decode_evict(&streamed, &config, 96) == KVEC_ERROR_STATE_MISMATCH, "evict without decode_begin refused");
+    llm_cache_free(&full);
+    llm_cache_free(&streamed);
+    free(all); free(rest);
+    task_sample_free(&s);
+    task_spec_free(&spec);
+    llm_free(&model);
+}
+
 /* ------------------------------------------------------------- generator */
 
 static void test_generator(const char *dir) {
@@ -311,6 +385,7 @@ int main(int argc, char **argv) {
     test_reference_logits(dir);
     test_loader_errors(dir);
     test_decode_and_evict(dir);
+    test_streamed_eviction(dir);
     test_generator(dir);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed != 0;

@@ -290,6 +290,8 @@ int llm_cache_init(llm_cache *cache, const llm_model *model, int64_t capacity) {
 }
 
 void llm_cache_free(llm_cache *cache) {
+    free(cache->decode_memory);
+    free(cache->observed);
     free(cache->memory);
     free(cache->keys);
     free(cache->length);
@@ -301,6 +303,7 @@ void llm_cache_free(llm_cache *cache) {
 void llm_cache_reset(llm_cache *cache) {
     int64_t i;
     cache->n_positions = 0;
+    cache->decoding = 0;
     for (i = 0; i < (int64_t)cache->n_layers * cache->n_kv_heads; i++) cache->length[i] = 0;
 }
 
@@ -461,6 +464,13 @@ static void attention(const llm_cache *cache, int64_t layer, const int64_t *leng
                 sum = exp_shifted(p, visible);
                 /* Weighted values, 16 dimensions at a time, summed in registers. */
                 inv = 1.0f / sum;
+                if (cache->decoding && cache->observed) {
+                    /* Row (i, h) of the chunk's attention, for H2O; the rows
+                       this query cannot see yet are 0. */
+                    float *seen = cache->observed + (i * H + j * g + h) * cap;
+                    for (t = 0; t < visible; t++) seen[t] = p[t] * inv;
+                    for (; t < length_before[j] + n; t++) seen[t] = 0.0f;
+                }
                 for (d = 0; d < D; d += 16) { /* D is a multiple of 16 (llm_load) */
                     float acc[16] = {0};
                     int64_t x;
@@ -518,6 +528,9 @@ static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_
             length[j] += n;
         }
         attention(cache, l, length_before, q, att, n);
+        if (cache->decoding && cache->observed)
+            for (t = 0; t < n; t++) /* in query order: the sums do not depend on threads */
+                kvec_decode_observe(&cache->decode, l, cache->observed + t * H * cap, H, cap);
         matmul(x, att, w->wo, n, H * D, E, 1);
         rms_norm(xn, x, w->mlp_norm, n, E, c->rms_norm_eps);
         matmul(gate, xn, w->w_gate, n, E, I, 0);
@@ -544,6 +557,7 @@ int llm_forward(const llm_model *model, llm_cache *cache, const int32_t *tokens,
         if (cache->length[i] + n > cache->capacity) return -1;
     for (t = 0; t < n; t += cache->max_chunk) {
         const int64_t m = n - t < cache->max_chunk ? n - t : cache->max_chunk;
+        if (cache->decoding && kvec_decode_append(&cache->decode, m) != KVEC_OK) return -1;
         forward_chunk(model, cache, tokens + t, m, logits ? logits + t * c->vocab_size : NULL);
     }
     return 0;
@@ -574,6 +588,29 @@ void llm_kvec_layers(const llm_cache *cache, kvec_layer *layers) {
     }
 }
 
+/* kvec's scratch and a plan of `capacity` positions per head, grown on demand. */
+static kvec_result kvec_memory(llm_cache *cache, size_t scratch_bytes, int64_t capacity, kvec_plan *plan) {
+    const int64_t heads = (int64_t)cache->n_layers * cache->n_kv_heads;
+    if (scratch_bytes > cache->kvec_scratch_bytes) {
+        void *grown = realloc(cache->kvec_scratch, scratch_bytes);
+        if (!grown) return KVEC_ERROR_OUT_OF_MEMORY;
+        cache->kvec_scratch = grown;
+        cache->kvec_scratch_bytes = scratch_bytes;
+    }
+    if ((size_t)(heads * (capacity + 1)) > cache->plan_entries) {
+        int64_t *grown = (int64_t *)realloc(cache->plan_memory, (size_t)(heads * (capacity + 1)) * sizeof(int64_t));
+        if (!grown) return KVEC_ERROR_OUT_OF_MEMORY;
+        cache->plan_memory = grown;
+        cache->plan_entries = (size_t)(heads * (capacity + 1));
+    }
+    plan->n_layers = cache->n_layers;
+    plan->n_kv_heads = cache->n_kv_heads;
+    plan->capacity = capacity;
+    plan->kept_count = cache->plan_memory;
+    plan->kept_positions = cache->plan_memory + heads;
+    return KVEC_OK;
+}
+
 kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget, kvec_plan *plan_out) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, N = cache->n_positions;
     kvec_config defaults;
@@ -593,27 +630,64 @@ kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budge
     view.n_layers = L;
     if ((r = kvec_scratch_bytes(config, &view, 1, &scratch_bytes)) != KVEC_OK) return r;
     if ((r = kvec_plan_capacity(config, budget, L, N, &capacity)) != KVEC_OK) return r;
-    if (scratch_bytes > cache->kvec_scratch_bytes) {
-        void *grown = realloc(cache->kvec_scratch, scratch_bytes);
-        if (!grown) return KVEC_ERROR_OUT_OF_MEMORY;
-        cache->kvec_scratch = grown;
-        cache->kvec_scratch_bytes = scratch_bytes;
-    }
-    if ((size_t)(L * Hk * (capacity + 1)) > cache->plan_entries) {
-        int64_t *grown = (int64_t *)realloc(cache->plan_memory, (size_t)(L * Hk * (capacity + 1)) * sizeof(int64_t));
-        if (!grown) return KVEC_ERROR_OUT_OF_MEMORY;
-        cache->plan_memory = grown;
-        cache->plan_entries = (size_t)(L * Hk * (capacity + 1));
-    }
-    plan.n_layers = L;
-    plan.n_kv_heads = Hk;
-    plan.capacity = capacity;
-    plan.kept_count = cache->plan_memory;
-    plan.kept_positions = cache->plan_memory + L * Hk;
+    if ((r = kvec_memory(cache, scratch_bytes, capacity, &plan)) != KVEC_OK) return r;
     r = kvec_evict_ex(config, &view, budget, &plan, cache->kvec_scratch, cache->kvec_scratch_bytes);
     if (r != KVEC_OK) return r;
     /* Rows 0 .. kept-1 of every head now hold the kept tokens. */
     for (j = 0; j < L * Hk; j++) cache->length[j] = plan.kept_count[j];
     if (plan_out) *plan_out = plan;
+    return KVEC_OK;
+}
+
+int llm_decode_begin(llm_cache *cache, int observe_attention) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, N = cache->n_positions;
+    size_t bytes;
+    int64_t j;
+    for (j = 0; j < L * Hk; j++)
+        if (cache->length[j] != N) return -1; /* already evicted */
+    if (kvec_decode_state_bytes(L, Hk, cache->capacity, &bytes) != KVEC_OK) return -1;
+    if (!cache->decode_memory && !(cache->decode_memory = malloc(bytes))) return -1;
+    if (observe_attention && !cache->observed &&
+        !(cache->observed = (float *)malloc((size_t)(cache->max_chunk * cache->n_heads * cache->capacity) * sizeof(float))))
+        return -1;
+    if (kvec_decode_init(&cache->decode, cache->decode_memory, bytes, L, Hk, cache->capacity, N, N, NULL) != KVEC_OK)
+        return -1;
+    cache->decoding = observe_attention ? 2 : 1;
+    if (!observe_attention) { free(cache->observed); cache->observed = NULL; }
+    return 0;
+}
+
+kvec_result llm_decode_evict(llm_cache *cache, const kvec_config *config, int64_t budget) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, H = cache->n_heads, D = cache->head_dim;
+    const int64_t rows = cache->decode.n_rows, N = cache->n_positions;
+    kvec_config resolved;
+    kvec_layer layers[64];
+    kvec_cache view;
+    kvec_plan plan;
+    kvec_result r;
+    size_t scratch_bytes;
+    int64_t l, j, window_rows;
+    if (!cache->decoding) return KVEC_ERROR_STATE_MISMATCH;
+    if (L > 64) return KVEC_ERROR_BAD_EXTENT;
+    if ((r = kvec_resolve_config(config, &resolved)) != KVEC_OK) return r;
+    if (rows <= budget) return KVEC_OK; /* within budget already */
+    /* The rows held now, and the queries of the last positions (4W covers
+       K-VEC's head focus), as at prefill. */
+    window_rows = 4 * resolved.window;
+    if (window_rows > rows) window_rows = rows;
+    llm_kvec_layers(cache, layers);
+    for (l = 0; l < L; l++) {
+        layers[l].keys.n_tokens = layers[l].values.n_tokens = rows;
+        layers[l].queries = kvec_tensor_contiguous(cache->queries[l] + (N - window_rows) * H * D,
+                                                   KVEC_DTYPE_F32, window_rows, H, D);
+    }
+    view.layers = layers;
+    view.n_layers = L;
+    if ((r = kvec_decode_scratch_bytes(&resolved, &view, &scratch_bytes)) != KVEC_OK) return r;
+    if ((r = kvec_memory(cache, scratch_bytes, budget, &plan)) != KVEC_OK) return r;
+    r = kvec_decode_evict(&resolved, &cache->decode, &view, NULL, budget, &plan, cache->kvec_scratch,
+                          cache->kvec_scratch_bytes);
+    if (r != KVEC_OK) return r;
+    for (j = 0; j < L * Hk; j++) cache->length[j] = plan.kept_count[j];
     return KVEC_OK;
 }

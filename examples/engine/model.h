@@ -80,6 +80,11 @@ typedef struct llm_cache {
     size_t   kvec_scratch_bytes;
     int64_t *plan_memory;
     size_t   plan_entries;
+    /* eviction while generating (llm_decode_begin .. llm_decode_evict) */
+    int      decoding;
+    kvec_decode_state decode;
+    void    *decode_memory;
+    float   *observed;      /* [max_chunk][n_heads][capacity] the chunk's attention, for H2O */
 } llm_cache;
 
 /* A cache for up to `capacity` positions (rounded up to a multiple of 16).
@@ -105,6 +110,15 @@ int llm_forward(const llm_model *model, llm_cache *cache, const int32_t *tokens,
    kvec result (KVEC_OK = 0), or KVEC_ERROR_OUT_OF_MEMORY. */
 kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget,
                       kvec_plan *plan);
+
+/* Eviction while generating. llm_decode_begin starts it on a cache that has
+   not been evicted (every head holds every position, possibly none yet);
+   with observe_attention, every later llm_forward shows kvec the attention
+   its queries computed (H2O's running sum). llm_decode_evict brings every
+   head back to `budget` rows, the last config->window positions always
+   kept; decoding goes on. llm_cache_reset ends it. Return 0 / kvec result. */
+int         llm_decode_begin(llm_cache *cache, int observe_attention);
+kvec_result llm_decode_evict(llm_cache *cache, const kvec_config *config, int64_t budget);
 
 /* kvec's views of the cache (layers: [n_layers]): keys, values, every
    captured query of the prefix and the model's output projection, for
