@@ -304,6 +304,7 @@ static void test_generator(const char *dir) {
     int kind, li, seed, bad = 0, n_samples = 0;
     snprintf(path, sizeof path, "%s/tasks.json", dir);
     if (task_spec_load(&spec, path, error, sizeof error)) { check(0, error); return; }
+    task_spec_free(&spec);
     check(task_spec_load(&spec, "build/no-such-tasks.json", error, sizeof error) == -1, "missing tasks.json refused");
     task_spec_load(&spec, path, error, sizeof error);
     for (kind = 0; kind < TASK_COUNT; kind++) {
