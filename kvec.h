@@ -498,8 +498,10 @@ KVEC_API kvec_result kvec_compact_packed(kvec_layer *layer, const kvec_plan *pla
    the attention a row received since it entered the cache; StreamingLLM by
    position; the window policies (SnapKV, K-VEC, ...) re-score with the
    queries of the last window positions, passed in the cache's layers as at
-   prefill; external scores ([L][Hk][rows], e.g. retention gate logits
-   times age, with ages from state.positions) replace the policy. */
+   prefill; external scores ([L][Hk][rows]) replace the policy. Learned
+   retention gates: the engine records each new token's log retention per
+   head (kvec_decode_retention); kvec_decode_retention_scores turns them
+   into log_retention * age, the decayed score to pass as external scores. */
 typedef struct kvec_decode_state {
     int64_t  n_layers, n_kv_heads;
     int64_t  capacity;      /* rows per head the cache can hold */
@@ -507,6 +509,7 @@ typedef struct kvec_decode_state {
     int64_t  next_position; /* position of the next token appended */
     int64_t *positions;     /* [L][Hk][capacity] original position of each row */
     float   *attention;     /* [L][Hk][capacity] attention the row received while decoding */
+    float   *retention;     /* [L][Hk][capacity] log retention per step (learned gates), 0 unset */
 } kvec_decode_state;
 
 /* Memory for a state; init lays it out. plan (may be NULL) is the prefill
@@ -522,6 +525,12 @@ KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, si
 /* n_new tokens were appended to every head (rows n_rows .., positions
    next_position ..). */
 KVEC_API kvec_result kvec_decode_append(kvec_decode_state *state, int64_t n_new);
+/* Learned retention: log_retention ([Hk][n], <= 0 for a gate in (0, 1])
+   of the last n rows of layer layer_index; and the decayed scores
+   ([L][Hk][n_rows]) log_retention * (next_position - 1 - position). */
+KVEC_API kvec_result kvec_decode_retention(kvec_decode_state *state, int64_t layer_index,
+                                           const float *log_retention, int64_t n);
+KVEC_API kvec_result kvec_decode_retention_scores(const kvec_decode_state *state, float *scores);
 /* One new query of layer layer_index: attention [H][row_stride], row h
    holds the softmax probabilities of query head h over the n_rows rows of
    its KV head h / (H / Hk). Adds their group mean to each row's total. */
@@ -2438,10 +2447,11 @@ KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget) {
 
 /* >>decoding */
 
-/* The state's arrays in its memory: positions, then attention. */
-static void kvec__carve_decode(kvec__bump *b, int64_t rows, int64_t **positions, float **attention) {
-    *positions = (int64_t *)kvec__take(b, rows, sizeof(int64_t));
-    *attention = (float *)kvec__take(b, rows, sizeof(float));
+/* The state's arrays in its memory: positions, attention, retention. */
+static void kvec__carve_decode(kvec__bump *b, int64_t rows, kvec_decode_state *s) {
+    s->positions = (int64_t *)kvec__take(b, rows, sizeof(int64_t));
+    s->attention = (float *)kvec__take(b, rows, sizeof(float));
+    s->retention = (float *)kvec__take(b, rows, sizeof(float));
 }
 
 /* L * Hk * capacity, or -1 when an extent is not positive or it overflows. */
@@ -2455,13 +2465,12 @@ KVEC_API kvec_result kvec_decode_state_bytes(int64_t n_layers, int64_t n_kv_head
                                              size_t *bytes) {
     const int64_t rows = kvec__decode_rows(n_layers, n_kv_heads, capacity);
     kvec__bump b;
-    int64_t *positions;
-    float *attention;
+    kvec_decode_state arrays;
     if (!bytes) return KVEC_ERROR_NULL_POINTER;
     if (n_layers <= 0 || n_kv_heads <= 0 || capacity <= 0) return KVEC_ERROR_BAD_EXTENT;
     if (rows < 0) return KVEC_ERROR_SIZE_OVERFLOW;
     kvec__bump_init(&b, NULL, 0);
-    kvec__carve_decode(&b, rows, &positions, &attention);
+    kvec__carve_decode(&b, rows, &arrays);
     if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
     *bytes = b.used;
     return KVEC_OK;
@@ -2498,18 +2507,19 @@ KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, si
     state->n_rows = n_rows;
     state->next_position = next_position;
     kvec__bump_init(&b, memory, memory_bytes);
-    kvec__carve_decode(&b, n_layers * n_kv_heads * capacity, &state->positions, &state->attention);
+    kvec__carve_decode(&b, n_layers * n_kv_heads * capacity, state);
     for (head = 0; head < n_layers * n_kv_heads; head++)
         for (i = 0; i < capacity; i++) {
             state->positions[head * capacity + i] =
                 i >= n_rows ? -1 : plan ? plan->kept_positions[head * plan->capacity + i] : i;
             state->attention[head * capacity + i] = 0.0f;
+            state->retention[head * capacity + i] = 0.0f;
         }
     return KVEC_OK;
 }
 
 static kvec_result kvec__check_state(const kvec_decode_state *state) {
-    if (!state || !state->positions || !state->attention) return KVEC_ERROR_NULL_POINTER;
+    if (!state || !state->positions || !state->attention || !state->retention) return KVEC_ERROR_NULL_POINTER;
     if (state->n_rows < 0 || state->n_rows > state->capacity) return KVEC_ERROR_STATE_MISMATCH;
     return KVEC_OK;
 }
@@ -2524,6 +2534,7 @@ KVEC_API kvec_result kvec_decode_append(kvec_decode_state *state, int64_t n_new)
         for (t = 0; t < n_new; t++) {
             state->positions[head * state->capacity + state->n_rows + t] = state->next_position + t;
             state->attention[head * state->capacity + state->n_rows + t] = 0.0f;
+            state->retention[head * state->capacity + state->n_rows + t] = 0.0f;
         }
     state->n_rows += n_new;
     state->next_position += n_new;
@@ -2551,6 +2562,38 @@ KVEC_API kvec_result kvec_decode_observe(kvec_decode_state *state, int64_t layer
         for (h = j * g; h < (j + 1) * g; h++) /* query heads in order: deterministic sums */
             for (i = 0; i < n; i++) total[i] += attention[h * row_stride + i] * inv_g;
     }
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_retention(kvec_decode_state *state, int64_t layer_index,
+                                           const float *log_retention, int64_t n) {
+    int64_t j, t;
+    kvec_result r;
+    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    if (!log_retention) return KVEC_ERROR_NULL_POINTER;
+    if (layer_index < 0 || layer_index >= state->n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
+    if (n < 0 || n > state->n_rows) return KVEC_ERROR_BAD_EXTENT;
+    for (t = 0; t < state->n_kv_heads * n; t++)
+        if (!isfinite(log_retention[t])) return KVEC_ERROR_NON_FINITE;
+    for (j = 0; j < state->n_kv_heads; j++) {
+        float *row = state->retention + (layer_index * state->n_kv_heads + j) * state->capacity;
+        for (t = 0; t < n; t++) row[state->n_rows - n + t] = log_retention[j * n + t];
+    }
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_decode_retention_scores(const kvec_decode_state *state, float *scores) {
+    const int64_t newest = state ? state->next_position - 1 : 0;
+    int64_t head, i;
+    kvec_result r;
+    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    if (!scores) return KVEC_ERROR_NULL_POINTER;
+    for (head = 0; head < state->n_layers * state->n_kv_heads; head++)
+        for (i = 0; i < state->n_rows; i++) {
+            const int64_t at = head * state->capacity + i;
+            scores[head * state->n_rows + i] =
+                state->retention[at] * (float)(newest - state->positions[at]); /* exact ages to 2^24 */
+        }
     return KVEC_OK;
 }
 
@@ -2624,11 +2667,13 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
         const int64_t *kept = plan->kept_positions + head * plan->capacity;
         int64_t *positions = state->positions + head * state->capacity;
         float *attention = state->attention + head * state->capacity;
+        float *retention = state->retention + head * state->capacity;
         for (i = 0; i < plan->kept_count[head]; i++) {
             positions[i] = positions[kept[i]];
             attention[i] = attention[kept[i]];
+            retention[i] = retention[kept[i]];
         }
-        for (; i < state->capacity; i++) { positions[i] = -1; attention[i] = 0.0f; }
+        for (; i < state->capacity; i++) { positions[i] = -1; attention[i] = 0.0f; retention[i] = 0.0f; }
     }
     state->n_rows = plan->kept_count[0];
     return KVEC_OK;

@@ -1524,6 +1524,71 @@ static void test_decode_policies_keep_what_they_say(void) {
     }
 }
 
+/* Learned retention while decoding: each token's gate per head decays with
+   age; kvec's scores and kept rows equal a naive model's. */
+static void test_decode_retention_gates(void) {
+    const int64_t L = 2, Hk = 2, g = 1, D = 8, C = 40, W = 4, B = 20;
+    decode_cache c;
+    kvec_decode_state s;
+    kvec_config cfg = policy_config(KVEC_POLICY_SNAPKV, W); /* the policy is replaced by the scores */
+    float *gate = (float *)malloc(sizeof(float) * (size_t)(L * Hk * C)), fresh[2];
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(L * Hk * C));
+    int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L * Hk * C)), kept[40];
+    double sd[40];
+    size_t bytes, scratch_bytes;
+    void *memory, *scratch;
+    test_plan p;
+    int64_t n = 0, step, l, j, i;
+    int ok = 1, same_scores = 1, same_kept = 1;
+    decode_cache_init(&c, L, Hk, g, D, C, W);
+    kvec_decode_state_bytes(L, Hk, C, &bytes);
+    memory = malloc(bytes);
+    kvec_decode_init(&s, memory, bytes, L, Hk, C, 0, 0, NULL);
+    decode_cache_rows(&c, C);
+    kvec_decode_scratch_bytes(&cfg, &c.cache, &scratch_bytes);
+    scratch = malloc(scratch_bytes);
+    plan_init(&p, L, Hk, B);
+    for (step = 0; step < 90; step++) {
+        decode_cache_put(&c, n, step);
+        ok &= kvec_decode_append(&s, 1) == KVEC_OK;
+        for (l = 0; l < L; l++) {
+            for (j = 0; j < Hk; j++) {
+                fresh[j] = (float)log(0.01 + 0.99 * uniform());
+                gate[(l * Hk + j) * C + n] = fresh[j];
+                pos[(l * Hk + j) * C + n] = step;
+            }
+            ok &= kvec_decode_retention(&s, l, fresh, 1) == KVEC_OK;
+        }
+        n++;
+        if (n == C) {
+            ok &= kvec_decode_retention_scores(&s, scores) == KVEC_OK;
+            for (l = 0; l < L * Hk; l++)
+                for (i = 0; i < n; i++)
+                    same_scores &= scores[l * n + i] == gate[l * C + i] * (float)(step - pos[l * C + i]);
+            decode_cache_rows(&c, n);
+            ok &= kvec_decode_evict(&cfg, &s, &c.cache, scores, B, &p.plan, scratch, scratch_bytes) == KVEC_OK;
+            for (l = 0; l < L * Hk; l++) {
+                int64_t count, r;
+                for (i = 0; i < n; i++) sd[i] = gate[l * C + i] * (float)(step - pos[l * C + i]);
+                count = naive_select(sd, n, W, B, kept);
+                for (r = 0; r < count; r++) {
+                    gate[l * C + r] = gate[l * C + kept[r]];
+                    pos[l * C + r] = pos[l * C + kept[r]];
+                    same_kept &= s.positions[l * C + r] == pos[l * C + r] && s.retention[l * C + r] == gate[l * C + r];
+                }
+            }
+            n = B;
+        }
+    }
+    CHECK(ok, "retention calls failed");
+    CHECK(same_scores, "decayed retention scores differ from log_retention * age");
+    CHECK(same_kept, "rows kept by retention differ from the naive model");
+    CHECK(kvec_decode_retention(&s, 0, fresh, s.n_rows + 1) == KVEC_ERROR_BAD_EXTENT, "more gates than rows");
+    fresh[0] = NAN;
+    CHECK(kvec_decode_retention(&s, 0, fresh, 1) == KVEC_ERROR_NON_FINITE, "NaN gate");
+    free(gate); free(scores); free(pos); free(memory); free(scratch); plan_free(&p); decode_cache_free(&c);
+}
+
 static void test_decode_errors_touch_nothing(void) {
     decode_cache c;
     kvec_decode_state s, before;
@@ -1821,6 +1886,7 @@ int main(int argc, char **argv) {
     RUN(test_output_aware_errors);
     RUN(test_decode_h2o_state_equals_recomputation);
     RUN(test_decode_policies_keep_what_they_say);
+    RUN(test_decode_retention_gates);
     RUN(test_decode_errors_touch_nothing);
     RUN(test_packed_compaction_equals_gather);
     RUN(test_global_one_and_two_threads_identical);
