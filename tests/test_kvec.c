@@ -783,7 +783,8 @@ static void test_compaction_equals_reference_gather_in_every_layout(void) {
 
 static void test_same_selection_for_fp32_fp16_bf16(void) {
     static const kvec_dtype types[] = { KVEC_DTYPE_F32, KVEC_DTYPE_F16, KVEC_DTYPE_BF16 };
-    static const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF };
+    static const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF,
+                                            KVEC_POLICY_CRITICALKV, KVEC_POLICY_LAPROX };
     size_t p;
     for (p = 0; p < sizeof policies / sizeof policies[0]; p++) {
         test_plan plans[3];
@@ -1164,6 +1165,38 @@ static void test_shared_pool_errors(void) {
     CHECK(kvec_evict_layer(&cfg, &c.views[0], 0, 2, 20, NULL, &p.plan, scratch, bytes) == KVEC_ERROR_BAD_CONFIG,
           "global needs every layer: kvec_evict_layer refuses it");
     plan_free(&p); cache_free(&c); free(scratch);
+}
+
+/* W_o through any strided view: a transposed copy ([H][Dv][E]) scores the same. */
+static void test_out_proj_in_any_layout(void) {
+    static const kvec_policy policies[] = { KVEC_POLICY_CRITICALKV, KVEC_POLICY_LAPROX };
+    test_layer L;
+    size_t p;
+    layer_init(&L, 120, 2, 2, 16, 8, KVEC_DTYPE_BF16, TOK_HEAD_DIM, 17);
+    for (p = 0; p < 2; p++) {
+        kvec_config c = policy_config(policies[p], 8);
+        kvec_layer transposed = L.view;
+        float *a = (float *)malloc(sizeof(float) * 240), *b = (float *)malloc(sizeof(float) * 240);
+        uint16_t *t = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)(TEST_WIDTH * L.H * L.D));
+        int64_t o, h, d;
+        size_t bytes;
+        void *scratch;
+        for (o = 0; o < TEST_WIDTH; o++)
+            for (h = 0; h < L.H; h++)
+                for (d = 0; d < L.D; d++)
+                    memcpy(&t[(h * L.D + d) * TEST_WIDTH + o], element(&L.view.out_proj, o, h, d), 2);
+        transposed.out_proj.data = t;
+        transposed.out_proj.stride_token = 2;
+        transposed.out_proj.stride_dim = TEST_WIDTH * 2;
+        transposed.out_proj.stride_head = L.D * TEST_WIDTH * 2;
+        kvec_layer_scratch_bytes(&c, &L.view, &bytes);
+        scratch = malloc(bytes);
+        CHECK(kvec_score_layer(&c, &L.view, 0, 40, NULL, a, scratch, bytes) == KVEC_OK &&
+              kvec_score_layer(&c, &transposed, 0, 40, NULL, b, scratch, bytes) == KVEC_OK, "score");
+        CHECK(memcmp(a, b, sizeof(float) * 240) == 0, "%s: a transposed W_o changes the scores", kvec_policy_name(policies[p]));
+        free(a); free(b); free(t); free(scratch);
+    }
+    layer_free(&L);
 }
 
 static void test_output_aware_errors(void) {
@@ -1883,6 +1916,7 @@ int main(int argc, char **argv) {
     RUN(test_adaptive_layer_by_layer_equals_whole_cache);
     RUN(test_shared_pool_errors);
     RUN(test_plan_offsets_and_mask);
+    RUN(test_out_proj_in_any_layout);
     RUN(test_output_aware_errors);
     RUN(test_decode_h2o_state_equals_recomputation);
     RUN(test_decode_policies_keep_what_they_say);
