@@ -1794,15 +1794,18 @@ static void kvec__select_cross_head(const kvec_config *c, const float *scores, i
 }
 
 /* Shared pools (Ada-KV per layer, or model-wide): G heads, scores [G][N],
-   each with N - W evictable tokens, share G * free_slots slots. Every head
-   first takes its own best floor_slots; the rest of the pool goes to the
-   best remaining scores of all heads together, compared as they are, ties
-   to the lower (head, position). Heads end with different counts.
-   flags [G][N]: bit 0 = taken, bit 1 = window (never competes). */
-static void kvec__select_pool(const float *scores, int64_t G, int64_t N, int64_t W,
-                              int64_t free_slots, int64_t floor_slots, uint8_t *flags,
-                              int64_t *counts, int64_t *positions, int64_t capacity) {
-    const int64_t n_evictable = N - W;
+   each with N - W evictable tokens, share G * (B - W) slots for a budget
+   B < N. Every head first takes its own best head_floor * (B - W); the rest
+   of the pool goes to the best remaining scores of all heads together,
+   compared as they are, ties to the lower (head, position). Heads end with
+   different counts. flags [G][N]: bit 0 = taken, bit 1 = window (never
+   competes). */
+static void kvec__select_pool(const kvec_config *c, const float *scores, int64_t G, int64_t N,
+                              int64_t budget, uint8_t *flags, int64_t *counts, int64_t *positions,
+                              int64_t capacity) {
+    const int64_t W = c->window, n_evictable = N - W, free_slots = budget - W;
+    const int64_t floor_slots =
+        c->head_floor <= 0.0f ? 0 : (int64_t)floor((double)c->head_floor * (double)free_slots);
     int64_t g, i, floors_taken = 0;
     for (g = 0; g < G; g++) {
         memset(flags + g * N, 0, (size_t)n_evictable);
@@ -1825,11 +1828,6 @@ static void kvec__select_pool(const float *scores, int64_t G, int64_t N, int64_t
     }
 }
 
-/* Slots of B - W every head keeps by its own ranking in a shared pool. */
-static int64_t kvec__floor_slots(const kvec_config *c, int64_t free_slots) {
-    return c->head_floor <= 0.0f ? 0 : (int64_t)floor((double)c->head_floor * (double)free_slots);
-}
-
 /* The plan rows of one layer, for scores already computed (or keep-all). */
 static void kvec__select_layer(const kvec_config *c, const float *scores, int64_t Hk,
                                int64_t n_tokens, int64_t layer_budget, int64_t layer,
@@ -1844,9 +1842,7 @@ static void kvec__select_layer(const kvec_config *c, const float *scores, int64_
             counts[j] = n_tokens;
         }
     } else if (c->budget_mode == KVEC_BUDGET_ADAPTIVE) {
-        const int64_t free_slots = layer_budget - c->window;
-        kvec__select_pool(scores, Hk, n_tokens, c->window, free_slots,
-                          kvec__floor_slots(c, free_slots), flags, counts, positions, capacity);
+        kvec__select_pool(c, scores, Hk, n_tokens, layer_budget, flags, counts, positions, capacity);
     } else if (c->terms.enabled & KVEC_TERM_CROSS_HEAD) {
         kvec__select_cross_head(c, scores, Hk, n_tokens, n_tokens - c->window,
                                 layer_budget - c->window, flags, counts, positions, capacity);
@@ -2169,10 +2165,8 @@ KVEC_API kvec_result kvec_select(const kvec_config *config, const float *scores,
     if (needed > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     if (c.budget_mode == KVEC_BUDGET_GLOBAL && budget < n_tokens) {
-        const int64_t free_slots = budget - c.window;
-        kvec__select_pool(scores, n_layers * n_kv_heads, n_tokens, c.window, free_slots,
-                          kvec__floor_slots(&c, free_slots), (uint8_t *)scratch, plan->kept_count,
-                          plan->kept_positions, plan->capacity);
+        kvec__select_pool(&c, scores, n_layers * n_kv_heads, n_tokens, budget, (uint8_t *)scratch,
+                          plan->kept_count, plan->kept_positions, plan->capacity);
         return KVEC_OK;
     }
     for (l = 0; l < n_layers; l++)
@@ -2401,12 +2395,9 @@ KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *cac
             kvec__select_layer(&c, w.layer.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
                                &plans[s], w.layer.flags);
         }
-        if (global) {
-            const int64_t free_slots = budget - c.window;
-            kvec__select_pool(w.model_scores, L * plans[s].n_kv_heads, n, c.window, free_slots,
-                              kvec__floor_slots(&c, free_slots), w.model_flags, plans[s].kept_count,
-                              plans[s].kept_positions, plans[s].capacity);
-        }
+        if (global)
+            kvec__select_pool(&c, w.model_scores, L * plans[s].n_kv_heads, n, budget, w.model_flags,
+                              plans[s].kept_count, plans[s].kept_positions, plans[s].capacity);
     }
     for (s = 0; s < n_caches; s++)
         for (l = 0; l < caches[s].n_layers; l++) kvec__compact_layer(&caches[s].layers[l], &plans[s], l);
@@ -2490,16 +2481,14 @@ KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, si
     if (n_rows < 0 || n_rows > capacity || next_position < n_rows) return KVEC_ERROR_BAD_EXTENT;
     if (plan) {
         /* every head keeps n_rows positions, strictly ascending, below next_position */
-        if (!plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
-        if (plan->n_layers < n_layers || plan->n_kv_heads != n_kv_heads || plan->capacity < n_rows)
-            return KVEC_ERROR_PLAN_TOO_SMALL;
-        for (head = 0; head < n_layers * n_kv_heads; head++) {
-            const int64_t *pos = plan->kept_positions + head * plan->capacity;
-            if (plan->kept_count[head] != n_rows) return KVEC_ERROR_BAD_PLAN;
-            for (i = 0; i < n_rows; i++)
-                if (pos[i] < 0 || pos[i] >= next_position || (i > 0 && pos[i] <= pos[i - 1]))
-                    return KVEC_ERROR_BAD_PLAN;
+        int64_t l;
+        if (plan->n_layers < n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
+        for (l = 0; l < n_layers; l++) {
+            if ((r = kvec__check_plan(plan, l, n_kv_heads, n_rows)) != KVEC_OK) return r;
+            if ((r = kvec__check_plan_positions(plan, l, n_kv_heads, next_position)) != KVEC_OK) return r;
         }
+        for (head = 0; head < n_layers * n_kv_heads; head++)
+            if (plan->kept_count[head] != n_rows) return KVEC_ERROR_BAD_PLAN;
     }
     state->n_layers = n_layers;
     state->n_kv_heads = n_kv_heads;
@@ -2668,12 +2657,11 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
         int64_t *positions = state->positions + head * state->capacity;
         float *attention = state->attention + head * state->capacity;
         float *retention = state->retention + head * state->capacity;
-        for (i = 0; i < plan->kept_count[head]; i++) {
+        for (i = 0; i < plan->kept_count[head]; i++) { /* rows past the count: append rewrites them */
             positions[i] = positions[kept[i]];
             attention[i] = attention[kept[i]];
             retention[i] = retention[kept[i]];
         }
-        for (; i < state->capacity; i++) { positions[i] = -1; attention[i] = 0.0f; retention[i] = 0.0f; }
     }
     state->n_rows = plan->kept_count[0];
     return KVEC_OK;

@@ -148,10 +148,18 @@ static void test_loader_errors(const char *dir) {
 
 /* ------------------------------------------------------ decoding, eviction */
 
+/* The model of dir and its tasks.json; -1 (a failed check) if either fails. */
+static int load_model_and_tasks(const char *dir, llm_model *model, task_spec *spec) {
+    char error[256], spec_path[1024];
+    if (llm_load(model, dir, error, sizeof error)) { check(0, error); return -1; }
+    snprintf(spec_path, sizeof spec_path, "%s/tasks.json", dir);
+    if (task_spec_load(spec, spec_path, error, sizeof error)) { check(0, error); llm_free(model); return -1; }
+    return 0;
+}
+
 /* Token-by-token decoding gives the logits of one chunked forward, and an
    eviction that keeps everything changes nothing. */
 static void test_decode_and_evict(const char *dir) {
-    char error[256], spec_path[1024];
     llm_model model;
     task_spec spec;
     task_sample s;
@@ -161,9 +169,7 @@ static void test_decode_and_evict(const char *dir) {
     int64_t t, i, V, P;
     kvec_plan plan;
     kvec_config config;
-    if (llm_load(&model, dir, error, sizeof error)) { check(0, error); return; }
-    snprintf(spec_path, sizeof spec_path, "%s/tasks.json", dir);
-    if (task_spec_load(&spec, spec_path, error, sizeof error)) { check(0, error); llm_free(&model); return; }
+    if (load_model_and_tasks(dir, &model, &spec)) return;
     task_generate(&spec, TASK_SINGLE, 512, 7, &s);
     V = model.config.vocab_size;
     all = (float *)malloc((size_t)(s.length * V) * sizeof(float));
@@ -223,7 +229,6 @@ static void test_decode_and_evict(const char *dir) {
 
 /* The context streamed in chunks with eviction during decoding. */
 static void test_streamed_eviction(const char *dir) {
-    char error[256], spec_path[1024];
     llm_model model;
     task_spec spec;
     task_sample s;
@@ -233,9 +238,7 @@ static void test_streamed_eviction(const char *dir) {
     int64_t i, at, V, P, L, Hk;
     int rows_ok = 1, positions_ok = 1;
     kvec_config config;
-    if (llm_load(&model, dir, error, sizeof error)) { check(0, error); return; }
-    snprintf(spec_path, sizeof spec_path, "%s/tasks.json", dir);
-    if (task_spec_load(&spec, spec_path, error, sizeof error)) { check(0, error); llm_free(&model); return; }
+    if (load_model_and_tasks(dir, &model, &spec)) return;
     task_generate(&spec, TASK_MULTIKEY, 512, 9, &s);
     V = model.config.vocab_size; P = s.context_end; L = model.config.n_layers; Hk = model.config.n_kv_heads;
     all = (float *)malloc((size_t)(s.length * V) * sizeof(float));

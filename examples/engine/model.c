@@ -464,7 +464,7 @@ static void attention(const llm_cache *cache, int64_t layer, const int64_t *leng
                 sum = exp_shifted(p, visible);
                 /* Weighted values, 16 dimensions at a time, summed in registers. */
                 inv = 1.0f / sum;
-                if (cache->decoding && cache->observed) {
+                if (cache->decoding == LLM_DECODING_OBSERVED) {
                     /* Row (i, h) of the chunk's attention, for H2O; the rows
                        this query cannot see yet are 0. */
                     float *seen = cache->observed + (i * H + j * g + h) * cap;
@@ -528,7 +528,7 @@ static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_
             length[j] += n;
         }
         attention(cache, l, length_before, q, att, n);
-        if (cache->decoding && cache->observed)
+        if (cache->decoding == LLM_DECODING_OBSERVED)
             for (t = 0; t < n; t++) /* in query order: the sums do not depend on threads */
                 kvec_decode_observe(&cache->decode, l, cache->observed + t * H * cap, H, cap);
         matmul(x, att, w->wo, n, H * D, E, 1);
@@ -652,8 +652,7 @@ int llm_decode_begin(llm_cache *cache, int observe_attention) {
         return -1;
     if (kvec_decode_init(&cache->decode, cache->decode_memory, bytes, L, Hk, cache->capacity, N, N, NULL) != KVEC_OK)
         return -1;
-    cache->decoding = observe_attention ? 2 : 1;
-    if (!observe_attention) { free(cache->observed); cache->observed = NULL; }
+    cache->decoding = observe_attention ? LLM_DECODING_OBSERVED : LLM_DECODING;
     return 0;
 }
 

@@ -61,6 +61,8 @@ typedef struct llm_model {
 int  llm_load(llm_model *model, const char *dir, char *error, size_t error_size);
 void llm_free(llm_model *model);
 
+enum { LLM_DECODING = 1, LLM_DECODING_OBSERVED = 2 };
+
 typedef struct llm_cache {
     const llm_model *model; /* whose weights the output-aware policies read */
     int      n_layers, n_heads, n_kv_heads, head_dim;
@@ -81,7 +83,7 @@ typedef struct llm_cache {
     int64_t *plan_memory;
     size_t   plan_entries;
     /* eviction while generating (llm_decode_begin .. llm_decode_evict) */
-    int      decoding;
+    int      decoding;      /* 0, LLM_DECODING, or LLM_DECODING_OBSERVED (H2O's attention) */
     kvec_decode_state decode;
     void    *decode_memory;
     float   *observed;      /* [max_chunk][n_heads][capacity] the chunk's attention, for H2O */
