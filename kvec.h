@@ -246,7 +246,8 @@ typedef enum kvec_result {
     KVEC_ERROR_BAD_PLAN           = -17, /* compaction plan: positions not ascending or out of range */
     KVEC_ERROR_OVERLAP            = -18, /* packed output overlaps the cache, and not in place */
     KVEC_ERROR_MISSING_OUT_PROJ   = -19, /* output-aware policy, no layer.out_proj */
-    KVEC_ERROR_STATE_MISMATCH     = -20  /* decode state full, or not this cache's */
+    KVEC_ERROR_STATE_MISMATCH     = -20, /* decode state full, or not this cache's */
+    KVEC_ERROR_CUDA               = -21  /* kvec_cuda.cu: a CUDA call or launch failed */
 } kvec_result;
 
 KVEC_API const char *kvec_result_string(kvec_result result);
@@ -547,6 +548,48 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
                                        kvec_cache *cache, const float *scores, int64_t budget,
                                        kvec_plan *plan, void *scratch, size_t scratch_bytes);
 
+/* >>cuda api
+
+   The device path, defined in kvec_cuda.cu (compile it with nvcc and link
+   it; this header needs no CUDA headers). The same kvec_cache, kvec_config
+   and kvec_plan describe device memory: every data pointer in the cache,
+   the plan's two arrays and the scratch are device pointers; the structs
+   themselves stay on the host. stream is a cudaStream_t passed as void *
+   (NULL = the default stream).
+
+   Every call checks its descriptors on the host and returns at once; the
+   work is queued on the stream and nothing is allocated. What the host
+   cannot see (NaN or Inf in the keys or queries, a bad external plan) is
+   found on the device: the call then leaves the cache and the plan as they
+   were, and writes the result code into the scratch, where
+   kvec_cuda_status reads it (it synchronises the stream). Uniform and
+   pyramid budgets only; policies and terms as in docs/SEMANTICS.md. */
+#define KVEC_CUDA_API extern /* defined in kvec_cuda.cu whatever KVEC_STATIC says */
+KVEC_CUDA_API kvec_result kvec_cuda_scratch_bytes(const kvec_config *config, const kvec_cache *cache,
+                                                  size_t *bytes);
+KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache *cache,
+                                          int64_t budget, kvec_plan *plan,
+                                          void *scratch, size_t scratch_bytes, void *stream);
+/* The steps: scores ([L][Hk][N] fp32, device) for the budget, a plan from
+   any scores (external ones too), compaction by a plan. */
+KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_cache *cache,
+                                          int64_t budget, float *scores,
+                                          void *scratch, size_t scratch_bytes, void *stream);
+KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const float *scores,
+                                           int64_t n_layers, int64_t n_kv_heads, int64_t n_tokens,
+                                           int64_t budget, kvec_plan *plan,
+                                           void *scratch, size_t scratch_bytes, void *stream);
+KVEC_CUDA_API kvec_result kvec_cuda_compact(kvec_cache *cache, const kvec_plan *plan,
+                                            void *scratch, size_t scratch_bytes, void *stream);
+/* The device-side status lives in the scratch. kvec_cuda_evict and
+   kvec_cuda_score clear it first; kvec_cuda_select and kvec_cuda_compact
+   continue a chain (score -> select -> compact): they do nothing once it
+   holds an error. A chain that starts at select (external scores) clears it
+   with kvec_cuda_reset_status. kvec_cuda_status waits for the stream and
+   reads it: KVEC_OK, KVEC_ERROR_NON_FINITE or KVEC_ERROR_BAD_PLAN. */
+KVEC_CUDA_API kvec_result kvec_cuda_reset_status(void *scratch, void *stream);
+KVEC_CUDA_API kvec_result kvec_cuda_status(const void *scratch, void *stream, kvec_result *result);
+
 /* Element conversions, exposed for tests and for engines. */
 KVEC_API float    kvec_f16_to_f32(uint16_t h);
 KVEC_API uint16_t kvec_f32_to_f16(float f);   /* round to nearest even */
@@ -637,6 +680,7 @@ KVEC_API const char *kvec_result_string(kvec_result result) {
     case KVEC_ERROR_OVERLAP:             return "packed output overlaps the cache and is not exactly in place over a [head][token][dim] layout";
     case KVEC_ERROR_MISSING_OUT_PROJ:    return "the policy reads the output projection (layer.out_proj) and none was given";
     case KVEC_ERROR_STATE_MISMATCH:      return "decode state full (evict first), or its layers, heads or rows differ from the cache";
+    case KVEC_ERROR_CUDA:                return "a CUDA runtime call or kernel launch failed (cudaPeekAtLastError says which)";
     }
     return "unknown kvec_result";
 }

@@ -1,0 +1,1283 @@
+/* kvec_cuda.cu - the device path of kvec.h - MIT license (see kvec.h)
+
+   One translation unit: compile it with nvcc and link it beside your code.
+
+       nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -c kvec_cuda.cu
+
+   The functions are declared in kvec.h (section ">>cuda api"); they take
+   the same kvec_cache, kvec_config and kvec_plan as the CPU path, with
+   device pointers inside. They select what the CPU path selects (same
+   formulas, same tie rules; see "Agreement with the CPU path" below).
+
+   WHAT RUNS WHERE
+
+   The host checks descriptors, budgets and the scratch size, then queues
+   kernels on the caller's stream and returns. Nothing is allocated and
+   nothing waits, except kvec_cuda_status (it must read the device) and
+   kvec_cuda_scratch_bytes (CUB's temporary-storage query needs the device).
+   What the host cannot see is checked on the device: NaN or Inf in the
+   keys or queries, and an external plan that is not ascending. Such an
+   error is written into a status word at the start of the scratch; every
+   later kernel of the chain reads it first and does nothing, so the cache
+   and the plan stay as they were.
+
+   STEPS, PER LAYER (every kernel is named kc_*)
+
+     window attention    kc_attn_stats, kc_attn_combine, kc_attn_probs:
+                         each row's softmax maximum and normaliser over key
+                         splits (online update), combined in split order,
+                         then the probabilities summed over the rows for
+                         each key tile. Nothing of size rows x N is stored:
+                         the logits are computed twice instead.
+     pooling             kc_pool (same padding, padding not counted)
+     K-VEC               kc_key_direction_part/_combine (mean normalised
+                         key), kc_uniqueness, kc_moments (z-scores, in
+                         double), the rank union by two segmented radix
+                         sorts (CUB), kc_kvec_combine, kc_rank_union
+     other policies      kc_key_norm, kc_simple_scores (StreamingLLM,
+                         Random), kc_finish (H2O's normalisation, the
+                         window), kc_tova_average
+   then, for all layers at once (up to KC_BATCH layers per launch):
+     selection           kc_select: radix select of the top B - W per
+                         (layer, KV head), ties to the lower position
+     compaction          kc_compact: in place, rows moved front to back in
+                         chunks; a chunk is loaded completely before any of
+                         it is stored, and its sources lie at or after its
+                         destinations, so no row is read after it is
+                         overwritten
+
+   NOT ON THE DEVICE YET (KVEC_ERROR_BAD_CONFIG): adaptive and global
+   budgets, the K-VEC terms CROSS_HEAD, CROSS_LAYER and HEAD_FOCUS, and the
+   output-aware policies CriticalKV and LaProx.
+
+   AGREEMENT WITH THE CPU PATH
+
+   Scores are the same formulas in fp32 (moments, norms and dot products in
+   double), summed in another order: they agree to about 1e-5 relative, and
+   StreamingLLM's and Random's exactly. Selection is the CPU's radix select
+   on the same 32-bit order key, so equal scores give equal kept sets; two
+   tokens whose scores differ by less than the rounding above may swap. The
+   rank union's scores are ranks (integers), so such a swap shows as ranks
+   exchanged between the two tokens. Every reduction runs in a fixed order:
+   the same inputs give the same bits on every run.
+
+   BUILD OPTIONS
+
+   KVEC_CUDA_DEBUG   synchronise and check for errors after every launch
+                     (slow; for tests and compute-sanitizer runs).
+   KVEC_CUDA_EMULATE tests only: compiled as C++ with tests/cuda_emulator.h
+                     force-included, the kernels run on the CPU, one block
+                     at a time with a fiber per thread (see that file).
+*/
+
+#define KVEC_STATIC /* a private copy of the host helpers: no clash with the engine's */
+#define KVEC_IMPLEMENTATION
+#include "kvec.h"
+
+#ifndef KVEC_CUDA_EMULATE /* tests/cuda_emulator.h stands in for these when testing without a GPU */
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+#define KC_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+/* >>constants */
+
+#define KC_TILE     64   /* keys per attention tile */
+#define KC_ROWS     64   /* (query row, head) pairs per attention tile */
+#define KC_DCHUNK   32   /* head dims staged in shared memory at a time */
+#define KC_THREADS  256  /* attention block: 16 x 16 threads, 4 x 4 logits each */
+#define KC_SPLITS   64   /* most key ranges the statistics pass splits a head into */
+#define KC_SPLIT_BLOCKS 1024 /* blocks the statistics pass aims at per layer */
+#define KC_KEY_SPLITS 32 /* key ranges of the mean key direction */
+#define KC_SELECT_THREADS 1024
+#define KC_BATCH    16   /* layers per selection or compaction launch */
+#define KC_ALIGN    256  /* scratch carving alignment */
+
+/* >>device views */
+
+/* A kvec_tensor as kernels take it, by value. */
+struct kc_view {
+    char   *data;
+    int     dtype;
+    int64_t n_tokens, n_heads, head_dim;
+    int64_t stride_token, stride_head, stride_dim;
+};
+
+static kc_view kc_view_of(const kvec_tensor &t) {
+    kc_view v;
+    v.data = (char *)t.data; v.dtype = (int)t.dtype;
+    v.n_tokens = t.n_tokens; v.n_heads = t.n_heads; v.head_dim = t.head_dim;
+    v.stride_token = t.stride_token; v.stride_head = t.stride_head; v.stride_dim = t.stride_dim;
+    return v;
+}
+
+__device__ __forceinline__ const char *kc_at(const kc_view &v, int64_t t, int64_t h, int64_t d) {
+    return v.data + t * v.stride_token + h * v.stride_head + d * v.stride_dim;
+}
+
+__device__ __forceinline__ float kc_load(const kc_view &v, int64_t t, int64_t h, int64_t d) {
+    const char *p = kc_at(v, t, h, d);
+    if (v.dtype == KVEC_DTYPE_F32) return *(const float *)p;
+    if (v.dtype == KVEC_DTYPE_F16) return __half2float(*(const __half *)p);
+    return __bfloat162float(*(const __nv_bfloat16 *)p);
+}
+
+/* The CPU's keep order as an unsigned key (kvec__order_key): larger score,
+   larger key; NaN below everything; -0 equal to +0. */
+__device__ __forceinline__ uint32_t kc_order_key(float score) {
+    uint32_t bits;
+    if (score != score) return 0;
+    if (score == 0.0f) score = 0.0f;
+    bits = __float_as_uint(score);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ uint64_t kc_mix(uint64_t x) { /* kvec__mix: splitmix64 finaliser */
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* The first error wins; later ones leave it. */
+__device__ __forceinline__ void kc_fail(int32_t *status, int32_t code) { atomicCAS(status, 0, code); }
+
+/* Every kernel starts here: an error earlier in the chain means "do nothing".
+   A barrier that ORs the flag over the block, so that a status set by
+   another block in the middle of the check cannot split this block (some
+   threads gone, the rest waiting at a later barrier). */
+#define KC_STOP_ON_ERROR(status) \
+    do { if (__syncthreads_or(*(volatile const int32_t *)(status) != 0)) return; } while (0)
+
+/* >>window attention
+
+   The flattened rows x = r * g + hh (position-major, as on the CPU): query
+   row row_first + x / g of query head kv_head * g + x % g, at position
+   first_position + x / g, sees keys 0 .. its position. */
+struct kc_attn {
+    kc_view keys, queries;
+    int64_t g;              /* query heads per KV head */
+    int64_t row_first;      /* first query row used */
+    int64_t total;          /* n_rows * g flattened rows */
+    int64_t first_position; /* position of row row_first */
+    int64_t n_out;          /* probabilities summed for keys 0 .. n_out-1 */
+    float   scale;          /* 1 / sqrt(D) */
+    float   weight;         /* factor on every probability (1/g: group mean) */
+};
+
+/* Logits of one tile: acc[i][k] = scale * q(x0 + 4*tr + i) . k(t0 + 4*tk + k),
+   tr = thread / 16, tk = thread % 16. Out-of-range rows and keys give 0.
+   Keys are checked for NaN and Inf on the way when check_keys is set. */
+__device__ void kc_tile_logits(const kc_attn &a, int64_t j, int64_t t0, int count, int64_t x0,
+                               int chunk, float (*ks)[KC_TILE + 1], float (*qs)[KC_ROWS + 1],
+                               float acc[4][4], bool check_keys, int *bad) {
+    const int tid = threadIdx.x, tr = tid / 16, tk = tid % 16;
+    const int64_t D = a.keys.head_dim;
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++) acc[i][k] = 0.0f;
+    for (int64_t d0 = 0; d0 < D; d0 += KC_DCHUNK) {
+        const int dc = (int)(D - d0 < KC_DCHUNK ? D - d0 : KC_DCHUNK);
+        __syncthreads(); /* the previous chunk's reads of ks and qs are done */
+        for (int e = tid; e < KC_TILE * KC_DCHUNK; e += KC_THREADS) {
+            const int c = e / KC_DCHUNK, d = e % KC_DCHUNK;
+            float v = 0.0f;
+            if (c < count && d < dc) {
+                v = kc_load(a.keys, t0 + c, j, d0 + d);
+                if (check_keys && !isfinite(v)) atomicOr(bad, 1);
+            }
+            ks[d][c] = v;
+        }
+        for (int e = tid; e < KC_ROWS * KC_DCHUNK; e += KC_THREADS) {
+            const int x = e / KC_DCHUNK, d = e % KC_DCHUNK;
+            float v = 0.0f;
+            if (x < chunk && d < dc) {
+                const int64_t xx = x0 + x;
+                v = kc_load(a.queries, a.row_first + xx / a.g, j * a.g + xx % a.g, d0 + d) * a.scale;
+            }
+            qs[d][x] = v;
+        }
+        __syncthreads();
+        for (int d = 0; d < dc; d++) {
+            float kv[4], qv[4];
+            for (int i = 0; i < 4; i++) { qv[i] = qs[d][tr * 4 + i]; kv[i] = ks[d][tk * 4 + i]; }
+            for (int i = 0; i < 4; i++)
+                for (int k = 0; k < 4; k++) acc[i][k] = fmaf(qv[i], kv[k], acc[i][k]);
+        }
+    }
+}
+
+/* Pass 1: for key split s (blockIdx.x) of KV head j (blockIdx.y) and the
+   rows of chunk blockIdx.z, each row's running maximum and normaliser over
+   the keys of the split it can see. part: [Hk][S][total] (max, sum). */
+__global__ void __launch_bounds__(KC_THREADS)
+kc_attn_stats(kc_attn a, int64_t keys_per_split, int S, float2 *part, int32_t *status) {
+    __shared__ float ks[KC_DCHUNK][KC_TILE + 1];
+    __shared__ float qs[KC_DCHUNK][KC_ROWS + 1];
+    __shared__ int bad;
+    KC_STOP_ON_ERROR(status);
+    const int s = blockIdx.x, tid = threadIdx.x, tr = tid / 16, tk = tid % 16;
+    const int64_t j = blockIdx.y, x0 = (int64_t)blockIdx.z * KC_ROWS;
+    const int chunk = (int)(a.total - x0 < KC_ROWS ? a.total - x0 : KC_ROWS);
+    const int64_t last_key = a.first_position + (x0 + chunk - 1) / a.g;
+    const int64_t begin = s * keys_per_split;
+    const int64_t end = begin + keys_per_split < last_key + 1 ? begin + keys_per_split : last_key + 1;
+    /* The last chunk's rows see every key: it checks them for NaN and Inf. */
+    const bool check_keys = x0 + KC_ROWS >= a.total;
+    float row_max[4], row_sum[4], acc[4][4];
+    int64_t position[4];
+    if (tid == 0) bad = 0;
+    for (int i = 0; i < 4; i++) {
+        row_max[i] = -INFINITY;
+        row_sum[i] = 0.0f;
+        position[i] = a.first_position + (x0 + tr * 4 + i) / a.g;
+    }
+    for (int64_t t0 = begin; t0 < end; t0 += KC_TILE) {
+        const int count = (int)(end - t0 < KC_TILE ? end - t0 : KC_TILE);
+        kc_tile_logits(a, j, t0, count, x0, chunk, ks, qs, acc, check_keys, &bad);
+        for (int i = 0; i < 4; i++) {
+            const bool row_ok = tr * 4 + i < chunk;
+            float tile_max = -INFINITY, tile_sum = 0.0f, m;
+            for (int k = 0; k < 4; k++) {
+                const int c = tk * 4 + k;
+                if (row_ok && c < count && t0 + c <= position[i]) tile_max = fmaxf(tile_max, acc[i][k]);
+            }
+            /* The 16 threads of a row group are 16 consecutive lanes. */
+            for (int off = 8; off > 0; off >>= 1)
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+            m = fmaxf(row_max[i], tile_max);
+            if (m != -INFINITY)
+                for (int k = 0; k < 4; k++) {
+                    const int c = tk * 4 + k;
+                    if (row_ok && c < count && t0 + c <= position[i]) tile_sum += expf(acc[i][k] - m);
+                }
+            for (int off = 8; off > 0; off >>= 1) tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, off);
+            if (m != -INFINITY) {
+                row_sum[i] = row_sum[i] * expf(row_max[i] - m) + tile_sum; /* exp(-inf) = 0 */
+                row_max[i] = m;
+            }
+        }
+    }
+    if (tk == 0)
+        for (int i = 0; i < 4; i++)
+            if (tr * 4 + i < chunk)
+                part[((int64_t)j * S + s) * a.total + x0 + tr * 4 + i] = make_float2(row_max[i], row_sum[i]);
+    __syncthreads();
+    if (tid == 0 && bad) kc_fail(status, KVEC_ERROR_NON_FINITE);
+}
+
+/* Each row's maximum and weight / normaliser, from the splits in order. */
+__global__ void kc_attn_combine(const float2 *part, int S, int64_t total, int64_t Hk, float weight,
+                                float2 *stats, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t at = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (at >= Hk * total) return;
+    const int64_t j = at / total, x = at % total;
+    const float2 *p = part + j * S * total + x;
+    float m = -INFINITY, sum = 0.0f;
+    for (int s = 0; s < S; s++) m = fmaxf(m, p[(int64_t)s * total].x);
+    for (int s = 0; s < S; s++) {
+        const float2 v = p[(int64_t)s * total];
+        if (v.x != -INFINITY) sum += v.y * expf(v.x - m);
+    }
+    stats[at] = make_float2(m, weight / sum);
+}
+
+/* Pass 2: key tile blockIdx.x of KV head blockIdx.y; every row chunk that
+   can see the tile adds its probabilities. sums: [Hk][sums_stride], keys
+   0 .. n_out-1 written (overwritten, not added). */
+__global__ void __launch_bounds__(KC_THREADS)
+kc_attn_probs(kc_attn a, const float2 *stats, float *sums, int64_t sums_stride, int32_t *status) {
+    __shared__ float ks[KC_DCHUNK][KC_TILE + 1];
+    __shared__ float qs[KC_DCHUNK][KC_ROWS + 1];
+    __shared__ float2 row_stats[KC_ROWS];
+    __shared__ float reduce[16][KC_TILE + 1];
+    KC_STOP_ON_ERROR(status);
+    const int tid = threadIdx.x, tr = tid / 16, tk = tid % 16;
+    const int64_t j = blockIdx.y, t0 = (int64_t)blockIdx.x * KC_TILE;
+    const int count = (int)(a.n_out - t0 < KC_TILE ? a.n_out - t0 : KC_TILE);
+    float key_sum[4] = { 0.0f, 0.0f, 0.0f, 0.0f }, acc[4][4];
+    for (int64_t x0 = 0; x0 < a.total; x0 += KC_ROWS) {
+        const int chunk = (int)(a.total - x0 < KC_ROWS ? a.total - x0 : KC_ROWS);
+        if (a.first_position + (x0 + chunk - 1) / a.g < t0) continue; /* no row sees the tile */
+        kc_tile_logits(a, j, t0, count, x0, chunk, ks, qs, acc, false, NULL);
+        if (tid < chunk) row_stats[tid] = stats[j * a.total + x0 + tid];
+        __syncthreads();
+        for (int i = 0; i < 4; i++) {
+            const int x = tr * 4 + i;
+            if (x >= chunk) continue;
+            const int64_t position = a.first_position + (x0 + x) / a.g;
+            const float2 st = row_stats[x];
+            for (int k = 0; k < 4; k++) {
+                const int c = tk * 4 + k;
+                if (c < count && t0 + c <= position) key_sum[k] += expf(acc[i][k] - st.x) * st.y;
+            }
+        }
+        /* row_stats is rewritten next chunk only after kc_tile_logits' barriers */
+    }
+    for (int k = 0; k < 4; k++) reduce[tr][tk * 4 + k] = key_sum[k];
+    __syncthreads();
+    if (tid < count) {
+        float total = 0.0f;
+        for (int r = 0; r < 16; r++) total += reduce[r][tid];
+        sums[j * sums_stride + t0 + tid] = total;
+    }
+}
+
+/* >>scores */
+
+/* Pooling with stride 1, same padding, padding not counted (kvec__pool):
+   the same additions in the same order as on the CPU. */
+__global__ void kc_pool(const float *in, int64_t in_stride, float *out, int64_t out_stride, int64_t n,
+                        int64_t kernel, int mode, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    const float *x = in + j * in_stride;
+    const int64_t half = kernel / 2, lo = i - half < 0 ? 0 : i - half, hi = i + half >= n ? n - 1 : i + half;
+    float acc = x[lo];
+    for (int64_t m = lo + 1; m <= hi; m++)
+        acc = mode == KVEC_POOL_MAX ? (x[m] > acc ? x[m] : acc) : acc + x[m];
+    out[j * out_stride + i] = mode == KVEC_POOL_MAX ? acc : acc / (float)(hi - lo + 1);
+}
+
+/* The last step of every policy: H2O divides by how many rows see token i,
+   and the window positions n .. N-1 get +inf (always kept). */
+__global__ void kc_finish(float *scores, int64_t N, int64_t n, int64_t h2o_rows, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= N) return;
+    float *s = scores + j * N;
+    if (i >= n) s[i] = INFINITY;
+    else if (h2o_rows > 0) s[i] /= (float)(h2o_rows < N - i ? h2o_rows : N - i);
+}
+
+/* TOVA: every KV head gets the attention of all query heads, summed in head
+   order and averaged. */
+__global__ void kc_tova_average(float *scores, int64_t N, int64_t n, int64_t Hk, float inv_heads,
+                                int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float total = 0.0f;
+    for (int64_t j = 0; j < Hk; j++) total += scores[j * N + i];
+    for (int64_t j = 0; j < Hk; j++) scores[j * N + i] = total * inv_heads;
+}
+
+/* StreamingLLM and Random: no tensor is read. */
+__global__ void kc_simple_scores(float *scores, int64_t N, int64_t n, int policy, int64_t sinks,
+                                 uint64_t seed, int64_t layer, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    float v;
+    if (policy == KVEC_POLICY_STREAMING) {
+        v = i < sinks ? FLT_MAX : (float)i;
+    } else {
+        const uint64_t head_seed = kc_mix(kc_mix(seed ^ kc_mix((uint64_t)layer)) ^ (uint64_t)j);
+        v = (float)(kc_mix(head_seed ^ (uint64_t)i) >> 40) * (1.0f / 16777216.0f);
+    }
+    scores[j * N + i] = v;
+}
+
+/* Sum of a double over the 32 lanes of a warp, in a fixed tree. */
+__device__ __forceinline__ double kc_warp_sum(double v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* Knorm: -||k_i||, one warp per (token, head). */
+__global__ void kc_key_norm(kc_view keys, float *scores, int64_t N, int64_t n, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int lane = threadIdx.x % 32;
+    const int64_t i = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, j = blockIdx.y;
+    if (i >= n) return;
+    double sq = 0.0;
+    for (int64_t d = lane; d < keys.head_dim; d += 32) {
+        const double v = kc_load(keys, i, j, d);
+        sq += v * v;
+    }
+    sq = kc_warp_sum(sq);
+    if (lane == 0) scores[j * N + i] = (float)-sqrt(sq);
+}
+
+/* Mean key direction, part 1: split s (blockIdx.x) of head j (blockIdx.y)
+   sums k / ||k|| over its keys. Warp w takes keys begin + w, + 8, ...; lane
+   l owns dims l, l + 32, ...; the 8 warps' sums are added in warp order.
+   part: [Hk][KC_KEY_SPLITS][D] double. Dynamic shared memory: 8 * D doubles. */
+__global__ void __launch_bounds__(256)
+kc_key_direction_part(kc_view keys, int64_t keys_per_split, double *part, int32_t *status) {
+    KC_DYNAMIC_SHARED(double, warp_acc); /* [8][D] */
+    KC_STOP_ON_ERROR(status);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t s = blockIdx.x, j = blockIdx.y, D = keys.head_dim, N = keys.n_tokens;
+    const int64_t begin = s * keys_per_split, end = begin + keys_per_split < N ? begin + keys_per_split : N;
+    double *acc = warp_acc + warp * D;
+    for (int64_t d = lane; d < D; d += 32) acc[d] = 0.0;
+    for (int64_t i = begin + warp; i < end; i += 8) {
+        double sq = 0.0;
+        for (int64_t d = lane; d < D; d += 32) {
+            const double v = kc_load(keys, i, j, d);
+            sq += v * v;
+        }
+        sq = kc_warp_sum(sq);
+        if (sq > 0.0) {
+            const double inverse = 1.0 / sqrt(sq);
+            for (int64_t d = lane; d < D; d += 32) acc[d] += kc_load(keys, i, j, d) * inverse;
+        }
+    }
+    __syncthreads();
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        double total = 0.0;
+        for (int w = 0; w < 8; w++) total += warp_acc[w * D + d];
+        part[(j * KC_KEY_SPLITS + s) * D + d] = total;
+    }
+}
+
+/* Part 2: kbar[j][d] = (sum over splits, in order) / N, and its norm.
+   One block per head. kbar_norm: [Hk] double. */
+__global__ void kc_key_direction_combine(const double *part, int64_t D, int64_t N, float *kbar,
+                                         double *kbar_norm, int32_t *status) {
+    __shared__ double sq[256];
+    KC_STOP_ON_ERROR(status);
+    const int64_t j = blockIdx.x;
+    double mine = 0.0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        double total = 0.0;
+        for (int s = 0; s < KC_KEY_SPLITS; s++) total += part[(j * KC_KEY_SPLITS + s) * D + d];
+        const float v = (float)(total / (double)N);
+        kbar[j * D + d] = v;
+        mine += (double)v * v;
+    }
+    sq[threadIdx.x] = mine;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) sq[threadIdx.x] += sq[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) kbar_norm[j] = sqrt(sq[0]);
+}
+
+/* out[j][i] = -cos(k_i, kbar_j) for i < n (0 where a norm is 0); one warp
+   per (token, head). */
+__global__ void kc_uniqueness(kc_view keys, const float *kbar, const double *kbar_norm, float *out,
+                              int64_t out_stride, int64_t n, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int lane = threadIdx.x % 32;
+    const int64_t i = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, j = blockIdx.y;
+    const int64_t D = keys.head_dim;
+    if (i >= n) return;
+    double dot = 0.0, sq = 0.0;
+    for (int64_t d = lane; d < D; d += 32) {
+        const double v = kc_load(keys, i, j, d);
+        dot += v * kbar[j * D + d];
+        sq += v * v;
+    }
+    dot = kc_warp_sum(dot);
+    sq = kc_warp_sum(sq);
+    if (lane == 0) {
+        const double key_norm = sqrt(sq), kn = kbar_norm[j];
+        out[j * out_stride + i] = key_norm > 0.0 && kn > 0.0 ? (float)(-dot / (key_norm * kn)) : 0.0f;
+    }
+}
+
+/* Mean and population standard deviation of x[j][0 .. n) in double, one
+   block of 1024 per head, a fixed reduction tree. moments: [Hk][2]. */
+__global__ void __launch_bounds__(1024)
+kc_moments(const float *x, int64_t stride, int64_t n, double *moments, int32_t *status) {
+    __shared__ double part[1024];
+    __shared__ double mean;
+    KC_STOP_ON_ERROR(status);
+    const int64_t j = blockIdx.x;
+    const float *v = x + j * stride;
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += 1024) acc += v[i];
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = 512; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) mean = part[0] / (double)n;
+    __syncthreads();
+    acc = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += 1024) acc += (v[i] - mean) * (v[i] - mean);
+    __syncthreads(); /* everyone has read part[0] through mean */
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = 512; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        moments[j * 2 + 0] = mean;
+        moments[j * 2 + 1] = sqrt(part[0] / (double)n);
+    }
+}
+
+/* Sort input of the rank union: ascending key = descending score (ties keep
+   the position order, the radix sort being stable), value = position. */
+__global__ void kc_sort_prep(const float *scores, int64_t stride, int64_t n, uint32_t *keys,
+                             int32_t *positions, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    keys[j * n + i] = ~kc_order_key(scores[j * stride + i]);
+    positions[j * n + i] = (int32_t)i;
+}
+
+__global__ void kc_segment_offsets(int32_t *offsets, int64_t n_segments, int64_t n) {
+    const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j <= n_segments) offsets[j] = (int32_t)(j * n);
+}
+
+/* rank[j][position] = its place in the sorted order. */
+__global__ void kc_rank_of(const int32_t *sorted_positions, int64_t n, int32_t *rank, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    rank[j * n + sorted_positions[j * n + i]] = (int32_t)i;
+}
+
+/* s = z(P) + mu z(U), as kvec__score_kvec computes it (double, then float). */
+__global__ void kc_kvec_combine(float *scores, int64_t N, const float *uniq, int64_t n,
+                                const double *moments_p, const double *moments_u, float mu,
+                                int use_uniqueness, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    float *s = scores + j * N;
+    double v = (s[i] - moments_p[j * 2]) / (moments_p[j * 2 + 1] + KVEC__Z_EPS);
+    if (use_uniqueness)
+        v += mu * ((uniq[j * n + i] - moments_u[j * 2]) / (moments_u[j * 2 + 1] + KVEC__Z_EPS));
+    s[i] = (float)v;
+}
+
+/* The rank union: s = n - min(rank by the combined score, rank by P). */
+__global__ void kc_rank_union(float *scores, int64_t N, int64_t n, const int32_t *sorted_positions,
+                              const int32_t *rank_by_attention, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    const int64_t at = sorted_positions[j * n + i], by_attention = rank_by_attention[j * n + at];
+    scores[j * N + at] = (float)(n - (i < by_attention ? i : by_attention));
+}
+
+/* NaN or Inf anywhere in a tensor: KVEC_ERROR_NON_FINITE. One thread per
+   element of [tokens][heads][dim]. */
+__global__ void kc_check_finite(kc_view t, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t D = t.head_dim, H = t.n_heads;
+    if (e >= t.n_tokens * H * D) return;
+    if (!isfinite(kc_load(t, e / (H * D), (e / D) % H, e % D))) kc_fail(status, KVEC_ERROR_NON_FINITE);
+}
+
+/* >>selection */
+
+/* Up to KC_BATCH layers per launch: free slots (B_l - W) per layer, or
+   keep_all when the layer's budget covers every token. */
+struct kc_select_batch {
+    int     n_layers;
+    int64_t first_layer;
+    int64_t free_slots[KC_BATCH];
+    int     keep_all[KC_BATCH];
+};
+
+/* Head (layer first_layer + blockIdx.y, blockIdx.x): the best free_slots
+   evictable positions, ascending, then the window; as kvec__select_head. A
+   radix select on the order key: four byte-wide histogram passes find the
+   key of the free_slots-th best and how many of its ties to take; one pass
+   in position order writes the positions (block scans give each its
+   place). scores: [L][Hk][N]. */
+__global__ void __launch_bounds__(KC_SELECT_THREADS)
+kc_select(const float *scores, int64_t N, int64_t Hk, int64_t window, kc_select_batch batch,
+          int64_t *kept_count, int64_t *kept_positions, int64_t plan_heads, int64_t capacity,
+          int32_t *status) {
+    typedef cub::BlockScan<int, KC_SELECT_THREADS> scan_t;
+    __shared__ typename scan_t::TempStorage scan_storage;
+    __shared__ int histogram[256];
+    __shared__ int64_t chosen_need;
+    __shared__ uint32_t chosen_bucket;
+    KC_STOP_ON_ERROR(status);
+    const int tid = threadIdx.x, b = blockIdx.y;
+    const int64_t j = blockIdx.x, l = batch.first_layer + b, n = N - window;
+    const float *s = scores + (l * Hk + j) * N;
+    int64_t *out = kept_positions + (l * plan_heads + j) * capacity;
+    if (batch.keep_all[b]) {
+        for (int64_t i = tid; i < N; i += KC_SELECT_THREADS) out[i] = i;
+        if (tid == 0) kept_count[l * plan_heads + j] = N;
+        return;
+    }
+    const int64_t k = batch.free_slots[b];
+    uint32_t prefix = 0, mask = 0;
+    int64_t need = k;
+    const bool partial = k > 0 && k < n; /* else take none or every evictable token */
+    if (partial) {
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int e = tid; e < 256; e += KC_SELECT_THREADS) histogram[e] = 0;
+            __syncthreads();
+            for (int64_t i = tid; i < n; i += KC_SELECT_THREADS) {
+                const uint32_t key = kc_order_key(s[i]);
+                if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 0xffu], 1);
+            }
+            __syncthreads();
+            if (tid == 0) {
+                int bucket = 255;
+                for (; bucket > 0 && histogram[bucket] < need; bucket--) need -= histogram[bucket];
+                chosen_bucket = (uint32_t)bucket;
+                chosen_need = need;
+            }
+            __syncthreads();
+            prefix |= chosen_bucket << shift;
+            mask |= 0xffu << shift;
+            need = chosen_need;
+            __syncthreads(); /* before the next pass clears the histogram */
+        }
+    }
+    int64_t count = 0, ties_left = need;
+    if (k > 0) {
+        for (int64_t base = 0; base < n; base += KC_SELECT_THREADS) {
+            const int64_t i = base + tid;
+            int tie = 0, take = 0, tie_rank, ties, take_rank, taken;
+            if (i < n) {
+                const uint32_t key = kc_order_key(s[i]);
+                take = !partial || key > prefix;
+                tie = partial && key == prefix;
+            }
+            scan_t(scan_storage).ExclusiveSum(tie, tie_rank, ties);
+            __syncthreads();
+            take = take || (tie && tie_rank < ties_left);
+            scan_t(scan_storage).ExclusiveSum(take, take_rank, taken);
+            __syncthreads();
+            if (take) out[count + take_rank] = i;
+            count += taken;
+            ties_left -= ties < ties_left ? ties : ties_left;
+        }
+    }
+    for (int64_t i = tid; i < window; i += KC_SELECT_THREADS) out[count + i] = n + i;
+    if (tid == 0) kept_count[l * plan_heads + j] = count + window;
+}
+
+/* An external plan: every count within 0 .. min(capacity, N), positions
+   strictly ascending in 0 .. N-1; else KVEC_ERROR_BAD_PLAN. One block per
+   (layer, head): blockIdx.x = layer * Hk + head. */
+__global__ void kc_check_plan(const int64_t *kept_count, const int64_t *kept_positions,
+                              int64_t plan_heads, int64_t Hk, int64_t capacity, int64_t N,
+                              int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t l = blockIdx.x / Hk, j = blockIdx.x % Hk;
+    const int64_t count = kept_count[l * plan_heads + j];
+    const int64_t *pos = kept_positions + (l * plan_heads + j) * capacity;
+    if (count < 0 || count > capacity || count > N) {
+        if (threadIdx.x == 0) kc_fail(status, KVEC_ERROR_BAD_PLAN);
+        return;
+    }
+    for (int64_t r = threadIdx.x; r < count; r += blockDim.x)
+        if (pos[r] < 0 || pos[r] >= N || (r > 0 && pos[r] <= pos[r - 1])) kc_fail(status, KVEC_ERROR_BAD_PLAN);
+}
+
+/* >>compaction */
+
+struct kc_compact_batch {
+    int     n_layers;
+    int64_t first_layer;
+    kc_view keys[KC_BATCH], values[KC_BATCH];
+};
+
+#define KC_COMPACT_THREADS 256
+#define KC_COMPACT_UNITS   4  /* units each thread holds per chunk */
+
+/* Rows pos[r] -> r of one (layer, head, tensor): blockIdx.x = head,
+   blockIdx.y = layer in the batch, blockIdx.z = 0 keys, 1 values. Rows go
+   in chunks, front to back. Every thread loads its part of the chunk into
+   registers, the block waits, then stores. A chunk's sources pos[r] >= r
+   lie at or after its own destinations and after every earlier chunk's, so
+   no row is read after it was written: the chunk's own destinations are
+   read before the barrier, and later chunks' sources are never written by
+   an earlier chunk. A unit is 16 bytes where rows are contiguous and
+   16-byte aligned, else one element. */
+__global__ void __launch_bounds__(KC_COMPACT_THREADS)
+kc_compact(kc_compact_batch batch, const int64_t *kept_count, const int64_t *kept_positions,
+           int64_t plan_heads, int64_t capacity, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int tid = threadIdx.x;
+    const int64_t j = blockIdx.x, l = batch.first_layer + blockIdx.y;
+    const kc_view t = blockIdx.z == 0 ? batch.keys[blockIdx.y] : batch.values[blockIdx.y];
+    const int64_t count = kept_count[l * plan_heads + j];
+    const int64_t *pos = kept_positions + (l * plan_heads + j) * capacity;
+    const int64_t elem = t.dtype == KVEC_DTYPE_F32 ? 4 : 2, row_bytes = t.head_dim * elem;
+    const bool vector = t.stride_dim == elem && row_bytes % 16 == 0 && t.stride_token % 16 == 0 &&
+                        t.stride_head % 16 == 0 && ((uintptr_t)t.data % 16) == 0;
+    const int64_t units_per_row = vector ? row_bytes / 16 : t.head_dim;
+    const int64_t per_chunk = (int64_t)KC_COMPACT_THREADS * KC_COMPACT_UNITS;
+    const int64_t rows_per_chunk = units_per_row >= per_chunk ? 1 : per_chunk / units_per_row;
+    for (int64_t r0 = 0; r0 < count; r0 += rows_per_chunk) {
+        const int64_t r_end = r0 + rows_per_chunk < count ? r0 + rows_per_chunk : count;
+        /* A row wider than a chunk's units (very large head_dim): walk it. */
+        for (int64_t u0 = 0; u0 < units_per_row; u0 += per_chunk) {
+            uint4 held[KC_COMPACT_UNITS];
+            int64_t dst[KC_COMPACT_UNITS];
+            for (int q = 0; q < KC_COMPACT_UNITS; q++) {
+                const int64_t e = (int64_t)tid + (int64_t)q * KC_COMPACT_THREADS;
+                const int64_t r = r0 + (units_per_row >= per_chunk ? 0 : e / units_per_row);
+                const int64_t u = units_per_row >= per_chunk ? u0 + e : e % units_per_row;
+                dst[q] = -1;
+                if (r < r_end && u < units_per_row && pos[r] != r) {
+                    const char *from = t.data + pos[r] * t.stride_token + j * t.stride_head;
+                    if (vector) {
+                        held[q] = *(const uint4 *)(from + u * 16);
+                        dst[q] = r * t.stride_token + j * t.stride_head + u * 16;
+                    } else {
+                        from += u * t.stride_dim;
+                        held[q].x = elem == 4 ? *(const uint32_t *)from : *(const uint16_t *)from;
+                        dst[q] = r * t.stride_token + j * t.stride_head + u * t.stride_dim;
+                    }
+                }
+            }
+            __syncthreads(); /* the whole chunk is read before any of it is written */
+            for (int q = 0; q < KC_COMPACT_UNITS; q++) {
+                if (dst[q] < 0) continue;
+                char *to = t.data + dst[q];
+                if (vector) *(uint4 *)to = held[q];
+                else if (elem == 4) *(uint32_t *)to = held[q].x;
+                else *(uint16_t *)to = (uint16_t)held[q].x;
+            }
+        }
+    }
+}
+
+/* >>host: scratch */
+
+/* One size serves every call; regions a configuration does not use are
+   empty. The status word comes first. */
+struct kc_scratch {
+    int32_t  *status;       /* [1] */
+    float    *scores;       /* [L][Hk][N]        kvec_cuda_evict */
+    float    *sums;         /* [Hk][N]           window attention before pooling */
+    float2   *stats_part;   /* [Hk][S][R]        per split (max, sum) */
+    float2   *stats;        /* [Hk][R]           (max, weight / sum) */
+    double   *kbar_part;    /* [Hk][KEY_SPLITS][D] */
+    float    *kbar;         /* [Hk][D] */
+    double   *kbar_norm;    /* [Hk] */
+    float    *uniq;         /* [Hk][n]           -cos(k, kbar) */
+    double   *moments_p;    /* [Hk][2] */
+    double   *moments_u;    /* [Hk][2] */
+    uint32_t *sort_keys, *sort_keys_out;           /* [Hk][n] */
+    int32_t  *sort_positions, *sort_positions_out; /* [Hk][n] */
+    int32_t  *rank;         /* [Hk][n] */
+    int32_t  *offsets;      /* [Hk + 1] */
+    void     *cub_temp;
+    size_t    cub_bytes;
+};
+
+static int64_t kc_splits(int64_t N, int64_t Hk, int64_t total_rows);
+
+/* The sizes a cache needs: the largest over its layers. */
+struct kc_dims {
+    int64_t L, Hk, N, D, n;
+    int64_t rows_g;     /* most flattened query rows (rows * g) a layer reads */
+    int64_t split_rows; /* most splits * rows_g of a layer (the statistics pass) */
+    int     attention;  /* the policy reads window attention */
+    int     uniqueness; /* K-VEC's z(U) or KeyDiff: the key direction */
+    int     rank_union;
+};
+
+struct kc_bump {
+    char  *base;
+    size_t used;
+    int    overflow;
+};
+
+static void *kc_take(kc_bump *b, int64_t count, size_t elem) {
+    size_t start = (b->used + KC_ALIGN - 1) / KC_ALIGN * KC_ALIGN, bytes;
+    if (count < 0 || (uint64_t)count > SIZE_MAX / elem || start < b->used) { b->overflow = 1; return NULL; }
+    bytes = (size_t)count * elem;
+    if (bytes > SIZE_MAX - start) { b->overflow = 1; return NULL; }
+    b->used = start + bytes;
+    return b->base ? b->base + start : NULL;
+}
+
+static void kc_carve(kc_bump *b, const kc_dims *d, kc_scratch *s) {
+    const int64_t heads = d->Hk, n = d->n > 0 ? d->n : 0;
+    const int64_t rows = d->attention ? d->rows_g : 0, sorted = d->rank_union ? heads * n : 0;
+    const int64_t direction = d->uniqueness ? 1 : 0;
+    s->status         = (int32_t *)kc_take(b, 1, sizeof(int32_t));
+    s->scores         = (float *)kc_take(b, d->L * heads * d->N, sizeof(float));
+    s->sums           = (float *)kc_take(b, d->attention ? heads * d->N : 0, sizeof(float));
+    s->stats_part     = (float2 *)kc_take(b, d->attention ? heads * d->split_rows : 0, sizeof(float2));
+    s->stats          = (float2 *)kc_take(b, heads * rows, sizeof(float2));
+    s->kbar_part      = (double *)kc_take(b, direction * heads * KC_KEY_SPLITS * d->D, sizeof(double));
+    s->kbar           = (float *)kc_take(b, direction * heads * d->D, sizeof(float));
+    s->kbar_norm      = (double *)kc_take(b, direction * heads, sizeof(double));
+    s->uniq           = (float *)kc_take(b, direction * heads * n, sizeof(float));
+    s->moments_p      = (double *)kc_take(b, heads * 2, sizeof(double));
+    s->moments_u      = (double *)kc_take(b, heads * 2, sizeof(double));
+    s->sort_keys      = (uint32_t *)kc_take(b, sorted, sizeof(uint32_t));
+    s->sort_keys_out  = (uint32_t *)kc_take(b, sorted, sizeof(uint32_t));
+    s->sort_positions = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
+    s->sort_positions_out = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
+    s->rank           = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
+    s->offsets        = (int32_t *)kc_take(b, d->rank_union ? heads + 1 : 0, sizeof(int32_t));
+    s->cub_temp       = kc_take(b, (int64_t)s->cub_bytes, 1);
+}
+
+/* CUB's temporary storage for one layer's segmented sort (asks the device). */
+static kvec_result kc_cub_bytes(const kc_dims *d, size_t *bytes) {
+    *bytes = 0;
+    if (!d->rank_union || d->n <= 0) return KVEC_OK;
+    if (d->Hk * d->n > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairs(
+        NULL, *bytes, (const uint32_t *)NULL, (uint32_t *)NULL, (const int32_t *)NULL, (int32_t *)NULL,
+        (int)(d->Hk * d->n), (int)d->Hk, (const int32_t *)NULL, (const int32_t *)NULL, 0, 32, (cudaStream_t)0);
+    return e == cudaSuccess ? KVEC_OK : KVEC_ERROR_CUDA;
+}
+
+/* >>host: checks */
+
+/* What the device path does not do yet. */
+static kvec_result kc_check_supported(const kvec_config *c) {
+    const uint32_t supported = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION | KVEC_TERM_NONE;
+    if (c->budget_mode != KVEC_BUDGET_UNIFORM && c->budget_mode != KVEC_BUDGET_PYRAMID)
+        return KVEC_ERROR_BAD_CONFIG;
+    if (c->policy == KVEC_POLICY_CRITICALKV || c->policy == KVEC_POLICY_LAPROX) return KVEC_ERROR_BAD_CONFIG;
+    if (c->terms.enabled & ~supported) return KVEC_ERROR_BAD_CONFIG;
+    return KVEC_OK;
+}
+
+/* Rows of the queries tensor a policy reads: the last `rows`. */
+static int64_t kc_rows_read(const kvec_config *c, const kvec_layer *layer) {
+    if (c->policy == KVEC_POLICY_H2O) return layer->queries.n_tokens;
+    if (c->policy == KVEC_POLICY_TOVA) return 1;
+    return c->window;
+}
+
+static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
+    kc_dims d;
+    const kvec_layer *first = &cache->layers[0];
+    d.L = cache->n_layers;
+    d.Hk = first->keys.n_heads;
+    d.N = first->keys.n_tokens;
+    d.D = 0;
+    d.n = d.N - c->window;
+    d.attention = kvec__uses_attention(c);
+    d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION) &&
+                   (c->terms.enabled & KVEC_TERM_UNIQUENESS);
+    d.uniqueness = c->policy == KVEC_POLICY_KEYDIFF ||
+                   (c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_UNIQUENESS));
+    d.rows_g = d.split_rows = 0;
+    for (int64_t l = 0; l < d.L; l++) {
+        const kvec_layer *layer = &cache->layers[l];
+        if (layer->keys.head_dim > d.D) d.D = layer->keys.head_dim;
+        if (d.attention && layer->queries.data && layer->queries.n_heads > 0) {
+            const int64_t rows = kc_rows_read(c, layer) * (layer->queries.n_heads / d.Hk);
+            const int64_t split_rows = kc_splits(d.N, d.Hk, rows) * rows;
+            if (rows > d.rows_g) d.rows_g = rows;
+            if (split_rows > d.split_rows) d.split_rows = split_rows;
+        }
+    }
+    return d;
+}
+
+/* Config, cache, budget and what the device supports; queries only where a
+   layer will be scored. */
+static kvec_result kc_prepare(const kvec_config *config, const kvec_cache *cache, int64_t budget,
+                              kvec_config *c) {
+    kvec_result r;
+    if ((r = kvec__resolve(config, c)) != KVEC_OK) return r;
+    if ((r = kc_check_supported(c)) != KVEC_OK) return r;
+    if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
+    if (budget < c->window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
+    for (int64_t l = 0; l < cache->n_layers; l++) {
+        const kvec_layer *layer = &cache->layers[l];
+        const int64_t n = layer->keys.n_tokens;
+        if (n > kvec__layer_budget(c, budget, l, cache->n_layers, n) &&
+            (r = kvec__validate_layer(c, layer, 1)) != KVEC_OK)
+            return r;
+        if (layer->keys.n_tokens * layer->keys.n_heads * layer->keys.head_dim > INT64_MAX / 8)
+            return KVEC_ERROR_SIZE_OVERFLOW;
+    }
+    return KVEC_OK;
+}
+
+static kvec_result kc_scratch_size(const kvec_config *c, const kvec_cache *cache, size_t *bytes,
+                                   kc_dims *d_out, size_t *cub_out) {
+    kc_dims d = kc_dims_of(c, cache);
+    kc_bump b = { NULL, 0, 0 };
+    kc_scratch s;
+    kvec_result r = kc_cub_bytes(&d, &s.cub_bytes);
+    if (r != KVEC_OK) return r;
+    kc_carve(&b, &d, &s);
+    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+    *bytes = b.used;
+    if (d_out) *d_out = d;
+    if (cub_out) *cub_out = s.cub_bytes;
+    return KVEC_OK;
+}
+
+/* Scratch from the caller: at least what the query says, carved. */
+static kvec_result kc_scratch_in(const kvec_config *c, const kvec_cache *cache, void *scratch,
+                                 size_t scratch_bytes, kc_scratch *s, kc_dims *d) {
+    size_t needed, cub_bytes;
+    kvec_result r;
+    if (!scratch) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kc_scratch_size(c, cache, &needed, d, &cub_bytes)) != KVEC_OK) return r;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kc_bump b = { (char *)scratch, 0, 0 };
+    s->cub_bytes = cub_bytes;
+    kc_carve(&b, d, s);
+    return KVEC_OK;
+}
+
+static kvec_result kc_check_plan_descriptor(const kvec_plan *plan, int64_t L, int64_t Hk) {
+    if (!plan || !plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
+    if (plan->n_layers < L || plan->n_kv_heads != Hk || plan->capacity <= 0) return KVEC_ERROR_PLAN_TOO_SMALL;
+    return KVEC_OK;
+}
+
+/* >>host: launching */
+
+/* After every launch: a launch error becomes KVEC_ERROR_CUDA (the CUDA
+   error stays readable with cudaPeekAtLastError). With KVEC_CUDA_DEBUG the
+   stream is also synchronised, so a fault is reported at its kernel. */
+static kvec_result kc_launched(cudaStream_t stream) {
+    if (cudaPeekAtLastError() != cudaSuccess) return KVEC_ERROR_CUDA;
+#ifdef KVEC_CUDA_DEBUG
+    if (cudaStreamSynchronize(stream) != cudaSuccess) return KVEC_ERROR_CUDA;
+#else
+    (void)stream;
+#endif
+    return KVEC_OK;
+}
+
+/* KC_LAUNCH(kernel, grid, block, shared_bytes, (arguments)) on `stream`. */
+#ifndef KC_START /* tests/cuda_emulator.h defines its own, which runs the kernel on the CPU */
+#define KC_START(kernel, grid, block, shared, args) kernel<<<(grid), (block), (shared), stream>>> args
+#endif
+#define KC_LAUNCH(kernel, grid, block, shared, args)                                            \
+    do {                                                                                        \
+        KC_START(kernel, grid, block, shared, args);                                            \
+        kvec_result launch_result_ = kc_launched(stream);                                       \
+        if (launch_result_ != KVEC_OK) return launch_result_;                                   \
+    } while (0)
+
+#define KC_CUDA(call) do { if ((call) != cudaSuccess) return KVEC_ERROR_CUDA; } while (0)
+
+static unsigned kc_blocks(int64_t n, int64_t per_block) { return (unsigned)((n + per_block - 1) / per_block); }
+
+/* Key splits of the statistics pass: about KC_SPLIT_BLOCKS blocks per
+   layer, at least 256 keys each, at most KC_SPLITS. It depends on the
+   shape alone, so the combine order (and every bit of the result) is the
+   same on every GPU. */
+static int64_t kc_splits(int64_t N, int64_t Hk, int64_t total_rows) {
+    const int64_t row_chunks = (total_rows + KC_ROWS - 1) / KC_ROWS, most = (N + 255) / 256;
+    int64_t S = (KC_SPLIT_BLOCKS + Hk * row_chunks - 1) / (Hk * row_chunks);
+    S = S > KC_SPLITS ? KC_SPLITS : S;
+    S = S > most ? most : S;
+    return S < 1 ? 1 : S;
+}
+
+/* Window attention of every KV head of a layer, summed over the last
+   n_rows query rows (starting at row_first) and the heads of each group,
+   times weight, into sums ([Hk][sums_stride], keys 0 .. n_out-1). */
+static kvec_result kc_window_attention(const kvec_layer *layer, int64_t row_first, int64_t n_rows,
+                                       int64_t n_out, float weight, float *sums, int64_t sums_stride,
+                                       kc_scratch *s, cudaStream_t stream) {
+    const int64_t N = layer->keys.n_tokens, Hk = layer->keys.n_heads;
+    kc_attn a;
+    a.keys = kc_view_of(layer->keys);
+    a.queries = kc_view_of(layer->queries);
+    a.g = layer->queries.n_heads / Hk;
+    a.row_first = row_first;
+    a.total = n_rows * a.g;
+    a.first_position = N - layer->queries.n_tokens + row_first;
+    a.n_out = n_out;
+    a.scale = 1.0f / sqrtf((float)layer->keys.head_dim);
+    a.weight = weight;
+    if (n_out <= 0) return KVEC_OK;
+    const int64_t row_chunks = (a.total + KC_ROWS - 1) / KC_ROWS;
+    const int64_t S = kc_splits(N, Hk, a.total);
+    const int64_t keys_per_split = ((N + S - 1) / S + KC_TILE - 1) / KC_TILE * KC_TILE;
+    if (row_chunks > 65535) return KVEC_ERROR_SIZE_OVERFLOW;
+    KC_LAUNCH(kc_attn_stats, dim3((unsigned)S, (unsigned)Hk, (unsigned)row_chunks), KC_THREADS, 0, (
+        a, keys_per_split, (int)S, s->stats_part, s->status));
+    KC_LAUNCH(kc_attn_combine, kc_blocks(Hk * a.total, 256), 256, 0, (
+        s->stats_part, (int)S, a.total, Hk, weight, s->stats, s->status));
+    KC_LAUNCH(kc_attn_probs, dim3(kc_blocks(n_out, KC_TILE), (unsigned)Hk), KC_THREADS, 0, (
+        a, s->stats, sums, sums_stride, s->status));
+    return KVEC_OK;
+}
+
+/* The mean key direction and -cos(k_i, kbar) of every head into s->uniq. */
+static kvec_result kc_key_uniqueness(const kvec_layer *layer, int64_t n, float *out, int64_t out_stride,
+                                     kc_scratch *s, cudaStream_t stream) {
+    const kc_view keys = kc_view_of(layer->keys);
+    const int64_t N = keys.n_tokens, Hk = keys.n_heads, D = keys.head_dim;
+    const int64_t per_split = (N + KC_KEY_SPLITS - 1) / KC_KEY_SPLITS;
+    const size_t shared = (size_t)(8 * D) * sizeof(double);
+    if (shared > 48 * 1024) return KVEC_ERROR_BAD_EXTENT; /* head_dim above 768 */
+    KC_LAUNCH(kc_key_direction_part, dim3(KC_KEY_SPLITS, (unsigned)Hk), 256, shared, (
+        keys, per_split, s->kbar_part, s->status));
+    KC_LAUNCH(kc_key_direction_combine, (unsigned)Hk, 256, 0, (
+        s->kbar_part, D, N, s->kbar, s->kbar_norm, s->status));
+    KC_LAUNCH(kc_uniqueness, dim3(kc_blocks(n, 8), (unsigned)Hk), 256, 0, (
+        keys, s->kbar, s->kbar_norm, out, out_stride, n, s->status));
+    return KVEC_OK;
+}
+
+/* Positions of each head sorted by descending score (ties: lower position
+   first) into s->sort_positions_out. */
+static kvec_result kc_sort_descending(const float *scores, int64_t stride, int64_t Hk, int64_t n,
+                                      kc_scratch *s, cudaStream_t stream) {
+    size_t temp_bytes = s->cub_bytes;
+    KC_LAUNCH(kc_sort_prep, dim3(kc_blocks(n, 256), (unsigned)Hk), 256, 0, (
+        scores, stride, n, s->sort_keys, s->sort_positions, s->status));
+    KC_LAUNCH(kc_segment_offsets, kc_blocks(Hk + 1, 256), 256, 0, (s->offsets, Hk, n));
+    /* Runs even after a device-side error: it reads only scratch. */
+    KC_CUDA(cub::DeviceSegmentedRadixSort::SortPairs(
+        s->cub_temp, temp_bytes, s->sort_keys, s->sort_keys_out, s->sort_positions, s->sort_positions_out,
+        (int)(Hk * n), (int)Hk, s->offsets, s->offsets + 1, 0, 32, stream));
+    return kc_launched(stream);
+}
+
+/* Scores of one layer ([Hk][N] at `scores`) for the policy. */
+static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer, int64_t l,
+                                  float *scores, kc_scratch *s, cudaStream_t stream) {
+    const int64_t N = layer->keys.n_tokens, Hk = layer->keys.n_heads, n = N - c->window;
+    const dim3 per_token(kc_blocks(n > 0 ? n : 1, 256), (unsigned)Hk);
+    const kvec_tensor *q = &layer->queries;
+    kvec_result r;
+    int64_t h2o_rows = 0;
+    if (n <= 0) { /* everything is window */
+        KC_LAUNCH(kc_finish, dim3(kc_blocks(N, 256), (unsigned)Hk), 256, 0, (scores, N, 0, 0, s->status));
+        return KVEC_OK;
+    }
+    if (kvec__uses_attention(c))
+        KC_LAUNCH(kc_check_finite, kc_blocks(q->n_tokens * q->n_heads * q->head_dim, 256), 256, 0, (
+            kc_view_of(*q), s->status));
+    switch (c->policy) {
+    case KVEC_POLICY_KVEC:
+    case KVEC_POLICY_SNAPKV:
+    case KVEC_POLICY_PYRAMIDKV: {
+        const int64_t g = q->n_heads / Hk;
+        if ((r = kc_window_attention(layer, q->n_tokens - c->window, c->window, n, 1.0f / (float)g, s->sums, N,
+                                     s, stream)) != KVEC_OK)
+            return r;
+        KC_LAUNCH(kc_pool, per_token, 256, 0, (s->sums, N, scores, N, n, c->pool_kernel,
+                                                           (int)c->pooling, s->status));
+        if (c->policy != KVEC_POLICY_KVEC || !(c->terms.enabled & KVEC_TERM_UNIQUENESS)) break;
+        /* K-VEC: z(P) + mu z(U), optionally as a rank union with P. */
+        KC_LAUNCH(kc_moments, (unsigned)Hk, 1024, 0, (scores, N, n, s->moments_p, s->status));
+        const int rank_union = (c->terms.enabled & KVEC_TERM_RANK_UNION) != 0;
+        if (rank_union) {
+            if ((r = kc_sort_descending(scores, N, Hk, n, s, stream)) != KVEC_OK) return r;
+            KC_LAUNCH(kc_rank_of, per_token, 256, 0, (s->sort_positions_out, n, s->rank, s->status));
+        }
+        if ((r = kc_key_uniqueness(layer, n, s->uniq, n, s, stream)) != KVEC_OK) return r;
+        KC_LAUNCH(kc_moments, (unsigned)Hk, 1024, 0, (s->uniq, n, n, s->moments_u, s->status));
+        KC_LAUNCH(kc_kvec_combine, per_token, 256, 0, (scores, N, s->uniq, n, s->moments_p,
+                                                                   s->moments_u, c->terms.mu, 1, s->status));
+        if (rank_union) {
+            if ((r = kc_sort_descending(scores, N, Hk, n, s, stream)) != KVEC_OK) return r;
+            KC_LAUNCH(kc_rank_union, per_token, 256, 0, (scores, N, n, s->sort_positions_out, s->rank,
+                                                                     s->status));
+        }
+        break;
+    }
+    case KVEC_POLICY_H2O: {
+        const int64_t g = q->n_heads / Hk;
+        if ((r = kc_window_attention(layer, 0, q->n_tokens, n, 1.0f / (float)g, scores, N, s, stream)) !=
+            KVEC_OK)
+            return r;
+        h2o_rows = q->n_tokens;
+        break;
+    }
+    case KVEC_POLICY_TOVA:
+        if ((r = kc_window_attention(layer, q->n_tokens - 1, 1, n, 1.0f, scores, N, s, stream)) != KVEC_OK)
+            return r;
+        KC_LAUNCH(kc_tova_average, kc_blocks(n, 256), 256, 0, (scores, N, n, Hk,
+                                                                          1.0f / (float)q->n_heads, s->status));
+        break;
+    case KVEC_POLICY_KNORM:
+        KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
+            kc_view_of(layer->keys), s->status));
+        KC_LAUNCH(kc_key_norm, dim3(kc_blocks(n, 8), (unsigned)Hk), 256, 0, (
+            kc_view_of(layer->keys), scores, N, n, s->status));
+        break;
+    case KVEC_POLICY_KEYDIFF:
+        KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
+            kc_view_of(layer->keys), s->status));
+        if ((r = kc_key_uniqueness(layer, n, scores, N, s, stream)) != KVEC_OK) return r;
+        break;
+    default: /* StreamingLLM, Random: the CPU path still refuses NaN keys */
+        KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
+            kc_view_of(layer->keys), s->status));
+        KC_LAUNCH(kc_simple_scores, per_token, 256, 0, (scores, N, n, (int)c->policy, c->sink_tokens,
+                                                                    c->seed, l, s->status));
+        break;
+    }
+    KC_LAUNCH(kc_finish, dim3(kc_blocks(N, 256), (unsigned)Hk), 256, 0, (scores, N, n, h2o_rows,
+                                                                                     s->status));
+    return KVEC_OK;
+}
+
+static kvec_result kc_score_all(const kvec_config *c, const kvec_cache *cache, int64_t budget, float *scores,
+                                kc_scratch *s, cudaStream_t stream) {
+    const int64_t L = cache->n_layers, Hk = cache->layers[0].keys.n_heads, N = cache->layers[0].keys.n_tokens;
+    kvec_result r;
+    for (int64_t l = 0; l < L; l++) {
+        const kvec_layer *layer = &cache->layers[l];
+        const int64_t layer_budget = kvec__layer_budget(c, budget, l, L, N);
+        if (layer_budget >= N) { /* kept whole: no scores, but NaN keys are refused as on the CPU */
+            KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
+                kc_view_of(layer->keys), s->status));
+            continue;
+        }
+        if ((r = kc_score_layer(c, layer, l, scores + l * Hk * N, s, stream)) != KVEC_OK) return r;
+    }
+    return KVEC_OK;
+}
+
+static kvec_result kc_select_all(const kvec_config *c, const float *scores, int64_t L, int64_t Hk, int64_t N,
+                                 int64_t budget, const kvec_plan *plan, int32_t *status, cudaStream_t stream) {
+    for (int64_t l0 = 0; l0 < L; l0 += KC_BATCH) {
+        kc_select_batch batch;
+        batch.n_layers = (int)(L - l0 < KC_BATCH ? L - l0 : KC_BATCH);
+        batch.first_layer = l0;
+        for (int b = 0; b < batch.n_layers; b++) {
+            const int64_t layer_budget = kvec__layer_budget(c, budget, l0 + b, L, N);
+            batch.keep_all[b] = layer_budget >= N;
+            batch.free_slots[b] = layer_budget - c->window;
+        }
+        KC_LAUNCH(kc_select, dim3((unsigned)Hk, (unsigned)batch.n_layers), KC_SELECT_THREADS, 0, (
+            scores, N, Hk, c->window, batch, plan->kept_count, plan->kept_positions, plan->n_kv_heads,
+            plan->capacity, status));
+    }
+    return KVEC_OK;
+}
+
+static kvec_result kc_compact_all(kvec_cache *cache, const kvec_plan *plan, int32_t *status, cudaStream_t stream) {
+    const int64_t L = cache->n_layers, Hk = cache->layers[0].keys.n_heads;
+    for (int64_t l0 = 0; l0 < L; l0 += KC_BATCH) {
+        kc_compact_batch batch;
+        batch.n_layers = (int)(L - l0 < KC_BATCH ? L - l0 : KC_BATCH);
+        batch.first_layer = l0;
+        for (int b = 0; b < batch.n_layers; b++) {
+            batch.keys[b] = kc_view_of(cache->layers[l0 + b].keys);
+            batch.values[b] = kc_view_of(cache->layers[l0 + b].values);
+        }
+        KC_LAUNCH(kc_compact, dim3((unsigned)Hk, (unsigned)batch.n_layers, 2), KC_COMPACT_THREADS, 0, (
+            batch, plan->kept_count, plan->kept_positions, plan->n_kv_heads, plan->capacity, status));
+    }
+    return KVEC_OK;
+}
+
+/* The plan must hold each layer's budget (every head keeps that many). */
+static kvec_result kc_check_plan_capacity(const kvec_config *c, const kvec_plan *plan, int64_t L, int64_t Hk,
+                                          int64_t N, int64_t budget) {
+    kvec_result r = kc_check_plan_descriptor(plan, L, Hk);
+    if (r != KVEC_OK) return r;
+    for (int64_t l = 0; l < L; l++)
+        if (plan->capacity < kvec__layer_budget(c, budget, l, L, N)) return KVEC_ERROR_PLAN_TOO_SMALL;
+    return KVEC_OK;
+}
+
+/* >>host: api */
+
+extern "C" {
+
+KVEC_CUDA_API kvec_result kvec_cuda_scratch_bytes(const kvec_config *config, const kvec_cache *cache,
+                                                  size_t *bytes) {
+    kvec_config c;
+    kvec_result r;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kc_check_supported(&c)) != KVEC_OK) return r;
+    if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
+    return kc_scratch_size(&c, cache, bytes, NULL, NULL);
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_cache *cache, int64_t budget,
+                                          float *scores, void *scratch, size_t scratch_bytes, void *stream_) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    kvec_config c;
+    kc_scratch s;
+    kc_dims d;
+    kvec_result r;
+    if (!scores) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kc_prepare(config, cache, budget, &c)) != KVEC_OK) return r;
+    if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
+    KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
+    return kc_score_all(&c, cache, budget, scores, &s, stream);
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const float *scores, int64_t n_layers,
+                                           int64_t n_kv_heads, int64_t n_tokens, int64_t budget, kvec_plan *plan,
+                                           void *scratch, size_t scratch_bytes, void *stream_) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    kvec_config c;
+    kvec_result r;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kc_check_supported(&c)) != KVEC_OK) return r;
+    if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (n_kv_heads > 65535 || n_layers * n_kv_heads > INT64_MAX / n_tokens) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (scratch_bytes < sizeof(int32_t)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
+    if ((r = kc_check_plan_capacity(&c, plan, n_layers, n_kv_heads, n_tokens, budget)) != KVEC_OK) return r;
+    return kc_select_all(&c, scores, n_layers, n_kv_heads, n_tokens, budget, plan, (int32_t *)scratch, stream);
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_compact(kvec_cache *cache, const kvec_plan *plan, void *scratch,
+                                            size_t scratch_bytes, void *stream_) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    kvec_result r;
+    if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
+    if (!scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < sizeof(int32_t)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    const int64_t L = cache->n_layers, Hk = cache->layers[0].keys.n_heads, N = cache->layers[0].keys.n_tokens;
+    if ((r = kc_check_plan_descriptor(plan, L, Hk)) != KVEC_OK) return r;
+    if (Hk > 65535 || L * Hk > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    int32_t *status = (int32_t *)scratch;
+    KC_LAUNCH(kc_check_plan, (unsigned)(L * Hk), 256, 0, (plan->kept_count, plan->kept_positions,
+                                                                     plan->n_kv_heads, Hk, plan->capacity, N,
+                                                                     status));
+    return kc_compact_all(cache, plan, status, stream);
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache *cache, int64_t budget,
+                                          kvec_plan *plan, void *scratch, size_t scratch_bytes, void *stream_) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    kvec_config c;
+    kc_scratch s;
+    kc_dims d;
+    kvec_result r;
+    if ((r = kc_prepare(config, cache, budget, &c)) != KVEC_OK) return r;
+    if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
+    if (d.Hk > 65535) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kc_check_plan_capacity(&c, plan, d.L, d.Hk, d.N, budget)) != KVEC_OK) return r;
+    KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
+    if ((r = kc_score_all(&c, cache, budget, s.scores, &s, stream)) != KVEC_OK) return r;
+    if ((r = kc_select_all(&c, s.scores, d.L, d.Hk, d.N, budget, plan, s.status, stream)) != KVEC_OK) return r;
+    return kc_compact_all(cache, plan, s.status, stream);
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_reset_status(void *scratch, void *stream_) {
+    if (!scratch) return KVEC_ERROR_NULL_POINTER;
+    KC_CUDA(cudaMemsetAsync(scratch, 0, sizeof(int32_t), (cudaStream_t)stream_));
+    return KVEC_OK;
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_status(const void *scratch, void *stream_, kvec_result *result) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    int32_t value = 0;
+    if (!scratch || !result) return KVEC_ERROR_NULL_POINTER;
+    KC_CUDA(cudaMemcpyAsync(&value, scratch, sizeof value, cudaMemcpyDeviceToHost, stream));
+    KC_CUDA(cudaStreamSynchronize(stream));
+    *result = (kvec_result)value;
+    return KVEC_OK;
+}
+
+} /* extern "C" */

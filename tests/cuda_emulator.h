@@ -1,0 +1,306 @@
+// cuda_emulator.h - runs kvec_cuda.cu's kernels on the CPU, so that machines
+// without a GPU (CI, most development machines) still test their logic.
+//
+// Force-included when kvec_cuda.cu and tests/test_cuda.cu are compiled as
+// plain C++ (see the Makefile's test-cuda-emulated):
+//
+//     c++ -std=c++17 -x c++ -include tests/cuda_emulator.h kvec_cuda.cu ...
+//
+// A launch runs its blocks one after another; each block runs one fiber
+// (ucontext) per thread, switched at every barrier and warp shuffle, so
+// __syncthreads, __syncthreads_or and __shfl_xor_sync mean what they mean
+// on the GPU. Shared memory is a static per kernel (one block runs at a
+// time). A barrier that not every live thread of the block reaches, or a
+// shuffle that not every live lane of the warp reaches, is reported as a
+// deadlock and stops the program: the divergent-barrier bugs a GPU would
+// hang on or silently mis-execute.
+//
+// What it cannot show: races between threads (a fiber runs until it
+// blocks, so every schedule is the same), memory-model effects, speed, and
+// anything about the real hardware. compute-sanitizer on a GPU does those.
+// Device memory is host memory: cudaMalloc is malloc.
+#ifndef KVEC_CUDA_EMULATOR_H
+#define KVEC_CUDA_EMULATOR_H
+#define KVEC_CUDA_EMULATE 1
+
+#include <ucontext.h>
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define KC_DYNAMIC_SHARED(type, name) type *name = (type *)kc_emu::dynamic_shared()
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct float2 { float x, y; };
+struct uint4 { unsigned x, y, z, w; };
+struct __half { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t bits; };
+inline float2 make_float2(float x, float y) { float2 v; v.x = x; v.y = y; return v; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float kc_emu_bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __bfloat162float(__nv_bfloat16 b) { return kc_emu_bits_to_float((uint32_t)b.bits << 16); }
+inline float __half2float(__half h) {
+    const uint32_t sign = (uint32_t)(h.bits & 0x8000u) << 16, exponent = (h.bits >> 10) & 31u,
+                   mantissa = h.bits & 0x3ffu;
+    if (exponent == 31) return kc_emu_bits_to_float(sign | 0x7f800000u | (mantissa << 13));
+    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24 */
+        const float v = (float)mantissa * (1.0f / 16777216.0f);
+        return sign ? -v : v;
+    }
+    return kc_emu_bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+/* >>runtime API subset */
+typedef int cudaError_t;
+typedef void *cudaStream_t;
+enum { cudaSuccess = 0, cudaErrorMemoryAllocation = 2 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
+inline const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated error"; }
+inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaMalloc(void **p, size_t bytes) {
+    *p = std::malloc(bytes ? bytes : 1);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+inline cudaError_t cudaFree(void *p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) { std::memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
+    std::memcpy(d, s, n);
+    return cudaSuccess;
+}
+inline cudaError_t cudaMemset(void *d, int v, size_t n) { std::memset(d, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t) { std::memset(d, v, n); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+/* >>fibers */
+namespace kc_emu {
+
+enum { RUNNING, AT_BARRIER, AT_SHUFFLE, DONE };
+
+struct fiber {
+    ucontext_t context;
+    int        state;
+    int        predicate;  /* __syncthreads_or's argument, then its result */
+    uint64_t   exchange;   /* shuffle: this lane's value, then the partner's */
+    int        partner;    /* shuffle: the lane read */
+};
+
+struct runtime {
+    dim3 grid, block, block_index;
+    unsigned threads = 0, current = 0;
+    std::vector<fiber> fibers;
+    std::vector<char> stacks;
+    std::vector<double> shared_memory; /* dynamic shared memory, 8-byte aligned */
+    ucontext_t scheduler;
+    const std::function<void()> *body = nullptr;
+};
+
+inline runtime &rt() { static runtime r; return r; }
+inline void *dynamic_shared() { return rt().shared_memory.data(); }
+
+inline dim3 thread_index() {
+    const runtime &r = rt();
+    const unsigned t = r.current;
+    return dim3(t % r.block.x, t / r.block.x % r.block.y, t / (r.block.x * r.block.y));
+}
+
+inline void fiber_entry() {
+    (*rt().body)();
+    rt().fibers[rt().current].state = DONE; /* uc_link returns to the scheduler */
+}
+
+inline void yield() {
+    runtime &r = rt();
+    swapcontext(&r.fibers[r.current].context, &r.scheduler);
+}
+
+inline int block_barrier(int predicate) {
+    fiber &f = rt().fibers[rt().current];
+    f.state = AT_BARRIER;
+    f.predicate = predicate != 0;
+    yield();
+    return f.predicate;
+}
+
+inline uint64_t shuffle(uint64_t value, int partner_lane) {
+    runtime &r = rt();
+    fiber &f = r.fibers[r.current];
+    f.state = AT_SHUFFLE;
+    f.exchange = value;
+    f.partner = (int)(r.current / 32 * 32) + partner_lane;
+    yield();
+    return f.exchange;
+}
+
+[[noreturn]] inline void deadlock(const char *what) {
+    const runtime &r = rt();
+    std::fprintf(stderr, "cuda_emulator: deadlock in block (%u,%u,%u): %s\n", r.block_index.x, r.block_index.y,
+                 r.block_index.z, what);
+    std::abort();
+}
+
+/* Runs every block of the grid, one at a time. */
+inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()> &body) {
+    const size_t stack_bytes = 64 * 1024;
+    runtime &r = rt();
+    r.grid = grid;
+    r.block = block;
+    r.threads = block.x * block.y * block.z;
+    r.body = &body;
+    r.fibers.resize(r.threads);
+    if (r.stacks.size() < r.threads * stack_bytes) r.stacks.resize(r.threads * stack_bytes);
+    r.shared_memory.assign(shared_bytes / sizeof(double) + 1, 0.0);
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                r.block_index = dim3(bx, by, bz);
+                for (unsigned t = 0; t < r.threads; t++) {
+                    fiber &f = r.fibers[t];
+                    getcontext(&f.context);
+                    f.context.uc_stack.ss_sp = r.stacks.data() + t * stack_bytes;
+                    f.context.uc_stack.ss_size = stack_bytes;
+                    f.context.uc_link = &r.scheduler;
+                    f.state = RUNNING;
+                    makecontext(&f.context, fiber_entry, 0);
+                }
+                for (;;) {
+                    for (unsigned t = 0; t < r.threads; t++)
+                        if (r.fibers[t].state == RUNNING) {
+                            r.current = t;
+                            swapcontext(&r.scheduler, &r.fibers[t].context);
+                        }
+                    /* Nobody runs: release a warp whose live lanes all wait at a shuffle. */
+                    bool released = false, all_done = true, all_at_barrier = true, any_at_barrier = false;
+                    for (unsigned w = 0; w * 32 < r.threads; w++) {
+                        const unsigned lo = w * 32, hi = std::min(lo + 32, r.threads);
+                        bool any = false, all = true;
+                        for (unsigned t = lo; t < hi; t++) {
+                            if (r.fibers[t].state == DONE) continue;
+                            any = true;
+                            all = all && r.fibers[t].state == AT_SHUFFLE;
+                        }
+                        if (!any || !all) continue;
+                        std::vector<uint64_t> values(hi - lo);
+                        for (unsigned t = lo; t < hi; t++) values[t - lo] = r.fibers[t].exchange;
+                        for (unsigned t = lo; t < hi; t++) {
+                            fiber &f = r.fibers[t];
+                            if (f.state != AT_SHUFFLE) continue;
+                            if (f.partner >= (int)lo && f.partner < (int)hi && r.fibers[f.partner].state != DONE)
+                                f.exchange = values[f.partner - lo];
+                            f.state = RUNNING;
+                        }
+                        released = true;
+                    }
+                    if (released) continue;
+                    for (unsigned t = 0; t < r.threads; t++) {
+                        const int s = r.fibers[t].state;
+                        all_done = all_done && s == DONE;
+                        all_at_barrier = all_at_barrier && (s == DONE || s == AT_BARRIER);
+                        any_at_barrier = any_at_barrier || s == AT_BARRIER;
+                    }
+                    if (all_done) break;
+                    if (!all_at_barrier) deadlock("a shuffle that not every live lane of its warp reached");
+                    if (!any_at_barrier) deadlock("no runnable thread");
+                    int any_true = 0;
+                    for (unsigned t = 0; t < r.threads; t++)
+                        if (r.fibers[t].state == AT_BARRIER) any_true |= r.fibers[t].predicate;
+                    for (unsigned t = 0; t < r.threads; t++)
+                        if (r.fibers[t].state == AT_BARRIER) {
+                            r.fibers[t].predicate = any_true;
+                            r.fibers[t].state = RUNNING;
+                        }
+                }
+            }
+    r.body = nullptr;
+}
+
+} // namespace kc_emu
+
+#define threadIdx (kc_emu::thread_index())
+#define blockIdx (kc_emu::rt().block_index)
+#define blockDim (kc_emu::rt().block)
+#define gridDim (kc_emu::rt().grid)
+
+inline void __syncthreads() { kc_emu::block_barrier(0); }
+inline int __syncthreads_or(int predicate) { return kc_emu::block_barrier(predicate); }
+
+template <typename T> inline T __shfl_xor_sync(unsigned, T value, int lane_mask) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &value, sizeof(T));
+    bits = kc_emu::shuffle(bits, (int)(threadIdx.x % 32) ^ lane_mask);
+    std::memcpy(&value, &bits, sizeof(T));
+    return value;
+}
+
+/* One fiber runs at a time: plain read-modify-write is atomic. */
+inline int atomicAdd(int *p, int v) { const int old = *p; *p += v; return old; }
+inline int atomicOr(int *p, int v) { const int old = *p; *p |= v; return old; }
+inline int atomicCAS(int *p, int compare, int v) { const int old = *p; if (old == compare) *p = v; return old; }
+
+/* kernel<<<grid, block, shared, stream>>>(args), synchronously. */
+#define KC_START(kernel, grid_, block_, shared_, args) \
+    kc_emu::launch(dim3(grid_), dim3(block_), (shared_), [&]() { kernel args; })
+
+/* >>CUB subset */
+namespace cub {
+
+template <typename T, int BLOCK_THREADS> struct BlockScan {
+    struct TempStorage { T values[BLOCK_THREADS]; };
+    TempStorage &storage;
+    explicit BlockScan(TempStorage &s) : storage(s) {}
+    void ExclusiveSum(T input, T &output, T &aggregate) {
+        const unsigned t = kc_emu::rt().current, n = kc_emu::rt().threads;
+        storage.values[t] = input;
+        __syncthreads();
+        T before = T(), total = T();
+        for (unsigned i = 0; i < n; i++) {
+            if (i < t) before += storage.values[i];
+            total += storage.values[i];
+        }
+        output = before;
+        aggregate = total;
+        __syncthreads();
+    }
+};
+
+struct DeviceSegmentedRadixSort {
+    /* Ascending by key within each segment, stable: what the radix sort gives. */
+    template <typename K, typename V, typename Offsets>
+    static cudaError_t SortPairs(void *temp, size_t &temp_bytes, const K *keys_in, K *keys_out, const V *values_in,
+                                 V *values_out, int, int n_segments, Offsets begin, Offsets end, int = 0,
+                                 int = (int)(sizeof(K) * 8), cudaStream_t = 0) {
+        if (!temp) { temp_bytes = 16; return cudaSuccess; }
+        for (int s = 0; s < n_segments; s++) {
+            std::vector<int> order;
+            for (int i = begin[s]; i < end[s]; i++) order.push_back(i);
+            std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys_in[a] < keys_in[b]; });
+            for (size_t i = 0; i < order.size(); i++) {
+                keys_out[begin[s] + i] = keys_in[order[i]];
+                values_out[begin[s] + i] = values_in[order[i]];
+            }
+        }
+        return cudaSuccess;
+    }
+};
+
+} // namespace cub
+
+#endif
