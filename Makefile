@@ -1,4 +1,4 @@
-# kvec: make test | make test-asan | make demo | make quality | make bench | make clean
+# kvec: make test | make test-asan | make demo | make quality | make bench | make cuda | make clean
 CC      ?= cc
 CXX     ?= c++
 WARN     = -Wall -Wextra -Werror -pedantic
@@ -7,7 +7,7 @@ OPENMP   = -fopenmp
 BUILD    = build
 SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test test-asan demo quality bench clean readme-check nvcc-check quality-smoke
+.PHONY: all test test-asan demo quality bench clean readme-check nvcc-check quality-smoke cuda test-cuda
 
 all: $(BUILD)/test_kvec $(BUILD)/hello $(BUILD)/quality $(BUILD)/generate
 
@@ -33,6 +33,45 @@ nvcc-check: | $(BUILD)
 	@if command -v nvcc > /dev/null; then \
 	  nvcc -std=c++11 -Xcompiler -Wall,-Wextra,-Werror -o $(BUILD)/test_nvcc tests/test_nvcc.cu && $(BUILD)/test_nvcc; \
 	else echo "nvcc build: skipped (nvcc not found)"; fi
+
+# The device path. `make cuda` compiles it with nvcc (no GPU needed) into
+# the library object, its test and its benchmark. CUDA_ARCH is Hopper's by
+# default; set it for other GPUs.
+NVCC      ?= nvcc
+CUDA_ARCH ?= -gencode=arch=compute_90,code=sm_90
+NVCCFLAGS  = -std=c++17 -O3 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Werror
+CUDA_DEP   = kvec_cuda.cu kvec.h | $(BUILD)
+
+$(BUILD)/kvec_cuda.o: $(CUDA_DEP)
+	$(NVCC) $(NVCCFLAGS) -c kvec_cuda.cu -o $@
+
+# Every launch checked and synchronised: the build compute-sanitizer runs.
+$(BUILD)/kvec_cuda_debug.o: $(CUDA_DEP)
+	$(NVCC) $(NVCCFLAGS) -DKVEC_CUDA_DEBUG -lineinfo -c kvec_cuda.cu -o $@
+
+$(BUILD)/test_cuda: tests/test_cuda.cu $(BUILD)/kvec_cuda.o
+	$(NVCC) $(NVCCFLAGS) -o $@ tests/test_cuda.cu $(BUILD)/kvec_cuda.o
+
+$(BUILD)/test_cuda_debug: tests/test_cuda.cu $(BUILD)/kvec_cuda_debug.o
+	$(NVCC) $(NVCCFLAGS) -lineinfo -o $@ tests/test_cuda.cu $(BUILD)/kvec_cuda_debug.o
+
+$(BUILD)/speed_cuda: bench/speed_cuda.cu $(BUILD)/kvec_cuda.o
+	$(NVCC) $(NVCCFLAGS) -o $@ bench/speed_cuda.cu $(BUILD)/kvec_cuda.o
+
+cuda: $(BUILD)/kvec_cuda.o $(BUILD)/test_cuda $(BUILD)/test_cuda_debug $(BUILD)/speed_cuda
+
+# The kernels' logic without a GPU: kvec_cuda.cu and its test compiled as
+# C++ with tests/cuda_emulator.h, which runs each block's threads as fibers.
+EMULATED = $(CXX) -std=c++17 -O2 -g $(WARN) -Wno-pedantic -x c++ -include tests/cuda_emulator.h
+$(BUILD)/test_cuda_emulated: tests/test_cuda.cu tests/cuda_emulator.h $(CUDA_DEP)
+	$(EMULATED) -o $@ tests/test_cuda.cu kvec_cuda.cu -lm
+
+# With a GPU: the device test. Without one it says it skipped; the emulated
+# build then runs the same checks on smaller shapes.
+test-cuda: $(BUILD)/test_cuda_emulated
+	@if command -v $(NVCC) > /dev/null; then $(MAKE) --no-print-directory cuda && $(BUILD)/test_cuda; \
+	else echo "kvec_cuda.cu: skipped the nvcc build (nvcc not found)"; fi
+	$(BUILD)/test_cuda_emulated --quick
 
 $(BUILD)/test_kvec_asan: tests/test_kvec.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_kvec.c -lm
@@ -76,7 +115,7 @@ readme-check: | $(BUILD)
 	  { echo "README.md quick start differs from examples/quickstart.c"; exit 1; }
 	@echo "README quick start: same as examples/quickstart.c"
 
-test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check $(BUILD)/test_engine quality-smoke
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check test-cuda $(BUILD)/test_engine quality-smoke
 	$(BUILD)/quickstart
 	$(BUILD)/hello > /dev/null
 	$(BUILD)/test_cpp

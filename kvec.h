@@ -1,4 +1,4 @@
-/* kvec.h - KV-cache eviction for LLM inference engines - v0.2.0 - MIT license (end of file)
+/* kvec.h - KV-cache eviction for LLM inference engines - v0.3.0 - MIT license (end of file)
 
    One header. In exactly one C or C++ file of your program:
 
@@ -190,8 +190,12 @@ THREADING
 
 CUDA
 
-   kvec.h includes no CUDA header and compiles under nvcc; the device path
-   lives in kvec_cuda.cu (not part of this header).
+   kvec.h includes no CUDA header and compiles under nvcc. The device path
+   is kvec_cuda.cu, a translation unit of its own (compile it with nvcc and
+   link it); its functions, kvec_cuda_*, are declared below (>>cuda api)
+   whatever KVEC_STATIC says, and take the same cache, config and plan
+   with device pointers inside. Uniform and pyramid budgets, every policy
+   but CriticalKV and LaProx, K-VEC's default terms.
 
 NON-GOALS
 
@@ -209,7 +213,7 @@ NON-GOALS
 #include <stdint.h>
 
 #define KVEC_VERSION_MAJOR 0
-#define KVEC_VERSION_MINOR 2
+#define KVEC_VERSION_MINOR 3
 #define KVEC_VERSION_PATCH 0
 
 #if defined(KVEC_STATIC) && (defined(__GNUC__) || defined(__clang__))
@@ -2716,6 +2720,8 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
 
 /*
 HISTORY
+   0.3.0  the device path: kvec_cuda.cu (kvec_cuda_* declared here) and
+          KVEC_ERROR_CUDA.
    0.2.0  budget modes adaptive (Ada-KV) and global; kvec_select for
           external scores; kvec_plan_offsets, kvec_plan_mask and
           kvec_compact_packed for heads of different lengths;

@@ -32,8 +32,9 @@
      pooling             kc_pool (same padding, padding not counted)
      K-VEC               kc_key_direction_part/_combine (mean normalised
                          key), kc_uniqueness, kc_moments (z-scores, in
-                         double), the rank union by two segmented radix
-                         sorts (CUB), kc_kvec_combine, kc_rank_union
+                         double), the rank union by two radix sorts (CUB,
+                         all heads of the layer in one), kc_kvec_combine,
+                         kc_rank_union
      other policies      kc_key_norm, kc_simple_scores (StreamingLLM,
                          Random), kc_finish (H2O's normalisation, the
                          window), kc_tova_average
@@ -78,8 +79,9 @@
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <mma.h>
 #include <cub/block/block_scan.cuh>
-#include <cub/device/device_segmented_radix_sort.cuh>
+#include <cub/device/device_radix_sort.cuh>
 #define KC_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
@@ -168,12 +170,22 @@ struct kc_attn {
     float   weight;         /* factor on every probability (1/g: group mean) */
 };
 
-/* Logits of one tile: acc[i][k] = scale * q(x0 + 4*tr + i) . k(t0 + 4*tk + k),
-   tr = thread / 16, tk = thread % 16. Out-of-range rows and keys give 0.
-   Keys are checked for NaN and Inf on the way when check_keys is set. */
-__device__ void kc_tile_logits(const kc_attn &a, int64_t j, int64_t t0, int count, int64_t x0,
-                               int chunk, float (*ks)[KC_TILE + 1], float (*qs)[KC_ROWS + 1],
-                               float acc[4][4], bool check_keys, int *bad) {
+/* Logits of one tile, two ways (the kernels are templates on which):
+
+     acc[i][k] = scale * q(x0 + 4*tr + i) . k(t0 + 4*tk + k),
+     tr = thread / 16, tk = thread % 16, for the 256 threads of a block.
+
+   Out-of-range rows and keys give 0. Keys are checked for NaN and Inf on
+   the way when check_keys is set. Both begin with a barrier (the previous
+   tile's readers of shared memory are done) and need no other care from
+   their caller. */
+enum { KC_TILE_SIMT = 0, KC_TILE_MMA_F16 = 1, KC_TILE_MMA_BF16 = 2 };
+
+/* SIMT: fp32 on the CUDA cores, D in chunks of 32 through shared memory. */
+__device__ void kc_tile_logits_simt(const kc_attn &a, int64_t j, int64_t t0, int count, int64_t x0, int chunk,
+                                    float acc[4][4], bool check_keys, int *bad) {
+    __shared__ float ks[KC_DCHUNK][KC_TILE + 1];
+    __shared__ float qs[KC_DCHUNK][KC_ROWS + 1];
     const int tid = threadIdx.x, tr = tid / 16, tk = tid % 16;
     const int64_t D = a.keys.head_dim;
     for (int i = 0; i < 4; i++)
@@ -209,13 +221,96 @@ __device__ void kc_tile_logits(const kc_attn &a, int64_t j, int64_t t0, int coun
     }
 }
 
+/* Tensor cores (WMMA, 16x16x16, fp32 accumulators) for fp16 and bf16 keys
+   with head_dim a multiple of 16. The keys are exact in their own type; the
+   scaled fp32 query is split into q_hi = T(q) and q_lo = T(q - q_hi), and
+   both products go into the same accumulator, so the logits carry the
+   query's error only at 2^-22 (fp16) or 2^-16 (bf16) instead of 2^-11 or
+   2^-8: close to the fp32 SIMT path, at twice the tensor work. Warp w
+   computes keys 16*(w % 4) .. +15 against rows 32*(w / 4) .. +31 (two
+   accumulator fragments); the tile goes through shared memory, [key][row],
+   to the 4 x 4 layout the kernels consume. */
+#define KC_MMA_DCHUNK 32
+#define KC_MMA_PAD    8 /* halves per staged row: 80-byte rows keep fragments 32-byte aligned */
+
+template <typename T> __device__ __forceinline__ T kc_to(float v);
+template <> __device__ __forceinline__ __half kc_to<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 kc_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ float kc_from(__half v) { return __half2float(v); }
+__device__ __forceinline__ float kc_from(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ void kc_tile_logits_mma(const kc_attn &a, int64_t j, int64_t t0, int count, int64_t x0, int chunk,
+                                   float acc[4][4], bool check_keys, int *bad) {
+    using namespace nvcuda;
+    const int ld = KC_MMA_DCHUNK + KC_MMA_PAD;
+    __shared__ __align__(32) T ks[KC_TILE][KC_MMA_DCHUNK + KC_MMA_PAD];
+    __shared__ __align__(32) T q_hi[KC_ROWS][KC_MMA_DCHUNK + KC_MMA_PAD];
+    __shared__ __align__(32) T q_lo[KC_ROWS][KC_MMA_DCHUNK + KC_MMA_PAD];
+    __shared__ __align__(32) float logits[KC_TILE][KC_ROWS + 4]; /* [key][row] */
+    const int tid = threadIdx.x, tr = tid / 16, tk = tid % 16, warp = tid / 32;
+    const int key_frag = warp % 4, row_frag = (warp / 4) * 2;
+    const int64_t D = a.keys.head_dim;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
+    wmma::fill_fragment(c[0], 0.0f);
+    wmma::fill_fragment(c[1], 0.0f);
+    for (int64_t d0 = 0; d0 < D; d0 += KC_MMA_DCHUNK) {
+        const int dc = (int)(D - d0 < KC_MMA_DCHUNK ? D - d0 : KC_MMA_DCHUNK); /* a multiple of 16 */
+        __syncthreads(); /* the previous chunk's (or tile's) readers are done */
+        for (int e = tid; e < KC_TILE * KC_MMA_DCHUNK; e += KC_THREADS) {
+            const int c_ = e / KC_MMA_DCHUNK, d = e % KC_MMA_DCHUNK;
+            T v = kc_to<T>(0.0f);
+            if (c_ < count && d < dc) {
+                v = *(const T *)kc_at(a.keys, t0 + c_, j, d0 + d);
+                if (check_keys && !isfinite(kc_from(v))) atomicOr(bad, 1);
+            }
+            ks[c_][d] = v;
+        }
+        for (int e = tid; e < KC_ROWS * KC_MMA_DCHUNK; e += KC_THREADS) {
+            const int x = e / KC_MMA_DCHUNK, d = e % KC_MMA_DCHUNK;
+            float v = 0.0f;
+            if (x < chunk && d < dc) {
+                const int64_t xx = x0 + x;
+                v = kc_load(a.queries, a.row_first + xx / a.g, j * a.g + xx % a.g, d0 + d) * a.scale;
+            }
+            const T hi = kc_to<T>(v);
+            q_hi[x][d] = hi;
+            q_lo[x][d] = kc_to<T>(v - kc_from(hi));
+        }
+        __syncthreads();
+        for (int kk = 0; kk < dc; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+            wmma::load_matrix_sync(fa, &ks[key_frag * 16][kk], ld);
+            for (int f = 0; f < 2; f++) {
+                wmma::load_matrix_sync(fb, &q_hi[(row_frag + f) * 16][kk], ld);
+                wmma::mma_sync(c[f], fa, fb, c[f]);
+                wmma::load_matrix_sync(fb, &q_lo[(row_frag + f) * 16][kk], ld);
+                wmma::mma_sync(c[f], fa, fb, c[f]);
+            }
+        }
+    }
+    for (int f = 0; f < 2; f++)
+        wmma::store_matrix_sync(&logits[key_frag * 16][(row_frag + f) * 16], c[f], KC_ROWS + 4, wmma::mem_row_major);
+    __syncthreads();
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++) acc[i][k] = logits[tk * 4 + k][tr * 4 + i];
+}
+
+template <int KIND>
+__device__ __forceinline__ void kc_tile_logits(const kc_attn &a, int64_t j, int64_t t0, int count, int64_t x0,
+                                               int chunk, float acc[4][4], bool check_keys, int *bad) {
+    if (KIND == KC_TILE_MMA_F16) kc_tile_logits_mma<__half>(a, j, t0, count, x0, chunk, acc, check_keys, bad);
+    else if (KIND == KC_TILE_MMA_BF16) kc_tile_logits_mma<__nv_bfloat16>(a, j, t0, count, x0, chunk, acc, check_keys, bad);
+    else kc_tile_logits_simt(a, j, t0, count, x0, chunk, acc, check_keys, bad);
+}
+
 /* Pass 1: for key split s (blockIdx.x) of KV head j (blockIdx.y) and the
    rows of chunk blockIdx.z, each row's running maximum and normaliser over
    the keys of the split it can see. part: [Hk][S][total] (max, sum). */
+template <int KIND>
 __global__ void __launch_bounds__(KC_THREADS)
 kc_attn_stats(kc_attn a, int64_t keys_per_split, int S, float2 *part, int32_t *status) {
-    __shared__ float ks[KC_DCHUNK][KC_TILE + 1];
-    __shared__ float qs[KC_DCHUNK][KC_ROWS + 1];
     __shared__ int bad;
     KC_STOP_ON_ERROR(status);
     const int s = blockIdx.x, tid = threadIdx.x, tr = tid / 16, tk = tid % 16;
@@ -236,7 +331,7 @@ kc_attn_stats(kc_attn a, int64_t keys_per_split, int S, float2 *part, int32_t *s
     }
     for (int64_t t0 = begin; t0 < end; t0 += KC_TILE) {
         const int count = (int)(end - t0 < KC_TILE ? end - t0 : KC_TILE);
-        kc_tile_logits(a, j, t0, count, x0, chunk, ks, qs, acc, check_keys, &bad);
+        kc_tile_logits<KIND>(a, j, t0, count, x0, chunk, acc, check_keys, &bad);
         for (int i = 0; i < 4; i++) {
             const bool row_ok = tr * 4 + i < chunk;
             float tile_max = -INFINITY, tile_sum = 0.0f, m;
@@ -288,10 +383,9 @@ __global__ void kc_attn_combine(const float2 *part, int S, int64_t total, int64_
 /* Pass 2: key tile blockIdx.x of KV head blockIdx.y; every row chunk that
    can see the tile adds its probabilities. sums: [Hk][sums_stride], keys
    0 .. n_out-1 written (overwritten, not added). */
+template <int KIND>
 __global__ void __launch_bounds__(KC_THREADS)
 kc_attn_probs(kc_attn a, const float2 *stats, float *sums, int64_t sums_stride, int32_t *status) {
-    __shared__ float ks[KC_DCHUNK][KC_TILE + 1];
-    __shared__ float qs[KC_DCHUNK][KC_ROWS + 1];
     __shared__ float2 row_stats[KC_ROWS];
     __shared__ float reduce[16][KC_TILE + 1];
     KC_STOP_ON_ERROR(status);
@@ -302,7 +396,7 @@ kc_attn_probs(kc_attn a, const float2 *stats, float *sums, int64_t sums_stride, 
     for (int64_t x0 = 0; x0 < a.total; x0 += KC_ROWS) {
         const int chunk = (int)(a.total - x0 < KC_ROWS ? a.total - x0 : KC_ROWS);
         if (a.first_position + (x0 + chunk - 1) / a.g < t0) continue; /* no row sees the tile */
-        kc_tile_logits(a, j, t0, count, x0, chunk, ks, qs, acc, false, NULL);
+        kc_tile_logits<KIND>(a, j, t0, count, x0, chunk, acc, false, NULL);
         if (tid < chunk) row_stats[tid] = stats[j * a.total + x0 + tid];
         __syncthreads();
         for (int i = 0; i < 4; i++) {
@@ -404,19 +498,20 @@ __global__ void kc_key_norm(kc_view keys, float *scores, int64_t N, int64_t n, i
 }
 
 /* Mean key direction, part 1: split s (blockIdx.x) of head j (blockIdx.y)
-   sums k / ||k|| over its keys. Warp w takes keys begin + w, + 8, ...; lane
-   l owns dims l, l + 32, ...; the 8 warps' sums are added in warp order.
-   part: [Hk][KC_KEY_SPLITS][D] double. Dynamic shared memory: 8 * D doubles. */
+   sums k / ||k|| over its keys. Warp w of the block's `warps` takes keys
+   begin + w, + warps, ...; lane l owns dims l, l + 32, ...; the warps'
+   sums are added in warp order. part: [Hk][KC_KEY_SPLITS][D] double.
+   Dynamic shared memory: warps * D doubles (kc_direction_warps). */
 __global__ void __launch_bounds__(256)
 kc_key_direction_part(kc_view keys, int64_t keys_per_split, double *part, int32_t *status) {
-    KC_DYNAMIC_SHARED(double, warp_acc); /* [8][D] */
+    KC_DYNAMIC_SHARED(double, warp_acc); /* [warps][D] */
     KC_STOP_ON_ERROR(status);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
     const int64_t s = blockIdx.x, j = blockIdx.y, D = keys.head_dim, N = keys.n_tokens;
     const int64_t begin = s * keys_per_split, end = begin + keys_per_split < N ? begin + keys_per_split : N;
     double *acc = warp_acc + warp * D;
     for (int64_t d = lane; d < D; d += 32) acc[d] = 0.0;
-    for (int64_t i = begin + warp; i < end; i += 8) {
+    for (int64_t i = begin + warp; i < end; i += warps) {
         double sq = 0.0;
         for (int64_t d = lane; d < D; d += 32) {
             const double v = kc_load(keys, i, j, d);
@@ -431,7 +526,7 @@ kc_key_direction_part(kc_view keys, int64_t keys_per_split, double *part, int32_
     __syncthreads();
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
         double total = 0.0;
-        for (int w = 0; w < 8; w++) total += warp_acc[w * D + d];
+        for (int w = 0; w < warps; w++) total += warp_acc[w * D + d];
         part[(j * KC_KEY_SPLITS + s) * D + d] = total;
     }
 }
@@ -517,20 +612,17 @@ kc_moments(const float *x, int64_t stride, int64_t n, double *moments, int32_t *
     }
 }
 
-/* Sort input of the rank union: ascending key = descending score (ties keep
-   the position order, the radix sort being stable), value = position. */
-__global__ void kc_sort_prep(const float *scores, int64_t stride, int64_t n, uint32_t *keys,
+/* Sort input of the rank union: one device-wide radix sort for all heads
+   of the layer, the head in the key's high bits (so heads stay apart)
+   above ~order_key (ascending key = descending score; ties keep position
+   order, the sort being stable); value = position. */
+__global__ void kc_sort_prep(const float *scores, int64_t stride, int64_t n, uint64_t *keys,
                              int32_t *positions, int32_t *status) {
     KC_STOP_ON_ERROR(status);
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
     if (i >= n) return;
-    keys[j * n + i] = ~kc_order_key(scores[j * stride + i]);
+    keys[j * n + i] = (uint64_t)j << 32 | ~kc_order_key(scores[j * stride + i]);
     positions[j * n + i] = (int32_t)i;
-}
-
-__global__ void kc_segment_offsets(int32_t *offsets, int64_t n_segments, int64_t n) {
-    const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j <= n_segments) offsets[j] = (int32_t)(j * n);
 }
 
 /* rank[j][position] = its place in the sorted order. */
@@ -765,15 +857,23 @@ struct kc_scratch {
     float    *uniq;         /* [Hk][n]           -cos(k, kbar) */
     double   *moments_p;    /* [Hk][2] */
     double   *moments_u;    /* [Hk][2] */
-    uint32_t *sort_keys, *sort_keys_out;           /* [Hk][n] */
+    uint64_t *sort_keys, *sort_keys_out;           /* [Hk][n] head << 32 | key */
     int32_t  *sort_positions, *sort_positions_out; /* [Hk][n] */
     int32_t  *rank;         /* [Hk][n] */
-    int32_t  *offsets;      /* [Hk + 1] */
     void     *cub_temp;
     size_t    cub_bytes;
 };
 
 static int64_t kc_splits(int64_t N, int64_t Hk, int64_t total_rows);
+
+/* Warps of the key-direction pass: 8, fewer for head dims above 768 so
+   that their accumulators fit the 48 KiB of shared memory a block gets
+   without asking; 0 above 6144 (kc_prepare refuses). */
+static int64_t kc_direction_warps(int64_t D) {
+    const int64_t warps = 6144 / D;
+    return warps > 8 ? 8 : warps;
+}
+
 
 /* The sizes a cache needs: the largest over its layers. */
 struct kc_dims {
@@ -815,23 +915,29 @@ static void kc_carve(kc_bump *b, const kc_dims *d, kc_scratch *s) {
     s->uniq           = (float *)kc_take(b, direction * heads * n, sizeof(float));
     s->moments_p      = (double *)kc_take(b, heads * 2, sizeof(double));
     s->moments_u      = (double *)kc_take(b, heads * 2, sizeof(double));
-    s->sort_keys      = (uint32_t *)kc_take(b, sorted, sizeof(uint32_t));
-    s->sort_keys_out  = (uint32_t *)kc_take(b, sorted, sizeof(uint32_t));
+    s->sort_keys      = (uint64_t *)kc_take(b, sorted, sizeof(uint64_t));
+    s->sort_keys_out  = (uint64_t *)kc_take(b, sorted, sizeof(uint64_t));
     s->sort_positions = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
     s->sort_positions_out = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
     s->rank           = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
-    s->offsets        = (int32_t *)kc_take(b, d->rank_union ? heads + 1 : 0, sizeof(int32_t));
     s->cub_temp       = kc_take(b, (int64_t)s->cub_bytes, 1);
 }
 
-/* CUB's temporary storage for one layer's segmented sort (asks the device). */
+/* Key bits of the rank union's sort: 32 of score, and the head's above. */
+static int kc_sort_end_bit(int64_t Hk) {
+    int bits = 0;
+    while (((int64_t)1 << bits) < Hk) bits++;
+    return 32 + bits;
+}
+
+/* CUB's temporary storage for one layer's sort (asks the device). */
 static kvec_result kc_cub_bytes(const kc_dims *d, size_t *bytes) {
     *bytes = 0;
     if (!d->rank_union || d->n <= 0) return KVEC_OK;
     if (d->Hk * d->n > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
-    cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairs(
-        NULL, *bytes, (const uint32_t *)NULL, (uint32_t *)NULL, (const int32_t *)NULL, (int32_t *)NULL,
-        (int)(d->Hk * d->n), (int)d->Hk, (const int32_t *)NULL, (const int32_t *)NULL, 0, 32, (cudaStream_t)0);
+    cudaError_t e = cub::DeviceRadixSort::SortPairs(NULL, *bytes, (const uint64_t *)NULL, (uint64_t *)NULL,
+                                                    (const int32_t *)NULL, (int32_t *)NULL, (int)(d->Hk * d->n), 0,
+                                                    kc_sort_end_bit(d->Hk), (cudaStream_t)0);
     return e == cudaSuccess ? KVEC_OK : KVEC_ERROR_CUDA;
 }
 
@@ -899,6 +1005,10 @@ static kvec_result kc_prepare(const kvec_config *config, const kvec_cache *cache
         if (layer->keys.n_tokens * layer->keys.n_heads * layer->keys.head_dim > INT64_MAX / 8)
             return KVEC_ERROR_SIZE_OVERFLOW;
     }
+    /* Limits of the launches: grid extents, shared memory of the key direction. */
+    const kc_dims d = kc_dims_of(c, cache);
+    if (d.Hk > 65535 || d.rows_g > (int64_t)65535 * KC_ROWS || d.L * d.Hk > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (d.uniqueness && kc_direction_warps(d.D) == 0) return KVEC_ERROR_SIZE_OVERFLOW; /* head_dim above 6144 */
     return KVEC_OK;
 }
 
@@ -967,6 +1077,34 @@ static kvec_result kc_launched(cudaStream_t stream) {
 
 static unsigned kc_blocks(int64_t n, int64_t per_block) { return (unsigned)((n + per_block - 1) / per_block); }
 
+/* Tensor cores where the keys allow them: fp16 or bf16, contiguous dims
+   (so a row is whole 16-element pieces), head_dim a multiple of 16. Build
+   with KVEC_CUDA_SIMT_ONLY to compare against the SIMT path. */
+static int kc_tile_kind(const kvec_tensor &keys) {
+#ifdef KVEC_CUDA_SIMT_ONLY
+    (void)keys;
+    return KC_TILE_SIMT;
+#else
+    const int64_t e = 2;
+    if (keys.dtype == KVEC_DTYPE_F32 || keys.stride_dim != e || keys.head_dim % 16 != 0) return KC_TILE_SIMT;
+    return keys.dtype == KVEC_DTYPE_F16 ? KC_TILE_MMA_F16 : KC_TILE_MMA_BF16;
+#endif
+}
+
+/* The three launches of window attention for one tile kind. */
+template <int KIND>
+static kvec_result kc_attention_passes(const kc_attn &a, int64_t Hk, int64_t S, int64_t keys_per_split,
+                                       int64_t row_chunks, float *sums, int64_t sums_stride, kc_scratch *s,
+                                       cudaStream_t stream) {
+    KC_LAUNCH(kc_attn_stats<KIND>, dim3((unsigned)S, (unsigned)Hk, (unsigned)row_chunks), KC_THREADS, 0, (
+        a, keys_per_split, (int)S, s->stats_part, s->status));
+    KC_LAUNCH(kc_attn_combine, kc_blocks(Hk * a.total, 256), 256, 0, (
+        s->stats_part, (int)S, a.total, Hk, a.weight, s->stats, s->status));
+    KC_LAUNCH(kc_attn_probs<KIND>, dim3(kc_blocks(a.n_out, KC_TILE), (unsigned)Hk), KC_THREADS, 0, (
+        a, s->stats, sums, sums_stride, s->status));
+    return KVEC_OK;
+}
+
 /* Key splits of the statistics pass: about KC_SPLIT_BLOCKS blocks per
    layer, at least 256 keys each, at most KC_SPLITS. It depends on the
    shape alone, so the combine order (and every bit of the result) is the
@@ -1000,14 +1138,14 @@ static kvec_result kc_window_attention(const kvec_layer *layer, int64_t row_firs
     const int64_t row_chunks = (a.total + KC_ROWS - 1) / KC_ROWS;
     const int64_t S = kc_splits(N, Hk, a.total);
     const int64_t keys_per_split = ((N + S - 1) / S + KC_TILE - 1) / KC_TILE * KC_TILE;
-    if (row_chunks > 65535) return KVEC_ERROR_SIZE_OVERFLOW;
-    KC_LAUNCH(kc_attn_stats, dim3((unsigned)S, (unsigned)Hk, (unsigned)row_chunks), KC_THREADS, 0, (
-        a, keys_per_split, (int)S, s->stats_part, s->status));
-    KC_LAUNCH(kc_attn_combine, kc_blocks(Hk * a.total, 256), 256, 0, (
-        s->stats_part, (int)S, a.total, Hk, weight, s->stats, s->status));
-    KC_LAUNCH(kc_attn_probs, dim3(kc_blocks(n_out, KC_TILE), (unsigned)Hk), KC_THREADS, 0, (
-        a, s->stats, sums, sums_stride, s->status));
-    return KVEC_OK;
+    switch (kc_tile_kind(layer->keys)) {
+    case KC_TILE_MMA_F16:
+        return kc_attention_passes<KC_TILE_MMA_F16>(a, Hk, S, keys_per_split, row_chunks, sums, sums_stride, s, stream);
+    case KC_TILE_MMA_BF16:
+        return kc_attention_passes<KC_TILE_MMA_BF16>(a, Hk, S, keys_per_split, row_chunks, sums, sums_stride, s, stream);
+    default:
+        return kc_attention_passes<KC_TILE_SIMT>(a, Hk, S, keys_per_split, row_chunks, sums, sums_stride, s, stream);
+    }
 }
 
 /* The mean key direction and -cos(k_i, kbar) of every head into s->uniq. */
@@ -1015,10 +1153,9 @@ static kvec_result kc_key_uniqueness(const kvec_layer *layer, int64_t n, float *
                                      kc_scratch *s, cudaStream_t stream) {
     const kc_view keys = kc_view_of(layer->keys);
     const int64_t N = keys.n_tokens, Hk = keys.n_heads, D = keys.head_dim;
-    const int64_t per_split = (N + KC_KEY_SPLITS - 1) / KC_KEY_SPLITS;
-    const size_t shared = (size_t)(8 * D) * sizeof(double);
-    if (shared > 48 * 1024) return KVEC_ERROR_BAD_EXTENT; /* head_dim above 768 */
-    KC_LAUNCH(kc_key_direction_part, dim3(KC_KEY_SPLITS, (unsigned)Hk), 256, shared, (
+    const int64_t per_split = (N + KC_KEY_SPLITS - 1) / KC_KEY_SPLITS, warps = kc_direction_warps(D);
+    const size_t shared = (size_t)(warps * D) * sizeof(double);
+    KC_LAUNCH(kc_key_direction_part, dim3(KC_KEY_SPLITS, (unsigned)Hk), (unsigned)(32 * warps), shared, (
         keys, per_split, s->kbar_part, s->status));
     KC_LAUNCH(kc_key_direction_combine, (unsigned)Hk, 256, 0, (
         s->kbar_part, D, N, s->kbar, s->kbar_norm, s->status));
@@ -1034,11 +1171,10 @@ static kvec_result kc_sort_descending(const float *scores, int64_t stride, int64
     size_t temp_bytes = s->cub_bytes;
     KC_LAUNCH(kc_sort_prep, dim3(kc_blocks(n, 256), (unsigned)Hk), 256, 0, (
         scores, stride, n, s->sort_keys, s->sort_positions, s->status));
-    KC_LAUNCH(kc_segment_offsets, kc_blocks(Hk + 1, 256), 256, 0, (s->offsets, Hk, n));
     /* Runs even after a device-side error: it reads only scratch. */
-    KC_CUDA(cub::DeviceSegmentedRadixSort::SortPairs(
-        s->cub_temp, temp_bytes, s->sort_keys, s->sort_keys_out, s->sort_positions, s->sort_positions_out,
-        (int)(Hk * n), (int)Hk, s->offsets, s->offsets + 1, 0, 32, stream));
+    KC_CUDA(cub::DeviceRadixSort::SortPairs(s->cub_temp, temp_bytes, s->sort_keys, s->sort_keys_out,
+                                            s->sort_positions, s->sort_positions_out, (int)(Hk * n), 0,
+                                            kc_sort_end_bit(Hk), stream));
     return kc_launched(stream);
 }
 
@@ -1256,7 +1392,6 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
     kvec_result r;
     if ((r = kc_prepare(config, cache, budget, &c)) != KVEC_OK) return r;
     if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
-    if (d.Hk > 65535) return KVEC_ERROR_SIZE_OVERFLOW;
     if ((r = kc_check_plan_capacity(&c, plan, d.L, d.Hk, d.N, budget)) != KVEC_OK) return r;
     KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
     if ((r = kc_score_all(&c, cache, budget, s.scores, &s, stream)) != KVEC_OK) return r;

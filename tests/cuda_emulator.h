@@ -40,6 +40,7 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 #define KC_DYNAMIC_SHARED(type, name) type *name = (type *)kc_emu::dynamic_shared()
 
 struct dim3 {
@@ -64,6 +65,91 @@ inline float __half2float(__half h) {
     }
     return kc_emu_bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
+
+/* Round to nearest even, as __float2half_rn and __float2bfloat16_rn do. */
+inline __half __float2half_rn(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    const uint32_t sign = (bits >> 16) & 0x8000u;
+    const int32_t exponent = (int32_t)((bits >> 23) & 0xffu) - 127 + 15;
+    uint32_t mantissa = bits & 0x7fffffu;
+    __half h;
+    if (((bits >> 23) & 0xffu) == 0xffu) { h.bits = (uint16_t)(sign | 0x7c00u | (mantissa ? 0x200u : 0)); return h; }
+    if (exponent >= 31) { h.bits = (uint16_t)(sign | 0x7c00u); return h; }
+    if (exponent <= 0) { /* subnormal or zero */
+        if (exponent < -10) { h.bits = (uint16_t)sign; return h; }
+        mantissa |= 0x800000u;
+        const int shift = 14 - exponent;
+        uint32_t half_mantissa = mantissa >> shift;
+        const uint32_t rest = mantissa & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (half_mantissa & 1u))) half_mantissa++;
+        h.bits = (uint16_t)(sign | half_mantissa);
+        return h;
+    }
+    uint32_t out = sign | ((uint32_t)exponent << 10) | (mantissa >> 13);
+    const uint32_t rest = mantissa & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (out & 1u))) out++; /* may carry into the exponent: correct */
+    h.bits = (uint16_t)out;
+    return h;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    __nv_bfloat16 b;
+    if ((bits & 0x7fffffffu) > 0x7f800000u) { b.bits = (uint16_t)((bits >> 16) | 0x40u); return b; }
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    b.bits = (uint16_t)(bits >> 16);
+    return b;
+}
+inline float kc_emu_to_float(__half h) { return __half2float(h); }
+inline float kc_emu_to_float(__nv_bfloat16 b) { return __bfloat162float(b); }
+
+/* WMMA: a fragment holds its whole 16 x 16 matrix in every thread (the real
+   distribution over the warp is unspecified, so nothing may depend on it),
+   and each thread does the whole warp's operation: same results, 32 times. */
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+    float x[16][16]; /* [row][col] of the logical matrix (A: M x K, B: K x N, C: M x N) */
+};
+template <typename T>
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major> &f, const T *p, unsigned ldm) {
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) f.x[r][c] = kc_emu_to_float(p[r * ldm + c]);
+}
+template <typename T>
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major> &f, const T *p, unsigned ldm) {
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 16; n++) f.x[k][n] = kc_emu_to_float(p[n * ldm + k]);
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, float v) {
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) f.x[r][c] = v;
+}
+template <typename A, typename B>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const A &a, const B &b,
+                     const fragment<accumulator, 16, 16, 16, float> &c) {
+    fragment<accumulator, 16, 16, 16, float> out;
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            float acc = c.x[m][n];
+            for (int k = 0; k < 16; k++) acc = std::fma(a.x[m][k], b.x[k][n], acc);
+            out.x[m][n] = acc;
+        }
+    d = out;
+}
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t) {
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) p[r * ldm + c] = f.x[r][c];
+}
+} // namespace wmma
+} // namespace nvcuda
 
 /* >>runtime API subset */
 typedef int cudaError_t;
@@ -281,21 +367,22 @@ template <typename T, int BLOCK_THREADS> struct BlockScan {
     }
 };
 
-struct DeviceSegmentedRadixSort {
-    /* Ascending by key within each segment, stable: what the radix sort gives. */
-    template <typename K, typename V, typename Offsets>
+struct DeviceRadixSort {
+    /* Ascending by the key's bits [begin_bit, end_bit), stable. */
+    template <typename K, typename V>
     static cudaError_t SortPairs(void *temp, size_t &temp_bytes, const K *keys_in, K *keys_out, const V *values_in,
-                                 V *values_out, int, int n_segments, Offsets begin, Offsets end, int = 0,
-                                 int = (int)(sizeof(K) * 8), cudaStream_t = 0) {
+                                 V *values_out, int n, int begin_bit = 0, int end_bit = (int)(sizeof(K) * 8),
+                                 cudaStream_t = 0) {
         if (!temp) { temp_bytes = 16; return cudaSuccess; }
-        for (int s = 0; s < n_segments; s++) {
-            std::vector<int> order;
-            for (int i = begin[s]; i < end[s]; i++) order.push_back(i);
-            std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys_in[a] < keys_in[b]; });
-            for (size_t i = 0; i < order.size(); i++) {
-                keys_out[begin[s] + i] = keys_in[order[i]];
-                values_out[begin[s] + i] = values_in[order[i]];
-            }
+        const K mask = (end_bit - begin_bit >= (int)(sizeof(K) * 8) ? ~K(0) : ((K(1) << (end_bit - begin_bit)) - 1))
+                       << begin_bit;
+        std::vector<int> order((size_t)n);
+        for (int i = 0; i < n; i++) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int a, int b) { return (keys_in[a] & mask) < (keys_in[b] & mask); });
+        for (int i = 0; i < n; i++) {
+            keys_out[i] = keys_in[order[i]];
+            values_out[i] = values_in[order[i]];
         }
         return cudaSuccess;
     }

@@ -1,7 +1,8 @@
 // test_cuda.cu - the device path (kvec_cuda.cu) against the CPU path (kvec.h).
 //
 // For random caches of many shapes, dtypes and layouts, and every policy the
-// device supports: scores agree within 1e-3 relative, kept sets agree (a
+// device supports: scores agree within 1e-3 relative (scores near zero: 1e-6
+// of the head's largest), kept sets agree (a
 // difference is allowed only between tokens whose CPU scores tie with the
 // last kept score to rounding), compaction is byte-exact against the CPU's
 // compaction by the same plan, and two runs give identical bits. Errors:
@@ -258,7 +259,7 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
         double worst = 0.0;
         int64_t bad = 0, rank_mismatch = 0, compared = 0;
         for (int64_t l = 0; l < L; l++) {
-            int64_t layer_budget;
+            int64_t layer_budget = 0;
             kvec_layer_budget(&c, cd.budget, l, L, N, &layer_budget);
             if (layer_budget >= N) continue;
             for (int64_t j = 0; j < Hk; j++) {
@@ -270,7 +271,9 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
                     if (std::isinf(a[i]) || std::isinf(b[i])) { bad += a[i] != b[i]; continue; }
                     if (ranks) { rank_mismatch += a[i] != b[i]; continue; }
                     const double err = std::fabs((double)a[i] - b[i]);
-                    const double rel = err / (std::fabs((double)a[i]) + 1e-6 * scale + 1e-30);
+                    /* relative to the score, or to the head's largest score for scores
+                       near zero (a cosine of 1e-6 carries the CPU's own fp32 rounding) */
+                    const double rel = err / (std::fabs((double)a[i]) + 1e-3 * scale + 1e-30);
                     worst = std::fmax(worst, rel);
                     bad += !(rel <= 1e-3);
                 }
@@ -503,14 +506,21 @@ int main(int argc, char **argv) {
     const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_PYRAMIDKV, KVEC_POLICY_H2O,
                                      KVEC_POLICY_TOVA, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF,
                                      KVEC_POLICY_STREAMING, KVEC_POLICY_RANDOM };
-    const int n_shapes = quick ? 3 : 10;
+    const int n_shapes = quick ? 4 : 10;
     for (int shape = 0; shape < n_shapes; shape++) {
         /* Shapes: small ones of every kind, then (without --quick) larger ones. */
-        const int64_t Hk = pick(1, 3), g = pick(1, 4), D = shape % 3 == 0 ? pick(1, 40) : 8 * pick(1, quick ? 6 : 24);
+        /* Key dtypes rotate f32, f16, bf16, f16, bf16, f32, ...; fp16 and bf16 keys
+           with head_dim a multiple of 16 and contiguous dims take the tensor-core
+           tile, the others (and shape 3's odd multiple of 8, and the dim-major
+           layout of shapes 3, 7) the SIMT tile. */
+        const kvec_dtype kv = (kvec_dtype)(1 + (shape + shape / 3) % 3);
+        const int64_t D = shape % 4 == 3       ? 8 * (2 * pick(0, quick ? 2 : 8) + 1)
+                        : kv == KVEC_DTYPE_F32 ? pick(1, 40)
+                                               : 16 * pick(1, quick ? 4 : 12);
+        const int64_t Hk = pick(1, 3), g = pick(1, 4);
         const int64_t W = pick(2, 12) * 2, Wq = W + pick(0, 20);
         const int64_t N = quick ? pick(Wq + 1, 600) : pick(Wq + 1, shape < 6 ? 1500 : 6000);
         const int64_t L = pick(1, 3);
-        const kvec_dtype kv = (kvec_dtype)(1 + shape % 3);
         const kvec_dtype q = shape % 2 ? KVEC_DTYPE_F32 : kv;
         model m;
         make_model(m, L, Hk, g, D, N, Wq, kv, q, shape % LAYOUT_COUNT);
