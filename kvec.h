@@ -194,8 +194,8 @@ CUDA
    is kvec_cuda.cu, a translation unit of its own (compile it with nvcc and
    link it); its functions, kvec_cuda_*, are declared below (>>cuda api)
    whatever KVEC_STATIC says, and take the same cache, config and plan
-   with device pointers inside. Uniform and pyramid budgets, every policy
-   but CriticalKV and LaProx, K-VEC's default terms.
+   with device pointers inside. Uniform and pyramid budgets, every policy,
+   every K-VEC term.
 
 NON-GOALS
 
@@ -567,7 +567,8 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
    found on the device: the call then leaves the cache and the plan as they
    were, and writes the result code into the scratch, where
    kvec_cuda_status reads it (it synchronises the stream). Uniform and
-   pyramid budgets only; policies and terms as in docs/SEMANTICS.md. */
+   pyramid budgets only; every policy and every K-VEC term
+   (docs/SEMANTICS.md). */
 #define KVEC_CUDA_API extern /* defined in kvec_cuda.cu whatever KVEC_STATIC says */
 KVEC_CUDA_API kvec_result kvec_cuda_scratch_bytes(const kvec_config *config, const kvec_cache *cache,
                                                   size_t *bytes);
@@ -575,10 +576,15 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
                                           int64_t budget, kvec_plan *plan,
                                           void *scratch, size_t scratch_bytes, void *stream);
 /* The steps: scores ([L][Hk][N] fp32, device) for the budget, a plan from
-   any scores (external ones too), compaction by a plan. */
+   any scores (external ones too), compaction by a plan. kvec_cuda_score
+   refuses K-VEC's cross-layer term (a layer's scores depend on what the
+   layers before it kept: kvec_cuda_evict). kvec_cuda_select takes any
+   scratch from kvec_cuda_scratch_bytes, or kvec_cuda_select_scratch_bytes
+   (0 = bad arguments); compaction needs 4 bytes (the status). */
 KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_cache *cache,
                                           int64_t budget, float *scores,
                                           void *scratch, size_t scratch_bytes, void *stream);
+KVEC_CUDA_API size_t      kvec_cuda_select_scratch_bytes(const kvec_config *config, int64_t n_tokens);
 KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const float *scores,
                                            int64_t n_layers, int64_t n_kv_heads, int64_t n_tokens,
                                            int64_t budget, kvec_plan *plan,

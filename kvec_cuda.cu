@@ -35,6 +35,7 @@
                          double), the rank union by two radix sorts (CUB,
                          all heads of the layer in one), kc_kvec_combine,
                          kc_rank_union
+     head focus          a second window attention over 4W rows, kc_focus_pick
      other policies      kc_key_norm, kc_simple_scores (StreamingLLM,
                          Random), kc_finish (H2O's normalisation, the
                          window), kc_tova_average
@@ -47,9 +48,17 @@
                          destinations, so no row is read after it is
                          overwritten
 
+     output-aware        kc_output_norm (W_o^h v through the SIMT tile,
+                         |y| or y^2 summed), kc_output_mean, then
+                         kc_criticalkv (first stage by block radix select)
+                         or kc_laprox (the layer's mean, one block)
+   K-VEC's cross-layer term selects layer by layer (kc_select for one
+   layer, then kc_mark_coverage) so each layer sees what the earlier ones
+   kept; the cross-head term selects the heads of a layer in order, in one
+   block.
+
    NOT ON THE DEVICE YET (KVEC_ERROR_BAD_CONFIG): adaptive and global
-   budgets, the K-VEC terms CROSS_HEAD, CROSS_LAYER and HEAD_FOCUS, and the
-   output-aware policies CriticalKV and LaProx.
+   budgets (shared pools).
 
    AGREEMENT WITH THE CPU PATH
 
@@ -633,18 +642,31 @@ __global__ void kc_rank_of(const int32_t *sorted_positions, int64_t n, int32_t *
     rank[j * n + sorted_positions[j * n + i]] = (int32_t)i;
 }
 
-/* s = z(P) + mu z(U), as kvec__score_kvec computes it (double, then float). */
+/* s = z(P) + mu z(U) + gamma C, as kvec__score_kvec computes it (double,
+   then float). uniq is NULL without the uniqueness term, kept_before NULL
+   without the cross-layer term. */
 __global__ void kc_kvec_combine(float *scores, int64_t N, const float *uniq, int64_t n,
                                 const double *moments_p, const double *moments_u, float mu,
-                                int use_uniqueness, int32_t *status) {
+                                const uint8_t *kept_before, float gamma, int32_t *status) {
     KC_STOP_ON_ERROR(status);
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
     if (i >= n) return;
     float *s = scores + j * N;
     double v = (s[i] - moments_p[j * 2]) / (moments_p[j * 2 + 1] + KVEC__Z_EPS);
-    if (use_uniqueness)
-        v += mu * ((uniq[j * n + i] - moments_u[j * 2]) / (moments_u[j * 2 + 1] + KVEC__Z_EPS));
+    if (uniq) v += mu * ((uniq[j * n + i] - moments_u[j * 2]) / (moments_u[j * 2 + 1] + KVEC__Z_EPS));
+    if (kept_before && !kept_before[i]) v += gamma;
     s[i] = (float)v;
+}
+
+/* Head focus: a head whose pool(I) is flat (coefficient of variation below
+   focus_cv) takes pool(I) from the 4W-row window instead. */
+__global__ void kc_focus_pick(float *scores, int64_t N, const float *wide, int64_t n, const double *moments_p,
+                              float focus_cv, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    const double mean = moments_p[j * 2], std = moments_p[j * 2 + 1];
+    if (mean > 0.0 && std / mean < (double)focus_cv) scores[j * N + i] = wide[j * N + i];
 }
 
 /* The rank union: s = n - min(rank by the combined score, rank by P). */
@@ -667,90 +689,259 @@ __global__ void kc_check_finite(kc_view t, int32_t *status) {
     if (!isfinite(kc_load(t, e / (H * D), (e / D) % H, e % D))) kc_fail(status, KVEC_ERROR_NON_FINITE);
 }
 
+/* >>output-aware scores (CriticalKV, LaProx) */
+
+/* ||W_o^h v_i||_p for query head h = blockIdx.y and the tokens of tile
+   blockIdx.x (64 per block), p = 1 or 2 (2 gives the squared norm's sum,
+   the root is taken in kc_output_mean). The projections y = W_o^h v_i are
+   the SIMT tile of window attention with V as the rows and W_o's E rows as
+   the keys; |y| or y^2 is summed over the outputs, tile after tile, then
+   over the 16 threads of a row group in a fixed tree. part: [H][n]. */
+__global__ void __launch_bounds__(KC_THREADS)
+kc_output_norm(kc_view values, kc_view out_proj, int64_t g, int64_t n, int p, float *part, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int tid = threadIdx.x, tr = tid / 16, tk = tid % 16;
+    const int64_t h = blockIdx.y, x0 = (int64_t)blockIdx.x * KC_ROWS, E = out_proj.n_tokens;
+    const int chunk = (int)(n - x0 < KC_ROWS ? n - x0 : KC_ROWS);
+    kc_attn a; /* V of KV head h / g as the rows, W_o^h as the keys: both views pinned to one head */
+    a.keys = out_proj;
+    a.keys.data = out_proj.data + h * out_proj.stride_head;
+    a.keys.stride_head = 0;
+    a.queries = values;
+    a.queries.data = values.data + (h / g) * values.stride_head;
+    a.queries.stride_head = 0;
+    a.g = 1; a.row_first = 0; a.total = n; a.first_position = 0; a.n_out = E; a.scale = 1.0f; a.weight = 1.0f;
+    float acc[4][4], norm[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+    for (int64_t t0 = 0; t0 < E; t0 += KC_TILE) {
+        const int count = (int)(E - t0 < KC_TILE ? E - t0 : KC_TILE);
+        kc_tile_logits_simt(a, 0, t0, count, x0, chunk, acc, false, NULL);
+        for (int i = 0; i < 4; i++)
+            for (int k = 0; k < 4; k++)
+                if (tk * 4 + k < count) norm[i] += p == 1 ? fabsf(acc[i][k]) : acc[i][k] * acc[i][k];
+    }
+    for (int i = 0; i < 4; i++) {
+        for (int off = 8; off > 0; off >>= 1) norm[i] += __shfl_xor_sync(0xffffffffu, norm[i], off);
+        if (tk == 0 && tr * 4 + i < chunk) part[h * n + x0 + tr * 4 + i] = norm[i];
+    }
+}
+
+/* out[j][i] = mean over the query heads of KV head j of the norm (the root
+   of the sum of squares for p = 2), summed in head order. */
+__global__ void kc_output_mean(const float *part, int64_t n, int64_t g, int p, float *out, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (i >= n) return;
+    const float inv_g = 1.0f / (float)g;
+    float total = 0.0f;
+    for (int64_t hh = 0; hh < g; hh++) {
+        const float v = part[(j * g + hh) * n + i];
+        total += (p == 1 ? v : sqrtf(v)) * inv_g;
+    }
+    out[j * n + i] = total;
+}
+
 /* >>selection */
 
 /* Up to KC_BATCH layers per launch: free slots (B_l - W) per layer, or
-   keep_all when the layer's budget covers every token. */
+   keep_all when the layer's budget covers every token; reserve > 0 turns
+   on K-VEC's cross-head term (floor(beta * free slots) per head). */
 struct kc_select_batch {
     int     n_layers;
     int64_t first_layer;
     int64_t free_slots[KC_BATCH];
+    int64_t reserve[KC_BATCH];
     int     keep_all[KC_BATCH];
 };
 
-/* Head (layer first_layer + blockIdx.y, blockIdx.x): the best free_slots
-   evictable positions, ascending, then the window; as kvec__select_head. A
-   radix select on the order key: four byte-wide histogram passes find the
-   key of the free_slots-th best and how many of its ties to take; one pass
-   in position order writes the positions (block scans give each its
-   place). scores: [L][Hk][N]. */
-__global__ void __launch_bounds__(KC_SELECT_THREADS)
-kc_select(const float *scores, int64_t N, int64_t Hk, int64_t window, kc_select_batch batch,
-          int64_t *kept_count, int64_t *kept_positions, int64_t plan_heads, int64_t capacity,
-          int32_t *status) {
-    typedef cub::BlockScan<int, KC_SELECT_THREADS> scan_t;
-    __shared__ typename scan_t::TempStorage scan_storage;
-    __shared__ int histogram[256];
-    __shared__ int64_t chosen_need;
-    __shared__ uint32_t chosen_bucket;
-    KC_STOP_ON_ERROR(status);
-    const int tid = threadIdx.x, b = blockIdx.y;
-    const int64_t j = blockIdx.x, l = batch.first_layer + b, n = N - window;
-    const float *s = scores + (l * Hk + j) * N;
-    int64_t *out = kept_positions + (l * plan_heads + j) * capacity;
-    if (batch.keep_all[b]) {
-        for (int64_t i = tid; i < N; i += KC_SELECT_THREADS) out[i] = i;
-        if (tid == 0) kept_count[l * plan_heads + j] = N;
-        return;
-    }
-    const int64_t k = batch.free_slots[b];
+typedef cub::BlockScan<int, KC_SELECT_THREADS> kc_select_scan;
+
+struct kc_select_shared {
+    typename kc_select_scan::TempStorage scan;
+    int      histogram[256];
+    int64_t  chosen_need;
+    uint32_t chosen_bucket;
+    int      eligible;
+};
+
+/* kvec__select_top for one block: the k best of s[0 .. n) (ties to the
+   lower position) among the positions not excluded (flags[i] & exclude;
+   flags may be NULL); marks them with bit 0 of flags and/or writes them
+   ascending to out. Returns how many it took (in every thread).
+
+   A radix select on the order key: four byte-wide histogram passes find
+   the key of the k-th best and how many of its ties to take; one pass in
+   position order takes them (block scans give each its place, so ties go
+   to the lowest positions as on the CPU). Every thread must call it. */
+__device__ int64_t kc_block_select_top(const float *s, int64_t n, uint8_t *flags, uint8_t exclude, int64_t k,
+                                       int64_t *out, kc_select_shared &sh) {
+    const int tid = threadIdx.x;
+    if (tid == 0) sh.eligible = 0;
+    __syncthreads();
+    int mine = 0;
+    for (int64_t i = tid; i < n; i += KC_SELECT_THREADS) mine += !(flags && (flags[i] & exclude));
+    atomicAdd(&sh.eligible, mine); /* integer sums: the same in any order */
+    __syncthreads();
+    const int64_t eligible = sh.eligible;
+    if (k <= 0) return 0;
+    const bool partial = k < eligible; /* else take every eligible position */
     uint32_t prefix = 0, mask = 0;
     int64_t need = k;
-    const bool partial = k > 0 && k < n; /* else take none or every evictable token */
     if (partial) {
         for (int shift = 24; shift >= 0; shift -= 8) {
-            for (int e = tid; e < 256; e += KC_SELECT_THREADS) histogram[e] = 0;
+            for (int e = tid; e < 256; e += KC_SELECT_THREADS) sh.histogram[e] = 0;
             __syncthreads();
             for (int64_t i = tid; i < n; i += KC_SELECT_THREADS) {
+                if (flags && (flags[i] & exclude)) continue;
                 const uint32_t key = kc_order_key(s[i]);
-                if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 0xffu], 1);
+                if ((key & mask) == prefix) atomicAdd(&sh.histogram[(key >> shift) & 0xffu], 1);
             }
             __syncthreads();
             if (tid == 0) {
                 int bucket = 255;
-                for (; bucket > 0 && histogram[bucket] < need; bucket--) need -= histogram[bucket];
-                chosen_bucket = (uint32_t)bucket;
-                chosen_need = need;
+                for (; bucket > 0 && sh.histogram[bucket] < need; bucket--) need -= sh.histogram[bucket];
+                sh.chosen_bucket = (uint32_t)bucket;
+                sh.chosen_need = need;
             }
             __syncthreads();
-            prefix |= chosen_bucket << shift;
+            prefix |= sh.chosen_bucket << shift;
             mask |= 0xffu << shift;
-            need = chosen_need;
+            need = sh.chosen_need;
             __syncthreads(); /* before the next pass clears the histogram */
         }
     }
     int64_t count = 0, ties_left = need;
-    if (k > 0) {
-        for (int64_t base = 0; base < n; base += KC_SELECT_THREADS) {
-            const int64_t i = base + tid;
-            int tie = 0, take = 0, tie_rank, ties, take_rank, taken;
-            if (i < n) {
-                const uint32_t key = kc_order_key(s[i]);
-                take = !partial || key > prefix;
-                tie = partial && key == prefix;
-            }
-            scan_t(scan_storage).ExclusiveSum(tie, tie_rank, ties);
-            __syncthreads();
-            take = take || (tie && tie_rank < ties_left);
-            scan_t(scan_storage).ExclusiveSum(take, take_rank, taken);
-            __syncthreads();
-            if (take) out[count + take_rank] = i;
-            count += taken;
-            ties_left -= ties < ties_left ? ties : ties_left;
+    for (int64_t base = 0; base < n; base += KC_SELECT_THREADS) {
+        const int64_t i = base + tid;
+        int tie = 0, take = 0, tie_rank, ties, take_rank, taken;
+        if (i < n && !(flags && (flags[i] & exclude))) {
+            const uint32_t key = kc_order_key(s[i]);
+            take = !partial || key > prefix;
+            tie = partial && key == prefix;
         }
+        kc_select_scan(sh.scan).ExclusiveSum(tie, tie_rank, ties);
+        __syncthreads();
+        take = take || (tie && tie_rank < ties_left);
+        kc_select_scan(sh.scan).ExclusiveSum(take, take_rank, taken);
+        __syncthreads();
+        if (take) {
+            if (flags) flags[i] |= 1u;
+            if (out) out[count + take_rank] = i;
+        }
+        count += taken;
+        ties_left -= ties < ties_left ? ties : ties_left;
     }
-    for (int64_t i = tid; i < window; i += KC_SELECT_THREADS) out[count + i] = n + i;
-    if (tid == 0) kept_count[l * plan_heads + j] = count + window;
+    return count;
+}
+
+/* Positions with bit 0 of flags, ascending, into out; they become bit 1
+   (kept by an earlier head). Returns how many. */
+__device__ int64_t kc_block_collect(uint8_t *flags, int64_t n, int64_t *out, kc_select_shared &sh) {
+    int64_t count = 0;
+    for (int64_t base = 0; base < n; base += KC_SELECT_THREADS) {
+        const int64_t i = base + threadIdx.x;
+        int take = i < n && (flags[i] & 1u), rank, taken;
+        kc_select_scan(sh.scan).ExclusiveSum(take, rank, taken);
+        __syncthreads();
+        if (take) { out[count + rank] = i; flags[i] = 2u; }
+        count += taken;
+    }
+    return count;
+}
+
+/* The plan of layer first_layer + blockIdx.y. Per head (blockIdx.x): the
+   best free_slots evictable positions, ascending, then the window, as
+   kvec__select_head. With the cross-head term one block (blockIdx.x = 0)
+   takes the heads in order, as kvec__select_cross_head: each first takes
+   its best free - reserve, then reserve more among tokens no earlier head
+   of the layer kept (topped up from the rest if there are too few).
+   scores: [L][Hk][N]; head_flags: [KC_BATCH][N] bytes, cross-head only. */
+__global__ void __launch_bounds__(KC_SELECT_THREADS)
+kc_select(const float *scores, int64_t N, int64_t Hk, int64_t window, kc_select_batch batch,
+          int64_t *kept_count, int64_t *kept_positions, int64_t plan_heads, int64_t capacity,
+          uint8_t *head_flags, int32_t *status) {
+    __shared__ kc_select_shared sh;
+    KC_STOP_ON_ERROR(status);
+    const int tid = threadIdx.x, b = blockIdx.y;
+    const int64_t l = batch.first_layer + b, n = N - window, F = batch.free_slots[b], reserve = batch.reserve[b];
+    const int64_t first_head = reserve > 0 ? 0 : blockIdx.x, last_head = reserve > 0 ? Hk : blockIdx.x + 1;
+    uint8_t *flags = reserve > 0 ? head_flags + (int64_t)b * N : NULL;
+    if (flags)
+        for (int64_t i = tid; i < n; i += KC_SELECT_THREADS) flags[i] = 0;
+    __syncthreads();
+    for (int64_t j = first_head; j < last_head; j++) {
+        const float *s = scores + (l * Hk + j) * N;
+        int64_t *out = kept_positions + (l * plan_heads + j) * capacity, count;
+        if (batch.keep_all[b]) {
+            for (int64_t i = tid; i < N; i += KC_SELECT_THREADS) out[i] = i;
+            if (tid == 0) kept_count[l * plan_heads + j] = N;
+            continue;
+        }
+        if (flags) {
+            kc_block_select_top(s, n, flags, 1u, F - reserve, NULL, sh);
+            const int64_t got = kc_block_select_top(s, n, flags, 3u, reserve, NULL, sh);
+            if (got < reserve) kc_block_select_top(s, n, flags, 1u, reserve - got, NULL, sh);
+            __syncthreads(); /* every mark is in before the collection reads them */
+            count = kc_block_collect(flags, n, out, sh);
+        } else {
+            count = kc_block_select_top(s, n, NULL, 0, F, out, sh);
+        }
+        for (int64_t i = tid; i < window; i += KC_SELECT_THREADS) out[count + i] = n + i;
+        if (tid == 0) kept_count[l * plan_heads + j] = count + window;
+        __syncthreads(); /* the next head reuses the shared state and the flags */
+    }
+}
+
+/* CriticalKV: the best `first` tokens of head blockIdx.x by pool(I) keep
+   FLT_MAX (kept first); the others score (pool(I) + eps) * O1. flags:
+   [Hk][n]. */
+__global__ void __launch_bounds__(KC_SELECT_THREADS)
+kc_criticalkv(float *scores, int64_t N, int64_t n, const float *out_norm, int64_t first, uint8_t *flags,
+              int32_t *status) {
+    __shared__ kc_select_shared sh;
+    KC_STOP_ON_ERROR(status);
+    const int64_t j = blockIdx.x;
+    float *s = scores + j * N;
+    uint8_t *f = flags + j * n;
+    for (int64_t i = threadIdx.x; i < n; i += KC_SELECT_THREADS) f[i] = 0;
+    __syncthreads();
+    kc_block_select_top(s, n, f, 1u, first, NULL, sh);
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n; i += KC_SELECT_THREADS)
+        s[i] = f[i] ? FLT_MAX : (s[i] + KVEC__CRITICAL_EPS) * out_norm[j * n + i];
+}
+
+/* LaProx: s = pool(I) * O2, then divided by the layer's mean score (summed
+   in double, fixed tree) so that layers compare. One block for the layer. */
+__global__ void __launch_bounds__(1024)
+kc_laprox(float *scores, int64_t N, int64_t n, int64_t Hk, const float *out_norm, int32_t *status) {
+    __shared__ double part[1024];
+    KC_STOP_ON_ERROR(status);
+    double acc = 0.0;
+    for (int64_t e = threadIdx.x; e < Hk * n; e += 1024) {
+        const int64_t j = e / n, i = e % n;
+        const float v = scores[j * N + i] * out_norm[e];
+        scores[j * N + i] = v;
+        acc += v;
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = 512; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    const double total = part[0];
+    if (!(total > 0.0)) return;
+    const float inv_mean = (float)((double)(Hk * n) / total);
+    for (int64_t e = threadIdx.x; e < Hk * n; e += 1024) scores[(e / n) * N + e % n] *= inv_mean;
+}
+
+/* K-VEC's cross-layer coverage: every position layer `layer` kept. One
+   block per head; several heads write the same byte with the same value. */
+__global__ void kc_mark_coverage(const int64_t *kept_count, const int64_t *kept_positions, int64_t layer,
+                                 int64_t plan_heads, int64_t capacity, uint8_t *kept_before, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t head = layer * plan_heads + blockIdx.x, count = kept_count[head];
+    for (int64_t r = threadIdx.x; r < count; r += blockDim.x) kept_before[kept_positions[head * capacity + r]] = 1;
 }
 
 /* An external plan: every count within 0 .. min(capacity, N), positions
@@ -847,7 +1038,14 @@ kc_compact(kc_compact_batch batch, const int64_t *kept_count, const int64_t *kep
    empty. The status word comes first. */
 struct kc_scratch {
     int32_t  *status;       /* [1] */
+    uint8_t  *select_flags; /* [KC_BATCH][N]     cross-head term */
+    /* kvec_cuda_select needs only the two above: its scratch is this prefix. */
+    uint8_t  *kept_before;  /* [N]               cross-layer term: coverage */
     float    *scores;       /* [L][Hk][N]        kvec_cuda_evict */
+    float    *wide;         /* [Hk][N]           head focus: pool(I) from 4W rows */
+    float    *norm_part;    /* [H][n]            output-aware: ||W_o^h v|| per query head */
+    float    *out_norm;     /* [Hk][n]           output-aware: its group mean */
+    uint8_t  *first_stage;  /* [Hk][n]           CriticalKV: kept by attention alone */
     float    *sums;         /* [Hk][N]           window attention before pooling */
     float2   *stats_part;   /* [Hk][S][R]        per split (max, sum) */
     float2   *stats;        /* [Hk][R]           (max, weight / sum) */
@@ -883,6 +1081,9 @@ struct kc_dims {
     int     attention;  /* the policy reads window attention */
     int     uniqueness; /* K-VEC's z(U) or KeyDiff: the key direction */
     int     rank_union;
+    int     cross_head, cross_layer, focus; /* K-VEC's optional terms */
+    int     output;     /* CriticalKV or LaProx */
+    int64_t H;          /* most query heads of a layer */
 };
 
 struct kc_bump {
@@ -905,7 +1106,13 @@ static void kc_carve(kc_bump *b, const kc_dims *d, kc_scratch *s) {
     const int64_t rows = d->attention ? d->rows_g : 0, sorted = d->rank_union ? heads * n : 0;
     const int64_t direction = d->uniqueness ? 1 : 0;
     s->status         = (int32_t *)kc_take(b, 1, sizeof(int32_t));
+    s->select_flags   = (uint8_t *)kc_take(b, d->cross_head ? KC_BATCH * d->N : 0, 1);
+    s->kept_before    = (uint8_t *)kc_take(b, d->cross_layer ? d->N : 0, 1);
     s->scores         = (float *)kc_take(b, d->L * heads * d->N, sizeof(float));
+    s->wide           = (float *)kc_take(b, d->focus ? heads * d->N : 0, sizeof(float));
+    s->norm_part      = (float *)kc_take(b, d->output ? d->H * n : 0, sizeof(float));
+    s->out_norm       = (float *)kc_take(b, d->output ? heads * n : 0, sizeof(float));
+    s->first_stage    = (uint8_t *)kc_take(b, d->output ? heads * n : 0, 1);
     s->sums           = (float *)kc_take(b, d->attention ? heads * d->N : 0, sizeof(float));
     s->stats_part     = (float2 *)kc_take(b, d->attention ? heads * d->split_rows : 0, sizeof(float2));
     s->stats          = (float2 *)kc_take(b, heads * rows, sizeof(float2));
@@ -945,19 +1152,23 @@ static kvec_result kc_cub_bytes(const kc_dims *d, size_t *bytes) {
 
 /* What the device path does not do yet. */
 static kvec_result kc_check_supported(const kvec_config *c) {
-    const uint32_t supported = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION | KVEC_TERM_NONE;
     if (c->budget_mode != KVEC_BUDGET_UNIFORM && c->budget_mode != KVEC_BUDGET_PYRAMID)
         return KVEC_ERROR_BAD_CONFIG;
-    if (c->policy == KVEC_POLICY_CRITICALKV || c->policy == KVEC_POLICY_LAPROX) return KVEC_ERROR_BAD_CONFIG;
-    if (c->terms.enabled & ~supported) return KVEC_ERROR_BAD_CONFIG;
     return KVEC_OK;
+}
+
+/* Rows of K-VEC's window: W, or with head focus 4W (as many as there are). */
+static int64_t kc_focus_rows(const kvec_config *c, const kvec_layer *layer) {
+    if (!(c->terms.enabled & KVEC_TERM_HEAD_FOCUS)) return c->window;
+    const int64_t rows = KVEC__FOCUS_FACTOR * c->window;
+    return rows < layer->queries.n_tokens ? rows : layer->queries.n_tokens;
 }
 
 /* Rows of the queries tensor a policy reads: the last `rows`. */
 static int64_t kc_rows_read(const kvec_config *c, const kvec_layer *layer) {
     if (c->policy == KVEC_POLICY_H2O) return layer->queries.n_tokens;
     if (c->policy == KVEC_POLICY_TOVA) return 1;
-    return c->window;
+    return kc_focus_rows(c, layer);
 }
 
 static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
@@ -970,13 +1181,19 @@ static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
     d.n = d.N - c->window;
     d.attention = kvec__uses_attention(c);
     d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION) &&
-                   (c->terms.enabled & KVEC_TERM_UNIQUENESS);
+                   (c->terms.enabled & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER));
+    d.cross_head = (c->terms.enabled & KVEC_TERM_CROSS_HEAD) != 0;
+    d.cross_layer = (c->terms.enabled & KVEC_TERM_CROSS_LAYER) != 0;
+    d.focus = (c->terms.enabled & KVEC_TERM_HEAD_FOCUS) != 0;
+    d.output = kvec__uses_output(c);
+    d.H = 0;
     d.uniqueness = c->policy == KVEC_POLICY_KEYDIFF ||
                    (c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_UNIQUENESS));
     d.rows_g = d.split_rows = 0;
     for (int64_t l = 0; l < d.L; l++) {
         const kvec_layer *layer = &cache->layers[l];
         if (layer->keys.head_dim > d.D) d.D = layer->keys.head_dim;
+        if (layer->queries.data && layer->queries.n_heads > d.H) d.H = layer->queries.n_heads;
         if (d.attention && layer->queries.data && layer->queries.n_heads > 0) {
             const int64_t rows = kc_rows_read(c, layer) * (layer->queries.n_heads / d.Hk);
             const int64_t split_rows = kc_splits(d.N, d.Hk, rows) * rows;
@@ -1179,7 +1396,7 @@ static kvec_result kc_sort_descending(const float *scores, int64_t stride, int64
 }
 
 /* Scores of one layer ([Hk][N] at `scores`) for the policy. */
-static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer, int64_t l,
+static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer, int64_t l, int64_t layer_budget,
                                   float *scores, kc_scratch *s, cudaStream_t stream) {
     const int64_t N = layer->keys.n_tokens, Hk = layer->keys.n_heads, n = N - c->window;
     const dim3 per_token(kc_blocks(n > 0 ? n : 1, 256), (unsigned)Hk);
@@ -1198,27 +1415,43 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
     case KVEC_POLICY_SNAPKV:
     case KVEC_POLICY_PYRAMIDKV: {
         const int64_t g = q->n_heads / Hk;
+        const uint32_t terms = c->terms.enabled;
         if ((r = kc_window_attention(layer, q->n_tokens - c->window, c->window, n, 1.0f / (float)g, s->sums, N,
                                      s, stream)) != KVEC_OK)
             return r;
-        KC_LAUNCH(kc_pool, per_token, 256, 0, (s->sums, N, scores, N, n, c->pool_kernel,
-                                                           (int)c->pooling, s->status));
-        if (c->policy != KVEC_POLICY_KVEC || !(c->terms.enabled & KVEC_TERM_UNIQUENESS)) break;
-        /* K-VEC: z(P) + mu z(U), optionally as a rank union with P. */
+        KC_LAUNCH(kc_pool, per_token, 256, 0, (s->sums, N, scores, N, n, c->pool_kernel, (int)c->pooling, s->status));
+        if (c->policy != KVEC_POLICY_KVEC) break;
+        if (terms & KVEC_TERM_HEAD_FOCUS) { /* flat heads look again, at 4W rows */
+            const int64_t rows = kc_focus_rows(c, layer);
+            KC_LAUNCH(kc_moments, (unsigned)Hk, 1024, 0, (scores, N, n, s->moments_p, s->status));
+            if ((r = kc_window_attention(layer, q->n_tokens - rows, rows, n, 1.0f / (float)g, s->sums, N, s,
+                                         stream)) != KVEC_OK)
+                return r;
+            KC_LAUNCH(kc_pool, per_token, 256, 0, (s->sums, N, s->wide, N, n, c->pool_kernel, (int)c->pooling,
+                                                    s->status));
+            KC_LAUNCH(kc_focus_pick, per_token, 256, 0, (scores, N, s->wide, n, s->moments_p, c->terms.focus_cv,
+                                                          s->status));
+        }
+        if (!(terms & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER))) break; /* rank by P, as SnapKV */
+        /* K-VEC: z(P) + mu z(U) + gamma C, optionally as a rank union with P. */
         KC_LAUNCH(kc_moments, (unsigned)Hk, 1024, 0, (scores, N, n, s->moments_p, s->status));
-        const int rank_union = (c->terms.enabled & KVEC_TERM_RANK_UNION) != 0;
+        const int rank_union = (terms & KVEC_TERM_RANK_UNION) != 0;
         if (rank_union) {
             if ((r = kc_sort_descending(scores, N, Hk, n, s, stream)) != KVEC_OK) return r;
             KC_LAUNCH(kc_rank_of, per_token, 256, 0, (s->sort_positions_out, n, s->rank, s->status));
         }
-        if ((r = kc_key_uniqueness(layer, n, s->uniq, n, s, stream)) != KVEC_OK) return r;
-        KC_LAUNCH(kc_moments, (unsigned)Hk, 1024, 0, (s->uniq, n, n, s->moments_u, s->status));
-        KC_LAUNCH(kc_kvec_combine, per_token, 256, 0, (scores, N, s->uniq, n, s->moments_p,
-                                                                   s->moments_u, c->terms.mu, 1, s->status));
+        const int uniqueness = (terms & KVEC_TERM_UNIQUENESS) != 0;
+        if (uniqueness) {
+            if ((r = kc_key_uniqueness(layer, n, s->uniq, n, s, stream)) != KVEC_OK) return r;
+            KC_LAUNCH(kc_moments, (unsigned)Hk, 1024, 0, (s->uniq, n, n, s->moments_u, s->status));
+        }
+        KC_LAUNCH(kc_kvec_combine, per_token, 256, 0, (scores, N, uniqueness ? s->uniq : NULL, n, s->moments_p,
+                                                        s->moments_u, c->terms.mu,
+                                                        (terms & KVEC_TERM_CROSS_LAYER) ? s->kept_before : NULL,
+                                                        c->terms.gamma, s->status));
         if (rank_union) {
             if ((r = kc_sort_descending(scores, N, Hk, n, s, stream)) != KVEC_OK) return r;
-            KC_LAUNCH(kc_rank_union, per_token, 256, 0, (scores, N, n, s->sort_positions_out, s->rank,
-                                                                     s->status));
+            KC_LAUNCH(kc_rank_union, per_token, 256, 0, (scores, N, n, s->sort_positions_out, s->rank, s->status));
         }
         break;
     }
@@ -1247,6 +1480,31 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
             kc_view_of(layer->keys), s->status));
         if ((r = kc_key_uniqueness(layer, n, scores, N, s, stream)) != KVEC_OK) return r;
         break;
+    case KVEC_POLICY_CRITICALKV:
+    case KVEC_POLICY_LAPROX: {
+        const int p = c->policy == KVEC_POLICY_CRITICALKV ? 1 : 2;
+        const kvec_tensor *V = &layer->values, *Wo = &layer->out_proj;
+        const int64_t g = q->n_heads / Hk, g_out = Wo->n_heads / Hk;
+        KC_LAUNCH(kc_check_finite, kc_blocks(V->n_tokens * V->n_heads * V->head_dim, 256), 256, 0, (
+            kc_view_of(*V), s->status));
+        KC_LAUNCH(kc_check_finite, kc_blocks(Wo->n_tokens * Wo->n_heads * Wo->head_dim, 256), 256, 0, (
+            kc_view_of(*Wo), s->status));
+        if ((r = kc_window_attention(layer, q->n_tokens - c->window, c->window, n, 1.0f / (float)g, s->sums, N,
+                                     s, stream)) != KVEC_OK)
+            return r;
+        KC_LAUNCH(kc_pool, per_token, 256, 0, (s->sums, N, scores, N, n, c->pool_kernel, (int)c->pooling, s->status));
+        KC_LAUNCH(kc_output_norm, dim3(kc_blocks(n, KC_ROWS), (unsigned)Wo->n_heads), KC_THREADS, 0, (
+            kc_view_of(*V), kc_view_of(*Wo), g_out, n, p, s->norm_part, s->status));
+        KC_LAUNCH(kc_output_mean, per_token, 256, 0, (s->norm_part, n, g_out, p, s->out_norm, s->status));
+        if (p == 1) {
+            const int64_t free_slots = layer_budget - c->window, first = free_slots > 0 ? free_slots / 2 : 0;
+            KC_LAUNCH(kc_criticalkv, (unsigned)Hk, KC_SELECT_THREADS, 0, (scores, N, n, s->out_norm, first,
+                                                                           s->first_stage, s->status));
+        } else {
+            KC_LAUNCH(kc_laprox, 1, 1024, 0, (scores, N, n, Hk, s->out_norm, s->status));
+        }
+        break;
+    }
     default: /* StreamingLLM, Random: the CPU path still refuses NaN keys */
         KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
             kc_view_of(layer->keys), s->status));
@@ -1259,11 +1517,12 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
     return KVEC_OK;
 }
 
-static kvec_result kc_score_all(const kvec_config *c, const kvec_cache *cache, int64_t budget, float *scores,
-                                kc_scratch *s, cudaStream_t stream) {
+/* Scores of layers [first, last) into scores ([L][Hk][N]). */
+static kvec_result kc_score_layers(const kvec_config *c, const kvec_cache *cache, int64_t budget, float *scores,
+                                   int64_t first, int64_t last, kc_scratch *s, cudaStream_t stream) {
     const int64_t L = cache->n_layers, Hk = cache->layers[0].keys.n_heads, N = cache->layers[0].keys.n_tokens;
     kvec_result r;
-    for (int64_t l = 0; l < L; l++) {
+    for (int64_t l = first; l < last; l++) {
         const kvec_layer *layer = &cache->layers[l];
         const int64_t layer_budget = kvec__layer_budget(c, budget, l, L, N);
         if (layer_budget >= N) { /* kept whole: no scores, but NaN keys are refused as on the CPU */
@@ -1271,25 +1530,30 @@ static kvec_result kc_score_all(const kvec_config *c, const kvec_cache *cache, i
                 kc_view_of(layer->keys), s->status));
             continue;
         }
-        if ((r = kc_score_layer(c, layer, l, scores + l * Hk * N, s, stream)) != KVEC_OK) return r;
+        if ((r = kc_score_layer(c, layer, l, layer_budget, scores + l * Hk * N, s, stream)) != KVEC_OK) return r;
     }
     return KVEC_OK;
 }
 
-static kvec_result kc_select_all(const kvec_config *c, const float *scores, int64_t L, int64_t Hk, int64_t N,
-                                 int64_t budget, const kvec_plan *plan, int32_t *status, cudaStream_t stream) {
-    for (int64_t l0 = 0; l0 < L; l0 += KC_BATCH) {
+/* Plans of layers [first, last), up to KC_BATCH per launch (one block per
+   head, or per layer under the cross-head term). */
+static kvec_result kc_select_layers(const kvec_config *c, const float *scores, int64_t L, int64_t Hk, int64_t N,
+                                    int64_t budget, const kvec_plan *plan, int64_t first, int64_t last,
+                                    uint8_t *select_flags, int32_t *status, cudaStream_t stream) {
+    const int cross_head = (c->terms.enabled & KVEC_TERM_CROSS_HEAD) != 0;
+    for (int64_t l0 = first; l0 < last; l0 += KC_BATCH) {
         kc_select_batch batch;
-        batch.n_layers = (int)(L - l0 < KC_BATCH ? L - l0 : KC_BATCH);
+        batch.n_layers = (int)(last - l0 < KC_BATCH ? last - l0 : KC_BATCH);
         batch.first_layer = l0;
         for (int b = 0; b < batch.n_layers; b++) {
             const int64_t layer_budget = kvec__layer_budget(c, budget, l0 + b, L, N);
             batch.keep_all[b] = layer_budget >= N;
             batch.free_slots[b] = layer_budget - c->window;
+            batch.reserve[b] = cross_head ? (int64_t)floor((double)c->terms.beta * (double)batch.free_slots[b]) : 0;
         }
-        KC_LAUNCH(kc_select, dim3((unsigned)Hk, (unsigned)batch.n_layers), KC_SELECT_THREADS, 0, (
+        KC_LAUNCH(kc_select, dim3(cross_head ? 1u : (unsigned)Hk, (unsigned)batch.n_layers), KC_SELECT_THREADS, 0, (
             scores, N, Hk, c->window, batch, plan->kept_count, plan->kept_positions, plan->n_kv_heads,
-            plan->capacity, status));
+            plan->capacity, select_flags, status));
     }
     return KVEC_OK;
 }
@@ -1344,9 +1608,31 @@ KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_
     kvec_result r;
     if (!scores) return KVEC_ERROR_NULL_POINTER;
     if ((r = kc_prepare(config, cache, budget, &c)) != KVEC_OK) return r;
+    /* Later layers' scores depend on earlier layers' selection: kvec_cuda_evict. */
+    if (c.terms.enabled & KVEC_TERM_CROSS_LAYER) return KVEC_ERROR_BAD_CONFIG;
     if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
     KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
-    return kc_score_all(&c, cache, budget, scores, &s, stream);
+    return kc_score_layers(&c, cache, budget, scores, 0, d.L, &s, stream);
+}
+
+/* kvec_cuda_select's scratch: the status word, and under the cross-head
+   term one flag byte per token for each layer of a launch. The same
+   layout begins every kvec_cuda_scratch_bytes scratch. */
+static size_t kc_select_bytes(const kvec_config *c, int64_t n_tokens) {
+    kc_dims d;
+    memset(&d, 0, sizeof d);
+    d.N = n_tokens;
+    d.cross_head = (c->terms.enabled & KVEC_TERM_CROSS_HEAD) != 0;
+    kc_bump b = { NULL, 0, 0 };
+    kc_take(&b, 1, sizeof(int32_t));
+    kc_take(&b, d.cross_head ? KC_BATCH * d.N : 0, 1);
+    return b.used;
+}
+
+KVEC_CUDA_API size_t kvec_cuda_select_scratch_bytes(const kvec_config *config, int64_t n_tokens) {
+    kvec_config c;
+    if (kvec__resolve(config, &c) != KVEC_OK || n_tokens <= 0 || n_tokens > INT64_MAX / KC_BATCH) return 0;
+    return kc_select_bytes(&c, n_tokens);
 }
 
 KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const float *scores, int64_t n_layers,
@@ -1359,11 +1645,16 @@ KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const floa
     if ((r = kc_check_supported(&c)) != KVEC_OK) return r;
     if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
     if (n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
-    if (n_kv_heads > 65535 || n_layers * n_kv_heads > INT64_MAX / n_tokens) return KVEC_ERROR_SIZE_OVERFLOW;
-    if (scratch_bytes < sizeof(int32_t)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (n_kv_heads > 65535 || n_layers * n_kv_heads > INT64_MAX / n_tokens || n_tokens > INT64_MAX / KC_BATCH)
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if (scratch_bytes < kc_select_bytes(&c, n_tokens)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
     if ((r = kc_check_plan_capacity(&c, plan, n_layers, n_kv_heads, n_tokens, budget)) != KVEC_OK) return r;
-    return kc_select_all(&c, scores, n_layers, n_kv_heads, n_tokens, budget, plan, (int32_t *)scratch, stream);
+    kc_bump b = { (char *)scratch, 0, 0 };
+    int32_t *status = (int32_t *)kc_take(&b, 1, sizeof(int32_t));
+    uint8_t *flags = (uint8_t *)kc_take(&b, (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? KC_BATCH * n_tokens : 0, 1);
+    return kc_select_layers(&c, scores, n_layers, n_kv_heads, n_tokens, budget, plan, 0, n_layers, flags, status,
+                            stream);
 }
 
 KVEC_CUDA_API kvec_result kvec_cuda_compact(kvec_cache *cache, const kvec_plan *plan, void *scratch,
@@ -1394,8 +1685,24 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
     if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
     if ((r = kc_check_plan_capacity(&c, plan, d.L, d.Hk, d.N, budget)) != KVEC_OK) return r;
     KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
-    if ((r = kc_score_all(&c, cache, budget, s.scores, &s, stream)) != KVEC_OK) return r;
-    if ((r = kc_select_all(&c, s.scores, d.L, d.Hk, d.N, budget, plan, s.status, stream)) != KVEC_OK) return r;
+    if (d.cross_layer) {
+        /* Layer by layer: each layer's scores see which tokens the earlier ones kept. */
+        KC_CUDA(cudaMemsetAsync(s.kept_before, 0, (size_t)d.N, stream));
+        for (int64_t l = 0; l < d.L; l++) {
+            if ((r = kc_score_layers(&c, cache, budget, s.scores, l, l + 1, &s, stream)) != KVEC_OK) return r;
+            if ((r = kc_select_layers(&c, s.scores, d.L, d.Hk, d.N, budget, plan, l, l + 1, s.select_flags,
+                                      s.status, stream)) != KVEC_OK)
+                return r;
+            KC_LAUNCH(kc_mark_coverage, (unsigned)d.Hk, 256, 0, (plan->kept_count, plan->kept_positions, l,
+                                                                 plan->n_kv_heads, plan->capacity, s.kept_before,
+                                                                 s.status));
+        }
+    } else {
+        if ((r = kc_score_layers(&c, cache, budget, s.scores, 0, d.L, &s, stream)) != KVEC_OK) return r;
+        if ((r = kc_select_layers(&c, s.scores, d.L, d.Hk, d.N, budget, plan, 0, d.L, s.select_flags, s.status,
+                                  stream)) != KVEC_OK)
+            return r;
+    }
     return kc_compact_all(cache, plan, s.status, stream);
 }
 

@@ -104,52 +104,6 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 inline float kc_emu_to_float(__half h) { return __half2float(h); }
 inline float kc_emu_to_float(__nv_bfloat16 b) { return __bfloat162float(b); }
 
-/* WMMA: a fragment holds its whole 16 x 16 matrix in every thread (the real
-   distribution over the warp is unspecified, so nothing may depend on it),
-   and each thread does the whole warp's operation: same results, 32 times. */
-namespace nvcuda {
-namespace wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
-    float x[16][16]; /* [row][col] of the logical matrix (A: M x K, B: K x N, C: M x N) */
-};
-template <typename T>
-inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major> &f, const T *p, unsigned ldm) {
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) f.x[r][c] = kc_emu_to_float(p[r * ldm + c]);
-}
-template <typename T>
-inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major> &f, const T *p, unsigned ldm) {
-    for (int k = 0; k < 16; k++)
-        for (int n = 0; n < 16; n++) f.x[k][n] = kc_emu_to_float(p[n * ldm + k]);
-}
-inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, float v) {
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) f.x[r][c] = v;
-}
-template <typename A, typename B>
-inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const A &a, const B &b,
-                     const fragment<accumulator, 16, 16, 16, float> &c) {
-    fragment<accumulator, 16, 16, 16, float> out;
-    for (int m = 0; m < 16; m++)
-        for (int n = 0; n < 16; n++) {
-            float acc = c.x[m][n];
-            for (int k = 0; k < 16; k++) acc = std::fma(a.x[m][k], b.x[k][n], acc);
-            out.x[m][n] = acc;
-        }
-    d = out;
-}
-inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t) {
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) p[r * ldm + c] = f.x[r][c];
-}
-} // namespace wmma
-} // namespace nvcuda
 
 /* >>runtime API subset */
 typedef int cudaError_t;
@@ -344,6 +298,60 @@ inline int atomicCAS(int *p, int compare, int v) { const int old = *p; if (old =
 /* kernel<<<grid, block, shared, stream>>>(args), synchronously. */
 #define KC_START(kernel, grid_, block_, shared_, args) \
     kc_emu::launch(dim3(grid_), dim3(block_), (shared_), [&]() { kernel args; })
+
+/* WMMA: a fragment holds its whole 16 x 16 matrix (the real distribution
+   over the warp is unspecified, so nothing may depend on it), and lane 0
+   of the warp does the whole warp's operation; the other lanes' fragments
+   are never looked at, since a fragment is only seen through
+   store_matrix_sync, which lane 0 does for the warp. */
+namespace nvcuda {
+namespace wmma {
+inline bool kc_emu_lane0() { return kc_emu::rt().current % 32 == 0; }
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+    float x[16][16]; /* [row][col] of the logical matrix (A: M x K, B: K x N, C: M x N) */
+};
+template <typename T>
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major> &f, const T *p, unsigned ldm) {
+    if (!kc_emu_lane0()) return;
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) f.x[r][c] = kc_emu_to_float(p[r * ldm + c]);
+}
+template <typename T>
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major> &f, const T *p, unsigned ldm) {
+    if (!kc_emu_lane0()) return;
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 16; n++) f.x[k][n] = kc_emu_to_float(p[n * ldm + k]);
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, float v) {
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) f.x[r][c] = v;
+}
+template <typename A, typename B>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const A &a, const B &b,
+                     const fragment<accumulator, 16, 16, 16, float> &c) {
+    if (!kc_emu_lane0()) return;
+    fragment<accumulator, 16, 16, 16, float> out;
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            float acc = c.x[m][n];
+            for (int k = 0; k < 16; k++) acc = std::fma(a.x[m][k], b.x[k][n], acc);
+            out.x[m][n] = acc;
+        }
+    d = out;
+}
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t) {
+    if (!kc_emu_lane0()) return;
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) p[r * ldm + c] = f.x[r][c];
+}
+} // namespace wmma
+} // namespace nvcuda
 
 /* >>CUB subset */
 namespace cub {

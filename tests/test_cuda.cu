@@ -111,7 +111,7 @@ static std::vector<unsigned char> device_bytes(const tensor &t) {
 /* One sequence: L layers of K, V and window queries, on host and device. */
 struct model {
     int64_t L, Hk, g, D, Dv, N, Wq;
-    std::vector<tensor> keys, values, queries;
+    std::vector<tensor> keys, values, queries, out_proj;
     std::vector<kvec_layer> host_layers, device_layers;
     kvec_cache host_cache, device_cache;
 };
@@ -119,26 +119,32 @@ struct model {
 static void make_model(model &m, int64_t L, int64_t Hk, int64_t g, int64_t D, int64_t N, int64_t Wq,
                        kvec_dtype kv_dtype, kvec_dtype q_dtype, int layout) {
     m.L = L; m.Hk = Hk; m.g = g; m.D = D; m.Dv = D; m.N = N; m.Wq = Wq;
-    m.keys.resize(L); m.values.resize(L); m.queries.resize(L);
+    m.keys.resize(L); m.values.resize(L); m.queries.resize(L); m.out_proj.resize(L);
     m.host_layers.assign(L, kvec_layer()); m.device_layers.assign(L, kvec_layer());
     for (int64_t l = 0; l < L; l++) {
         /* keys with a shared direction per head, so uniqueness has something to find */
         make_tensor(m.keys[l], kv_dtype, N, Hk, D, layout, 1.0f);
         make_tensor(m.values[l], kv_dtype, N, Hk, D, (layout + 1) % LAYOUT_COUNT, 1.0f);
         make_tensor(m.queries[l], q_dtype, Wq, Hk * g, D, LAYOUT_TOKEN_MAJOR, 2.0f);
+        /* W_o as [E][H][Dv], E = 3 * Dv + 5 (CriticalKV, LaProx) */
+        make_tensor(m.out_proj[l], q_dtype, 3 * D + 5, Hk * g, D, LAYOUT_TOKEN_MAJOR, 0.1f);
         m.host_layers[l].keys = m.keys[l].view;
         m.host_layers[l].values = m.values[l].view;
         m.host_layers[l].queries = m.queries[l].view;
+        m.host_layers[l].out_proj = m.out_proj[l].view;
         m.device_layers[l].keys = m.keys[l].device_view;
         m.device_layers[l].values = m.values[l].device_view;
         m.device_layers[l].queries = m.queries[l].device_view;
+        m.device_layers[l].out_proj = m.out_proj[l].device_view;
     }
     m.host_cache.layers = m.host_layers.data(); m.host_cache.n_layers = L;
     m.device_cache.layers = m.device_layers.data(); m.device_cache.n_layers = L;
 }
 
 static void free_model(model &m) {
-    for (int64_t l = 0; l < m.L; l++) { free_tensor(m.keys[l]); free_tensor(m.values[l]); free_tensor(m.queries[l]); }
+    for (int64_t l = 0; l < m.L; l++) {
+        free_tensor(m.keys[l]); free_tensor(m.values[l]); free_tensor(m.queries[l]); free_tensor(m.out_proj[l]);
+    }
 }
 
 /* A plan in host memory and its device twin. */
@@ -179,19 +185,36 @@ struct case_desc {
     int64_t budget;
 };
 
-/* The CPU's scores of every layer, for the budget, into [L][Hk][N]. */
+/* The CPU's scores of every layer, for the budget, into [L][Hk][N]. Under
+   the cross-layer term each layer is selected before the next is scored,
+   as kvec_evict_ex does (the cache itself is not compacted). */
 static void cpu_scores(const kvec_config *c, model &m, int64_t budget, std::vector<float> &scores) {
+    const bool cross_layer = c->terms.enabled & KVEC_TERM_CROSS_LAYER;
+    std::vector<uint8_t> coverage_memory((size_t)m.N);
+    kvec_coverage coverage;
+    kvec_coverage_init(&coverage, coverage_memory.data(), coverage_memory.size(), m.N);
+    int64_t capacity = 0;
+    kvec_plan_capacity(c, budget, m.L, m.N, &capacity);
+    std::vector<int64_t> counts((size_t)(m.L * m.Hk)), positions((size_t)(m.L * m.Hk * capacity));
+    kvec_plan plan = { m.L, m.Hk, capacity, counts.data(), positions.data() };
     scores.assign((size_t)(m.L * m.Hk * m.N), 0.0f);
     for (int64_t l = 0; l < m.L; l++) {
         int64_t layer_budget = 0;
         size_t bytes = 0;
         kvec_layer_budget(c, budget, l, m.L, m.N, &layer_budget);
-        if (layer_budget >= m.N) continue;
         kvec_layer_scratch_bytes(c, &m.host_layers[l], &bytes);
-        std::vector<unsigned char> scratch(bytes);
-        kvec_result r = kvec_score_layer(c, &m.host_layers[l], l, layer_budget, NULL,
-                                         scores.data() + l * m.Hk * m.N, scratch.data(), bytes);
+        std::vector<unsigned char> scratch(bytes + kvec_select_scratch_bytes(c, 1, m.Hk, m.N));
+        float *layer_scores = scores.data() + l * m.Hk * m.N;
+        kvec_result r = KVEC_OK;
+        if (layer_budget < m.N)
+            r = kvec_score_layer(c, &m.host_layers[l], l, layer_budget, cross_layer ? &coverage : NULL, layer_scores,
+                                 scratch.data(), bytes);
         CHECK(r == KVEC_OK, "cpu score: %s", kvec_result_string(r));
+        if (cross_layer) {
+            r = kvec_select_layer(c, layer_scores, m.Hk, m.N, layer_budget, l, &coverage, &plan, scratch.data(),
+                                  scratch.size());
+            CHECK(r == KVEC_OK, "cpu select: %s", kvec_result_string(r));
+        }
     }
 }
 
@@ -245,46 +268,51 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
     float *device_scores = nullptr;
     CUDA_OK(cudaMalloc((void **)&device_scores, got.size() * 4));
     CUDA_OK(cudaMemcpy(device_scores, got.data(), got.size() * 4, cudaMemcpyHostToDevice)); /* poisoned */
-    r = kvec_cuda_score(&cd.config, &m.device_cache, cd.budget, device_scores, scratch, scratch_bytes, NULL);
-    CHECK(r == KVEC_OK, "%s: score: %s", what, kvec_result_string(r));
     kvec_result status = KVEC_ERROR_CUDA;
-    CHECK(kvec_cuda_status(scratch, NULL, &status) == KVEC_OK && status == KVEC_OK, "%s: score status %d", what, (int)status);
-    CUDA_OK(cudaMemcpy(got.data(), device_scores, got.size() * 4, cudaMemcpyDeviceToHost));
-    r = kvec_cuda_score(&cd.config, &m.device_cache, cd.budget, device_scores, scratch, scratch_bytes, NULL);
-    CUDA_OK(cudaMemcpy(got_again.data(), device_scores, got.size() * 4, cudaMemcpyDeviceToHost));
-    CHECK(std::memcmp(got.data(), got_again.data(), got.size() * 4) == 0, "%s: two score runs differ", what);
+    const bool cross_layer = c.terms.enabled & KVEC_TERM_CROSS_LAYER;
     const bool ranks = c.policy == KVEC_POLICY_KVEC && (c.terms.enabled & KVEC_TERM_RANK_UNION) &&
-                       (c.terms.enabled & KVEC_TERM_UNIQUENESS);
-    {
-        double worst = 0.0;
-        int64_t bad = 0, rank_mismatch = 0, compared = 0;
-        for (int64_t l = 0; l < L; l++) {
-            int64_t layer_budget = 0;
-            kvec_layer_budget(&c, cd.budget, l, L, N, &layer_budget);
-            if (layer_budget >= N) continue;
-            for (int64_t j = 0; j < Hk; j++) {
-                const float *a = ref.data() + (l * Hk + j) * N, *b = got.data() + (l * Hk + j) * N;
-                double scale = 0.0;
-                for (int64_t i = 0; i < N - c.window; i++) scale = std::fmax(scale, std::fabs((double)a[i]));
-                for (int64_t i = 0; i < N; i++) {
-                    compared++;
-                    if (std::isinf(a[i]) || std::isinf(b[i])) { bad += a[i] != b[i]; continue; }
-                    if (ranks) { rank_mismatch += a[i] != b[i]; continue; }
-                    const double err = std::fabs((double)a[i] - b[i]);
-                    /* relative to the score, or to the head's largest score for scores
-                       near zero (a cosine of 1e-6 carries the CPU's own fp32 rounding) */
-                    const double rel = err / (std::fabs((double)a[i]) + 1e-3 * scale + 1e-30);
-                    worst = std::fmax(worst, rel);
-                    bad += !(rel <= 1e-3);
+                       (c.terms.enabled & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER));
+    r = kvec_cuda_score(&cd.config, &m.device_cache, cd.budget, device_scores, scratch, scratch_bytes, NULL);
+    if (cross_layer) { /* scores depend on selection: only kvec_cuda_evict runs this term */
+        CHECK(r == KVEC_ERROR_BAD_CONFIG, "%s: kvec_cuda_score with the cross-layer term: %s", what, kvec_result_string(r));
+    } else {
+        CHECK(r == KVEC_OK, "%s: score: %s", what, kvec_result_string(r));
+        CHECK(kvec_cuda_status(scratch, NULL, &status) == KVEC_OK && status == KVEC_OK, "%s: score status %d", what, (int)status);
+        CUDA_OK(cudaMemcpy(got.data(), device_scores, got.size() * 4, cudaMemcpyDeviceToHost));
+        r = kvec_cuda_score(&cd.config, &m.device_cache, cd.budget, device_scores, scratch, scratch_bytes, NULL);
+        CUDA_OK(cudaMemcpy(got_again.data(), device_scores, got.size() * 4, cudaMemcpyDeviceToHost));
+        CHECK(std::memcmp(got.data(), got_again.data(), got.size() * 4) == 0, "%s: two score runs differ", what);
+        {
+            double worst = 0.0;
+            int64_t bad = 0, rank_mismatch = 0, compared = 0;
+            for (int64_t l = 0; l < L; l++) {
+                int64_t layer_budget = 0;
+                kvec_layer_budget(&c, cd.budget, l, L, N, &layer_budget);
+                if (layer_budget >= N) continue;
+                for (int64_t j = 0; j < Hk; j++) {
+                    const float *a = ref.data() + (l * Hk + j) * N, *b = got.data() + (l * Hk + j) * N;
+                    double scale = 0.0;
+                    for (int64_t i = 0; i < N - c.window; i++) scale = std::fmax(scale, std::fabs((double)a[i]));
+                    for (int64_t i = 0; i < N; i++) {
+                        compared++;
+                        if (std::isinf(a[i]) || std::isinf(b[i])) { bad += a[i] != b[i]; continue; }
+                        if (ranks) { rank_mismatch += a[i] != b[i]; continue; }
+                        const double err = std::fabs((double)a[i] - b[i]);
+                        /* relative to the score, or to the head's largest score for scores
+                           near zero (a cosine of 1e-6 carries the CPU's own fp32 rounding) */
+                        const double rel = err / (std::fabs((double)a[i]) + 1e-3 * scale + 1e-30);
+                        worst = std::fmax(worst, rel);
+                        bad += !(rel <= 1e-3);
+                    }
                 }
             }
+            CHECK(bad == 0, "%s: %lld of %lld scores differ by more than 1e-3 relative (worst %.3g)", what,
+                  (long long)bad, (long long)compared, worst);
+            /* The rank union turns near-ties into swapped ranks: a few, never many. */
+            CHECK(rank_mismatch * 200 <= compared, "%s: %lld of %lld rank scores differ", what, (long long)rank_mismatch,
+                  (long long)compared);
+            if (!quick && worst > 1e-4) std::printf("  note: %s: worst relative score difference %.3g\n", what, worst);
         }
-        CHECK(bad == 0, "%s: %lld of %lld scores differ by more than 1e-3 relative (worst %.3g)", what,
-              (long long)bad, (long long)compared, worst);
-        /* The rank union turns near-ties into swapped ranks: a few, never many. */
-        CHECK(rank_mismatch * 200 <= compared, "%s: %lld of %lld rank scores differ", what, (long long)rank_mismatch,
-              (long long)compared);
-        if (!quick && worst > 1e-4) std::printf("  note: %s: worst relative score difference %.3g\n", what, worst);
     }
 
     /* Eviction: plan against the CPU's, compaction against the CPU's by the same plan. */
@@ -405,13 +433,16 @@ static void test_errors() {
     r = kvec_cuda_evict(&unsupported, &m.device_cache, 100, &p.device, scratch, bytes, NULL);
     CHECK(r == KVEC_ERROR_BAD_CONFIG, "adaptive budget on the device: %s", kvec_result_string(r));
     unsupported = kvec_config();
-    unsupported.policy = KVEC_POLICY_CRITICALKV;
+    unsupported.budget_mode = KVEC_BUDGET_GLOBAL;
     r = kvec_cuda_evict(&unsupported, &m.device_cache, 100, &p.device, scratch, bytes, NULL);
-    CHECK(r == KVEC_ERROR_BAD_CONFIG, "CriticalKV on the device: %s", kvec_result_string(r));
-    unsupported = kvec_config();
-    unsupported.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER;
-    r = kvec_cuda_evict(&unsupported, &m.device_cache, 100, &p.device, scratch, bytes, NULL);
-    CHECK(r == KVEC_ERROR_BAD_CONFIG, "cross-layer term on the device: %s", kvec_result_string(r));
+    CHECK(r == KVEC_ERROR_BAD_CONFIG, "global budget on the device: %s", kvec_result_string(r));
+    kvec_config critical = {};
+    critical.policy = KVEC_POLICY_CRITICALKV;
+    kvec_tensor no_out_proj = m.device_layers[0].out_proj;
+    m.device_layers[0].out_proj.data = NULL;
+    r = kvec_cuda_evict(&critical, &m.device_cache, 100, &p.device, scratch, bytes, NULL);
+    CHECK(r == KVEC_ERROR_MISSING_OUT_PROJ, "CriticalKV without out_proj: %s", kvec_result_string(r));
+    m.device_layers[0].out_proj = no_out_proj;
     kvec_layer saved = m.device_layers[1];
     m.device_layers[1].queries.data = NULL;
     r = kvec_cuda_evict(&c, &m.device_cache, 100, &p.device, scratch, bytes, NULL);
@@ -505,7 +536,8 @@ int main(int argc, char **argv) {
 
     const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_PYRAMIDKV, KVEC_POLICY_H2O,
                                      KVEC_POLICY_TOVA, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF,
-                                     KVEC_POLICY_STREAMING, KVEC_POLICY_RANDOM };
+                                     KVEC_POLICY_STREAMING, KVEC_POLICY_RANDOM, KVEC_POLICY_CRITICALKV,
+                                     KVEC_POLICY_LAPROX };
     const int n_shapes = quick ? 4 : 10;
     for (int shape = 0; shape < n_shapes; shape++) {
         /* Shapes: small ones of every kind, then (without --quick) larger ones. */
@@ -518,7 +550,8 @@ int main(int argc, char **argv) {
                         : kv == KVEC_DTYPE_F32 ? pick(1, 40)
                                                : 16 * pick(1, quick ? 4 : 12);
         const int64_t Hk = pick(1, 3), g = pick(1, 4);
-        const int64_t W = pick(2, 12) * 2, Wq = W + pick(0, 20);
+        /* Odd shapes carry 4W query rows, for K-VEC's head focus. */
+        const int64_t W = pick(2, 12) * 2, Wq = shape % 2 ? 4 * W + pick(0, 10) : W + pick(0, 20);
         const int64_t N = quick ? pick(Wq + 1, 600) : pick(Wq + 1, shape < 6 ? 1500 : 6000);
         const int64_t L = pick(1, 3);
         const kvec_dtype q = shape % 2 ? KVEC_DTYPE_F32 : kv;
@@ -548,6 +581,25 @@ int main(int argc, char **argv) {
         cd.config.terms.enabled = KVEC_TERM_NONE;
         cd.name = "kvec no terms";
         run_case(cd, m, quick);
+        /* The optional terms, alone and all together (focus where the queries allow). */
+        const uint32_t base = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION;
+        const struct { uint32_t terms; const char *name; } optional[] = {
+            { base | KVEC_TERM_CROSS_HEAD, "kvec cross-head" },
+            { base | KVEC_TERM_CROSS_LAYER, "kvec cross-layer" },
+            { KVEC_TERM_CROSS_LAYER, "kvec cross-layer alone" },
+            { base | KVEC_TERM_HEAD_FOCUS, "kvec head focus" },
+            { base | KVEC_TERM_CROSS_HEAD | KVEC_TERM_CROSS_LAYER | KVEC_TERM_HEAD_FOCUS, "kvec all terms" } };
+        for (const auto &o : optional) {
+            if ((o.terms & KVEC_TERM_HEAD_FOCUS) && Wq < 4 * W && Wq < N) continue;
+            cd.config = kvec_config();
+            cd.config.window = W;
+            cd.config.terms.enabled = o.terms;
+            cd.config.terms.focus_cv = 1.5f; /* random attention is flat: some heads widen, some not */
+            cd.name = o.name;
+            cd.budget = W + pick(1, N - W);
+            if (shape % 2) { cd.config.policy = KVEC_POLICY_KVEC; cd.config.budget_mode = KVEC_BUDGET_PYRAMID; }
+            run_case(cd, m, quick);
+        }
         free_model(m);
     }
     std::printf("test_cuda: %d checks, %d failed\n", g_checks, g_failures);
