@@ -580,7 +580,8 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
    refuses K-VEC's cross-layer term (a layer's scores depend on what the
    layers before it kept: kvec_cuda_evict). kvec_cuda_select takes any
    scratch from kvec_cuda_scratch_bytes, or kvec_cuda_select_scratch_bytes
-   (0 = bad arguments); compaction needs 4 bytes (the status). */
+   (0 = bad arguments); kvec_cuda_compact takes any of these (it needs
+   only the status word, 68 bytes). */
 KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_cache *cache,
                                           int64_t budget, float *scores,
                                           void *scratch, size_t scratch_bytes, void *stream);

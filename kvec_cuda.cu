@@ -105,7 +105,6 @@
 #define KC_KEY_SPLITS 32 /* key ranges of the mean key direction */
 #define KC_SELECT_THREADS 1024
 #define KC_BATCH    16   /* layers per selection or compaction launch */
-#define KC_ALIGN    256  /* scratch carving alignment */
 
 /* >>device views */
 
@@ -190,6 +189,15 @@ struct kc_attn {
    their caller. */
 enum { KC_TILE_SIMT = 0, KC_TILE_MMA_F16 = 1, KC_TILE_MMA_BF16 = 2 };
 
+/* Element d0 + d of flattened row x0 + x, scaled: what both tiles stage
+   (0 outside the chunk's rows or dims). */
+__device__ __forceinline__ float kc_query(const kc_attn &a, int64_t j, int64_t x0, int x, int chunk, int64_t d0,
+                                          int d, int dc) {
+    if (x >= chunk || d >= dc) return 0.0f;
+    const int64_t xx = x0 + x;
+    return kc_load(a.queries, a.row_first + xx / a.g, j * a.g + xx % a.g, d0 + d) * a.scale;
+}
+
 /* SIMT: fp32 on the CUDA cores, D in chunks of 32 through shared memory. */
 __device__ void kc_tile_logits_simt(const kc_attn &a, int64_t j, int64_t t0, int count, int64_t x0, int chunk,
                                     float acc[4][4], bool check_keys, int *bad) {
@@ -211,15 +219,8 @@ __device__ void kc_tile_logits_simt(const kc_attn &a, int64_t j, int64_t t0, int
             }
             ks[d][c] = v;
         }
-        for (int e = tid; e < KC_ROWS * KC_DCHUNK; e += KC_THREADS) {
-            const int x = e / KC_DCHUNK, d = e % KC_DCHUNK;
-            float v = 0.0f;
-            if (x < chunk && d < dc) {
-                const int64_t xx = x0 + x;
-                v = kc_load(a.queries, a.row_first + xx / a.g, j * a.g + xx % a.g, d0 + d) * a.scale;
-            }
-            qs[d][x] = v;
-        }
+        for (int e = tid; e < KC_ROWS * KC_DCHUNK; e += KC_THREADS)
+            qs[e % KC_DCHUNK][e / KC_DCHUNK] = kc_query(a, j, x0, e / KC_DCHUNK, chunk, d0, e % KC_DCHUNK, dc);
         __syncthreads();
         for (int d = 0; d < dc; d++) {
             float kv[4], qv[4];
@@ -277,11 +278,7 @@ __device__ void kc_tile_logits_mma(const kc_attn &a, int64_t j, int64_t t0, int 
         }
         for (int e = tid; e < KC_ROWS * KC_MMA_DCHUNK; e += KC_THREADS) {
             const int x = e / KC_MMA_DCHUNK, d = e % KC_MMA_DCHUNK;
-            float v = 0.0f;
-            if (x < chunk && d < dc) {
-                const int64_t xx = x0 + x;
-                v = kc_load(a.queries, a.row_first + xx / a.g, j * a.g + xx % a.g, d0 + d) * a.scale;
-            }
+            const float v = kc_query(a, j, x0, x, chunk, d0, d, dc);
             const T hi = kc_to<T>(v);
             q_hi[x][d] = hi;
             q_lo[x][d] = kc_to<T>(v - kc_from(hi));
@@ -775,6 +772,7 @@ struct kc_select_shared {
 __device__ int64_t kc_block_select_top(const float *s, int64_t n, uint8_t *flags, uint8_t exclude, int64_t k,
                                        int64_t *out, kc_select_shared &sh) {
     const int tid = threadIdx.x;
+    __syncthreads(); /* a previous call's readers of sh are done (it may have returned early) */
     if (tid == 0) sh.eligible = 0;
     __syncthreads();
     int mine = 0;
@@ -1086,48 +1084,33 @@ struct kc_dims {
     int64_t H;          /* most query heads of a layer */
 };
 
-struct kc_bump {
-    char  *base;
-    size_t used;
-    int    overflow;
-};
-
-static void *kc_take(kc_bump *b, int64_t count, size_t elem) {
-    size_t start = (b->used + KC_ALIGN - 1) / KC_ALIGN * KC_ALIGN, bytes;
-    if (count < 0 || (uint64_t)count > SIZE_MAX / elem || start < b->used) { b->overflow = 1; return NULL; }
-    bytes = (size_t)count * elem;
-    if (bytes > SIZE_MAX - start) { b->overflow = 1; return NULL; }
-    b->used = start + bytes;
-    return b->base ? b->base + start : NULL;
-}
-
-static void kc_carve(kc_bump *b, const kc_dims *d, kc_scratch *s) {
+static void kc_carve(kvec__bump *b, const kc_dims *d, kc_scratch *s) {
     const int64_t heads = d->Hk, n = d->n > 0 ? d->n : 0;
     const int64_t rows = d->attention ? d->rows_g : 0, sorted = d->rank_union ? heads * n : 0;
     const int64_t direction = d->uniqueness ? 1 : 0;
-    s->status         = (int32_t *)kc_take(b, 1, sizeof(int32_t));
-    s->select_flags   = (uint8_t *)kc_take(b, d->cross_head ? KC_BATCH * d->N : 0, 1);
-    s->kept_before    = (uint8_t *)kc_take(b, d->cross_layer ? d->N : 0, 1);
-    s->scores         = (float *)kc_take(b, d->L * heads * d->N, sizeof(float));
-    s->wide           = (float *)kc_take(b, d->focus ? heads * d->N : 0, sizeof(float));
-    s->norm_part      = (float *)kc_take(b, d->output ? d->H * n : 0, sizeof(float));
-    s->out_norm       = (float *)kc_take(b, d->output ? heads * n : 0, sizeof(float));
-    s->first_stage    = (uint8_t *)kc_take(b, d->output ? heads * n : 0, 1);
-    s->sums           = (float *)kc_take(b, d->attention ? heads * d->N : 0, sizeof(float));
-    s->stats_part     = (float2 *)kc_take(b, d->attention ? heads * d->split_rows : 0, sizeof(float2));
-    s->stats          = (float2 *)kc_take(b, heads * rows, sizeof(float2));
-    s->kbar_part      = (double *)kc_take(b, direction * heads * KC_KEY_SPLITS * d->D, sizeof(double));
-    s->kbar           = (float *)kc_take(b, direction * heads * d->D, sizeof(float));
-    s->kbar_norm      = (double *)kc_take(b, direction * heads, sizeof(double));
-    s->uniq           = (float *)kc_take(b, direction * heads * n, sizeof(float));
-    s->moments_p      = (double *)kc_take(b, heads * 2, sizeof(double));
-    s->moments_u      = (double *)kc_take(b, heads * 2, sizeof(double));
-    s->sort_keys      = (uint64_t *)kc_take(b, sorted, sizeof(uint64_t));
-    s->sort_keys_out  = (uint64_t *)kc_take(b, sorted, sizeof(uint64_t));
-    s->sort_positions = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
-    s->sort_positions_out = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
-    s->rank           = (int32_t *)kc_take(b, sorted, sizeof(int32_t));
-    s->cub_temp       = kc_take(b, (int64_t)s->cub_bytes, 1);
+    s->status         = (int32_t *)kvec__take(b, 1, sizeof(int32_t));
+    s->select_flags   = (uint8_t *)kvec__take(b, d->cross_head ? KC_BATCH * d->N : 0, 1);
+    s->kept_before    = (uint8_t *)kvec__take(b, d->cross_layer ? d->N : 0, 1);
+    s->scores         = (float *)kvec__take(b, d->L * heads * d->N, sizeof(float));
+    s->wide           = (float *)kvec__take(b, d->focus ? heads * d->N : 0, sizeof(float));
+    s->norm_part      = (float *)kvec__take(b, d->output ? d->H * n : 0, sizeof(float));
+    s->out_norm       = (float *)kvec__take(b, d->output ? heads * n : 0, sizeof(float));
+    s->first_stage    = (uint8_t *)kvec__take(b, d->output ? heads * n : 0, 1);
+    s->sums           = (float *)kvec__take(b, d->attention ? heads * d->N : 0, sizeof(float));
+    s->stats_part     = (float2 *)kvec__take(b, d->attention ? heads * d->split_rows : 0, sizeof(float2));
+    s->stats          = (float2 *)kvec__take(b, heads * rows, sizeof(float2));
+    s->kbar_part      = (double *)kvec__take(b, direction * heads * KC_KEY_SPLITS * d->D, sizeof(double));
+    s->kbar           = (float *)kvec__take(b, direction * heads * d->D, sizeof(float));
+    s->kbar_norm      = (double *)kvec__take(b, direction * heads, sizeof(double));
+    s->uniq           = (float *)kvec__take(b, direction * heads * n, sizeof(float));
+    s->moments_p      = (double *)kvec__take(b, heads * 2, sizeof(double));
+    s->moments_u      = (double *)kvec__take(b, heads * 2, sizeof(double));
+    s->sort_keys      = (uint64_t *)kvec__take(b, sorted, sizeof(uint64_t));
+    s->sort_keys_out  = (uint64_t *)kvec__take(b, sorted, sizeof(uint64_t));
+    s->sort_positions = (int32_t *)kvec__take(b, sorted, sizeof(int32_t));
+    s->sort_positions_out = (int32_t *)kvec__take(b, sorted, sizeof(int32_t));
+    s->rank           = (int32_t *)kvec__take(b, sorted, sizeof(int32_t));
+    s->cub_temp       = kvec__take(b, (int64_t)s->cub_bytes, 1);
 }
 
 /* Key bits of the rank union's sort: 32 of score, and the head's above. */
@@ -1232,8 +1215,9 @@ static kvec_result kc_prepare(const kvec_config *config, const kvec_cache *cache
 static kvec_result kc_scratch_size(const kvec_config *c, const kvec_cache *cache, size_t *bytes,
                                    kc_dims *d_out, size_t *cub_out) {
     kc_dims d = kc_dims_of(c, cache);
-    kc_bump b = { NULL, 0, 0 };
+    kvec__bump b;
     kc_scratch s;
+    kvec__bump_init(&b, NULL, 0);
     kvec_result r = kc_cub_bytes(&d, &s.cub_bytes);
     if (r != KVEC_OK) return r;
     kc_carve(&b, &d, &s);
@@ -1252,10 +1236,20 @@ static kvec_result kc_scratch_in(const kvec_config *c, const kvec_cache *cache, 
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
     if ((r = kc_scratch_size(c, cache, &needed, d, &cub_bytes)) != KVEC_OK) return r;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
-    kc_bump b = { (char *)scratch, 0, 0 };
+    kvec__bump b;
+    kvec__bump_init(&b, scratch, scratch_bytes);
     s->cub_bytes = cub_bytes;
     kc_carve(&b, d, s);
     return KVEC_OK;
+}
+
+/* The status word: the first thing carved from any scratch (kvec__bump
+   aligns the start), so every call finds it at the same place. */
+#define KC_STATUS_BYTES (KVEC__ALIGN + sizeof(int32_t)) /* the least scratch a call takes */
+static int32_t *kc_status_word(const void *scratch) {
+    kvec__bump b;
+    kvec__bump_init(&b, (void *)scratch, KC_STATUS_BYTES);
+    return (int32_t *)kvec__take(&b, 1, sizeof(int32_t));
 }
 
 static kvec_result kc_check_plan_descriptor(const kvec_plan *plan, int64_t L, int64_t Hk) {
@@ -1623,9 +1617,10 @@ static size_t kc_select_bytes(const kvec_config *c, int64_t n_tokens) {
     memset(&d, 0, sizeof d);
     d.N = n_tokens;
     d.cross_head = (c->terms.enabled & KVEC_TERM_CROSS_HEAD) != 0;
-    kc_bump b = { NULL, 0, 0 };
-    kc_take(&b, 1, sizeof(int32_t));
-    kc_take(&b, d.cross_head ? KC_BATCH * d.N : 0, 1);
+    kvec__bump b;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__take(&b, 1, sizeof(int32_t));
+    kvec__take(&b, d.cross_head ? KC_BATCH * d.N : 0, 1);
     return b.used;
 }
 
@@ -1650,9 +1645,10 @@ KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const floa
     if (scratch_bytes < kc_select_bytes(&c, n_tokens)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
     if ((r = kc_check_plan_capacity(&c, plan, n_layers, n_kv_heads, n_tokens, budget)) != KVEC_OK) return r;
-    kc_bump b = { (char *)scratch, 0, 0 };
-    int32_t *status = (int32_t *)kc_take(&b, 1, sizeof(int32_t));
-    uint8_t *flags = (uint8_t *)kc_take(&b, (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? KC_BATCH * n_tokens : 0, 1);
+    kvec__bump b;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    int32_t *status = (int32_t *)kvec__take(&b, 1, sizeof(int32_t));
+    uint8_t *flags = (uint8_t *)kvec__take(&b, (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? KC_BATCH * n_tokens : 0, 1);
     return kc_select_layers(&c, scores, n_layers, n_kv_heads, n_tokens, budget, plan, 0, n_layers, flags, status,
                             stream);
 }
@@ -1663,11 +1659,11 @@ KVEC_CUDA_API kvec_result kvec_cuda_compact(kvec_cache *cache, const kvec_plan *
     kvec_result r;
     if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
-    if (scratch_bytes < sizeof(int32_t)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (scratch_bytes < KC_STATUS_BYTES) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     const int64_t L = cache->n_layers, Hk = cache->layers[0].keys.n_heads, N = cache->layers[0].keys.n_tokens;
     if ((r = kc_check_plan_descriptor(plan, L, Hk)) != KVEC_OK) return r;
     if (Hk > 65535 || L * Hk > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
-    int32_t *status = (int32_t *)scratch;
+    int32_t *status = kc_status_word(scratch);
     KC_LAUNCH(kc_check_plan, (unsigned)(L * Hk), 256, 0, (plan->kept_count, plan->kept_positions,
                                                                      plan->n_kv_heads, Hk, plan->capacity, N,
                                                                      status));
@@ -1708,7 +1704,7 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
 
 KVEC_CUDA_API kvec_result kvec_cuda_reset_status(void *scratch, void *stream_) {
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
-    KC_CUDA(cudaMemsetAsync(scratch, 0, sizeof(int32_t), (cudaStream_t)stream_));
+    KC_CUDA(cudaMemsetAsync(kc_status_word(scratch), 0, sizeof(int32_t), (cudaStream_t)stream_));
     return KVEC_OK;
 }
 
@@ -1716,7 +1712,7 @@ KVEC_CUDA_API kvec_result kvec_cuda_status(const void *scratch, void *stream_, k
     const cudaStream_t stream = (cudaStream_t)stream_;
     int32_t value = 0;
     if (!scratch || !result) return KVEC_ERROR_NULL_POINTER;
-    KC_CUDA(cudaMemcpyAsync(&value, scratch, sizeof value, cudaMemcpyDeviceToHost, stream));
+    KC_CUDA(cudaMemcpyAsync(&value, kc_status_word(scratch), sizeof value, cudaMemcpyDeviceToHost, stream));
     KC_CUDA(cudaStreamSynchronize(stream));
     *result = (kvec_result)value;
     return KVEC_OK;

@@ -2,8 +2,9 @@
 //
 // Default shape: 32 layers, 32 query heads, 8 KV heads, head dim 128, fp16
 // K, V and window queries, window 32, keep 20%, at 8K, 32K and 128K tokens.
-// For each policy: the median over --repeats of one kvec_cuda_evict over all
-// layers (CUDA events on one stream, after a warm-up call), and of its three
+// For each policy: the median over --repeats (3 where one call takes over
+// 200 ms) of one kvec_cuda_evict over all layers (CUDA events on one
+// stream, after a warm-up call), and of its three
 // steps run alone (score, select, compact). Beside it, in the same run:
 //
 //   copy     a device-to-device cudaMemcpyAsync of 2 GiB: the bandwidth
@@ -74,12 +75,18 @@ static double median(std::vector<double> v) {
     return v.empty() ? 0.0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-/* Median ms of `repeats` runs of f on stream, after one warm-up. */
+/* Median ms of `repeats` runs of f on stream, after one warm-up (3 runs
+   when the warm-up took over 200 ms, to fit a device call's time). */
 template <typename F> static double time_ms(cudaStream_t stream, int repeats, F f) {
     timer t;
     std::vector<double> ms;
+    float warm = 0.0f;
+    CUDA_OK(cudaEventRecord(t.start, stream));
     f();
-    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaEventRecord(t.stop, stream));
+    CUDA_OK(cudaEventSynchronize(t.stop));
+    CUDA_OK(cudaEventElapsedTime(&warm, t.start, t.stop));
+    if (warm > 200.0f && repeats > 3) repeats = 3;
     for (int i = 0; i < repeats; i++) {
         float elapsed = 0.0f;
         CUDA_OK(cudaEventRecord(t.start, stream));

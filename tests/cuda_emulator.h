@@ -15,9 +15,11 @@
 // deadlock and stops the program: the divergent-barrier bugs a GPU would
 // hang on or silently mis-execute.
 //
-// What it cannot show: races between threads (a fiber runs until it
-// blocks, so every schedule is the same), memory-model effects, speed, and
-// anything about the real hardware. compute-sanitizer on a GPU does those.
+// What it cannot show: most races between threads (a fiber runs until it
+// blocks; between two barriers the threads run in order, then in reverse
+// order, which catches a thread that must run before or after another,
+// but nothing finer), memory-model effects, speed, and anything about the
+// real hardware. compute-sanitizer on a GPU does those.
 // Device memory is host memory: cudaMalloc is malloc.
 #ifndef KVEC_CUDA_EMULATOR_H
 #define KVEC_CUDA_EMULATOR_H
@@ -220,12 +222,17 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
                     f.state = RUNNING;
                     makecontext(&f.context, fiber_entry, 0);
                 }
-                for (;;) {
-                    for (unsigned t = 0; t < r.threads; t++)
+                for (unsigned round = 0;; round++) {
+                    /* Forward, then backward: a thread that relies on running
+                       before or after another between two barriers (a race
+                       on the GPU) meets both orders. */
+                    for (unsigned step = 0; step < r.threads; step++) {
+                        const unsigned t = round % 2 ? r.threads - 1 - step : step;
                         if (r.fibers[t].state == RUNNING) {
                             r.current = t;
                             swapcontext(&r.scheduler, &r.fibers[t].context);
                         }
+                    }
                     /* Nobody runs: release a warp whose live lanes all wait at a shuffle. */
                     bool released = false, all_done = true, all_at_barrier = true, any_at_barrier = false;
                     for (unsigned w = 0; w * 32 < r.threads; w++) {

@@ -514,6 +514,17 @@ static void test_errors() {
             CHECK(device_bytes(m.keys[l]) == m.keys[l].host && device_bytes(m.values[l]) == m.values[l].host,
                   "external plan: layer %d not byte-exact", l);
     }
+    /* Scratch at any alignment: the status word and the regions move with it. */
+    {
+        void *bigger = nullptr;
+        CUDA_OK(cudaMalloc(&bigger, bytes + 8));
+        void *odd = (char *)bigger + 8;
+        r = kvec_cuda_evict(&c, &m.device_cache, 100, &p.device, odd, bytes, NULL);
+        kvec_result status = KVEC_ERROR_CUDA;
+        CHECK(r == KVEC_OK && kvec_cuda_status(odd, NULL, &status) == KVEC_OK && status == KVEC_OK,
+              "scratch 8 bytes past an allocation: %s / %s", kvec_result_string(r), kvec_result_string(status));
+        cudaFree(bigger);
+    }
     free_plan(p);
     cudaFree(scratch);
     free_model(m);
