@@ -58,7 +58,10 @@ $(BUILD)/test_cuda_debug: tests/test_cuda.cu $(BUILD)/kvec_cuda_debug.o
 $(BUILD)/speed_cuda: bench/speed_cuda.cu $(BUILD)/kvec_cuda.o
 	$(NVCC) $(NVCCFLAGS) -o $@ bench/speed_cuda.cu $(BUILD)/kvec_cuda.o
 
-cuda: $(BUILD)/kvec_cuda.o $(BUILD)/test_cuda $(BUILD)/test_cuda_debug $(BUILD)/speed_cuda
+$(BUILD)/cuda_quickstart: examples/cuda_quickstart.cu $(BUILD)/kvec_cuda.o
+	$(NVCC) $(NVCCFLAGS) -o $@ examples/cuda_quickstart.cu $(BUILD)/kvec_cuda.o
+
+cuda: $(BUILD)/kvec_cuda.o $(BUILD)/test_cuda $(BUILD)/test_cuda_debug $(BUILD)/speed_cuda $(BUILD)/cuda_quickstart
 
 # The kernels' logic without a GPU: kvec_cuda.cu and its test compiled as
 # C++ with tests/cuda_emulator.h, which runs each block's threads as fibers.
@@ -66,12 +69,16 @@ EMULATED = $(CXX) -std=c++17 -O2 -g $(WARN) -Wno-pedantic -x c++ -include tests/
 $(BUILD)/test_cuda_emulated: tests/test_cuda.cu tests/cuda_emulator.h $(CUDA_DEP)
 	$(EMULATED) -o $@ tests/test_cuda.cu kvec_cuda.cu -lm
 
+$(BUILD)/cuda_quickstart_emulated: examples/cuda_quickstart.cu tests/cuda_emulator.h $(CUDA_DEP)
+	$(EMULATED) -o $@ examples/cuda_quickstart.cu kvec_cuda.cu -lm
+
 # With a GPU: the device test. Without one it says it skipped; the emulated
 # build then runs the same checks on smaller shapes.
-test-cuda: $(BUILD)/test_cuda_emulated
-	@if command -v $(NVCC) > /dev/null; then $(MAKE) --no-print-directory cuda && $(BUILD)/test_cuda; \
+test-cuda: $(BUILD)/test_cuda_emulated $(BUILD)/cuda_quickstart_emulated
+	@if command -v $(NVCC) > /dev/null; then $(MAKE) --no-print-directory cuda && $(BUILD)/test_cuda && $(BUILD)/cuda_quickstart; \
 	else echo "kvec_cuda.cu: skipped the nvcc build (nvcc not found)"; fi
 	$(BUILD)/test_cuda_emulated --quick
+	$(BUILD)/cuda_quickstart_emulated
 
 $(BUILD)/test_kvec_asan: tests/test_kvec.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_kvec.c -lm
@@ -126,9 +133,16 @@ test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/tes
 
 # OpenMP's runtime keeps its thread pool alive at exit, which LeakSanitizer
 # reports as leaks that are not kvec's; leak checking is off for this build.
-test-asan: $(BUILD)/test_kvec_asan $(BUILD)/test_engine_asan
+# The emulated CUDA test under the sanitizers too: device memory is host
+# memory there, so every kernel's reads and writes are bounds-checked.
+# ASan warns once that it does not fully support swapcontext (the fibers).
+$(BUILD)/test_cuda_emulated_asan: tests/test_cuda.cu tests/cuda_emulator.h $(CUDA_DEP)
+	$(EMULATED) -O1 $(SAN) -o $@ tests/test_cuda.cu kvec_cuda.cu -lm
+
+test-asan: $(BUILD)/test_kvec_asan $(BUILD)/test_engine_asan $(BUILD)/test_cuda_emulated_asan
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_asan
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_engine_asan
+	ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_cuda_emulated_asan --quick
 
 # The project's main job on its bundled model: how much each policy keeps of
 # what the model needs, 4 samples per task and length (a few minutes).

@@ -36,6 +36,10 @@
                          all heads of the layer in one), kc_kvec_combine,
                          kc_rank_union
      head focus          a second window attention over 4W rows, kc_focus_pick
+     output-aware        kc_output_norm (W_o^h v through the SIMT tile,
+                         |y| or y^2 summed), kc_output_mean, then
+                         kc_criticalkv (first stage by block radix select)
+                         or kc_laprox (the layer's mean, one block)
      other policies      kc_key_norm, kc_simple_scores (StreamingLLM,
                          Random), kc_finish (H2O's normalisation, the
                          window), kc_tova_average
@@ -47,11 +51,6 @@
                          it is stored, and its sources lie at or after its
                          destinations, so no row is read after it is
                          overwritten
-
-     output-aware        kc_output_norm (W_o^h v through the SIMT tile,
-                         |y| or y^2 summed), kc_output_mean, then
-                         kc_criticalkv (first stage by block radix select)
-                         or kc_laprox (the layer's mean, one block)
    K-VEC's cross-layer term selects layer by layer (kc_select for one
    layer, then kc_mark_coverage) so each layer sees what the earlier ones
    kept; the cross-head term selects the heads of a layer in order, in one
@@ -1069,7 +1068,6 @@ static int64_t kc_direction_warps(int64_t D) {
     const int64_t warps = 6144 / D;
     return warps > 8 ? 8 : warps;
 }
-
 
 /* The sizes a cache needs: the largest over its layers. */
 struct kc_dims {
