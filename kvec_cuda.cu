@@ -1057,6 +1057,7 @@ struct kc_scratch {
     int32_t  *rank;         /* [Hk][n] */
     void     *cub_temp;
     size_t    cub_bytes;
+    int64_t   stats_part_count, stats_count; /* elements carved for the two above */
 };
 
 static int64_t kc_splits(int64_t N, int64_t Hk, int64_t total_rows);
@@ -1095,8 +1096,10 @@ static void kc_carve(kvec__bump *b, const kc_dims *d, kc_scratch *s) {
     s->out_norm       = (float *)kvec__take(b, d->output ? heads * n : 0, sizeof(float));
     s->first_stage    = (uint8_t *)kvec__take(b, d->output ? heads * n : 0, 1);
     s->sums           = (float *)kvec__take(b, d->attention ? heads * d->N : 0, sizeof(float));
-    s->stats_part     = (float2 *)kvec__take(b, d->attention ? heads * d->split_rows : 0, sizeof(float2));
-    s->stats          = (float2 *)kvec__take(b, heads * rows, sizeof(float2));
+    s->stats_part_count = d->attention ? heads * d->split_rows : 0;
+    s->stats_count    = heads * rows;
+    s->stats_part     = (float2 *)kvec__take(b, s->stats_part_count, sizeof(float2));
+    s->stats          = (float2 *)kvec__take(b, s->stats_count, sizeof(float2));
     s->kbar_part      = (double *)kvec__take(b, direction * heads * KC_KEY_SPLITS * d->D, sizeof(double));
     s->kbar           = (float *)kvec__take(b, direction * heads * d->D, sizeof(float));
     s->kbar_norm      = (double *)kvec__take(b, direction * heads, sizeof(double));
@@ -1176,10 +1179,15 @@ static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
         if (layer->keys.head_dim > d.D) d.D = layer->keys.head_dim;
         if (layer->queries.data && layer->queries.n_heads > d.H) d.H = layer->queries.n_heads;
         if (d.attention && layer->queries.data && layer->queries.n_heads > 0) {
-            const int64_t rows = kc_rows_read(c, layer) * (layer->queries.n_heads / d.Hk);
-            const int64_t split_rows = kc_splits(d.N, d.Hk, rows) * rows;
-            if (rows > d.rows_g) d.rows_g = rows;
-            if (split_rows > d.split_rows) d.split_rows = split_rows;
+            /* Head focus runs the window twice, W and 4W rows: the fewer rows
+               may take more splits, so both are counted. */
+            const int64_t g = layer->queries.n_heads / d.Hk;
+            const int64_t row_counts[2] = { kc_rows_read(c, layer) * g, c->window * g };
+            for (int k = 0; k < 2; k++) {
+                const int64_t split_rows = kc_splits(d.N, d.Hk, row_counts[k]) * row_counts[k];
+                if (row_counts[k] > d.rows_g) d.rows_g = row_counts[k];
+                if (split_rows > d.split_rows) d.split_rows = split_rows;
+            }
         }
     }
     return d;
@@ -1347,6 +1355,8 @@ static kvec_result kc_window_attention(const kvec_layer *layer, int64_t row_firs
     const int64_t row_chunks = (a.total + KC_ROWS - 1) / KC_ROWS;
     const int64_t S = kc_splits(N, Hk, a.total);
     const int64_t keys_per_split = ((N + S - 1) / S + KC_TILE - 1) / KC_TILE * KC_TILE;
+    /* kc_dims_of sized these for every call; a miss here is a bug, refused rather than overrun */
+    if (Hk * S * a.total > s->stats_part_count || Hk * a.total > s->stats_count) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     switch (kc_tile_kind(layer->keys)) {
     case KC_TILE_MMA_F16:
         return kc_attention_passes<KC_TILE_MMA_F16>(a, Hk, S, keys_per_split, row_chunks, sums, sums_stride, s, stream);
