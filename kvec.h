@@ -568,7 +568,8 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
    were, and writes the result code into the scratch, where
    kvec_cuda_status reads it (it synchronises the stream). Uniform and
    pyramid budgets only; every policy and every K-VEC term
-   (docs/SEMANTICS.md). */
+   (docs/SEMANTICS.md). kvec_cuda_scratch_bytes asks the CUDA runtime
+   (CUB's sort storage) and so needs a device: KVEC_ERROR_CUDA without. */
 #define KVEC_CUDA_API extern /* defined in kvec_cuda.cu whatever KVEC_STATIC says */
 KVEC_CUDA_API kvec_result kvec_cuda_scratch_bytes(const kvec_config *config, const kvec_cache *cache,
                                                   size_t *bytes);

@@ -1324,8 +1324,8 @@ static kvec_result kc_attention_passes(const kc_attn &a, int64_t Hk, int64_t S, 
 
 /* Key splits of the statistics pass: about KC_SPLIT_BLOCKS blocks per
    layer, at least 256 keys each, at most KC_SPLITS. It depends on the
-   shape alone, so the combine order (and every bit of the result) is the
-   same on every GPU. */
+   shape alone, not on the GPU's multiprocessor count, so the combine
+   order is the same whatever GPU runs it. */
 static int64_t kc_splits(int64_t N, int64_t Hk, int64_t total_rows) {
     const int64_t row_chunks = (total_rows + KC_ROWS - 1) / KC_ROWS, most = (N + 255) / 256;
     int64_t S = (KC_SPLIT_BLOCKS + Hk * row_chunks - 1) / (Hk * row_chunks);

@@ -3,6 +3,9 @@
 #
 #   bash bench/cuda_device.sh [check|speed|all]      (default: all)
 #
+# Within a 10-minute device call, run `check` and `speed` as two calls:
+# the sanitizers alone may take most of one.
+#
 # check: build with nvcc for the GPU at hand; tests/test_cuda.cu against
 #        the CPU path (every shape); compute-sanitizer memcheck, racecheck
 #        and synccheck on the debug build (--quick shapes).
@@ -43,7 +46,8 @@ if [[ "$phase" == check || "$phase" == all ]]; then
     grep "note:" "$out/test_cuda.log" | head -10 | tee -a "$summary"
     for tool in memcheck racecheck synccheck; do
         if ! command -v compute-sanitizer > /dev/null; then note "compute-sanitizer: not found"; break; fi
-        timeout 180 compute-sanitizer --tool "$tool" --error-exitcode 3 build/test_cuda_debug --quick \
+        case $tool in racecheck) limit=240 ;; *) limit=150 ;; esac
+        timeout $limit compute-sanitizer --tool "$tool" --error-exitcode 3 build/test_cuda_debug --quick \
             > "$out/sanitizer-$tool.log" 2>&1
         rc=$?
         if [[ $rc == 0 ]]; then note "compute-sanitizer $tool: clean ($(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.log" | tail -1))"

@@ -606,6 +606,7 @@ int main(int argc, char **argv) {
             cd.config.window = W;
             cd.config.terms.enabled = o.terms;
             cd.config.terms.focus_cv = 1.5f; /* random attention is flat: some heads widen, some not */
+            cd.config.terms.gamma = 2.0f;    /* a coverage bonus large enough to move many tokens */
             cd.name = o.name;
             cd.budget = W + pick(1, N - W);
             if (shape % 2) { cd.config.policy = KVEC_POLICY_KVEC; cd.config.budget_mode = KVEC_BUDGET_PYRAMID; }
