@@ -487,18 +487,39 @@ __device__ __forceinline__ double kc_warp_sum(double v) {
     return v;
 }
 
+/* Sum of a double over the block (a power of two of threads), in a fixed
+   tree through part ([blockDim.x] shared). Every thread must call it and
+   gets the total; part may be reused as soon as it returns. */
+__device__ double kc_block_sum(double mine, double *part) {
+    part[threadIdx.x] = mine;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    const double total = part[0];
+    __syncthreads(); /* everyone has read the total before part is written again */
+    return total;
+}
+
+/* Sum of squares of row (i, j) of a view over the lanes of a warp (every
+   lane gets it): each lane takes dims lane, lane + 32, ... */
+__device__ __forceinline__ double kc_warp_row_squares(const kc_view &t, int64_t i, int64_t j, int lane) {
+    double sq = 0.0;
+    for (int64_t d = lane; d < t.head_dim; d += 32) {
+        const double v = kc_load(t, i, j, d);
+        sq += v * v;
+    }
+    return kc_warp_sum(sq);
+}
+
 /* Knorm: -||k_i||, one warp per (token, head). */
 __global__ void kc_key_norm(kc_view keys, float *scores, int64_t N, int64_t n, int32_t *status) {
     KC_STOP_ON_ERROR(status);
     const int lane = threadIdx.x % 32;
     const int64_t i = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, j = blockIdx.y;
     if (i >= n) return;
-    double sq = 0.0;
-    for (int64_t d = lane; d < keys.head_dim; d += 32) {
-        const double v = kc_load(keys, i, j, d);
-        sq += v * v;
-    }
-    sq = kc_warp_sum(sq);
+    const double sq = kc_warp_row_squares(keys, i, j, lane);
     if (lane == 0) scores[j * N + i] = (float)-sqrt(sq);
 }
 
@@ -517,12 +538,7 @@ kc_key_direction_part(kc_view keys, int64_t keys_per_split, double *part, int32_
     double *acc = warp_acc + warp * D;
     for (int64_t d = lane; d < D; d += 32) acc[d] = 0.0;
     for (int64_t i = begin + warp; i < end; i += warps) {
-        double sq = 0.0;
-        for (int64_t d = lane; d < D; d += 32) {
-            const double v = kc_load(keys, i, j, d);
-            sq += v * v;
-        }
-        sq = kc_warp_sum(sq);
+        const double sq = kc_warp_row_squares(keys, i, j, lane);
         if (sq > 0.0) {
             const double inverse = 1.0 / sqrt(sq);
             for (int64_t d = lane; d < D; d += 32) acc[d] += kc_load(keys, i, j, d) * inverse;
@@ -551,13 +567,8 @@ __global__ void kc_key_direction_combine(const double *part, int64_t D, int64_t 
         kbar[j * D + d] = v;
         mine += (double)v * v;
     }
-    sq[threadIdx.x] = mine;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half) sq[threadIdx.x] += sq[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) kbar_norm[j] = sqrt(sq[0]);
+    const double total = kc_block_sum(mine, sq);
+    if (threadIdx.x == 0) kbar_norm[j] = sqrt(total);
 }
 
 /* out[j][i] = -cos(k_i, kbar_j) for i < n (0 where a norm is 0); one warp
@@ -588,32 +599,18 @@ __global__ void kc_uniqueness(kc_view keys, const float *kbar, const double *kba
 __global__ void __launch_bounds__(1024)
 kc_moments(const float *x, int64_t stride, int64_t n, double *moments, int32_t *status) {
     __shared__ double part[1024];
-    __shared__ double mean;
     KC_STOP_ON_ERROR(status);
     const int64_t j = blockIdx.x;
     const float *v = x + j * stride;
     double acc = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += 1024) acc += v[i];
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = 512; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) mean = part[0] / (double)n;
-    __syncthreads();
+    const double mean = kc_block_sum(acc, part) / (double)n;
     acc = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += 1024) acc += (v[i] - mean) * (v[i] - mean);
-    __syncthreads(); /* everyone has read part[0] through mean */
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = 512; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-        __syncthreads();
-    }
+    const double squares = kc_block_sum(acc, part);
     if (threadIdx.x == 0) {
         moments[j * 2 + 0] = mean;
-        moments[j * 2 + 1] = sqrt(part[0] / (double)n);
+        moments[j * 2 + 1] = sqrt(squares / (double)n);
     }
 }
 
@@ -920,13 +917,7 @@ kc_laprox(float *scores, int64_t N, int64_t n, int64_t Hk, const float *out_norm
         scores[j * N + i] = v;
         acc += v;
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = 512; half > 0; half >>= 1) {
-        if ((int)threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-        __syncthreads();
-    }
-    const double total = part[0];
+    const double total = kc_block_sum(acc, part);
     if (!(total > 0.0)) return;
     const float inv_mean = (float)((double)(Hk * n) / total);
     for (int64_t e = threadIdx.x; e < Hk * n; e += 1024) scores[(e / n) * N + e % n] *= inv_mean;
@@ -1078,17 +1069,25 @@ struct kc_dims {
     int     attention;  /* the policy reads window attention */
     int     uniqueness; /* K-VEC's z(U) or KeyDiff: the key direction */
     int     rank_union;
-    int     cross_head, cross_layer, focus; /* K-VEC's optional terms */
+    int     cross_layer, focus; /* K-VEC's optional terms with scratch of their own
+                                   (the cross-head term's is kc_carve_selection's) */
     int     output;     /* CriticalKV or LaProx */
     int64_t H;          /* most query heads of a layer */
 };
 
-static void kc_carve(kvec__bump *b, const kc_dims *d, kc_scratch *s) {
+/* The start of every scratch: the status word, then (cross-head term only)
+   kc_select's flags, [KC_BATCH][N] bytes. kvec_cuda_select's scratch is
+   this prefix alone; kvec_cuda_compact's the status word alone. */
+static void kc_carve_selection(kvec__bump *b, const kvec_config *c, int64_t N, int32_t **status, uint8_t **flags) {
+    *status = (int32_t *)kvec__take(b, 1, sizeof(int32_t));
+    *flags = (uint8_t *)kvec__take(b, (c->terms.enabled & KVEC_TERM_CROSS_HEAD) ? KC_BATCH * N : 0, 1);
+}
+
+static void kc_carve(kvec__bump *b, const kvec_config *c, const kc_dims *d, kc_scratch *s) {
     const int64_t heads = d->Hk, n = d->n > 0 ? d->n : 0;
     const int64_t rows = d->attention ? d->rows_g : 0, sorted = d->rank_union ? heads * n : 0;
     const int64_t direction = d->uniqueness ? 1 : 0;
-    s->status         = (int32_t *)kvec__take(b, 1, sizeof(int32_t));
-    s->select_flags   = (uint8_t *)kvec__take(b, d->cross_head ? KC_BATCH * d->N : 0, 1);
+    kc_carve_selection(b, c, d->N, &s->status, &s->select_flags);
     s->kept_before    = (uint8_t *)kvec__take(b, d->cross_layer ? d->N : 0, 1);
     s->scores         = (float *)kvec__take(b, d->L * heads * d->N, sizeof(float));
     s->wide           = (float *)kvec__take(b, d->focus ? heads * d->N : 0, sizeof(float));
@@ -1166,7 +1165,6 @@ static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
     d.attention = kvec__uses_attention(c);
     d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION) &&
                    (c->terms.enabled & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER));
-    d.cross_head = (c->terms.enabled & KVEC_TERM_CROSS_HEAD) != 0;
     d.cross_layer = (c->terms.enabled & KVEC_TERM_CROSS_LAYER) != 0;
     d.focus = (c->terms.enabled & KVEC_TERM_HEAD_FOCUS) != 0;
     d.output = kvec__uses_output(c);
@@ -1226,7 +1224,7 @@ static kvec_result kc_scratch_size(const kvec_config *c, const kvec_cache *cache
     kvec__bump_init(&b, NULL, 0);
     kvec_result r = kc_cub_bytes(&d, &s.cub_bytes);
     if (r != KVEC_OK) return r;
-    kc_carve(&b, &d, &s);
+    kc_carve(&b, c, &d, &s);
     if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
     *bytes = b.used;
     if (d_out) *d_out = d;
@@ -1245,7 +1243,7 @@ static kvec_result kc_scratch_in(const kvec_config *c, const kvec_cache *cache, 
     kvec__bump b;
     kvec__bump_init(&b, scratch, scratch_bytes);
     s->cub_bytes = cub_bytes;
-    kc_carve(&b, d, s);
+    kc_carve(&b, c, d, s);
     return KVEC_OK;
 }
 
@@ -1397,6 +1395,12 @@ static kvec_result kc_sort_descending(const float *scores, int64_t stride, int64
     return kc_launched(stream);
 }
 
+/* NaN or Inf anywhere in t sets KVEC_ERROR_NON_FINITE. */
+static kvec_result kc_check_tensor(const kvec_tensor &t, int32_t *status, cudaStream_t stream) {
+    KC_LAUNCH(kc_check_finite, kc_blocks(t.n_tokens * t.n_heads * t.head_dim, 256), 256, 0, (kc_view_of(t), status));
+    return KVEC_OK;
+}
+
 /* Scores of one layer ([Hk][N] at `scores`) for the policy. */
 static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer, int64_t l, int64_t layer_budget,
                                   float *scores, kc_scratch *s, cudaStream_t stream) {
@@ -1409,9 +1413,11 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
         KC_LAUNCH(kc_finish, dim3(kc_blocks(N, 256), (unsigned)Hk), 256, 0, (scores, N, 0, 0, s->status));
         return KVEC_OK;
     }
-    if (kvec__uses_attention(c))
-        KC_LAUNCH(kc_check_finite, kc_blocks(q->n_tokens * q->n_heads * q->head_dim, 256), 256, 0, (
-            kc_view_of(*q), s->status));
+    /* What the scores read must be finite, as on the CPU: the queries, and the
+       keys (the attention passes check those tiles as they load them). */
+    if (kvec__uses_attention(c)) r = kc_check_tensor(*q, s->status, stream);
+    else r = kc_check_tensor(layer->keys, s->status, stream);
+    if (r != KVEC_OK) return r;
     switch (c->policy) {
     case KVEC_POLICY_KVEC:
     case KVEC_POLICY_SNAPKV:
@@ -1472,14 +1478,10 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
                                                                           1.0f / (float)q->n_heads, s->status));
         break;
     case KVEC_POLICY_KNORM:
-        KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
-            kc_view_of(layer->keys), s->status));
         KC_LAUNCH(kc_key_norm, dim3(kc_blocks(n, 8), (unsigned)Hk), 256, 0, (
             kc_view_of(layer->keys), scores, N, n, s->status));
         break;
     case KVEC_POLICY_KEYDIFF:
-        KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
-            kc_view_of(layer->keys), s->status));
         if ((r = kc_key_uniqueness(layer, n, scores, N, s, stream)) != KVEC_OK) return r;
         break;
     case KVEC_POLICY_CRITICALKV:
@@ -1487,10 +1489,9 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
         const int p = c->policy == KVEC_POLICY_CRITICALKV ? 1 : 2;
         const kvec_tensor *V = &layer->values, *Wo = &layer->out_proj;
         const int64_t g = q->n_heads / Hk, g_out = Wo->n_heads / Hk;
-        KC_LAUNCH(kc_check_finite, kc_blocks(V->n_tokens * V->n_heads * V->head_dim, 256), 256, 0, (
-            kc_view_of(*V), s->status));
-        KC_LAUNCH(kc_check_finite, kc_blocks(Wo->n_tokens * Wo->n_heads * Wo->head_dim, 256), 256, 0, (
-            kc_view_of(*Wo), s->status));
+        if ((r = kc_check_tensor(*V, s->status, stream)) != KVEC_OK ||
+            (r = kc_check_tensor(*Wo, s->status, stream)) != KVEC_OK)
+            return r;
         if ((r = kc_window_attention(layer, q->n_tokens - c->window, c->window, n, 1.0f / (float)g, s->sums, N,
                                      s, stream)) != KVEC_OK)
             return r;
@@ -1507,9 +1508,7 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
         }
         break;
     }
-    default: /* StreamingLLM, Random: the CPU path still refuses NaN keys */
-        KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
-            kc_view_of(layer->keys), s->status));
+    default: /* StreamingLLM, Random */
         KC_LAUNCH(kc_simple_scores, per_token, 256, 0, (scores, N, n, (int)c->policy, c->sink_tokens,
                                                                     c->seed, l, s->status));
         break;
@@ -1528,8 +1527,7 @@ static kvec_result kc_score_layers(const kvec_config *c, const kvec_cache *cache
         const kvec_layer *layer = &cache->layers[l];
         const int64_t layer_budget = kvec__layer_budget(c, budget, l, L, N);
         if (layer_budget >= N) { /* kept whole: no scores, but NaN keys are refused as on the CPU */
-            KC_LAUNCH(kc_check_finite, kc_blocks(N * Hk * layer->keys.head_dim, 256), 256, 0, (
-                kc_view_of(layer->keys), s->status));
+            if ((r = kc_check_tensor(layer->keys, s->status, stream)) != KVEC_OK) return r;
             continue;
         }
         if ((r = kc_score_layer(c, layer, l, layer_budget, scores + l * Hk * N, s, stream)) != KVEC_OK) return r;
@@ -1621,14 +1619,11 @@ KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_
    term one flag byte per token for each layer of a launch. The same
    layout begins every kvec_cuda_scratch_bytes scratch. */
 static size_t kc_select_bytes(const kvec_config *c, int64_t n_tokens) {
-    kc_dims d;
-    memset(&d, 0, sizeof d);
-    d.N = n_tokens;
-    d.cross_head = (c->terms.enabled & KVEC_TERM_CROSS_HEAD) != 0;
     kvec__bump b;
+    int32_t *status;
+    uint8_t *flags;
     kvec__bump_init(&b, NULL, 0);
-    kvec__take(&b, 1, sizeof(int32_t));
-    kvec__take(&b, d.cross_head ? KC_BATCH * d.N : 0, 1);
+    kc_carve_selection(&b, c, n_tokens, &status, &flags);
     return b.used;
 }
 
@@ -1654,9 +1649,10 @@ KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const floa
     if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
     if ((r = kc_check_plan_capacity(&c, plan, n_layers, n_kv_heads, n_tokens, budget)) != KVEC_OK) return r;
     kvec__bump b;
+    int32_t *status;
+    uint8_t *flags;
     kvec__bump_init(&b, scratch, scratch_bytes);
-    int32_t *status = (int32_t *)kvec__take(&b, 1, sizeof(int32_t));
-    uint8_t *flags = (uint8_t *)kvec__take(&b, (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? KC_BATCH * n_tokens : 0, 1);
+    kc_carve_selection(&b, &c, n_tokens, &status, &flags);
     return kc_select_layers(&c, scores, n_layers, n_kv_heads, n_tokens, budget, plan, 0, n_layers, flags, status,
                             stream);
 }

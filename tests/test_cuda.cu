@@ -323,6 +323,15 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
     make_plan(gpu_plan, L, Hk, capacity);
     std::vector<std::vector<unsigned char>> before_k(L), before_v(L);
     for (int64_t l = 0; l < L; l++) { before_k[l] = m.keys[l].host; before_v[l] = m.values[l].host; }
+    auto restore = [&](bool device_too) { /* the cache as it was before this case */
+        for (int64_t l = 0; l < L; l++) {
+            m.keys[l].host = before_k[l];
+            m.values[l].host = before_v[l];
+            if (!device_too) continue;
+            CUDA_OK(cudaMemcpy(m.keys[l].device, before_k[l].data(), before_k[l].size(), cudaMemcpyHostToDevice));
+            CUDA_OK(cudaMemcpy(m.values[l].device, before_v[l].data(), before_v[l].size(), cudaMemcpyHostToDevice));
+        }
+    };
     {
         size_t cpu_bytes = 0;
         kvec_scratch_bytes(&cd.config, &m.host_cache, 1, &cpu_bytes);
@@ -343,10 +352,7 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
     CHECK(heads_differ == 0, "%s: %lld heads keep other tokens than the CPU beyond ties", what, (long long)heads_differ);
     if (differences > 0) std::printf("  note: %s: %lld tokens swapped at ties with the CPU\n", what, (long long)differences);
     /* The CPU path's compaction by the device's plan, from the original bytes. */
-    for (int64_t l = 0; l < L; l++) {
-        m.keys[l].host = before_k[l];
-        m.values[l].host = before_v[l];
-    }
+    restore(false);
     r = kvec_compact(&m.host_cache, &gpu_plan.host);
     CHECK(r == KVEC_OK, "%s: cpu compaction by the device plan: %s", what, kvec_result_string(r));
     for (int64_t l = 0; l < L; l++) {
@@ -354,22 +360,14 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
         CHECK(device_bytes(m.values[l]) == m.values[l].host, "%s: layer %lld values not byte-exact", what, (long long)l);
     }
     /* Again from the same start: the same plan, bit for bit. */
-    for (int64_t l = 0; l < L; l++) {
-        CUDA_OK(cudaMemcpy(m.keys[l].device, before_k[l].data(), before_k[l].size(), cudaMemcpyHostToDevice));
-        CUDA_OK(cudaMemcpy(m.values[l].device, before_v[l].data(), before_v[l].size(), cudaMemcpyHostToDevice));
-        m.keys[l].host = before_k[l];
-        m.values[l].host = before_v[l];
-    }
+    restore(true);
     {
         const std::vector<int64_t> counts = gpu_plan.counts, positions = gpu_plan.positions;
         r = kvec_cuda_evict(&cd.config, &m.device_cache, cd.budget, &gpu_plan.device, scratch, scratch_bytes, NULL);
         plan_to_host(gpu_plan);
         CHECK(r == KVEC_OK && counts == gpu_plan.counts && positions == gpu_plan.positions,
               "%s: a second eviction planned differently", what);
-        for (int64_t l = 0; l < L; l++) { /* restore the device cache for the next case */
-            CUDA_OK(cudaMemcpy(m.keys[l].device, before_k[l].data(), before_k[l].size(), cudaMemcpyHostToDevice));
-            CUDA_OK(cudaMemcpy(m.values[l].device, before_v[l].data(), before_v[l].size(), cudaMemcpyHostToDevice));
-        }
+        restore(true); /* for the next case */
     }
     /* External scores: kvec_cuda_select on the CPU's scores plans what kvec_select plans. */
     {
