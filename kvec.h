@@ -168,18 +168,32 @@ OPTIONS (macros)
 MEMORY
 
    No function allocates except kvec_evict. kvec_scratch_bytes (whole cache
-   or batch) and kvec_layer_scratch_bytes (one layer) tell how much scratch
+   or batch; it includes one layer's plan, used when the call is given no
+   plan) and kvec_layer_scratch_bytes (one layer) tell how much scratch
    to pass; kvec_plan_capacity tells how many positions per head the plan
    needs. Scratch need not be zeroed; any alignment works.
 
 ERRORS
 
    Every function returns kvec_result: 0 = KVEC_OK, negative = error;
-   kvec_result_string names each. Arguments, and the keys and queries a
-   policy reads (NaN, Inf), are validated before anything is written: on
-   error the cache, the plan and the coverage state are as they were. Values
-   are moved, never read as numbers, so they are not checked. kvec never
-   aborts, exits or prints.
+   kvec_result_string names each. Every argument is validated before
+   anything is written: on error the cache, the plan, the coverage, the
+   decode state and every output are byte for byte as they were. Sizes,
+   strides, counts and positions are combined only through overflow-checked
+   arithmetic (>>checked arithmetic): a hostile value is an error, never
+   undefined behaviour. kvec never aborts, exits or prints.
+
+   Finite: the keys always (every policy and budget); the queries when a
+   layer is scored by a policy that reads them; values and out_proj when
+   CriticalKV or LaProx score a layer (the only policies that read values
+   as numbers; the others move them as bytes, unchecked).
+
+   Overlap rule (KVEC_ERROR_OVERLAP): nothing a call writes may share a
+   byte with anything else it reads or writes: keys and values of every
+   layer and sequence, queries, out_proj, both arrays of every plan, the
+   scratch, the coverage, the decode state, scores, masks and offsets in or
+   out. Reads may share memory with reads; K and V interleaved in one
+   buffer are told apart; kvec_compact_packed may write exactly in place.
 
 THREADING
 
@@ -248,9 +262,9 @@ typedef enum kvec_result {
     KVEC_ERROR_BAD_LAYER_INDEX    = -15, /* layer index outside 0 .. n_layers-1 */
     KVEC_ERROR_SIZE_OVERFLOW      = -16, /* a size does not fit in size_t / int64 */
     KVEC_ERROR_BAD_PLAN           = -17, /* compaction plan: positions not ascending or out of range */
-    KVEC_ERROR_OVERLAP            = -18, /* packed output overlaps the cache, and not in place */
+    KVEC_ERROR_OVERLAP            = -18, /* memory a call writes overlaps what else it reads or writes */
     KVEC_ERROR_MISSING_OUT_PROJ   = -19, /* output-aware policy, no layer.out_proj */
-    KVEC_ERROR_STATE_MISMATCH     = -20, /* decode state full, or not this cache's */
+    KVEC_ERROR_STATE_MISMATCH     = -20, /* decode state full, not this cache's, or not one init made */
     KVEC_ERROR_CUDA               = -21  /* kvec_cuda.cu: a CUDA call or launch failed */
 } kvec_result;
 
@@ -411,7 +425,8 @@ KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config,
 KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget);
 
 /* Explicit form: config (NULL = defaults), plan receives the kept positions
-   (may be NULL), scratch from kvec_scratch_bytes. */
+   (may be NULL: the call then plans each layer in the scratch and compacts
+   it at once, with the same result), scratch from kvec_scratch_bytes. */
 KVEC_API kvec_result kvec_evict_ex(const kvec_config *config, kvec_cache *cache,
                                    int64_t budget, kvec_plan *plan,
                                    void *scratch, size_t scratch_bytes);
@@ -689,9 +704,9 @@ KVEC_API const char *kvec_result_string(kvec_result result) {
     case KVEC_ERROR_BAD_LAYER_INDEX:     return "layer index outside 0 .. n_layers-1";
     case KVEC_ERROR_SIZE_OVERFLOW:       return "a size overflows size_t or int64";
     case KVEC_ERROR_BAD_PLAN:            return "plan positions are not strictly ascending within 0 .. n_tokens-1, or a count exceeds the capacity";
-    case KVEC_ERROR_OVERLAP:             return "packed output overlaps the cache and is not exactly in place over a [head][token][dim] layout";
+    case KVEC_ERROR_OVERLAP:             return "memory the call writes overlaps other memory it reads or writes (cache, plan, scratch, state, outputs)";
     case KVEC_ERROR_MISSING_OUT_PROJ:    return "the policy reads the output projection (layer.out_proj) and none was given";
-    case KVEC_ERROR_STATE_MISMATCH:      return "decode state full (evict first), or its layers, heads or rows differ from the cache";
+    case KVEC_ERROR_STATE_MISMATCH:      return "decode state full (evict first), its layers, heads or rows differ from the cache, or it is not a state kvec_decode_init made";
     case KVEC_ERROR_CUDA:                return "a CUDA runtime call or kernel launch failed (cudaPeekAtLastError says which)";
     }
     return "unknown kvec_result";
@@ -812,6 +827,64 @@ static void kvec__load_row(const kvec_tensor *t, int64_t token, int64_t head, fl
     }
 }
 
+/* >>checked arithmetic
+
+   Every product or sum of caller-controlled sizes, strides, counts or
+   positions is formed here, so that a hostile value becomes an error
+   (KVEC_ERROR_SIZE_OVERFLOW, mostly) instead of signed overflow. Each
+   returns 1 when the exact result does not fit and then leaves *out alone. */
+#if defined(__has_builtin) && !defined(__CUDACC__)
+#if __has_builtin(__builtin_mul_overflow) && __has_builtin(__builtin_add_overflow)
+#define KVEC__OVERFLOW_BUILTINS 1
+#endif
+#elif defined(__GNUC__) && __GNUC__ >= 5 && !defined(__CUDACC__)
+#define KVEC__OVERFLOW_BUILTINS 1
+#endif
+
+static int kvec__mul_overflows(int64_t a, int64_t b, int64_t *out) {
+#ifdef KVEC__OVERFLOW_BUILTINS
+    int64_t product;
+    if (__builtin_mul_overflow(a, b, &product)) return 1;
+    *out = product;
+#else
+    if (a > 0 ? (b > 0 ? a > INT64_MAX / b : b < INT64_MIN / a)
+              : (b > 0 ? a < INT64_MIN / b : (a != 0 && b < INT64_MAX / a)))
+        return 1;
+    *out = a * b;
+#endif
+    return 0;
+}
+
+static int kvec__add_overflows(int64_t a, int64_t b, int64_t *out) {
+#ifdef KVEC__OVERFLOW_BUILTINS
+    int64_t sum;
+    if (__builtin_add_overflow(a, b, &sum)) return 1;
+    *out = sum;
+#else
+    if (b > 0 ? a > INT64_MAX - b : a < INT64_MIN - b) return 1;
+    *out = a + b;
+#endif
+    return 0;
+}
+
+/* a * b for element counts: -1 when either is negative or the product
+   overflows. -1 propagates through nested counts, and kvec__take refuses
+   it, so a carve of an impossible size reports overflow by itself. */
+static int64_t kvec__count(int64_t a, int64_t b) {
+    int64_t product;
+    if (a < 0 || b < 0 || kvec__mul_overflows(a, b, &product)) return -1;
+    return product;
+}
+
+/* The last byte of `bytes` (>= 1) bytes at p, or 1 when it lies past the
+   end of the address space: a descriptor no real memory can have. */
+static int kvec__end_overflows(const void *p, int64_t bytes, uintptr_t *last) {
+    const uintptr_t start = (uintptr_t)p;
+    if (bytes < 1 || (uint64_t)(bytes - 1) > (uint64_t)(UINTPTR_MAX - start)) return 1;
+    *last = start + (uintptr_t)(bytes - 1);
+    return 0;
+}
+
 /* >>config */
 
 static kvec_result kvec__resolve(const kvec_config *in, kvec_config *out) {
@@ -878,12 +951,19 @@ static int kvec__uses_attention(const kvec_config *c) {
            c->policy == KVEC_POLICY_TOVA || kvec__uses_output(c);
 }
 
+/* K-VEC's widened window under head focus: 4W rows, or every row there is. */
+static int64_t kvec__focus_rows(const kvec_config *c, int64_t available) {
+    int64_t rows;
+    if (kvec__mul_overflows(KVEC__FOCUS_FACTOR, c->window, &rows) || rows > available) return available;
+    return rows;
+}
+
 /* Query rows a policy needs at least (it reads the last ones supplied). */
 static int64_t kvec__rows_needed(const kvec_config *c, int64_t n_tokens) {
     int64_t rows = c->window;
     if (c->policy == KVEC_POLICY_TOVA) return 1;
     if (c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_HEAD_FOCUS))
-        rows = KVEC__FOCUS_FACTOR * c->window;
+        rows = kvec__focus_rows(c, n_tokens);
     return rows < n_tokens ? rows : n_tokens;
 }
 
@@ -893,18 +973,35 @@ static int64_t kvec__rows_needed(const kvec_config *c, int64_t n_tokens) {
 static int64_t kvec__span(const kvec_tensor *t) {
     const int64_t extent[3] = { t->n_tokens, t->n_heads, t->head_dim };
     const int64_t stride[3] = { t->stride_token, t->stride_head, t->stride_dim };
-    int64_t span = 0;
+    int64_t span = 0, step;
     int a;
-    for (a = 0; a < 3; a++) {
-        if (stride[a] != 0 && extent[a] - 1 > (INT64_MAX - span) / stride[a]) return -1;
-        span += (extent[a] - 1) * stride[a];
-    }
+    for (a = 0; a < 3; a++)
+        if (kvec__mul_overflows(extent[a] - 1, stride[a], &step) || kvec__add_overflows(span, step, &span))
+            return -1;
     return span;
 }
 
-KVEC_API kvec_result kvec_validate_tensor(const kvec_tensor *t) {
-    int64_t extent[3], stride[3], elem;
+/* The axes of extent above 1, sorted by stride (extent-1 axes take no
+   steps, so their strides do not matter). Returns how many there are. */
+static int kvec__sorted_axes(const kvec_tensor *t, int64_t extent[3], int64_t stride[3]) {
+    const int64_t e[3] = { t->n_tokens, t->n_heads, t->head_dim };
+    const int64_t s[3] = { t->stride_token, t->stride_head, t->stride_dim };
     int a, b, n_axes = 0;
+    for (a = 0; a < 3; a++)
+        if (e[a] > 1) { extent[n_axes] = e[a]; stride[n_axes] = s[a]; n_axes++; }
+    for (a = 1; a < n_axes; a++)
+        for (b = a; b > 0 && stride[b] < stride[b - 1]; b--) {
+            int64_t te = extent[b], ts = stride[b];
+            extent[b] = extent[b - 1]; stride[b] = stride[b - 1];
+            extent[b - 1] = te; stride[b - 1] = ts;
+        }
+    return n_axes;
+}
+
+KVEC_API kvec_result kvec_validate_tensor(const kvec_tensor *t) {
+    int64_t extent[3], stride[3], elem, span, bytes, covered;
+    uintptr_t last;
+    int a, n_axes;
     if (!t || !t->data) return KVEC_ERROR_NULL_POINTER;
     elem = kvec__dtype_size(t->dtype);
     if (elem == 0) return KVEC_ERROR_BAD_DTYPE;
@@ -913,40 +1010,204 @@ KVEC_API kvec_result kvec_validate_tensor(const kvec_tensor *t) {
     if ((uintptr_t)t->data % (uintptr_t)elem || t->stride_token % elem ||
         t->stride_head % elem || t->stride_dim % elem)
         return KVEC_ERROR_MISALIGNED;
-    if (kvec__span(t) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    /* Every element's address must exist: no offset overflows int64 and the
+       last byte does not wrap past the end of the address space. */
+    span = kvec__span(t);
+    if (span < 0 || kvec__add_overflows(span, elem, &bytes) || kvec__end_overflows(t->data, bytes, &last))
+        return KVEC_ERROR_SIZE_OVERFLOW;
     /* No two elements may share memory. Sorting the axes by stride, each must
        step past everything the smaller ones span (sufficient, and what every
-       real layout satisfies). Axes of extent 1 take no steps. */
-    {
-        const int64_t e[3] = { t->n_tokens, t->n_heads, t->head_dim };
-        const int64_t s[3] = { t->stride_token, t->stride_head, t->stride_dim };
-        for (a = 0; a < 3; a++)
-            if (e[a] > 1) { extent[n_axes] = e[a]; stride[n_axes] = s[a]; n_axes++; }
-    }
-    for (a = 1; a < n_axes; a++)
-        for (b = a; b > 0 && stride[b] < stride[b - 1]; b--) {
-            int64_t te = extent[b], ts = stride[b];
-            extent[b] = extent[b - 1]; stride[b] = stride[b - 1];
-            extent[b - 1] = te; stride[b - 1] = ts;
-        }
-    {
-        int64_t covered = elem; /* bytes spanned by the smaller axes */
-        for (a = 0; a < n_axes; a++) {
-            if (stride[a] < covered) return KVEC_ERROR_BAD_STRIDE;
-            covered = stride[a] * extent[a];
-        }
+       real layout satisfies). */
+    n_axes = kvec__sorted_axes(t, extent, stride);
+    covered = elem; /* bytes spanned by the smaller axes */
+    for (a = 0; a < n_axes; a++) {
+        if (stride[a] < covered) return KVEC_ERROR_BAD_STRIDE;
+        /* past int64, no larger stride can step over it */
+        if (a + 1 < n_axes && kvec__mul_overflows(stride[a], extent[a], &covered)) return KVEC_ERROR_BAD_STRIDE;
     }
     return KVEC_OK;
 }
 
+/* Strides that would overflow are left at -1, which validation refuses. */
 KVEC_API kvec_tensor kvec_tensor_contiguous(void *data, kvec_dtype dtype, int64_t n_tokens,
                                             int64_t n_heads, int64_t head_dim) {
     kvec_tensor t;
     int64_t e = kvec__dtype_size(dtype);
     t.data = data; t.dtype = dtype;
     t.n_tokens = n_tokens; t.n_heads = n_heads; t.head_dim = head_dim;
-    t.stride_dim = e; t.stride_head = head_dim * e; t.stride_token = n_heads * head_dim * e;
+    t.stride_dim = e;
+    t.stride_head = kvec__count(head_dim, e);
+    t.stride_token = kvec__count(n_heads, t.stride_head);
     return t;
+}
+
+/* >>overlap rule
+
+   Nothing a call writes may share a byte with anything else the call reads
+   or writes (KVEC_ERROR_OVERLAP): the keys and values of every layer (written
+   by compaction), the queries and out_proj, the plan's arrays, the scratch,
+   the coverage, the decode state, and scores, masks or offsets passed in or
+   out. Otherwise a row could be moved twice, or scratch written before the
+   checks could overwrite the cache. Reads may share memory with reads.
+
+   A region is a byte range, and for a strided view the finer pattern of its
+   outermost axis: blocks of `width` bytes every `period` bytes from `first`.
+   So K and V interleaved in one buffer ([token][K or V][head][dim], say)
+   are told apart, while the same memory passed as both is refused. */
+typedef struct kvec__region {
+    uintptr_t first, last;    /* first and last byte */
+    uintptr_t period, width;  /* 0: one block from first to last */
+    int       written;
+} kvec__region;
+
+/* A validated view's region. */
+static kvec__region kvec__tensor_region(const kvec_tensor *t, int written) {
+    const int64_t elem = kvec__dtype_size(t->dtype);
+    int64_t extent[3], stride[3], lower = 0;
+    const int n_axes = kvec__sorted_axes(t, extent, stride);
+    int a;
+    kvec__region r;
+    for (a = 0; a + 1 < n_axes; a++) lower += (extent[a] - 1) * stride[a]; /* within the span: no overflow */
+    r.first = (uintptr_t)t->data;
+    r.last = r.first + (uintptr_t)(kvec__span(t) + elem - 1);
+    r.period = n_axes > 0 ? (uintptr_t)stride[n_axes - 1] : 0;
+    r.width = (uintptr_t)(lower + elem);
+    r.written = written;
+    return r;
+}
+
+/* count elements of elem bytes at p as a plain region; 0 when it touches
+   nothing, -1 when it cannot exist (it wraps or its size overflows). */
+static int kvec__flat_region(const void *p, int64_t count, int64_t elem, int written, kvec__region *r) {
+    const int64_t bytes = kvec__count(count, elem);
+    uintptr_t last;
+    if (!p || count == 0) return 0;
+    if (bytes < 0 || kvec__end_overflows(p, bytes, &last)) return -1;
+    r->first = (uintptr_t)p; r->last = last;
+    r->period = 0; r->width = 0;
+    r->written = written;
+    return 1;
+}
+
+static int kvec__regions_collide(const kvec__region *a, const kvec__region *b) {
+    const kvec__region *lo = a->first <= b->first ? a : b, *hi = lo == a ? b : a;
+    uintptr_t offset;
+    if (!a->written && !b->written) return 0;
+    if (lo->last < hi->first) return 0;
+    if (lo->period == 0 || lo->period != hi->period) return 1;
+    /* hi's blocks sit at a fixed offset inside lo's period: disjoint when
+       they fit in the gap after lo's block, before lo's next one */
+    offset = (hi->first - lo->first) % lo->period;
+    return !(offset >= lo->width && offset <= lo->period - hi->width);
+}
+
+/* The regions of one layer's tensors: keys and values (written when the
+   call compacts), and the queries and out_proj when the policy reads them
+   and they are valid views. Returns how many. */
+static int kvec__layer_regions(const kvec_config *c, const kvec_layer *layer, int written,
+                               kvec__region out[4]) {
+    int n = 0;
+    out[n++] = kvec__tensor_region(&layer->keys, written);
+    out[n++] = kvec__tensor_region(&layer->values, written);
+    if (c && kvec__uses_attention(c) && kvec_validate_tensor(&layer->queries) == KVEC_OK)
+        out[n++] = kvec__tensor_region(&layer->queries, 0);
+    if (c && kvec__uses_output(c) && kvec_validate_tensor(&layer->out_proj) == KVEC_OK)
+        out[n++] = kvec__tensor_region(&layer->out_proj, 0);
+    return n;
+}
+
+/* Layers [first, first + n_layers) of a plan: its counts and positions;
+   -1 when their sizes cannot exist. */
+static int kvec__plan_regions(const kvec_plan *plan, int64_t first, int64_t n_layers, int written,
+                              kvec__region out[2]) {
+    const int64_t heads = kvec__count(n_layers, plan->n_kv_heads);
+    const int64_t first_head = kvec__count(first, plan->n_kv_heads);
+    const int64_t rows = kvec__count(heads, plan->capacity);
+    const int64_t first_row = kvec__count(first_head, plan->capacity);
+    int n, k;
+    if (heads < 0 || first_head < 0 || rows < 0 || first_row < 0) return -1;
+    if ((n = kvec__flat_region(plan->kept_count + first_head, heads, sizeof(int64_t), written, &out[0])) < 0)
+        return -1;
+    k = kvec__flat_region(plan->kept_positions + first_row, rows, sizeof(int64_t), written, &out[n]);
+    return k < 0 ? -1 : n + k;
+}
+
+/* One call's memory: the layers of n_caches caches (each with its plan's
+   arrays, when plans is given), and up to 8 more regions. */
+typedef struct kvec__call_memory {
+    const kvec_config *config;     /* which of queries and out_proj are read; NULL: neither */
+    const kvec_cache  *caches;
+    int64_t            n_caches;
+    int                cache_written;
+    const kvec_plan   *plans;      /* [n_caches] or NULL */
+    int                plans_written;
+    kvec__region       extra[8];
+    int                n_extra;
+} kvec__call_memory;
+
+static void kvec__call_init(kvec__call_memory *m, const kvec_config *c, const kvec_cache *caches,
+                            int64_t n_caches, int cache_written) {
+    m->config = c; m->caches = caches; m->n_caches = caches ? n_caches : 0;
+    m->cache_written = cache_written;
+    m->plans = NULL; m->plans_written = 0; m->n_extra = 0;
+}
+
+/* Adds count elements of elem bytes at p; 0 when that size cannot exist. */
+static int kvec__call_add(kvec__call_memory *m, const void *p, int64_t count, int64_t elem, int written) {
+    const int k = kvec__flat_region(p, count, elem, written, &m->extra[m->n_extra]);
+    if (k < 0) return 0;
+    m->n_extra += k;
+    return 1;
+}
+
+/* Adds layers [first, first + n_layers) of a plan; 0 when their sizes cannot exist. */
+static int kvec__call_add_plan(kvec__call_memory *m, const kvec_plan *plan, int64_t first, int64_t n_layers,
+                               int written) {
+    const int k = kvec__plan_regions(plan, first, n_layers, written, m->extra + m->n_extra);
+    if (k < 0) return 0;
+    m->n_extra += k;
+    return 1;
+}
+
+/* Regions of sequence s: its plan's two, then per layer its tensors'. */
+static int kvec__sequence_regions(const kvec__call_memory *m, int64_t s, int64_t l, kvec__region out[4]) {
+    if (l < 0) {
+        const kvec_plan *plan = &m->plans[s];
+        const int n = kvec__plan_regions(plan, 0, m->caches[s].n_layers, m->plans_written, out);
+        return n < 0 ? 0 : n;
+    }
+    return kvec__layer_regions(m->config, &m->caches[s].layers[l], m->cache_written, out);
+}
+
+/* Every pair, each once: O(regions^2) with no memory of its own, a few
+   thousand pairs for a model's layers. Descriptors were validated first,
+   and plan sizes by kvec__check_plan_descriptor. */
+static kvec_result kvec__check_overlaps(const kvec__call_memory *m) {
+    kvec__region a[4], b[4];
+    const int64_t first_l = m->plans ? -1 : 0;
+    int64_t s, l, s2, l2;
+    int i, j, na, nb;
+    for (i = 0; i < m->n_extra; i++)
+        for (j = i + 1; j < m->n_extra; j++)
+            if (kvec__regions_collide(&m->extra[i], &m->extra[j])) return KVEC_ERROR_OVERLAP;
+    for (s = 0; s < m->n_caches; s++)
+        for (l = first_l; l < m->caches[s].n_layers; l++) {
+            na = kvec__sequence_regions(m, s, l, a);
+            for (i = 0; i < na; i++) {
+                for (j = 0; j < m->n_extra; j++)
+                    if (kvec__regions_collide(&a[i], &m->extra[j])) return KVEC_ERROR_OVERLAP;
+                for (j = i + 1; j < na; j++)
+                    if (kvec__regions_collide(&a[i], &a[j])) return KVEC_ERROR_OVERLAP;
+            }
+            for (s2 = s; s2 < m->n_caches; s2++)
+                for (l2 = s2 == s ? l + 1 : first_l; l2 < m->caches[s2].n_layers; l2++) {
+                    nb = kvec__sequence_regions(m, s2, l2, b);
+                    for (i = 0; i < na; i++)
+                        for (j = 0; j < nb; j++)
+                            if (kvec__regions_collide(&a[i], &b[j])) return KVEC_ERROR_OVERLAP;
+                }
+        }
+    return KVEC_OK;
 }
 
 /* Keys and values of a layer, and the queries when scoring will read them. */
@@ -1133,13 +1394,13 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
     w->heads = (kvec__head_work *)kvec__take(b, d->n_kv_heads, sizeof(kvec__head_work));
     for (j = 0; j < d->n_kv_heads; j++) {
         kvec__head_work h;
-        h.queries_t = (float *)kvec__take(b, D * rows, sizeof(float));
-        h.logits    = (float *)kvec__take(b, tile * rows, sizeof(float));
+        h.queries_t = (float *)kvec__take(b, kvec__count(D, rows), sizeof(float));
+        h.logits    = (float *)kvec__take(b, kvec__count(tile, rows), sizeof(float));
         h.row_max   = (float *)kvec__take(b, rows, sizeof(float));
         h.row_sum   = (float *)kvec__take(b, rows, sizeof(float));
         h.probs     = (float *)kvec__take(b, rows, sizeof(float));
         h.reach     = (int32_t *)kvec__take(b, rows, sizeof(int32_t));
-        h.keys      = (float *)kvec__take(b, tile * D, sizeof(float));
+        h.keys      = (float *)kvec__take(b, kvec__count(tile, D), sizeof(float));
         h.row     = (float *)kvec__take(b, D, sizeof(float));
         h.dim_acc = (double *)kvec__take(b, D, sizeof(double));
         h.kbar    = (float *)kvec__take(b, D, sizeof(float));
@@ -1155,18 +1416,18 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
         }
         {
             const int64_t E = d->out_rows, Dv = d->value_dim, on = d->output_norm ? 1 : 0;
-            h.out_proj    = (float *)kvec__take(b, d->output_norm == 1 ? E * Dv : 0, sizeof(float));
-            h.gram        = (double *)kvec__take(b, d->output_norm == 2 ? Dv * Dv : 0, sizeof(double));
-            h.value_row   = (float *)kvec__take(b, on * Dv, sizeof(float));
-            h.proj_row    = (float *)kvec__take(b, on * Dv, sizeof(float));
-            h.out_norm    = (float *)kvec__take(b, on * n, sizeof(float));
-            h.first_stage = (uint8_t *)kvec__take(b, on * n, 1);
+            h.out_proj    = (float *)kvec__take(b, d->output_norm == 1 ? kvec__count(E, Dv) : 0, sizeof(float));
+            h.gram        = (double *)kvec__take(b, d->output_norm == 2 ? kvec__count(Dv, Dv) : 0, sizeof(double));
+            h.value_row   = (float *)kvec__take(b, kvec__count(on, Dv), sizeof(float));
+            h.proj_row    = (float *)kvec__take(b, kvec__count(on, Dv), sizeof(float));
+            h.out_norm    = (float *)kvec__take(b, kvec__count(on, n), sizeof(float));
+            h.first_stage = (uint8_t *)kvec__take(b, kvec__count(on, n), 1);
         }
         if (w->heads) w->heads[j] = h;
     }
     w->check_flags = (int *)kvec__take(b, scan_heads, sizeof(int));
-    w->scores      = (float *)kvec__take(b, d->n_kv_heads * n, sizeof(float));
-    w->flags       = (uint8_t *)kvec__take(b, d->n_kv_heads * n, 1);
+    w->scores      = (float *)kvec__take(b, kvec__count(d->n_kv_heads, n), sizeof(float));
+    w->flags       = (uint8_t *)kvec__take(b, kvec__count(d->n_kv_heads, n), 1);
 }
 
 /* >>attention */
@@ -1503,9 +1764,7 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
         /* A head whose importance is flat looked at too little: widen its window. */
         kvec__moments(s, n, &mean_p, &std_p);
         if (mean_p > 0.0 && std_p / mean_p < (double)c->terms.focus_cv) {
-            int64_t rows = KVEC__FOCUS_FACTOR * c->window;
-            if (rows > layer->queries.n_tokens) rows = layer->queries.n_tokens;
-            kvec__pooled_importance(job, j, rows, s);
+            kvec__pooled_importance(job, j, kvec__focus_rows(c, layer->queries.n_tokens), s);
         }
     }
     if (!(terms & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER)))
@@ -1708,10 +1967,11 @@ static int64_t kvec__layer_budget(const kvec_config *c, int64_t budget, int64_t 
                                   int64_t n_layers, int64_t n_tokens) {
     const int64_t W = c->window, free_slots = budget - W, free_max = n_tokens - W;
     double lo, hi, f;
-    int64_t layer_free;
+    int64_t layer_free, twice_free;
     if (budget >= n_tokens) return n_tokens;
     /* adaptive and global: B is the average; kvec__head_capacity bounds a head */
-    if (c->budget_mode != KVEC_BUDGET_PYRAMID || n_layers == 1 || n_tokens < 2 * free_slots)
+    if (c->budget_mode != KVEC_BUDGET_PYRAMID || n_layers == 1 ||
+        kvec__mul_overflows(2, free_slots, &twice_free) || n_tokens < twice_free)
         return budget;
     /* PyramidKV: early layers see broad attention and get more, deep layers
        less, the total staying about L * F. */
@@ -1747,15 +2007,14 @@ KVEC_API kvec_result kvec_plan_capacity(const kvec_config *config, int64_t budge
                                         int64_t n_layers, int64_t n_tokens, int64_t *capacity) {
     kvec_config c;
     kvec_result r;
-    int64_t l, largest = 0;
+    int64_t largest;
     if (!capacity) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (n_layers <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
     if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
-    for (l = 0; l < n_layers; l++) {
-        int64_t b = kvec__layer_budget(&c, budget, l, n_layers, n_tokens);
-        largest = b > largest ? b : largest;
-    }
+    /* Budgets shrink with depth (PyramidKV) or are equal: layer 0's is the
+       largest, found without a loop over a caller-given layer count. */
+    largest = kvec__layer_budget(&c, budget, 0, n_layers, n_tokens);
     /* A shared pool may give one head everything it has. */
     if (c.budget_mode >= KVEC_BUDGET_ADAPTIVE) largest = n_tokens;
     *capacity = largest;
@@ -1855,33 +2114,47 @@ static void kvec__select_cross_head(const kvec_config *c, const float *scores, i
    of the pool goes to the best remaining scores of all heads together,
    compared as they are, ties to the lower (head, position). Heads end with
    different counts. flags [G][N]: bit 0 = taken, bit 1 = window (never
-   competes). */
-static void kvec__select_pool(const kvec_config *c, const float *scores, int64_t G, int64_t N,
-                              int64_t budget, uint8_t *flags, int64_t *counts, int64_t *positions,
-                              int64_t capacity) {
+   competes). Marking and gathering are apart so that a whole-cache call
+   without a plan can gather one layer at a time. */
+static void kvec__pool_mark(const kvec_config *c, const float *scores, int64_t G, int64_t N,
+                            int64_t budget, uint8_t *flags) {
     const int64_t W = c->window, n_evictable = N - W, free_slots = budget - W;
     const int64_t floor_slots =
         c->head_floor <= 0.0f ? 0 : (int64_t)floor((double)c->head_floor * (double)free_slots);
-    int64_t g, i, floors_taken = 0;
+    int64_t g;
     for (g = 0; g < G; g++) {
         memset(flags + g * N, 0, (size_t)n_evictable);
         memset(flags + g * N + n_evictable, 2, (size_t)W);
     }
+    /* floor_slots <= free_slots < n_evictable: every head takes exactly its floor */
     KVEC__PARALLEL_FOR
     for (g = 0; g < G; g++)
-        counts[g] = kvec__select_top(scores + g * N, n_evictable, flags + g * N, 1u, floor_slots, NULL);
-    for (g = 0; g < G; g++) floors_taken += counts[g];
+        kvec__select_top(scores + g * N, n_evictable, flags + g * N, 1u, floor_slots, NULL);
     /* One flat pass over [G][N]: flat order is (head, position) order, so the
        radix select's tie rule is the documented one. */
-    kvec__select_top(scores, G * N, flags, 3u, G * free_slots - floors_taken, NULL);
+    kvec__select_top(scores, G * N, flags, 3u, G * (free_slots - floor_slots), NULL);
+}
+
+/* Kept positions of G heads from their pool flags (window included). */
+static void kvec__pool_gather(const kvec_config *c, const uint8_t *flags, int64_t G, int64_t N,
+                              int64_t *counts, int64_t *positions, int64_t capacity) {
+    const int64_t n_evictable = N - c->window;
+    int64_t g;
     KVEC__PARALLEL_FOR
     for (g = 0; g < G; g++) {
-        int64_t *out = positions + g * capacity, count = 0;
+        int64_t *out = positions + g * capacity, count = 0, i;
         for (i = 0; i < n_evictable; i++)
             if (flags[g * N + i] & 1u) out[count++] = i;
         for (i = n_evictable; i < N; i++) out[count++] = i;
         counts[g] = count;
     }
+}
+
+static void kvec__select_pool(const kvec_config *c, const float *scores, int64_t G, int64_t N,
+                              int64_t budget, uint8_t *flags, int64_t *counts, int64_t *positions,
+                              int64_t capacity) {
+    kvec__pool_mark(c, scores, G, N, budget, flags);
+    kvec__pool_gather(c, flags, G, N, counts, positions, capacity);
 }
 
 /* The plan rows of one layer, for scores already computed (or keep-all). */
@@ -1951,9 +2224,23 @@ static void kvec__compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_
 
 /* >>entry points */
 
+/* A plan's own description: positive layers and heads, a capacity, and
+   two arrays whose sizes exist and that do not overlap (a call that writes
+   one layer must not land in another layer's counts). */
+static kvec_result kvec__check_plan_descriptor(const kvec_plan *plan) {
+    kvec__region r[2];
+    int n;
+    if (!plan || !plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
+    if (plan->n_layers <= 0 || plan->n_kv_heads <= 0 || plan->capacity < 0) return KVEC_ERROR_BAD_EXTENT;
+    if ((n = kvec__plan_regions(plan, 0, plan->n_layers, 1, r)) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (n == 2 && kvec__regions_collide(&r[0], &r[1])) return KVEC_ERROR_OVERLAP;
+    return KVEC_OK;
+}
+
 static kvec_result kvec__check_plan(const kvec_plan *plan, int64_t layer, int64_t Hk,
                                     int64_t layer_budget) {
-    if (!plan || !plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
+    kvec_result r = kvec__check_plan_descriptor(plan);
+    if (r != KVEC_OK) return r;
     if (layer >= plan->n_layers || plan->n_kv_heads != Hk || plan->capacity < layer_budget)
         return KVEC_ERROR_PLAN_TOO_SMALL;
     return KVEC_OK;
@@ -1967,8 +2254,10 @@ static kvec_result kvec__check_coverage(const kvec_config *c, const kvec_coverag
     return KVEC_OK;
 }
 
-/* NaN or Inf in what scoring will read: the keys, and the queries when the
-   policy uses them. */
+/* NaN or Inf in what must be numbers: the keys always (every policy and
+   budget, so a cache's validity never depends on which layers are scored),
+   the queries when the layer is scored by a policy that reads them, and
+   values and out_proj when an output-aware policy scores the layer. */
 static kvec_result kvec__check_finite(const kvec_config *c, const kvec_layer *layer,
                                       int scoring, kvec__layer_work *w) {
     if (!kvec__tensor_is_finite(&layer->keys, w->check_flags))
@@ -1976,7 +2265,6 @@ static kvec_result kvec__check_finite(const kvec_config *c, const kvec_layer *la
     if (scoring && kvec__uses_attention(c) &&
         !kvec__tensor_is_finite(&layer->queries, w->check_flags))
         return KVEC_ERROR_NON_FINITE;
-    /* Output-aware scores read V and W_o as numbers. */
     if (scoring && kvec__uses_output(c) &&
         (!kvec__tensor_is_finite(&layer->values, w->check_flags) ||
          !kvec__tensor_is_finite(&layer->out_proj, w->check_flags)))
@@ -1993,26 +2281,34 @@ static size_t kvec__layer_bytes(const kvec__dims *d) {
 }
 
 /* The whole-cache calls' scratch for one layer of a sequence: what must
-   stay put from layer to layer first (the coverage state, and under a
-   global budget every layer's scores), then the layer's work. */
+   stay put from layer to layer first (the coverage state, under a global
+   budget every layer's scores, and the plan of one layer for calls given
+   none), then the layer's work. */
 typedef struct kvec__sequence_work {
     uint8_t *kept_before;    /* [N]         coverage state */
     float   *model_scores;   /* [L][Hk][N]  global budget only */
     uint8_t *model_flags;    /* [L][Hk][N]  global budget only */
+    kvec_plan own_plan;      /* [1][Hk][N]  used when the caller passes no plan */
     kvec__layer_work layer;
 } kvec__sequence_work;
 
 static void kvec__carve_sequence_layer(kvec__bump *b, const kvec__dims *d, kvec__sequence_work *s) {
+    const int64_t pool = kvec__count(d->pool_heads, d->n_tokens);
     s->kept_before  = (uint8_t *)kvec__take(b, d->n_tokens, 1);
-    s->model_scores = (float *)kvec__take(b, d->pool_heads * d->n_tokens, sizeof(float));
-    s->model_flags  = (uint8_t *)kvec__take(b, d->pool_heads * d->n_tokens, 1);
+    s->model_scores = (float *)kvec__take(b, pool, sizeof(float));
+    s->model_flags  = (uint8_t *)kvec__take(b, pool, 1);
+    s->own_plan.n_layers = 1;
+    s->own_plan.n_kv_heads = d->n_kv_heads;
+    s->own_plan.capacity = d->n_tokens;
+    s->own_plan.kept_count = (int64_t *)kvec__take(b, d->n_kv_heads, sizeof(int64_t));
+    s->own_plan.kept_positions = (int64_t *)kvec__take(b, kvec__count(d->n_kv_heads, d->n_tokens), sizeof(int64_t));
     kvec__carve_layer(b, d, &s->layer);
 }
 
 /* The dims of layer l of a sequence of n_layers. */
 static kvec__dims kvec__sequence_dims(const kvec_config *c, const kvec_cache *cache, int64_t l) {
     kvec__dims d = kvec__layer_dims(c, &cache->layers[l]);
-    if (c->budget_mode == KVEC_BUDGET_GLOBAL) d.pool_heads = cache->n_layers * d.n_kv_heads;
+    if (c->budget_mode == KVEC_BUDGET_GLOBAL) d.pool_heads = kvec__count(cache->n_layers, d.n_kv_heads);
     return d;
 }
 
@@ -2032,16 +2328,16 @@ KVEC_API kvec_result kvec_layer_scratch_bytes(const kvec_config *config, const k
 KVEC_API size_t kvec_select_scratch_bytes(const kvec_config *config, int64_t n_layers,
                                           int64_t n_kv_heads, int64_t n_tokens) {
     kvec_config c;
-    int64_t heads;
+    int64_t heads, bytes;
     if (kvec__resolve(config, &c) != KVEC_OK || n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0)
         return 0;
     /* one flag byte per token of every head that competes in one selection */
-    heads = c.budget_mode == KVEC_BUDGET_GLOBAL   ? n_layers * n_kv_heads
+    heads = c.budget_mode == KVEC_BUDGET_GLOBAL   ? kvec__count(n_layers, n_kv_heads)
           : c.budget_mode == KVEC_BUDGET_ADAPTIVE ? n_kv_heads
           : (c.terms.enabled & KVEC_TERM_CROSS_HEAD) ? 1 : 0;
-    if (heads > 0 && (heads > INT64_MAX / n_tokens || (uint64_t)(heads * n_tokens) > SIZE_MAX))
-        return 0;
-    return (size_t)(heads * n_tokens);
+    bytes = kvec__count(heads, n_tokens);
+    if (bytes < 0 || (uint64_t)bytes > SIZE_MAX) return 0;
+    return (size_t)bytes;
 }
 
 KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_cache *caches,
@@ -2071,9 +2367,11 @@ KVEC_API kvec_result kvec_scratch_bytes(const kvec_config *config, const kvec_ca
 
 KVEC_API kvec_result kvec_coverage_init(kvec_coverage *coverage, void *memory,
                                         size_t memory_bytes, int64_t n_tokens) {
+    kvec__region r;
     if (!coverage || !memory) return KVEC_ERROR_NULL_POINTER;
     if (n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
     if (memory_bytes < (uint64_t)n_tokens) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (kvec__flat_region(memory, n_tokens, 1, 1, &r) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
     coverage->kept_before = (uint8_t *)memory;
     coverage->n_tokens = n_tokens;
     coverage->next_layer = 0;
@@ -2081,15 +2379,20 @@ KVEC_API kvec_result kvec_coverage_init(kvec_coverage *coverage, void *memory,
     return KVEC_OK;
 }
 
-/* Carves the layer work out of caller scratch, or says it is too small. */
-static kvec_result kvec__layer_work_in(void *scratch, size_t scratch_bytes, const kvec__dims *d,
-                                       kvec__layer_work *w) {
-    kvec__bump b;
+/* Scratch of one layer's work: how much, and whether the caller gave it. */
+static kvec_result kvec__layer_scratch(const void *scratch, size_t scratch_bytes, const kvec__dims *d,
+                                       size_t *needed) {
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
-    if (scratch_bytes < kvec__layer_bytes(d)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if ((*needed = kvec__layer_bytes(d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (scratch_bytes < *needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    return KVEC_OK;
+}
+
+static void kvec__layer_work_in(void *scratch, size_t scratch_bytes, const kvec__dims *d,
+                                kvec__layer_work *w) {
+    kvec__bump b;
     kvec__bump_init(&b, scratch, scratch_bytes);
     kvec__carve_layer(&b, d, w);
-    return KVEC_OK;
 }
 
 static void kvec__run_scoring(const kvec_config *c, const kvec_layer *layer, int64_t l,
@@ -2098,7 +2401,7 @@ static void kvec__run_scoring(const kvec_config *c, const kvec_layer *layer, int
     kvec__layer_job job;
     job.config = c; job.layer = layer; job.coverage = coverage; job.layer_index = l;
     job.n_evictable = layer->keys.n_tokens - c->window;
-    job.free_slots = layer_budget - c->window;
+    job.free_slots = layer_budget > c->window ? layer_budget - c->window : 0; /* <= 0: unknown */
     job.scores = scores; job.work = w;
     if (job.n_evictable <= 0) { /* everything is window */
         int64_t i, n = layer->keys.n_tokens * layer->keys.n_heads;
@@ -2106,6 +2409,14 @@ static void kvec__run_scoring(const kvec_config *c, const kvec_layer *layer, int
         return;
     }
     kvec__score_layer(&job);
+}
+
+/* The one-layer cache view of a layer, for the overlap rule. */
+static kvec_cache kvec__cache_of(const kvec_layer *layer) {
+    kvec_cache cache;
+    cache.layers = (kvec_layer *)layer;
+    cache.n_layers = 1;
+    return cache;
 }
 
 KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_layer *layer,
@@ -2116,6 +2427,9 @@ KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_laye
     kvec_result r;
     kvec__layer_work w;
     kvec__dims d;
+    kvec__call_memory m;
+    kvec_cache one;
+    size_t needed;
     int scoring;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (!layer || !scores) return KVEC_ERROR_NULL_POINTER;
@@ -2124,7 +2438,15 @@ KVEC_API kvec_result kvec_score_layer(const kvec_config *config, const kvec_laye
     if ((r = kvec__validate_layer(&c, layer, scoring)) != KVEC_OK) return r;
     if ((r = kvec__check_coverage(&c, coverage, layer_index, layer->keys.n_tokens)) != KVEC_OK) return r;
     d = kvec__layer_dims(&c, layer);
-    if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
+    if ((r = kvec__layer_scratch(scratch, scratch_bytes, &d, &needed)) != KVEC_OK) return r;
+    one = kvec__cache_of(layer);
+    kvec__call_init(&m, &c, &one, 1, 0);
+    if (!kvec__call_add(&m, scores, d.n_kv_heads * d.n_tokens, sizeof(float), 1) || /* within K's extents */
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1) ||
+        (coverage && !kvec__call_add(&m, coverage->kept_before, d.n_tokens, 1, 0)))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    kvec__layer_work_in(scratch, scratch_bytes, &d, &w);
     if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
     kvec__run_scoring(&c, layer, layer_index, layer_budget, coverage, scores, &w);
     return KVEC_OK;
@@ -2137,12 +2459,14 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
                                        void *scratch, size_t scratch_bytes) {
     kvec_config c;
     kvec_result r;
+    kvec__call_memory m;
     int64_t kept;
     size_t needed;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (c.budget_mode == KVEC_BUDGET_GLOBAL) return KVEC_ERROR_BAD_CONFIG; /* whole model: kvec_select */
     if (!scores) return KVEC_ERROR_NULL_POINTER;
     if (n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
+    if (kvec__count(n_kv_heads, n_tokens) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
     if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
     if (layer_budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
     kept = kvec__head_capacity(&c, layer_budget < n_tokens ? layer_budget : n_tokens, n_tokens);
@@ -2151,6 +2475,13 @@ KVEC_API kvec_result kvec_select_layer(const kvec_config *config, const float *s
     needed = kvec_select_scratch_bytes(&c, 1, n_kv_heads, n_tokens);
     if (needed > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if (!kvec__call_add(&m, scores, n_kv_heads * n_tokens, sizeof(float), 0) ||
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1) ||
+        (coverage && !kvec__call_add(&m, coverage->kept_before, n_tokens, 1, 1)))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if (!kvec__call_add_plan(&m, plan, layer_index, 1, 1)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     kvec__select_layer(&c, scores, n_kv_heads, n_tokens, layer_budget, layer_index, coverage,
                        plan, (uint8_t *)scratch);
     return KVEC_OK;
@@ -2180,22 +2511,30 @@ static kvec_result kvec__check_compaction(const kvec_layer *layer, const kvec_pl
 }
 
 KVEC_API kvec_result kvec_compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t layer_index) {
-    kvec_config c;
     kvec_result r;
-    kvec__resolve(NULL, &c);
-    if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
+    kvec__call_memory m;
+    kvec_cache one;
+    if ((r = kvec__validate_layer(NULL, layer, 0)) != KVEC_OK) return r;
     if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
     if ((r = kvec__check_compaction(layer, plan, layer_index)) != KVEC_OK) return r;
+    one = kvec__cache_of(layer);
+    kvec__call_init(&m, NULL, &one, 1, 1);
+    if (!kvec__call_add_plan(&m, plan, layer_index, 1, 0)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     kvec__compact_layer(layer, plan, layer_index);
     return KVEC_OK;
 }
 
 KVEC_API kvec_result kvec_compact(kvec_cache *cache, const kvec_plan *plan) {
     kvec_result r;
+    kvec__call_memory m;
     int64_t l;
     if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
     for (l = 0; l < cache->n_layers; l++)
         if ((r = kvec__check_compaction(&cache->layers[l], plan, l)) != KVEC_OK) return r;
+    kvec__call_init(&m, NULL, cache, 1, 1);
+    m.plans = plan;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     for (l = 0; l < cache->n_layers; l++) kvec__compact_layer(&cache->layers[l], plan, l);
     return KVEC_OK;
 }
@@ -2206,20 +2545,26 @@ KVEC_API kvec_result kvec_select(const kvec_config *config, const float *scores,
                                  void *scratch, size_t scratch_bytes) {
     kvec_config c;
     kvec_result r;
-    int64_t l, capacity;
+    kvec__call_memory m;
+    int64_t l, capacity, n_scores;
     size_t needed;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (!scores || !plan) return KVEC_ERROR_NULL_POINTER;
     if (n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
-    if (n_kv_heads > INT64_MAX / n_layers || n_layers * n_kv_heads > INT64_MAX / n_tokens)
-        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((n_scores = kvec__count(kvec__count(n_layers, n_kv_heads), n_tokens)) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
     if ((r = kvec_plan_capacity(&c, budget, n_layers, n_tokens, &capacity)) != KVEC_OK) return r;
+    if ((r = kvec__check_plan_descriptor(plan)) != KVEC_OK) return r;
     if (plan->n_layers < n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
-    for (l = 0; l < n_layers; l++)
-        if ((r = kvec__check_plan(plan, l, n_kv_heads, capacity)) != KVEC_OK) return r;
+    if ((r = kvec__check_plan(plan, 0, n_kv_heads, capacity)) != KVEC_OK) return r;
     needed = kvec_select_scratch_bytes(&c, n_layers, n_kv_heads, n_tokens);
     if (needed > 0 && !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if (!kvec__call_add(&m, scores, n_scores, sizeof(float), 0) ||
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if (!kvec__call_add_plan(&m, plan, 0, n_layers, 1)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     if (c.budget_mode == KVEC_BUDGET_GLOBAL && budget < n_tokens) {
         kvec__select_pool(&c, scores, n_layers * n_kv_heads, n_tokens, budget, (uint8_t *)scratch,
                           plan->kept_count, plan->kept_positions, plan->capacity);
@@ -2234,13 +2579,25 @@ KVEC_API kvec_result kvec_select(const kvec_config *config, const float *scores,
 
 /* Counts of layer l, checked: within 0 .. capacity. */
 static kvec_result kvec__plan_counts(const kvec_plan *plan, int64_t l, const int64_t **counts) {
+    kvec_result r;
     int64_t j;
-    if (!plan || !plan->kept_count) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__check_plan_descriptor(plan)) != KVEC_OK) return r;
     if (l < 0 || l >= plan->n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
     *counts = plan->kept_count + l * plan->n_kv_heads;
     for (j = 0; j < plan->n_kv_heads; j++)
         if ((*counts)[j] < 0 || (*counts)[j] > plan->capacity) return KVEC_ERROR_BAD_PLAN;
     return KVEC_OK;
+}
+
+/* The plan's counts of layer l (read) and an output the call writes. */
+static kvec_result kvec__check_plan_output(const kvec_plan *plan, int64_t l, const void *out,
+                                           int64_t count, int64_t elem) {
+    kvec__call_memory m;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if (!kvec__call_add(&m, out, count, elem, 1) ||
+        !kvec__call_add(&m, plan->kept_count + l * plan->n_kv_heads, plan->n_kv_heads, sizeof(int64_t), 0))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    return kvec__check_overlaps(&m);
 }
 
 KVEC_API kvec_result kvec_plan_offsets(const kvec_plan *plan, int64_t layer_index,
@@ -2251,10 +2608,15 @@ KVEC_API kvec_result kvec_plan_offsets(const kvec_plan *plan, int64_t layer_inde
     if (!cu_seqlens) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__plan_counts(plan, layer_index, &counts)) != KVEC_OK) return r;
     for (j = 0; j < plan->n_kv_heads; j++) {
+        if (counts[j] > INT32_MAX - total) return KVEC_ERROR_SIZE_OVERFLOW; /* offsets are int32 */
         total += counts[j];
-        if (total > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
         longest = counts[j] > longest ? counts[j] : longest;
     }
+    if ((r = kvec__check_plan_output(plan, layer_index, cu_seqlens, plan->n_kv_heads + 1, sizeof(int32_t)))
+        != KVEC_OK)
+        return r;
+    if (max_count && (r = kvec__check_plan_output(plan, layer_index, max_count, 1, sizeof(int64_t))) != KVEC_OK)
+        return r;
     cu_seqlens[0] = 0;
     for (j = 0; j < plan->n_kv_heads; j++) cu_seqlens[j + 1] = cu_seqlens[j] + (int32_t)counts[j];
     if (max_count) *max_count = longest;
@@ -2268,19 +2630,16 @@ KVEC_API kvec_result kvec_plan_mask(const kvec_plan *plan, int64_t layer_index, 
     kvec_result r;
     if (!mask) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__plan_counts(plan, layer_index, &counts)) != KVEC_OK) return r;
+    if (n_rows < 0) return KVEC_ERROR_BAD_EXTENT;
     for (j = 0; j < plan->n_kv_heads; j++)
         if (counts[j] > n_rows) return KVEC_ERROR_BAD_EXTENT; /* rows below the longest head */
+    if (kvec__count(plan->n_kv_heads, n_rows) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_plan_output(plan, layer_index, mask, plan->n_kv_heads * n_rows, sizeof(float)))
+        != KVEC_OK)
+        return r;
     for (j = 0; j < plan->n_kv_heads; j++)
         for (i = 0; i < n_rows; i++) mask[j * n_rows + i] = i < counts[j] ? 0.0f : -INFINITY;
     return KVEC_OK;
-}
-
-/* Two validated views touch no common byte range. */
-static int kvec__disjoint(const kvec_tensor *a, const kvec_tensor *b) {
-    const uintptr_t a0 = (uintptr_t)a->data, b0 = (uintptr_t)b->data;
-    const uintptr_t a1 = a0 + (uintptr_t)kvec__span(a) + (uintptr_t)kvec__dtype_size(a->dtype) - 1;
-    const uintptr_t b1 = b0 + (uintptr_t)kvec__span(b) + (uintptr_t)kvec__dtype_size(b->dtype) - 1;
-    return a1 < b0 || b1 < a0;
 }
 
 /* packed may be written from source: disjoint, or exactly in place over a
@@ -2288,14 +2647,19 @@ static int kvec__disjoint(const kvec_tensor *a, const kvec_tensor *b) {
 static kvec_result kvec__check_packed(const kvec_tensor *source, const kvec_tensor *packed,
                                       int64_t total, int *in_place) {
     kvec_result r;
+    kvec__region a, b;
+    int64_t head_bytes;
     if ((r = kvec_validate_tensor(packed)) != KVEC_OK) return r;
     if (packed->dtype != source->dtype || packed->head_dim != source->head_dim ||
         packed->n_heads != 1 || packed->n_tokens < total)
         return KVEC_ERROR_SHAPE_MISMATCH;
     *in_place = packed->data == source->data && packed->stride_token == source->stride_token &&
                 packed->stride_dim == source->stride_dim &&
-                source->stride_head == source->n_tokens * source->stride_token;
-    return *in_place || kvec__disjoint(source, packed) ? KVEC_OK : KVEC_ERROR_OVERLAP;
+                !kvec__mul_overflows(source->n_tokens, source->stride_token, &head_bytes) &&
+                source->stride_head == head_bytes;
+    a = kvec__tensor_region(source, 1);
+    b = kvec__tensor_region(packed, 1);
+    return *in_place || !kvec__regions_collide(&a, &b) ? KVEC_OK : KVEC_ERROR_OVERLAP;
 }
 
 /* Head by head, front to back; in place each destination row is at or
@@ -2323,30 +2687,33 @@ static void kvec__pack(const kvec_tensor *source, const kvec_tensor *packed, con
 KVEC_API kvec_result kvec_compact_packed(kvec_layer *layer, const kvec_plan *plan,
                                          int64_t layer_index, kvec_tensor *packed_keys,
                                          kvec_tensor *packed_values) {
-    kvec_config c;
     kvec_result r;
+    kvec__call_memory m;
+    kvec_cache one;
     int64_t j, total = 0;
     int keys_in_place, values_in_place;
-    kvec__resolve(NULL, &c);
     if (!packed_keys || !packed_values) return KVEC_ERROR_NULL_POINTER;
-    if ((r = kvec__validate_layer(&c, layer, 0)) != KVEC_OK) return r;
+    if ((r = kvec__validate_layer(NULL, layer, 0)) != KVEC_OK) return r;
     if (layer_index < 0) return KVEC_ERROR_BAD_LAYER_INDEX;
     if ((r = kvec__check_compaction(layer, plan, layer_index)) != KVEC_OK) return r;
     for (j = 0; j < layer->keys.n_heads; j++) total += plan->kept_count[layer_index * plan->n_kv_heads + j];
     if ((r = kvec__check_packed(&layer->keys, packed_keys, total, &keys_in_place)) != KVEC_OK) return r;
     if ((r = kvec__check_packed(&layer->values, packed_values, total, &values_in_place)) != KVEC_OK) return r;
-    /* Neither output may land on the other tensor or on the other output. */
-    if (!kvec__disjoint(packed_keys, packed_values) ||
-        (!keys_in_place && !kvec__disjoint(packed_keys, &layer->values)) ||
-        (!values_in_place && !kvec__disjoint(packed_values, &layer->keys)))
-        return KVEC_ERROR_OVERLAP;
+    /* Everything else: K, V (written where packed in place), the outputs
+       that are not in place, the plan. */
+    one = kvec__cache_of(layer);
+    kvec__call_init(&m, NULL, &one, 1, 1);
+    if (!keys_in_place) m.extra[m.n_extra++] = kvec__tensor_region(packed_keys, 1);
+    if (!values_in_place) m.extra[m.n_extra++] = kvec__tensor_region(packed_values, 1);
+    if (!kvec__call_add_plan(&m, plan, layer_index, 1, 0)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     kvec__pack(&layer->keys, packed_keys, plan, layer_index);
     kvec__pack(&layer->values, packed_values, plan, layer_index);
     return KVEC_OK;
 }
 
 /* Everything kvec_evict_layer checks before it may write: layer, budget,
-   plan, coverage, scratch and finiteness. */
+   plan (when given), coverage. */
 static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *layer, int64_t l,
                                        int64_t n_layers, int64_t budget, const kvec_coverage *coverage,
                                        const kvec_plan *plan, int check_coverage,
@@ -2361,8 +2728,8 @@ static kvec_result kvec__prepare_layer(const kvec_config *c, const kvec_layer *l
     n = layer->keys.n_tokens;
     *layer_budget = kvec__layer_budget(c, budget, l, n_layers, n);
     if (n > *layer_budget && (r = kvec__validate_layer(c, layer, 1)) != KVEC_OK) return r;
-    if ((r = kvec__check_plan(plan, l, layer->keys.n_heads, kvec__head_capacity(c, *layer_budget, n)))
-        != KVEC_OK)
+    if (plan && (r = kvec__check_plan(plan, l, layer->keys.n_heads,
+                                      kvec__head_capacity(c, *layer_budget, n))) != KVEC_OK)
         return r;
     return check_coverage ? kvec__check_coverage(c, coverage, l, n) : KVEC_OK;
 }
@@ -2375,15 +2742,27 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
     kvec_result r;
     kvec__layer_work w;
     kvec__dims d;
+    kvec__call_memory m;
+    kvec_cache one;
     int64_t layer_budget;
+    size_t needed;
     int scoring;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (c.budget_mode == KVEC_BUDGET_GLOBAL) return KVEC_ERROR_BAD_CONFIG; /* needs every layer first */
+    if (!plan) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__prepare_layer(&c, layer, layer_index, n_layers, budget, coverage, plan, 1,
                                  &layer_budget)) != KVEC_OK)
         return r;
     d = kvec__layer_dims(&c, layer);
-    if ((r = kvec__layer_work_in(scratch, scratch_bytes, &d, &w)) != KVEC_OK) return r;
+    if ((r = kvec__layer_scratch(scratch, scratch_bytes, &d, &needed)) != KVEC_OK) return r;
+    one = kvec__cache_of(layer);
+    kvec__call_init(&m, &c, &one, 1, 1);
+    if (!kvec__call_add(&m, scratch, (int64_t)needed, 1, 1) ||
+        (coverage && !kvec__call_add(&m, coverage->kept_before, d.n_tokens, 1, 1)) ||
+        !kvec__call_add_plan(&m, plan, layer_index, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    kvec__layer_work_in(scratch, scratch_bytes, &d, &w);
     scoring = d.n_tokens > layer_budget;
     if ((r = kvec__check_finite(&c, layer, scoring, &w)) != KVEC_OK) return r;
     if (scoring) kvec__run_scoring(&c, layer, layer_index, layer_budget, coverage, w.scores, &w);
@@ -2393,70 +2772,89 @@ KVEC_API kvec_result kvec_evict_layer(const kvec_config *config, kvec_layer *lay
     return KVEC_OK;
 }
 
+/* Plans one sequence and compacts it: into the caller's plan (compacted by
+   the caller once every sequence is planned), or without one, layer by
+   layer through the scratch's one-layer plan. Nothing here can fail. */
+static void kvec__evict_sequence(const kvec_config *c, kvec_cache *cache, int64_t budget, kvec_plan *plan,
+                                 void *scratch, size_t scratch_bytes) {
+    const int64_t n = cache->layers[0].keys.n_tokens, L = cache->n_layers, Hk = cache->layers[0].keys.n_heads;
+    /* Under a global budget every layer is scored first, then one pool selects. */
+    const int global = c->budget_mode == KVEC_BUDGET_GLOBAL && budget < n;
+    kvec__sequence_work w;
+    kvec_coverage coverage;
+    int64_t l, layer_budget;
+    memset(&w, 0, sizeof w); /* carved at every layer; L >= 1 */
+    for (l = 0; l < L; l++) {
+        kvec_layer *layer = &cache->layers[l];
+        kvec__dims d = kvec__sequence_dims(c, cache, l);
+        kvec__bump b;
+        kvec__bump_init(&b, scratch, scratch_bytes);
+        kvec__carve_sequence_layer(&b, &d, &w);
+        if (l == 0) kvec_coverage_init(&coverage, w.kept_before, (size_t)n, n);
+        layer_budget = kvec__layer_budget(c, budget, l, L, n);
+        if (global) {
+            kvec__run_scoring(c, layer, l, budget, NULL, w.model_scores + l * Hk * n, &w.layer);
+            continue;
+        }
+        if (n > layer_budget) kvec__run_scoring(c, layer, l, layer_budget, &coverage, w.layer.scores, &w.layer);
+        kvec__select_layer(c, w.layer.scores, Hk, n, layer_budget, plan ? l : 0, &coverage,
+                           plan ? plan : &w.own_plan, w.layer.flags);
+        if (!plan) kvec__compact_layer(layer, &w.own_plan, 0);
+    }
+    if (!global) return;
+    kvec__pool_mark(c, w.model_scores, L * Hk, n, budget, w.model_flags);
+    for (l = 0; l < L; l++) {
+        kvec_plan *into = plan ? plan : &w.own_plan;
+        const int64_t first = plan ? l * Hk : 0;
+        kvec__pool_gather(c, w.model_flags + l * Hk * n, Hk, n, into->kept_count + first,
+                          into->kept_positions + first * into->capacity, into->capacity);
+        if (!plan) kvec__compact_layer(&cache->layers[l], &w.own_plan, 0);
+    }
+}
+
 KVEC_API kvec_result kvec_evict_batch(const kvec_config *config, kvec_cache *caches,
                                       int64_t n_caches, int64_t budget, kvec_plan *plans,
                                       void *scratch, size_t scratch_bytes) {
     kvec_config c;
     kvec_result r;
+    kvec__call_memory m;
     size_t needed;
     int64_t s, l, layer_budget;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
-    if (!caches || !plans) return KVEC_ERROR_NULL_POINTER;
+    if (!caches) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec_scratch_bytes(&c, caches, n_caches, &needed)) != KVEC_OK) return r;
-    /* Check everything first; after this loop nothing can fail, so an error
-       never leaves some layers compacted and others not. */
+    /* Check everything first; after these checks nothing can fail, so an
+       error never leaves some layers compacted and others not. */
     for (s = 0; s < n_caches; s++) {
-        if (plans[s].n_layers < caches[s].n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
+        if (plans && (r = kvec__check_plan_descriptor(&plans[s])) != KVEC_OK) return r;
+        if (plans && plans[s].n_layers < caches[s].n_layers) return KVEC_ERROR_PLAN_TOO_SMALL;
         for (l = 0; l < caches[s].n_layers; l++)
             if ((r = kvec__prepare_layer(&c, &caches[s].layers[l], l, caches[s].n_layers, budget,
-                                         NULL, &plans[s], 0, &layer_budget)) != KVEC_OK)
+                                         NULL, plans ? &plans[s] : NULL, 0, &layer_budget)) != KVEC_OK)
                 return r;
     }
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__call_init(&m, &c, caches, n_caches, 1);
+    m.plans = plans;
+    m.plans_written = 1;
+    if (!kvec__call_add(&m, scratch, (int64_t)needed, 1, 1)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     for (s = 0; s < n_caches; s++) {
         for (l = 0; l < caches[s].n_layers; l++) {
             const kvec_layer *layer = &caches[s].layers[l];
             kvec__dims d = kvec__layer_dims(&c, layer);
             kvec__layer_work w;
-            kvec__bump b;
-            kvec__bump_init(&b, scratch, scratch_bytes);
-            kvec__carve_layer(&b, &d, &w);
+            kvec__layer_work_in(scratch, scratch_bytes, &d, &w);
             layer_budget = kvec__layer_budget(&c, budget, l, caches[s].n_layers, d.n_tokens);
             if ((r = kvec__check_finite(&c, layer, d.n_tokens > layer_budget, &w)) != KVEC_OK) return r;
         }
     }
-    /* Plan every layer of every sequence, then compact. */
-    for (s = 0; s < n_caches; s++) {
-        const int64_t n = caches[s].layers[0].keys.n_tokens, L = caches[s].n_layers;
-        /* Under a global budget every layer is scored first, then one pool selects. */
-        const int global = c.budget_mode == KVEC_BUDGET_GLOBAL && budget < n;
-        kvec__sequence_work w;
-        kvec_coverage coverage;
-        for (l = 0; l < L; l++) {
-            const kvec_layer *layer = &caches[s].layers[l];
-            kvec__dims d = kvec__sequence_dims(&c, &caches[s], l);
-            kvec__bump b;
-            kvec__bump_init(&b, scratch, scratch_bytes);
-            kvec__carve_sequence_layer(&b, &d, &w);
-            if (l == 0) kvec_coverage_init(&coverage, w.kept_before, (size_t)n, n);
-            layer_budget = kvec__layer_budget(&c, budget, l, L, n);
-            if (global) {
-                kvec__run_scoring(&c, layer, l, budget, NULL, w.model_scores + l * d.n_kv_heads * n,
-                                  &w.layer);
-                continue;
-            }
-            if (n > layer_budget)
-                kvec__run_scoring(&c, layer, l, layer_budget, &coverage, w.layer.scores, &w.layer);
-            kvec__select_layer(&c, w.layer.scores, d.n_kv_heads, n, layer_budget, l, &coverage,
-                               &plans[s], w.layer.flags);
-        }
-        if (global)
-            kvec__select_pool(&c, w.model_scores, L * plans[s].n_kv_heads, n, budget, w.model_flags,
-                              plans[s].kept_count, plans[s].kept_positions, plans[s].capacity);
-    }
     for (s = 0; s < n_caches; s++)
-        for (l = 0; l < caches[s].n_layers; l++) kvec__compact_layer(&caches[s].layers[l], &plans[s], l);
+        kvec__evict_sequence(&c, &caches[s], budget, plans ? &plans[s] : NULL, scratch, scratch_bytes);
+    if (plans)
+        for (s = 0; s < n_caches; s++)
+            for (l = 0; l < caches[s].n_layers; l++) kvec__compact_layer(&caches[s].layers[l], &plans[s], l);
     return KVEC_OK;
 }
 
@@ -2467,28 +2865,13 @@ KVEC_API kvec_result kvec_evict_ex(const kvec_config *config, kvec_cache *cache,
 
 KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget) {
     kvec_result r;
-    kvec_plan plan;
-    size_t scratch_bytes, plan_bytes;
-    int64_t capacity, heads;
-    char *memory;
-    if ((r = kvec_validate_cache(cache)) != KVEC_OK) return r;
-    if ((r = kvec_plan_capacity(NULL, budget, cache->n_layers, cache->layers[0].keys.n_tokens,
-                                &capacity)) != KVEC_OK)
-        return r;
+    size_t scratch_bytes;
+    void *scratch;
     if ((r = kvec_scratch_bytes(NULL, cache, 1, &scratch_bytes)) != KVEC_OK) return r;
-    heads = cache->n_layers * cache->layers[0].keys.n_heads;
-    if ((uint64_t)heads > (SIZE_MAX - scratch_bytes) / sizeof(int64_t) / (uint64_t)(capacity + 1))
-        return KVEC_ERROR_SIZE_OVERFLOW;
-    plan_bytes = (size_t)heads * (size_t)(capacity + 1) * sizeof(int64_t);
-    memory = (char *)KVEC_MALLOC(plan_bytes + scratch_bytes);
-    if (!memory) return KVEC_ERROR_OUT_OF_MEMORY;
-    plan.n_layers = cache->n_layers;
-    plan.n_kv_heads = cache->layers[0].keys.n_heads;
-    plan.capacity = capacity;
-    plan.kept_count = (int64_t *)memory;
-    plan.kept_positions = plan.kept_count + heads;
-    r = kvec_evict_ex(NULL, cache, budget, &plan, memory + plan_bytes, scratch_bytes);
-    KVEC_FREE(memory);
+    scratch = KVEC_MALLOC(scratch_bytes);
+    if (!scratch) return KVEC_ERROR_OUT_OF_MEMORY;
+    r = kvec_evict_ex(NULL, cache, budget, NULL, scratch, scratch_bytes);
+    KVEC_FREE(scratch);
     return r;
 }
 
@@ -2535,6 +2918,14 @@ KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, si
     if ((r = kvec_decode_state_bytes(n_layers, n_kv_heads, capacity, &needed)) != KVEC_OK) return r;
     if (memory_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     if (n_rows < 0 || n_rows > capacity || next_position < n_rows) return KVEC_ERROR_BAD_EXTENT;
+    {   /* the plan is read while the memory is written */
+        kvec__call_memory m;
+        kvec__call_init(&m, NULL, NULL, 0, 0);
+        if (!kvec__call_add(&m, memory, (int64_t)needed, 1, 1)) return KVEC_ERROR_SIZE_OVERFLOW;
+        if (plan && (r = kvec__check_plan_descriptor(plan)) != KVEC_OK) return r;
+        if (plan && !kvec__call_add_plan(&m, plan, 0, plan->n_layers, 0)) return KVEC_ERROR_SIZE_OVERFLOW;
+        if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    }
     if (plan) {
         /* every head keeps n_rows positions, strictly ascending, below next_position */
         int64_t l;
@@ -2563,18 +2954,37 @@ KVEC_API kvec_result kvec_decode_init(kvec_decode_state *state, void *memory, si
     return KVEC_OK;
 }
 
-static kvec_result kvec__check_state(const kvec_decode_state *state) {
+/* A state as kvec_decode_init and the other calls leave it: positive
+   extents whose arrays can exist and do not overlap, rows within capacity
+   and below the next position. Only its descriptor is checked (O(1)); the
+   arrays' contents are kvec's own. The three arrays are added to m (which
+   may be NULL), written or read. */
+static kvec_result kvec__check_state(const kvec_decode_state *state, kvec__call_memory *m, int written) {
+    kvec__call_memory own;
+    int64_t rows;
+    kvec_result r;
     if (!state || !state->positions || !state->attention || !state->retention) return KVEC_ERROR_NULL_POINTER;
-    if (state->n_rows < 0 || state->n_rows > state->capacity) return KVEC_ERROR_STATE_MISMATCH;
+    if (state->n_layers <= 0 || state->n_kv_heads <= 0 || state->capacity <= 0 || state->n_rows < 0 ||
+        state->n_rows > state->capacity || state->next_position < state->n_rows)
+        return KVEC_ERROR_STATE_MISMATCH;
+    if ((rows = kvec__decode_rows(state->n_layers, state->n_kv_heads, state->capacity)) < 0)
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if (!m) { kvec__call_init(&own, NULL, NULL, 0, 0); m = &own; }
+    if (!kvec__call_add(m, state->positions, rows, sizeof(int64_t), written) ||
+        !kvec__call_add(m, state->attention, rows, sizeof(float), written) ||
+        !kvec__call_add(m, state->retention, rows, sizeof(float), written))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if (m == &own && (r = kvec__check_overlaps(m)) != KVEC_OK) return r;
     return KVEC_OK;
 }
 
 KVEC_API kvec_result kvec_decode_append(kvec_decode_state *state, int64_t n_new) {
     kvec_result r;
-    int64_t head, t;
-    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    int64_t head, t, next;
+    if ((r = kvec__check_state(state, NULL, 1)) != KVEC_OK) return r;
     if (n_new < 0) return KVEC_ERROR_BAD_EXTENT;
     if (n_new > state->capacity - state->n_rows) return KVEC_ERROR_STATE_MISMATCH; /* evict first */
+    if (kvec__add_overflows(state->next_position, n_new, &next)) return KVEC_ERROR_SIZE_OVERFLOW;
     for (head = 0; head < state->n_layers * state->n_kv_heads; head++)
         for (t = 0; t < n_new; t++) {
             state->positions[head * state->capacity + state->n_rows + t] = state->next_position + t;
@@ -2582,21 +2992,28 @@ KVEC_API kvec_result kvec_decode_append(kvec_decode_state *state, int64_t n_new)
             state->retention[head * state->capacity + state->n_rows + t] = 0.0f;
         }
     state->n_rows += n_new;
-    state->next_position += n_new;
+    state->next_position = next;
     return KVEC_OK;
 }
 
 KVEC_API kvec_result kvec_decode_observe(kvec_decode_state *state, int64_t layer_index,
                                          const float *attention, int64_t n_query_heads,
                                          int64_t row_stride) {
-    const int64_t n = state ? state->n_rows : 0;
-    int64_t j, h, i, g;
+    int64_t n, j, h, i, g, read;
     float inv_g;
     kvec_result r;
-    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    kvec__call_memory m;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if ((r = kvec__check_state(state, &m, 1)) != KVEC_OK) return r;
     if (!attention) return KVEC_ERROR_NULL_POINTER;
     if (layer_index < 0 || layer_index >= state->n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
+    n = state->n_rows;
     if (n_query_heads <= 0 || n_query_heads % state->n_kv_heads || row_stride < n) return KVEC_ERROR_SHAPE_MISMATCH;
+    /* rows h < H of row_stride floats, the last one read up to n */
+    read = kvec__count(n_query_heads - 1, row_stride);
+    if (read < 0 || kvec__add_overflows(read, n, &read)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (!kvec__call_add(&m, attention, read, sizeof(float), 0)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     for (h = 0; h < n_query_heads; h++) /* checked before anything is added */
         for (i = 0; i < n; i++)
             if (!isfinite(attention[h * row_stride + i])) return KVEC_ERROR_NON_FINITE;
@@ -2614,10 +3031,14 @@ KVEC_API kvec_result kvec_decode_retention(kvec_decode_state *state, int64_t lay
                                            const float *log_retention, int64_t n) {
     int64_t j, t;
     kvec_result r;
-    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    kvec__call_memory m;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if ((r = kvec__check_state(state, &m, 1)) != KVEC_OK) return r;
     if (!log_retention) return KVEC_ERROR_NULL_POINTER;
     if (layer_index < 0 || layer_index >= state->n_layers) return KVEC_ERROR_BAD_LAYER_INDEX;
     if (n < 0 || n > state->n_rows) return KVEC_ERROR_BAD_EXTENT;
+    if (!kvec__call_add(&m, log_retention, state->n_kv_heads * n, sizeof(float), 0)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     for (t = 0; t < state->n_kv_heads * n; t++)
         if (!isfinite(log_retention[t])) return KVEC_ERROR_NON_FINITE;
     for (j = 0; j < state->n_kv_heads; j++) {
@@ -2628,16 +3049,22 @@ KVEC_API kvec_result kvec_decode_retention(kvec_decode_state *state, int64_t lay
 }
 
 KVEC_API kvec_result kvec_decode_retention_scores(const kvec_decode_state *state, float *scores) {
-    const int64_t newest = state ? state->next_position - 1 : 0;
     int64_t head, i;
+    double newest;
     kvec_result r;
-    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    kvec__call_memory m;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if ((r = kvec__check_state(state, &m, 0)) != KVEC_OK) return r;
     if (!scores) return KVEC_ERROR_NULL_POINTER;
+    if (!kvec__call_add(&m, scores, state->n_layers * state->n_kv_heads * state->n_rows, sizeof(float), 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    newest = (double)state->next_position - 1.0;
     for (head = 0; head < state->n_layers * state->n_kv_heads; head++)
         for (i = 0; i < state->n_rows; i++) {
             const int64_t at = head * state->capacity + i;
             scores[head * state->n_rows + i] =
-                state->retention[at] * (float)(newest - state->positions[at]); /* exact ages to 2^24 */
+                state->retention[at] * (float)(newest - (double)state->positions[at]); /* exact ages to 2^24 */
         }
     return KVEC_OK;
 }
@@ -2676,17 +3103,28 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
                                        kvec_plan *plan, void *scratch, size_t scratch_bytes) {
     kvec_config c;
     kvec_result r;
+    kvec__call_memory m;
     size_t needed;
     int64_t L, Hk, N, head, i;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (c.budget_mode != KVEC_BUDGET_UNIFORM) return KVEC_ERROR_BAD_CONFIG; /* heads stay equal */
-    if ((r = kvec__check_state(state)) != KVEC_OK) return r;
+    kvec__call_init(&m, &c, cache, 1, 1);
+    if ((r = kvec__check_state(state, &m, 1)) != KVEC_OK) return r;
     if ((r = kvec_decode_scratch_bytes(&c, cache, &needed)) != KVEC_OK) return r;
     L = cache->n_layers; Hk = cache->layers[0].keys.n_heads; N = cache->layers[0].keys.n_tokens;
     if (L != state->n_layers || Hk != state->n_kv_heads || N != state->n_rows)
         return KVEC_ERROR_STATE_MISMATCH;
+    /* the state follows the plan's rows: it is needed here */
     if (!plan || !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    /* The cache, the state, the scores, the plan and the scratch; the calls
+       below check the plan's shape and capacity. */
+    if ((r = kvec__check_plan_descriptor(plan)) != KVEC_OK) return r;
+    if (!kvec__call_add(&m, scratch, (int64_t)needed, 1, 1) ||
+        (scores && !kvec__call_add(&m, scores, L * Hk * N, sizeof(float), 0)) ||
+        !kvec__call_add_plan(&m, plan, 0, plan->n_layers < L ? plan->n_layers : L, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
     if (scores || c.policy == KVEC_POLICY_H2O) {
         /* Scores known without reading the cache: select, then compact. */
         kvec__bump b;

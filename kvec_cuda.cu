@@ -1080,29 +1080,29 @@ struct kc_dims {
    this prefix alone; kvec_cuda_compact's the status word alone. */
 static void kc_carve_selection(kvec__bump *b, const kvec_config *c, int64_t N, int32_t **status, uint8_t **flags) {
     *status = (int32_t *)kvec__take(b, 1, sizeof(int32_t));
-    *flags = (uint8_t *)kvec__take(b, (c->terms.enabled & KVEC_TERM_CROSS_HEAD) ? KC_BATCH * N : 0, 1);
+    *flags = (uint8_t *)kvec__take(b, (c->terms.enabled & KVEC_TERM_CROSS_HEAD) ? kvec__count(KC_BATCH, N) : 0, 1);
 }
 
 static void kc_carve(kvec__bump *b, const kvec_config *c, const kc_dims *d, kc_scratch *s) {
     const int64_t heads = d->Hk, n = d->n > 0 ? d->n : 0;
-    const int64_t rows = d->attention ? d->rows_g : 0, sorted = d->rank_union ? heads * n : 0;
+    const int64_t rows = d->attention ? d->rows_g : 0, sorted = d->rank_union ? kvec__count(heads, n) : 0;
     const int64_t direction = d->uniqueness ? 1 : 0;
     kc_carve_selection(b, c, d->N, &s->status, &s->select_flags);
     s->kept_before    = (uint8_t *)kvec__take(b, d->cross_layer ? d->N : 0, 1);
-    s->scores         = (float *)kvec__take(b, d->L * heads * d->N, sizeof(float));
-    s->wide           = (float *)kvec__take(b, d->focus ? heads * d->N : 0, sizeof(float));
-    s->norm_part      = (float *)kvec__take(b, d->output ? d->H * n : 0, sizeof(float));
-    s->out_norm       = (float *)kvec__take(b, d->output ? heads * n : 0, sizeof(float));
-    s->first_stage    = (uint8_t *)kvec__take(b, d->output ? heads * n : 0, 1);
-    s->sums           = (float *)kvec__take(b, d->attention ? heads * d->N : 0, sizeof(float));
-    s->stats_part_count = d->attention ? heads * d->split_rows : 0;
-    s->stats_count    = heads * rows;
+    s->scores         = (float *)kvec__take(b, kvec__count(kvec__count(d->L, heads), d->N), sizeof(float));
+    s->wide           = (float *)kvec__take(b, d->focus ? kvec__count(heads, d->N) : 0, sizeof(float));
+    s->norm_part      = (float *)kvec__take(b, d->output ? kvec__count(d->H, n) : 0, sizeof(float));
+    s->out_norm       = (float *)kvec__take(b, d->output ? kvec__count(heads, n) : 0, sizeof(float));
+    s->first_stage    = (uint8_t *)kvec__take(b, d->output ? kvec__count(heads, n) : 0, 1);
+    s->sums           = (float *)kvec__take(b, d->attention ? kvec__count(heads, d->N) : 0, sizeof(float));
+    s->stats_part_count = d->attention ? kvec__count(heads, d->split_rows) : 0;
+    s->stats_count    = kvec__count(heads, rows);
     s->stats_part     = (float2 *)kvec__take(b, s->stats_part_count, sizeof(float2));
     s->stats          = (float2 *)kvec__take(b, s->stats_count, sizeof(float2));
-    s->kbar_part      = (double *)kvec__take(b, direction * heads * KC_KEY_SPLITS * d->D, sizeof(double));
-    s->kbar           = (float *)kvec__take(b, direction * heads * d->D, sizeof(float));
+    s->kbar_part      = (double *)kvec__take(b, kvec__count(kvec__count(direction * heads, KC_KEY_SPLITS), d->D), sizeof(double));
+    s->kbar           = (float *)kvec__take(b, kvec__count(direction * heads, d->D), sizeof(float));
     s->kbar_norm      = (double *)kvec__take(b, direction * heads, sizeof(double));
-    s->uniq           = (float *)kvec__take(b, direction * heads * n, sizeof(float));
+    s->uniq           = (float *)kvec__take(b, kvec__count(direction * heads, n), sizeof(float));
     s->moments_p      = (double *)kvec__take(b, heads * 2, sizeof(double));
     s->moments_u      = (double *)kvec__take(b, heads * 2, sizeof(double));
     s->sort_keys      = (uint64_t *)kvec__take(b, sorted, sizeof(uint64_t));
@@ -1124,7 +1124,7 @@ static int kc_sort_end_bit(int64_t Hk) {
 static kvec_result kc_cub_bytes(const kc_dims *d, size_t *bytes) {
     *bytes = 0;
     if (!d->rank_union || d->n <= 0) return KVEC_OK;
-    if (d->Hk * d->n > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (kvec__count(d->Hk, d->n) > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
     cudaError_t e = cub::DeviceRadixSort::SortPairs(NULL, *bytes, (const uint64_t *)NULL, (uint64_t *)NULL,
                                                     (const int32_t *)NULL, (int32_t *)NULL, (int)(d->Hk * d->n), 0,
                                                     kc_sort_end_bit(d->Hk), (cudaStream_t)0);
@@ -1143,8 +1143,7 @@ static kvec_result kc_check_supported(const kvec_config *c) {
 /* Rows of K-VEC's window: W, or with head focus 4W (as many as there are). */
 static int64_t kc_focus_rows(const kvec_config *c, const kvec_layer *layer) {
     if (!(c->terms.enabled & KVEC_TERM_HEAD_FOCUS)) return c->window;
-    const int64_t rows = KVEC__FOCUS_FACTOR * c->window;
-    return rows < layer->queries.n_tokens ? rows : layer->queries.n_tokens;
+    return kvec__focus_rows(c, layer->queries.n_tokens);
 }
 
 /* Rows of the queries tensor a policy reads: the last `rows`. */
@@ -1152,6 +1151,11 @@ static int64_t kc_rows_read(const kvec_config *c, const kvec_layer *layer) {
     if (c->policy == KVEC_POLICY_H2O) return layer->queries.n_tokens;
     if (c->policy == KVEC_POLICY_TOVA) return 1;
     return kc_focus_rows(c, layer);
+}
+
+/* The larger of two counts; -1 (an overflow) stays -1. */
+static int64_t kc_larger_count(int64_t a, int64_t b) {
+    return a < 0 || b < 0 ? -1 : a > b ? a : b;
 }
 
 static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
@@ -1176,15 +1180,18 @@ static kc_dims kc_dims_of(const kvec_config *c, const kvec_cache *cache) {
         const kvec_layer *layer = &cache->layers[l];
         if (layer->keys.head_dim > d.D) d.D = layer->keys.head_dim;
         if (layer->queries.data && layer->queries.n_heads > d.H) d.H = layer->queries.n_heads;
-        if (d.attention && layer->queries.data && layer->queries.n_heads > 0) {
+        if (d.attention && kvec__validate_layer(c, layer, 1) == KVEC_OK) { /* shapes as they will be read */
             /* Head focus runs the window twice, W and 4W rows: the fewer rows
                may take more splits, so both are counted. */
             const int64_t g = layer->queries.n_heads / d.Hk;
-            const int64_t row_counts[2] = { kc_rows_read(c, layer) * g, c->window * g };
+            /* the window's rows, no more than there are (a window of 2^62 reads only the queries given) */
+            const int64_t window_rows = c->window < layer->queries.n_tokens ? c->window : layer->queries.n_tokens;
+            const int64_t row_counts[2] = { kvec__count(kc_rows_read(c, layer), g), kvec__count(window_rows, g) };
             for (int k = 0; k < 2; k++) {
-                const int64_t split_rows = kc_splits(d.N, d.Hk, row_counts[k]) * row_counts[k];
-                if (row_counts[k] > d.rows_g) d.rows_g = row_counts[k];
-                if (split_rows > d.split_rows) d.split_rows = split_rows;
+                /* -1 (overflow) makes the carve refuse, and kc_prepare before it */
+                const int64_t split_rows = row_counts[k] < 0 ? -1 : kvec__count(kc_splits(d.N, d.Hk, row_counts[k]), row_counts[k]);
+                d.rows_g = kc_larger_count(d.rows_g, row_counts[k]);
+                d.split_rows = kc_larger_count(d.split_rows, split_rows);
             }
         }
     }
@@ -1206,12 +1213,14 @@ static kvec_result kc_prepare(const kvec_config *config, const kvec_cache *cache
         if (n > kvec__layer_budget(c, budget, l, cache->n_layers, n) &&
             (r = kvec__validate_layer(c, layer, 1)) != KVEC_OK)
             return r;
-        if (layer->keys.n_tokens * layer->keys.n_heads * layer->keys.head_dim > INT64_MAX / 8)
+        if (kvec__count(kvec__count(kvec__count(layer->keys.n_tokens, layer->keys.n_heads), layer->keys.head_dim), 8) < 0)
             return KVEC_ERROR_SIZE_OVERFLOW;
     }
     /* Limits of the launches: grid extents, shared memory of the key direction. */
     const kc_dims d = kc_dims_of(c, cache);
-    if (d.Hk > 65535 || d.rows_g > (int64_t)65535 * KC_ROWS || d.L * d.Hk > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (d.Hk > 65535 || d.rows_g < 0 || d.split_rows < 0 || d.rows_g > (int64_t)65535 * KC_ROWS ||
+        kvec__count(d.L, d.Hk) > INT32_MAX)
+        return KVEC_ERROR_SIZE_OVERFLOW;
     if (d.uniqueness && kc_direction_warps(d.D) == 0) return KVEC_ERROR_SIZE_OVERFLOW; /* head_dim above 6144 */
     return KVEC_OK;
 }
@@ -1234,12 +1243,12 @@ static kvec_result kc_scratch_size(const kvec_config *c, const kvec_cache *cache
 
 /* Scratch from the caller: at least what the query says, carved. */
 static kvec_result kc_scratch_in(const kvec_config *c, const kvec_cache *cache, void *scratch,
-                                 size_t scratch_bytes, kc_scratch *s, kc_dims *d) {
-    size_t needed, cub_bytes;
+                                 size_t scratch_bytes, kc_scratch *s, kc_dims *d, size_t *needed) {
+    size_t cub_bytes;
     kvec_result r;
     if (!scratch) return KVEC_ERROR_NULL_POINTER;
-    if ((r = kc_scratch_size(c, cache, &needed, d, &cub_bytes)) != KVEC_OK) return r;
-    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if ((r = kc_scratch_size(c, cache, needed, d, &cub_bytes)) != KVEC_OK) return r;
+    if (scratch_bytes < *needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     kvec__bump b;
     kvec__bump_init(&b, scratch, scratch_bytes);
     s->cub_bytes = cub_bytes;
@@ -1257,9 +1266,26 @@ static int32_t *kc_status_word(const void *scratch) {
 }
 
 static kvec_result kc_check_plan_descriptor(const kvec_plan *plan, int64_t L, int64_t Hk) {
-    if (!plan || !plan->kept_count || !plan->kept_positions) return KVEC_ERROR_NULL_POINTER;
+    kvec_result r = kvec__check_plan_descriptor(plan);
+    if (r != KVEC_OK) return r;
     if (plan->n_layers < L || plan->n_kv_heads != Hk || plan->capacity <= 0) return KVEC_ERROR_PLAN_TOO_SMALL;
     return KVEC_OK;
+}
+
+/* The overlap rule of kvec.h on device memory: a call's cache (written
+   when it compacts), plan, scores and scratch share no byte that one of
+   them writes. */
+static kvec_result kc_check_overlaps(const kvec_config *c, const kvec_cache *cache, int cache_written,
+                                     const kvec_plan *plan, int64_t plan_layers, int plan_written,
+                                     const float *scores, int64_t n_scores, int scores_written,
+                                     const void *scratch, size_t scratch_bytes) {
+    kvec__call_memory m;
+    kvec__call_init(&m, c, cache, cache ? 1 : 0, cache_written);
+    if ((plan && !kvec__call_add_plan(&m, plan, 0, plan_layers, plan_written)) ||
+        (scores && !kvec__call_add(&m, scores, n_scores, sizeof(float), scores_written)) ||
+        !kvec__call_add(&m, scratch, (int64_t)scratch_bytes, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    return kvec__check_overlaps(&m);
 }
 
 /* >>host: launching */
@@ -1325,7 +1351,7 @@ static kvec_result kc_attention_passes(const kc_attn &a, int64_t Hk, int64_t S, 
    shape alone, not on the GPU's multiprocessor count, so the combine
    order is the same whatever GPU runs it. */
 static int64_t kc_splits(int64_t N, int64_t Hk, int64_t total_rows) {
-    const int64_t row_chunks = (total_rows + KC_ROWS - 1) / KC_ROWS, most = (N + 255) / 256;
+    const int64_t row_chunks = total_rows / KC_ROWS + (total_rows % KC_ROWS != 0), most = N / 256 + (N % 256 != 0);
     int64_t S = (KC_SPLIT_BLOCKS + Hk * row_chunks - 1) / (Hk * row_chunks);
     S = S > KC_SPLITS ? KC_SPLITS : S;
     S = S > most ? most : S;
@@ -1606,11 +1632,14 @@ KVEC_CUDA_API kvec_result kvec_cuda_score(const kvec_config *config, const kvec_
     kc_scratch s;
     kc_dims d;
     kvec_result r;
+    size_t needed;
     if (!scores) return KVEC_ERROR_NULL_POINTER;
     if ((r = kc_prepare(config, cache, budget, &c)) != KVEC_OK) return r;
     /* Later layers' scores depend on earlier layers' selection: kvec_cuda_evict. */
     if (c.terms.enabled & KVEC_TERM_CROSS_LAYER) return KVEC_ERROR_BAD_CONFIG;
-    if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
+    if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d, &needed)) != KVEC_OK) return r;
+    if ((r = kc_check_overlaps(&c, cache, 0, NULL, 0, 0, scores, d.L * d.Hk * d.N, 1, scratch, needed)) != KVEC_OK)
+        return r;
     KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
     return kc_score_layers(&c, cache, budget, scores, 0, d.L, &s, stream);
 }
@@ -1629,7 +1658,7 @@ static size_t kc_select_bytes(const kvec_config *c, int64_t n_tokens) {
 
 KVEC_CUDA_API size_t kvec_cuda_select_scratch_bytes(const kvec_config *config, int64_t n_tokens) {
     kvec_config c;
-    if (kvec__resolve(config, &c) != KVEC_OK || n_tokens <= 0 || n_tokens > INT64_MAX / KC_BATCH) return 0;
+    if (kvec__resolve(config, &c) != KVEC_OK || n_tokens <= 0 || kvec__count(n_tokens, KC_BATCH) < 0) return 0;
     return kc_select_bytes(&c, n_tokens);
 }
 
@@ -1643,11 +1672,15 @@ KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const floa
     if ((r = kc_check_supported(&c)) != KVEC_OK) return r;
     if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
     if (n_layers <= 0 || n_kv_heads <= 0 || n_tokens <= 0) return KVEC_ERROR_BAD_EXTENT;
-    if (n_kv_heads > 65535 || n_layers * n_kv_heads > INT64_MAX / n_tokens || n_tokens > INT64_MAX / KC_BATCH)
+    if (n_kv_heads > 65535 || kvec__count(kvec__count(n_layers, n_kv_heads), n_tokens) < 0 ||
+        kvec__count(n_tokens, KC_BATCH) < 0)
         return KVEC_ERROR_SIZE_OVERFLOW;
     if (scratch_bytes < kc_select_bytes(&c, n_tokens)) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     if (budget < c.window) return KVEC_ERROR_BUDGET_BELOW_WINDOW;
     if ((r = kc_check_plan_capacity(&c, plan, n_layers, n_kv_heads, n_tokens, budget)) != KVEC_OK) return r;
+    if ((r = kc_check_overlaps(&c, NULL, 0, plan, n_layers, 1, scores, n_layers * n_kv_heads * n_tokens, 0, scratch,
+                               kc_select_bytes(&c, n_tokens))) != KVEC_OK)
+        return r;
     kvec__bump b;
     int32_t *status;
     uint8_t *flags;
@@ -1666,7 +1699,8 @@ KVEC_CUDA_API kvec_result kvec_cuda_compact(kvec_cache *cache, const kvec_plan *
     if (scratch_bytes < KC_STATUS_BYTES) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     const int64_t L = cache->n_layers, Hk = cache->layers[0].keys.n_heads, N = cache->layers[0].keys.n_tokens;
     if ((r = kc_check_plan_descriptor(plan, L, Hk)) != KVEC_OK) return r;
-    if (Hk > 65535 || L * Hk > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (Hk > 65535 || kvec__count(L, Hk) > INT32_MAX) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kc_check_overlaps(NULL, cache, 1, plan, L, 0, NULL, 0, 0, scratch, KC_STATUS_BYTES)) != KVEC_OK) return r;
     int32_t *status = kc_status_word(scratch);
     KC_LAUNCH(kc_check_plan, (unsigned)(L * Hk), 256, 0, (plan->kept_count, plan->kept_positions,
                                                                      plan->n_kv_heads, Hk, plan->capacity, N,
@@ -1681,9 +1715,11 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
     kc_scratch s;
     kc_dims d;
     kvec_result r;
+    size_t needed;
     if ((r = kc_prepare(config, cache, budget, &c)) != KVEC_OK) return r;
-    if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d)) != KVEC_OK) return r;
+    if ((r = kc_scratch_in(&c, cache, scratch, scratch_bytes, &s, &d, &needed)) != KVEC_OK) return r;
     if ((r = kc_check_plan_capacity(&c, plan, d.L, d.Hk, d.N, budget)) != KVEC_OK) return r;
+    if ((r = kc_check_overlaps(&c, cache, 1, plan, d.L, 1, NULL, 0, 0, scratch, needed)) != KVEC_OK) return r;
     KC_CUDA(cudaMemsetAsync(s.status, 0, sizeof(int32_t), stream));
     if (d.cross_layer) {
         /* Layer by layer: each layer's scores see which tokens the earlier ones kept. */

@@ -446,6 +446,25 @@ static void test_errors() {
     r = kvec_cuda_evict(&c, &m.device_cache, 100, &p.device, scratch, bytes, NULL);
     CHECK(r == KVEC_ERROR_MISSING_QUERIES, "no queries: %s", kvec_result_string(r));
     m.device_layers[1] = saved;
+    /* Sizes past int64 and shared memory are refused on the host too. */
+    r = kvec_cuda_select(&c, (const float *)scratch, INT64_MAX / 2, 4, 1, 100, &p.device, scratch, bytes, NULL);
+    CHECK(r == KVEC_ERROR_SIZE_OVERFLOW, "select: L * Hk past int64: %s", kvec_result_string(r));
+    {   /* a window past every length reads only the rows there are */
+        kvec_config huge = {};
+        huge.window = INT64_MAX;
+        size_t huge_bytes = 0;
+        r = kvec_cuda_scratch_bytes(&huge, &m.device_cache, &huge_bytes);
+        CHECK(r == KVEC_OK && huge_bytes <= bytes, "scratch for a window of INT64_MAX: %s, %zu bytes",
+              kvec_result_string(r), huge_bytes);
+    }
+    r = kvec_cuda_evict(&c, &m.device_cache, 100, &p.device, m.keys[0].device, bytes, NULL);
+    CHECK(r == KVEC_ERROR_OVERLAP, "scratch over the keys: %s", kvec_result_string(r));
+    {
+        kvec_plan shared = p.device;
+        shared.kept_positions = shared.kept_count; /* counts and positions in one array */
+        r = kvec_cuda_compact(&m.device_cache, &shared, scratch, bytes, NULL);
+        CHECK(r == KVEC_ERROR_OVERLAP, "plan arrays overlapping: %s", kvec_result_string(r));
+    }
     untouched("host-side refusals");
 
     /* NaN in the keys of layer 1, found on the device. */

@@ -1811,12 +1811,352 @@ static void test_per_layer_errors_touch_nothing(void) {
     snap_free(&s); free(scratch); plan_free(&p); cache_free(&c);
 }
 
+/* ---- tests: hostile arguments --------------------------------------------- */
+
+/* A view over no memory (nothing is read): descriptors only. */
+static kvec_tensor fake_view(uintptr_t address, kvec_dtype t, int64_t n_tok, int64_t n_head, int64_t dim) {
+    kvec_tensor v = kvec_tensor_contiguous((void *)address, t, n_tok, n_head, dim);
+    return v;
+}
+
+static void test_validation_never_overflows(void) {
+    static float two[2];
+    kvec_tensor t = fake_view((uintptr_t)two, KVEC_DTYPE_F32, 2, 1, 1);
+    t.stride_token = (int64_t)1 << 62; /* stride * extent is past int64; the span is not */
+    CHECK(kvec_validate_tensor(&t) == KVEC_OK, "two tokens 2^62 bytes apart are a valid description");
+    t = fake_view((uintptr_t)two, KVEC_DTYPE_F32, 3, 1, 1);
+    t.stride_token = (int64_t)1 << 62;
+    CHECK(kvec_validate_tensor(&t) == KVEC_ERROR_SIZE_OVERFLOW, "three tokens 2^62 apart: the span overflows");
+    t = kvec_tensor_contiguous(two, KVEC_DTYPE_F32, 4, (int64_t)1 << 40, (int64_t)1 << 40);
+    CHECK(t.stride_token < 0 && kvec_validate_tensor(&t) == KVEC_ERROR_BAD_STRIDE,
+          "kvec_tensor_contiguous with overflowing strides gives a view validation refuses");
+}
+
+static void test_addresses_never_wrap(void) {
+    kvec_tensor t = fake_view((uintptr_t)UINT64_C(0xffffffffffffffc0), KVEC_DTYPE_F32, 1000, 1, 1);
+    float scores[4];
+    kvec_plan plan;
+    int64_t counts[2] = { 1, 1 };
+    CHECK(kvec_validate_tensor(&t) == KVEC_ERROR_SIZE_OVERFLOW, "a view past the end of the address space");
+    t.n_tokens = 16; /* the last byte is exactly the last address */
+    CHECK(kvec_validate_tensor(&t) == KVEC_OK, "a view ending at the last address");
+    plan.n_layers = 1; plan.n_kv_heads = 2; plan.capacity = 1;
+    plan.kept_count = counts;
+    plan.kept_positions = (int64_t *)(uintptr_t)UINT64_C(0xfffffffffffffff8);
+    CHECK(kvec_plan_mask(&plan, 0, 2, scores) == KVEC_ERROR_SIZE_OVERFLOW, "plan positions that wrap");
+}
+
+static void test_pyramid_budget_of_huge_lengths(void) {
+    kvec_config cfg = policy_config(KVEC_POLICY_PYRAMIDKV, 0);
+    int64_t b0 = 0, b1 = 0, capacity = 0;
+    const int64_t N = INT64_MAX, B = INT64_MAX - 1;
+    CHECK(kvec_layer_budget(&cfg, B, 0, 2, N, &b0) == KVEC_OK && kvec_layer_budget(&cfg, B, 1, 2, N, &b1) == KVEC_OK,
+          "layer budgets of a huge cache");
+    CHECK(b0 == B && b1 == B, "N < 2F: every layer keeps B (got %lld, %lld)", (long long)b0, (long long)b1);
+    CHECK(kvec_plan_capacity(&cfg, B, 2, N, &capacity) == KVEC_OK && capacity == B, "capacity B");
+    CHECK(kvec_plan_capacity(&cfg, 64, INT64_MAX, 1000, &capacity) == KVEC_OK && capacity > 0,
+          "capacity of INT64_MAX layers is found without a loop over them");
+}
+
+static void test_select_scratch_of_huge_pools(void) {
+    kvec_config cfg = policy_config(KVEC_POLICY_SNAPKV, 0);
+    cfg.budget_mode = KVEC_BUDGET_GLOBAL;
+    CHECK(kvec_select_scratch_bytes(&cfg, INT64_MAX / 2, 4, 1) == 0, "L * Hk overflows: 0 (bad arguments)");
+    CHECK(kvec_select_scratch_bytes(&cfg, 3, 2, 10) == 60, "and the ordinary case");
+}
+
+static void test_plan_offsets_never_overflow(void) {
+    int64_t counts[2] = { 1, INT64_MAX }, positions[1] = { 0 }, longest = 0;
+    int32_t cu[3];
+    kvec_plan plan;
+    plan.n_layers = 1; plan.n_kv_heads = 2; plan.capacity = INT64_MAX;
+    plan.kept_count = counts; plan.kept_positions = positions;
+    CHECK(kvec_plan_offsets(&plan, 0, cu, &longest) == KVEC_ERROR_SIZE_OVERFLOW,
+          "a plan whose positions cannot exist is refused");
+    plan.capacity = (int64_t)1 << 31; /* positions never read here: a place they could be, apart from the counts */
+    plan.kept_positions = (int64_t *)(uintptr_t)0x100000;
+    counts[0] = INT32_MAX; counts[1] = 1;
+    CHECK(kvec_plan_offsets(&plan, 0, cu, &longest) == KVEC_ERROR_SIZE_OVERFLOW, "offsets past int32");
+    counts[0] = INT32_MAX - 1;
+    CHECK(kvec_plan_offsets(&plan, 0, cu, &longest) == KVEC_OK && cu[2] == INT32_MAX, "offsets up to int32");
+}
+
+static void test_plan_descriptors_are_checked(void) {
+    int64_t counts[4] = { 1, 1, 1, 1 }, positions[4] = { 0 }, longest;
+    int32_t cu[5];
+    float mask[8];
+    kvec_plan plan;
+    plan.n_layers = 1; plan.n_kv_heads = -1; plan.capacity = 1;
+    plan.kept_count = counts; plan.kept_positions = positions;
+    CHECK(kvec_plan_offsets(&plan, 0, cu, &longest) == KVEC_ERROR_BAD_EXTENT, "offsets: negative heads");
+    CHECK(kvec_plan_mask(&plan, 0, 2, mask) == KVEC_ERROR_BAD_EXTENT, "mask: negative heads");
+    plan.n_kv_heads = 2; plan.n_layers = 0;
+    CHECK(kvec_plan_offsets(&plan, 0, cu, &longest) == KVEC_ERROR_BAD_EXTENT, "offsets: no layers");
+    plan.n_layers = 1; plan.capacity = -1;
+    CHECK(kvec_plan_mask(&plan, 0, 2, mask) == KVEC_ERROR_BAD_EXTENT, "mask: negative capacity");
+    plan.capacity = 1;
+    CHECK(kvec_plan_mask(&plan, 0, -1, mask) == KVEC_ERROR_BAD_EXTENT, "mask: negative rows");
+    CHECK(kvec_plan_mask(&plan, 0, 2, (float *)(void *)counts) == KVEC_ERROR_OVERLAP, "mask over the counts");
+    CHECK(kvec_plan_offsets(&plan, 0, cu, &longest) == KVEC_OK && cu[2] == 2, "and a good plan");
+}
+
+static void test_scratch_queries_of_huge_caches(void) {
+    static uint16_t tiny[4];
+    kvec_layer layers[4];
+    kvec_cache cache;
+    kvec_config cfg = policy_config(KVEC_POLICY_SNAPKV, 0);
+    size_t bytes = 0;
+    int l;
+    for (l = 0; l < 4; l++) { /* 2^61 tokens of 2 bytes: a valid description */
+        layers[l].keys = fake_view((uintptr_t)tiny, KVEC_DTYPE_F16, (int64_t)1 << 61, 1, 1);
+        layers[l].values = layers[l].keys;
+        memset(&layers[l].queries, 0, sizeof layers[l].queries);
+        memset(&layers[l].out_proj, 0, sizeof layers[l].out_proj);
+    }
+    cache.layers = layers; cache.n_layers = 4;
+    cfg.budget_mode = KVEC_BUDGET_GLOBAL;
+    CHECK(kvec_scratch_bytes(&cfg, &cache, 1, &bytes) == KVEC_ERROR_SIZE_OVERFLOW, "global pool of 4 * 2^61 scores");
+    layers[0].keys = fake_view((uintptr_t)tiny, KVEC_DTYPE_F32, 1, 1, (int64_t)1 << 57);
+    layers[0].values = layers[0].keys;
+    CHECK(kvec_layer_scratch_bytes(&cfg, &layers[0], &bytes) == KVEC_ERROR_SIZE_OVERFLOW, "head_dim 2^57");
+}
+
+static void test_head_focus_window_never_overflows(void) {
+    static uint16_t tiny[4];
+    static float q[4];
+    kvec_layer layer;
+    kvec_config cfg = policy_config(KVEC_POLICY_KVEC, ((int64_t)1 << 61) + 1);
+    float scores[4];
+    cfg.terms.enabled = KVEC_TERM_HEAD_FOCUS;
+    layer.keys = fake_view((uintptr_t)tiny, KVEC_DTYPE_F16, ((int64_t)1 << 61) + 2, 1, 1);
+    layer.values = layer.keys;
+    layer.queries = kvec_tensor_contiguous(q, KVEC_DTYPE_F32, 1, 1, 1);
+    memset(&layer.out_proj, 0, sizeof layer.out_proj);
+    CHECK(kvec_score_layer(&cfg, &layer, 0, 0, NULL, scores, scores, sizeof scores) == KVEC_ERROR_MISSING_QUERIES,
+          "4W past int64: the policy needs every row, and one was given");
+}
+
+/* A state from kvec_decode_init, with one field spoiled afterwards. */
+static void test_decode_state_is_validated(void) {
+    kvec_decode_state s, good;
+    size_t bytes;
+    void *memory;
+    float att[8] = { 0 }, scores[64];
+    kvec_decode_state_bytes(1, 2, 4, &bytes);
+    memory = malloc(bytes);
+    CHECK(kvec_decode_init(&s, memory, bytes, 1, 2, 4, 2, INT64_MAX, NULL) == KVEC_OK, "init near the last position");
+    good = s;
+    CHECK(kvec_decode_append(&s, 1) == KVEC_ERROR_SIZE_OVERFLOW && s.next_position == INT64_MAX && s.n_rows == 2,
+          "a position past int64 is refused and nothing moves");
+    CHECK(kvec_decode_append(&s, 0) == KVEC_OK, "appending nothing is fine");
+    s = good; s.n_kv_heads = 0;
+    CHECK(kvec_decode_observe(&s, 0, att, 2, 4) == KVEC_ERROR_STATE_MISMATCH, "observe: zero heads (was a division by zero)");
+    CHECK(kvec_decode_append(&s, 1) == KVEC_ERROR_STATE_MISMATCH, "append: zero heads");
+    CHECK(kvec_decode_retention(&s, 0, att, 1) == KVEC_ERROR_STATE_MISMATCH, "retention: zero heads");
+    CHECK(kvec_decode_retention_scores(&s, scores) == KVEC_ERROR_STATE_MISMATCH, "retention scores: zero heads");
+    s = good; s.n_rows = 5;
+    CHECK(kvec_decode_append(&s, 0) == KVEC_ERROR_STATE_MISMATCH, "rows above capacity");
+    s = good; s.next_position = 1;
+    CHECK(kvec_decode_observe(&s, 0, att, 2, 4) == KVEC_ERROR_STATE_MISMATCH, "next position below the rows");
+    s = good; s.capacity = INT64_MAX;
+    CHECK(kvec_decode_append(&s, 0) == KVEC_ERROR_SIZE_OVERFLOW, "arrays that cannot exist");
+    s = good; s.attention = (float *)(void *)s.positions;
+    CHECK(kvec_decode_append(&s, 0) == KVEC_ERROR_OVERLAP, "arrays that overlap");
+    s = good;
+    CHECK(kvec_decode_observe(&s, 0, s.attention, 2, 4) == KVEC_ERROR_OVERLAP, "attention read from the state's own rows");
+    CHECK(kvec_decode_observe(&s, 0, att, (int64_t)1 << 40, (int64_t)1 << 40) == KVEC_ERROR_SIZE_OVERFLOW,
+          "an attention matrix whose size overflows");
+    CHECK(kvec_decode_retention_scores(&s, scores) == KVEC_OK, "the state itself is fine");
+    free(memory);
+}
+
+/* kvec_evict_ex and kvec_evict_batch without a plan give what they give with one. */
+static void test_evict_without_a_plan(void) {
+    static const kvec_budget_mode modes[4] = { KVEC_BUDGET_UNIFORM, KVEC_BUDGET_PYRAMID, KVEC_BUDGET_ADAPTIVE,
+                                               KVEC_BUDGET_GLOBAL };
+    int m, ok_results = 1, ok_bytes = 1;
+    for (m = 0; m < 4; m++) {
+        test_cache a, b, batch[2];
+        test_plan p;
+        kvec_config cfg = policy_config(KVEC_POLICY_KVEC, 8);
+        size_t bytes;
+        void *scratch;
+        int64_t l;
+        cfg.budget_mode = modes[m];
+        if (m == 0) cfg.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER | KVEC_TERM_RANK_UNION;
+        cache_init(&a, 3, 150, 2, 2, 16, 8, KVEC_DTYPE_F16, HEAD_TOK_DIM, 40 + (uint64_t)m);
+        cache_init(&b, 3, 150, 2, 2, 16, 8, KVEC_DTYPE_F16, HEAD_TOK_DIM, 40 + (uint64_t)m);
+        cache_init(&batch[0], 3, 150, 2, 2, 16, 8, KVEC_DTYPE_F16, HEAD_TOK_DIM, 40 + (uint64_t)m);
+        cache_init(&batch[1], 3, 150, 2, 2, 16, 8, KVEC_DTYPE_F16, HEAD_TOK_DIM, 40 + (uint64_t)m);
+        ok_results &= run_evict(&cfg, &a, 40, &p) == KVEC_OK;
+        kvec_scratch_bytes(&cfg, &b.cache, 1, &bytes);
+        scratch = malloc(bytes);
+        ok_results &= kvec_evict_ex(&cfg, &b.cache, 40, NULL, scratch, bytes) == KVEC_OK;
+        {
+            kvec_cache both[2];
+            size_t batch_bytes;
+            both[0] = batch[0].cache; both[1] = batch[1].cache;
+            kvec_scratch_bytes(&cfg, both, 2, &batch_bytes);
+            free(scratch);
+            scratch = malloc(batch_bytes);
+            ok_results &= kvec_evict_batch(&cfg, both, 2, 40, NULL, scratch, batch_bytes) == KVEC_OK;
+        }
+        for (l = 0; l < 3; l++) {
+            ok_bytes &= memcmp(a.layers[l].kb, b.layers[l].kb, a.layers[l].kbytes) == 0;
+            ok_bytes &= memcmp(a.layers[l].vb, b.layers[l].vb, a.layers[l].vbytes) == 0;
+            ok_bytes &= memcmp(a.layers[l].kb, batch[1].layers[l].kb, a.layers[l].kbytes) == 0;
+        }
+        free(scratch); plan_free(&p); cache_free(&a); cache_free(&b); cache_free(&batch[0]); cache_free(&batch[1]);
+    }
+    CHECK(ok_results, "a NULL plan is accepted by kvec_evict_ex and kvec_evict_batch");
+    CHECK(ok_bytes, "and compacts exactly what a plan would have, in every budget mode");
+}
+
+static void test_cache_inside_the_scratch_is_refused(void) {
+    test_cache c;
+    test_plan p;
+    kvec_config cfg = policy_config(KVEC_POLICY_SNAPKV, 8);
+    size_t bytes;
+    int64_t capacity;
+    unsigned char *arena, *copy;
+    uint16_t nan = 0x7e00;
+    kvec_tensor *k;
+    cache_init(&c, 2, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 21);
+    kvec_plan_capacity(&cfg, 30, 2, 100, &capacity);
+    plan_init(&p, 2, 2, capacity);
+    kvec_scratch_bytes(&cfg, &c.cache, 1, &bytes);
+    arena = (unsigned char *)malloc(bytes + c.layers[0].kbytes);
+    /* layer 0's keys live at the start of the scratch; layer 1 has a NaN key */
+    k = &c.views[0].keys;
+    k->data = arena;
+    memcpy(k->data, c.layers[0].kb, c.layers[0].kbytes);
+    memcpy(element(&c.views[1].keys, 10, 1, 2), &nan, 2);
+    copy = (unsigned char *)malloc(c.layers[0].kbytes);
+    memcpy(copy, k->data, c.layers[0].kbytes);
+    CHECK(kvec_evict_ex(&cfg, &c.cache, 30, &p.plan, arena, bytes) == KVEC_ERROR_OVERLAP, "keys inside the scratch");
+    CHECK(memcmp(copy, k->data, c.layers[0].kbytes) == 0, "and the keys are untouched");
+    free(copy); free(arena); plan_free(&p); cache_free(&c);
+}
+
+static void test_batch_plans_sharing_memory_are_refused(void) {
+    test_cache c[2];
+    test_plan p[2];
+    kvec_cache both[2];
+    kvec_plan plans[2];
+    kvec_config cfg = policy_config(KVEC_POLICY_SNAPKV, 8);
+    snapshot s0, s1;
+    size_t bytes;
+    void *scratch;
+    int64_t capacity;
+    cache_init(&c[0], 2, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 22);
+    cache_init(&c[1], 2, 120, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 23);
+    both[0] = c[0].cache; both[1] = c[1].cache;
+    kvec_plan_capacity(&cfg, 30, 2, 120, &capacity);
+    plan_init(&p[0], 2, 2, capacity);
+    plan_init(&p[1], 2, 2, capacity);
+    plans[0] = p[0].plan; plans[1] = p[1].plan;
+    plans[1].kept_positions = plans[0].kept_positions; /* one positions array for both */
+    kvec_scratch_bytes(&cfg, both, 2, &bytes);
+    scratch = malloc(bytes);
+    snap(&s0, &c[0], &p[0]); snap(&s1, &c[1], &p[1]);
+    CHECK(kvec_evict_batch(&cfg, both, 2, 30, plans, scratch, bytes) == KVEC_ERROR_OVERLAP, "two plans, one array");
+    CHECK(unchanged(&s0, &c[0], &p[0]) && unchanged(&s1, &c[1], &p[1]), "nothing written");
+    plans[1] = p[1].plan;
+    both[1].layers = both[0].layers; /* the same cache twice */
+    CHECK(kvec_evict_batch(&cfg, both, 2, 30, plans, scratch, bytes) == KVEC_ERROR_OVERLAP, "one cache twice");
+    CHECK(unchanged(&s0, &c[0], &p[0]), "nothing written");
+    snap_free(&s0); snap_free(&s1); free(scratch);
+    plan_free(&p[0]); plan_free(&p[1]); cache_free(&c[0]); cache_free(&c[1]);
+}
+
+/* K and V in one buffer: the same memory is refused, interleaved halves work. */
+static void test_keys_and_values_sharing_memory(void) {
+    const int64_t N = 90, Hk = 2, D = 8, W = 8, budget = 24, e = 4;
+    test_cache ref;
+    test_plan p, q;
+    kvec_config cfg = policy_config(KVEC_POLICY_SNAPKV, W);
+    kvec_layer layer;
+    kvec_cache fused;
+    size_t bytes;
+    void *scratch;
+    float *buffer = (float *)calloc((size_t)(N * 2 * Hk * D), sizeof(float));
+    int64_t t, j, d, capacity, ok = 1;
+    snapshot s;
+    cache_init(&ref, 1, N, Hk, 2, D, W, KVEC_DTYPE_F32, TOK_HEAD_DIM, 24);
+    /* [token][K or V][head][dim] */
+    layer = ref.views[0];
+    layer.keys.data = buffer;
+    layer.keys.stride_token = layer.values.stride_token = 2 * Hk * D * e;
+    layer.values.data = buffer + Hk * D;
+    for (t = 0; t < N; t++)
+        for (j = 0; j < Hk; j++)
+            for (d = 0; d < D; d++) {
+                memcpy(element(&layer.keys, t, j, d), element(&ref.views[0].keys, t, j, d), 4);
+                memcpy(element(&layer.values, t, j, d), element(&ref.views[0].values, t, j, d), 4);
+            }
+    fused.layers = &layer; fused.n_layers = 1;
+    kvec_plan_capacity(&cfg, budget, 1, N, &capacity);
+    plan_init(&q, 1, Hk, capacity);
+    kvec_scratch_bytes(&cfg, &fused, 1, &bytes);
+    scratch = malloc(bytes);
+    CHECK(kvec_evict_ex(&cfg, &fused, budget, &q.plan, scratch, bytes) == KVEC_OK, "interleaved K and V are accepted");
+    CHECK(run_evict(&cfg, &ref, budget, &p) == KVEC_OK && plans_equal(&p, &q), "and select what separate buffers select");
+    for (t = 0; t < budget; t++)
+        for (j = 0; j < Hk; j++)
+            for (d = 0; d < D; d++) {
+                ok &= memcmp(element(&layer.keys, t, j, d), element(&ref.views[0].keys, t, j, d), 4) == 0;
+                ok &= memcmp(element(&layer.values, t, j, d), element(&ref.views[0].values, t, j, d), 4) == 0;
+            }
+    CHECK(ok, "and compact the same rows");
+    layer.values = layer.keys;
+    snap(&s, &ref, &q);
+    CHECK(kvec_evict_ex(&cfg, &fused, budget, &q.plan, scratch, bytes) == KVEC_ERROR_OVERLAP, "K and V the same memory");
+    CHECK(kvec_compact(&fused, &q.plan) == KVEC_ERROR_OVERLAP, "compaction too");
+    layer.values = ref.views[0].values;
+    layer.queries.data = (char *)buffer + 4 * e; /* queries over the keys */
+    CHECK(kvec_evict_ex(&cfg, &fused, budget, &q.plan, scratch, bytes) == KVEC_ERROR_OVERLAP, "queries over the keys");
+    CHECK(unchanged(&s, &ref, &q), "refusals touch nothing");
+    snap_free(&s); free(scratch); free(buffer); plan_free(&p); plan_free(&q); cache_free(&ref);
+}
+
+/* What is read as numbers is checked: keys always, values only by the
+   output-aware policies that read them. */
+static void test_which_tensors_must_be_finite(void) {
+    static const kvec_policy reads_no_values[3] = { KVEC_POLICY_SNAPKV, KVEC_POLICY_STREAMING, KVEC_POLICY_RANDOM };
+    uint16_t nan = 0x7e00;
+    int i;
+    for (i = 0; i < 3; i++) {
+        test_cache c;
+        test_plan p;
+        kvec_config cfg = policy_config(reads_no_values[i], 8);
+        cache_init(&c, 2, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 25);
+        memcpy(element(&c.views[1].values, 5, 0, 0), &nan, 2);
+        CHECK(run_evict(&cfg, &c, 30, &p) == KVEC_OK, "%s: NaN values are moved, not read", kvec_policy_name(cfg.policy));
+        plan_free(&p);
+        memcpy(element(&c.views[1].keys, 5, 0, 0), &nan, 2);
+        CHECK(run_evict(&cfg, &c, 30, &p) == KVEC_ERROR_NON_FINITE, "%s: NaN keys are refused", kvec_policy_name(cfg.policy));
+        plan_free(&p);
+        CHECK(run_evict(&cfg, &c, 200, &p) == KVEC_ERROR_NON_FINITE, "%s: also when the budget keeps everything",
+              kvec_policy_name(cfg.policy));
+        plan_free(&p); cache_free(&c);
+    }
+    {
+        test_cache c;
+        test_plan p;
+        kvec_config cfg = policy_config(KVEC_POLICY_CRITICALKV, 8);
+        cache_init(&c, 2, 100, 2, 2, 16, 8, KVEC_DTYPE_F16, TOK_HEAD_DIM, 26);
+        memcpy(element(&c.views[1].values, 5, 0, 0), &nan, 2);
+        CHECK(run_evict(&cfg, &c, 30, &p) == KVEC_ERROR_NON_FINITE, "CriticalKV reads values: NaN refused");
+        plan_free(&p); cache_free(&c);
+    }
+}
+
 static void test_result_strings_are_distinct(void) {
     int a, b, ok = 1;
-    for (a = 0; a >= -17; a--) {
+    for (a = 0; a >= -21; a--) {
         const char *s = kvec_result_string((kvec_result)a);
         ok &= s && s[0] && strcmp(s, "unknown kvec_result") != 0;
-        for (b = a - 1; b >= -17; b--) ok &= strcmp(s, kvec_result_string((kvec_result)b)) != 0;
+        for (b = a - 1; b >= -21; b--) ok &= strcmp(s, kvec_result_string((kvec_result)b)) != 0;
     }
     CHECK(ok, "every result code has its own description");
     CHECK(strcmp(kvec_result_string((kvec_result)-99), "unknown kvec_result") == 0, "unknown codes are named as such");
@@ -1926,6 +2266,20 @@ int main(int argc, char **argv) {
     RUN(test_global_one_and_two_threads_identical);
     RUN(test_bad_inputs_return_errors_and_touch_nothing);
     RUN(test_per_layer_errors_touch_nothing);
+    RUN(test_validation_never_overflows);
+    RUN(test_addresses_never_wrap);
+    RUN(test_pyramid_budget_of_huge_lengths);
+    RUN(test_select_scratch_of_huge_pools);
+    RUN(test_plan_offsets_never_overflow);
+    RUN(test_plan_descriptors_are_checked);
+    RUN(test_scratch_queries_of_huge_caches);
+    RUN(test_head_focus_window_never_overflows);
+    RUN(test_decode_state_is_validated);
+    RUN(test_evict_without_a_plan);
+    RUN(test_cache_inside_the_scratch_is_refused);
+    RUN(test_batch_plans_sharing_memory_are_refused);
+    RUN(test_keys_and_values_sharing_memory);
+    RUN(test_which_tensors_must_be_finite);
     RUN(test_result_strings_are_distinct);
     RUN(test_validation_of_views);
     RUN(test_budget_at_least_n_keeps_everything);

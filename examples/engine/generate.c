@@ -1,5 +1,25 @@
-/* generate.c - the example engine end to end on one sample: prefill,
-   compress the cache with kvec, then decode greedily token by token.
+/* generate.c - the example engine end to end: prefill, compress the cache
+   with kvec, then decode greedily token by token.
+
+   On a GGUF model (text in, text out):
+
+   build/generate --model FILE.gguf [--prompt-file F] [--question Q] [--raw]
+                  [--policy NAME|none] [--budget F] [--max-tokens N]
+   build/generate --model FILE.gguf --tokenize          (text on stdin)
+   build/generate --model FILE.gguf --top-logits K      (prompt on stdin)
+
+   The prompt (the file, or stdin) becomes the user turn of the model's chat
+   template (--raw: used as it is, special tokens parsed, no BOS). It is
+   prefilled and compressed to floor(F * prompt tokens) rows per KV head;
+   with --question, the question is read after compression (the cached
+   prompt serves a question it did not see). Prints the answer, the budget,
+   the cache's memory before and after, and the time of each stage.
+   --tokenize prints the text's token ids on one line; --top-logits prints
+   the last position's K largest logits, `id logit` per line, largest first
+   (prompt tokenized the same way: special tokens parsed, no BOS, no
+   template).
+
+   On the bundled synthetic models (a directory):
 
    build/generate [--model DIR] [--task single|multikey|multiquery|vartrack]
                   [--length T] [--seed S] [--policy kvec|snapkv|...|none]
@@ -7,19 +27,190 @@
 
    Prints the question, the expected answer and what the model answered from
    its compressed cache. */
-#include "model.h"
+#include "session.h"
 #include "tasks.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const POLICY_NAMES[] = {"kvec", "snapkv", "pyramidkv", "streaming", "h2o",
-                                           "tova", "knorm", "keydiff", "random"};
+static int is_gguf(const char *path) {
+    size_t n = strlen(path);
+    return n >= 5 && !strcmp(path + n - 5, ".gguf");
+}
+
+/* The whole of a stream (a file or stdin) as a NUL-terminated string. */
+static char *read_all(FILE *f, size_t *length) {
+    size_t used = 0, capacity = 1 << 16, got;
+    char *text = (char *)malloc(capacity), *grown;
+    while (text && (got = fread(text + used, 1, capacity - used - 1, f)) > 0) {
+        used += got;
+        if (used + 1 == capacity) {
+            if (!(grown = (char *)realloc(text, capacity * 2))) { free(text); return NULL; }
+            text = grown;
+            capacity *= 2;
+        }
+    }
+    if (text) text[used] = '\0';
+    *length = used;
+    return text;
+}
+
+static int fail(const char *what, const char *detail) {
+    fprintf(stderr, "generate: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    return 1;
+}
+
+/* Text in, text out on a GGUF model. */
+static int run_text(const char *model_path, const char *prompt_file, const char *question, int raw,
+                    const char *policy, double fraction, int64_t max_tokens, int tokenize, int top_logits) {
+    char error[512], *text, *prompt = NULL, answer[4096];
+    size_t length;
+    int64_t n, capacity, n_question = 0, kept, n_new, i, k;
+    int32_t *ids = NULL, *question_ids = NULL;
+    text_model m;
+    llm_cache cache;
+    float *logits;
+    kvec_config config;
+    double t0, t_prefill, t_evict = 0, t_answer, bytes_before, bytes_after;
+    FILE *in = stdin;
+
+    if (strcmp(policy, "none") && text_policy(policy, &config)) {
+        fprintf(stderr, "generate: unknown policy '%s' (%s, none)\n", policy, TEXT_POLICY_NAMES);
+        return 2;
+    }
+    if (prompt_file && !(in = fopen(prompt_file, "rb"))) return fail("cannot open the prompt file", prompt_file);
+    text = read_all(in, &length);
+    if (in != stdin) fclose(in);
+    if (!text) return fail("out of memory reading the prompt", NULL);
+
+    t0 = text_seconds();
+    if (text_model_load(&m, model_path, error, sizeof error)) return fail(error, NULL);
+    /* A prompt piped in by echo ends with a newline the user did not mean
+       as part of the turn; with a question, trailing space would also join
+       the question's first piece. */
+    if (question || !(raw || tokenize || top_logits))
+        while (length && (text[length - 1] == '\n' || text[length - 1] == ' ')) text[--length] = '\0';
+    if (tokenize || top_logits || (raw && !question)) {
+        prompt = text;
+    } else {
+        /* The chat prompt (or the raw text) with the question at the end of
+           the user turn; with a question, the part after the prompt's text
+           is read after compression. */
+        size_t bytes = length + (question ? strlen(question) : 0) + 64;
+        if (memchr(text, '\0', length)) return fail("the prompt holds a NUL byte (use --raw to send it as it is)", NULL);
+        char *user = (char *)malloc(bytes);
+        int64_t total;
+        if (!user) return fail("out of memory", NULL);
+        snprintf(user, bytes, question ? "%s\n\nQuestion: %s" : "%s", text, question);
+        total = raw ? (int64_t)strlen(user) : tokenizer_chat_prompt(&m.tok, NULL, user, NULL, 0);
+        if (total < 0 || !(prompt = (char *)malloc((size_t)total + 1)))
+            return fail("cannot build the chat prompt (no <|im_start|> in the vocabulary?)", NULL);
+        if (raw) memcpy(prompt, user, (size_t)total + 1);
+        else tokenizer_chat_prompt(&m.tok, NULL, user, prompt, (size_t)total + 1);
+        free(user);
+        length = (size_t)total;
+    }
+    if (question) {
+        size_t split = (size_t)(strstr(prompt, text) - prompt) + strlen(text);
+        if ((n_question = text_encode(&m, prompt + split, length - split, &question_ids, error, sizeof error)) < 0)
+            return fail(error, NULL);
+        length = split;
+    }
+    if ((n = text_encode(&m, prompt, length, &ids, error, sizeof error)) < 0) return fail(error, NULL);
+    if (tokenize) {
+        for (i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+        return 0;
+    }
+    if (n < 1) return fail("the prompt is empty", NULL);
+    capacity = n + n_question + max_tokens + 1;
+    if (m.model.config.context_length && capacity > m.model.config.context_length) {
+        fprintf(stderr, "generate: the prompt (%lld tokens) and %lld new tokens exceed %s's context of %lld positions\n",
+                (long long)(n + n_question), (long long)max_tokens, m.name, (long long)m.model.config.context_length);
+        return 1;
+    }
+    if (llm_cache_init(&cache, &m.model, capacity) ||
+        !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))))
+        return fail("out of memory for the cache", NULL);
+    if (!top_logits)
+        printf("%s loaded in %.1f s; prompt of %lld tokens\n", m.name, text_seconds() - t0, (long long)n);
+
+    t0 = text_seconds();
+    fflush(stdout);
+    if (text_prefill(&m, &cache, ids, n, logits, top_logits ? NULL : stderr)) return fail("prefill failed", NULL);
+    t_prefill = text_seconds() - t0;
+    if (top_logits > 0) {
+        /* k rounds of selection: K is small */
+        for (k = 0; k < top_logits && k < m.model.config.vocab_size; k++) {
+            int64_t best = -1, v;
+            for (v = 0; v < m.model.config.vocab_size; v++)
+                if (logits[v] == logits[v] && (best < 0 || logits[v] > logits[best])) best = v;
+            printf("%lld %.6f\n", (long long)best, logits[best]);
+            logits[best] = -INFINITY; /* taken */
+        }
+        return 0;
+    }
+    bytes_before = (double)text_cache_bytes(&cache);
+    kept = n;
+    if (strcmp(policy, "none")) {
+        kvec_result r;
+        t0 = text_seconds();
+        if ((r = llm_evict(&cache, &config, (int64_t)(fraction * (double)n), NULL)) != KVEC_OK)
+            return fail("kvec", kvec_result_string(r));
+        t_evict = text_seconds() - t0;
+        kept = cache.length[0];
+    }
+    bytes_after = (double)text_cache_bytes(&cache);
+    t0 = text_seconds();
+    if (n_question && text_prefill(&m, &cache, question_ids, n_question, logits, NULL))
+        return fail("reading the question failed", NULL);
+    if ((n_new = text_generate(&m, &cache, logits, max_tokens, answer, sizeof answer)) < 0)
+        return fail("the cache filled up while generating", NULL);
+    t_answer = text_seconds() - t0;
+    printf("answer: %s\n", answer);
+    printf("policy %s: %lld of %lld prompt tokens kept per KV head\n", policy, (long long)kept, (long long)n);
+    printf("cache (K and V, fp32, all layers): %.2f MB after prefill, %.2f MB after compression\n",
+            bytes_before / 1e6, bytes_after / 1e6);
+    printf("time: prefill %.2f s (%.0f tokens/s), eviction %.1f ms, %s%d new tokens %.2f s\n",
+            t_prefill, (double)n / t_prefill, 1e3 * t_evict, n_question ? "question and " : "",
+            (int)n_new, t_answer);
+    llm_cache_free(&cache);
+    text_model_free(&m);
+    if (prompt != text) free(prompt);
+    free(text);
+    free(ids);
+    free(question_ids);
+    free(logits);
+    return 0;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: generate --model FILE.gguf [--prompt-file F] [--question Q] [--raw]\n"
+            "                [--policy NAME|none] [--budget F] [--max-tokens N]\n"
+            "       generate --model FILE.gguf --tokenize | --top-logits K   (text on stdin)\n"
+            "       generate [--model DIR] [--task NAME] [--length T] [--seed S] [--policy NAME|none] [--budget F]\n"
+            "policies: %s\n",
+            TEXT_POLICY_NAMES);
+}
+
+/* A whole-string number in [low, high], or exit with the flag's name. */
+static double number_flag(const char *flag, const char *value, double low, double high) {
+    char *end;
+    double x = strtod(value, &end);
+    if (end == value || *end || !(x >= low && x <= high)) {
+        fprintf(stderr, "generate: %s %s: expected a number in [%g, %g]\n", flag, value, low, high);
+        exit(2);
+    }
+    return x;
+}
 
 int main(int argc, char **argv) {
     const char *model_dir = "bench/models/ref-4l", *task = "multikey", *policy = "kvec";
-    int64_t length = 2048, budget, P, t, n_answer;
+    const char *prompt_file = NULL, *question = NULL;
+    int64_t length = 2048, budget, P, t, n_answer, max_tokens = 64;
     double fraction = 0.1;
     uint64_t seed = 1;
     char error[512], path[1100];
@@ -30,30 +221,37 @@ int main(int argc, char **argv) {
     kvec_config config;
     kvec_result r;
     float *logits;
-    int kind, i, correct = 1;
+    int kind, i, correct = 1, raw = 0, tokenize = 0, top_logits = 0;
 
-    for (i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--model")) model_dir = argv[i + 1];
-        else if (!strcmp(argv[i], "--task")) task = argv[i + 1];
-        else if (!strcmp(argv[i], "--length")) length = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10);
-        else if (!strcmp(argv[i], "--policy")) policy = argv[i + 1];
-        else if (!strcmp(argv[i], "--budget")) fraction = atof(argv[i + 1]);
-        else break;
+    for (i = 1; i < argc; i++) {
+        const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(flag, "--raw")) { raw = 1; continue; }
+        if (!strcmp(flag, "--tokenize")) { tokenize = 1; continue; }
+        if (!value || strncmp(flag, "--", 2)) { usage(); return 2; }
+        i++;
+        if (!strcmp(flag, "--model")) model_dir = value;
+        else if (!strcmp(flag, "--task")) task = value;
+        else if (!strcmp(flag, "--length")) length = (int64_t)number_flag(flag, value, 1, 1e7);
+        else if (!strcmp(flag, "--seed")) seed = (uint64_t)number_flag(flag, value, 0, 1e18);
+        else if (!strcmp(flag, "--policy")) policy = value;
+        else if (!strcmp(flag, "--budget")) fraction = number_flag(flag, value, 1e-9, 1);
+        else if (!strcmp(flag, "--prompt-file")) prompt_file = value;
+        else if (!strcmp(flag, "--question")) question = value;
+        else if (!strcmp(flag, "--max-tokens")) max_tokens = (int64_t)number_flag(flag, value, 1, 256);
+        else if (!strcmp(flag, "--top-logits")) top_logits = (int)number_flag(flag, value, 1, 1e6);
+        else { usage(); return 2; }
     }
-    if (i < argc) {
-        fprintf(stderr, "usage: generate [--model DIR] [--task NAME] [--length T] [--seed S]"
-                        " [--policy NAME|none] [--budget F]\n");
+    if (is_gguf(model_dir))
+        return run_text(model_dir, prompt_file, question, raw, policy, fraction, max_tokens, tokenize, top_logits);
+    if (prompt_file || question || raw || tokenize || top_logits) {
+        fprintf(stderr, "generate: --prompt-file, --question, --raw, --tokenize and --top-logits need a .gguf model\n");
         return 2;
     }
     for (kind = 0; kind < TASK_COUNT && strcmp(task, task_name((task_kind)kind)); kind++) {}
-    memset(&config, 0, sizeof config);
-    for (i = 0; i < 9 && strcmp(policy, POLICY_NAMES[i]); i++) {}
-    if (kind == TASK_COUNT || (i == 9 && strcmp(policy, "none"))) {
+    if (kind == TASK_COUNT || (strcmp(policy, "none") && text_policy(policy, &config))) {
         fprintf(stderr, "generate: unknown task or policy\n");
         return 2;
     }
-    config.policy = (kvec_policy)(i + 1); /* the order of kvec_policy */
 
     if (llm_load(&model, model_dir, error, sizeof error)) { fprintf(stderr, "generate: %s\n", error); return 1; }
     snprintf(path, sizeof path, "%s/tasks.json", model_dir);

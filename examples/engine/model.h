@@ -2,10 +2,18 @@
    worked example of calling kvec from an engine.
 
    It loads a Hugging Face model directory (config.json + model.safetensors,
-   fp32/fp16/bf16 weights, tied or untied embeddings, grouped-query
-   attention), runs prefill and decoding on the CPU with OpenMP, keeps its KV
-   cache in its own layout, and compresses that cache with kvec after prefill
-   (llm_evict). Everything is computed in fp32.
+   fp32/fp16/bf16 weights) or a GGUF file (architectures llama and qwen2;
+   tensor types F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), with tied
+   or untied embeddings, grouped-query attention and optional Q/K/V biases;
+   runs prefill and decoding on the CPU with OpenMP, keeps its KV cache in its
+   own layout, and compresses that cache with kvec after prefill (llm_evict).
+   Weights are converted to fp32 at load and everything is computed in fp32.
+   Prefill, the engine's main job, is compute-bound, and fp32 matrices go
+   straight into the tiled matrix product; a product on quantised weights
+   would dequantise every weight again for each tile of 64 tokens. The cost
+   is memory, 4 bytes per parameter (SmolLM2-135M: 0.54 GB; Qwen2.5-0.5B:
+   2.52 GB, its output matrix untied; the GGUF file's bytes are held too
+   while loading), and decoding, which reads every weight per token.
 
    Cache layout, per layer (chosen for this engine's attention loop, and to
    show that kvec works on the engine's layout, not a layout of its own):
@@ -29,17 +37,23 @@
 #include "../../kvec.h"
 
 typedef struct llm_config {
-    int   vocab_size, hidden_size, intermediate_size;
-    int   n_layers, n_heads, n_kv_heads, head_dim;
-    float rms_norm_eps, rope_theta;
-    int   tied_embeddings;
-    char  weight_dtype[8]; /* "F32", "F16" or "BF16": as stored on disk */
+    char    architecture[16]; /* "llama" or "qwen2" (a safetensors directory: "llama") */
+    int     vocab_size, hidden_size, intermediate_size;
+    int     n_layers, n_heads, n_kv_heads, head_dim;
+    float   rms_norm_eps, rope_theta;
+    int64_t context_length;   /* positions the model was trained for; 0 when the file does not say */
+    int     tied_embeddings;  /* logits use the token embedding (no separate output matrix) */
+    int     attention_bias;   /* Q, K and V projections add a bias (qwen2) */
+    char    weight_dtype[8];  /* as stored on disk: "F32", "F16", "BF16", or for GGUF the
+                                 most common type of the layer matrices ("Q4_1", "Q5_0", ...) */
 } llm_config;
 
 typedef struct llm_layer_weights {
     float *attn_norm, *mlp_norm;    /* [hidden] */
     float *wq;                      /* [n_heads*head_dim][hidden]    (Linear: [out][in]) */
     float *wk, *wv;                 /* [n_kv_heads*head_dim][hidden] */
+    float *bq;                      /* [n_heads*head_dim],    NULL without attention_bias */
+    float *bk, *bv;                 /* [n_kv_heads*head_dim], NULL without attention_bias */
     float *wo;                      /* [hidden][n_heads*head_dim]    */
     float *w_gate, *w_up;           /* [intermediate][hidden]        */
     float *w_down;                  /* [hidden][intermediate]        */
@@ -55,10 +69,15 @@ typedef struct llm_model {
     void              *memory;      /* one block holding all of the above */
 } llm_model;
 
-/* Loads dir/config.json and dir/model.safetensors. Returns 0, or -1 with a
-   message in error (a corrupt or truncated file, a missing tensor, a shape
-   that disagrees with the config, an unsupported architecture option). */
-int  llm_load(llm_model *model, const char *dir, char *error, size_t error_size);
+/* Loads a GGUF file (a path ending in .gguf, or a file starting with the
+   GGUF magic) or a Hugging Face directory (path/config.json and
+   path/model.safetensors). Q and K rows of a GGUF llama model, which
+   llama.cpp interleaves for its rotation of adjacent pairs, are put back in
+   Hugging Face's order, as this engine rotates halves. Returns 0, or -1 with
+   a message in error (a corrupt or truncated file, a missing tensor, a shape
+   that disagrees with the metadata, an unsupported architecture, option or
+   tensor type). */
+int  llm_load(llm_model *model, const char *path, char *error, size_t error_size);
 void llm_free(llm_model *model);
 
 enum { LLM_DECODING = 1, LLM_DECODING_OBSERVED = 2 };
@@ -75,7 +94,7 @@ typedef struct llm_cache {
     /* forward-pass work memory, sized for max_chunk tokens at a time */
     int      max_chunk, n_threads;
     float   *work;          /* activations of one chunk */
-    float   *probabilities; /* [n_threads][n_heads/n_kv_heads][capacity] */
+    float   *probabilities; /* [n_threads][4][capacity] attention weights of 4 query rows */
     void    *memory;
     /* kvec's scratch and plan, grown on demand by llm_evict */
     void    *kvec_scratch;
@@ -89,7 +108,7 @@ typedef struct llm_cache {
     float   *observed;      /* [max_chunk][n_heads][capacity] the chunk's attention, for H2O */
 } llm_cache;
 
-/* A cache for up to `capacity` positions (rounded up to a multiple of 16).
+/* A cache for up to `capacity` positions (rounded up to a multiple of 64).
    Returns 0, or -1 when out of memory. */
 int  llm_cache_init(llm_cache *cache, const llm_model *model, int64_t capacity);
 void llm_cache_free(llm_cache *cache);

@@ -1,0 +1,311 @@
+/* demo.c - a real model reads a document; its KV cache is compressed with
+   kvec at several budgets, and it answers questions from each compressed
+   cache. What eviction costs, at a glance.
+
+   build/demo [--model FILE.gguf] [--document FILE] [--questions FILE]
+              [--policies kvec,snapkv,streaming] [--budgets 0.5,0.25,0.1]
+              [--aware] [--max-tokens N]
+
+   The prompt is one ChatML user turn: an instruction, the document, then the
+   question. Question-agnostic (the default): the document alone is prefilled
+   and compressed, then the question is read from the compressed cache, as
+   when one cached document serves many questions. --aware: the question is
+   prefilled with the document and compressed with it (SnapKV's setting:
+   the question is inside the observation window).
+
+   The questions file has one `question<TAB>answer` per line (# comments); an
+   answer is right when the reply contains it, ignoring case. Budgets are
+   fractions of the compressed prefix, per KV head (window of 32 included). */
+#include "session.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_QUESTIONS 32
+#define MAX_RUNS      64
+#define ANSWER_BYTES  256
+
+typedef struct question {
+    char *text, *answer;
+} question;
+
+/* One row of the table: the full cache, or one policy at one budget. */
+typedef struct run {
+    char        name[40];
+    kvec_config config;
+    double      fraction;             /* 1 = the full cache */
+    int         correct;
+    double      evict_seconds, answer_seconds, cache_bytes; /* sums over questions */
+    int64_t     kept;                 /* rows per KV head after eviction */
+    char        replies[MAX_QUESTIONS][ANSWER_BYTES];
+} run;
+
+static char *read_file(const char *path, size_t *length) {
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long n;
+    if (!f) return NULL;
+    if (!fseek(f, 0, SEEK_END) && (n = ftell(f)) >= 0 && !fseek(f, 0, SEEK_SET) &&
+        (text = (char *)malloc((size_t)n + 1)) && fread(text, 1, (size_t)n, f) == (size_t)n) {
+        text[n] = '\0';
+        *length = (size_t)n;
+    } else {
+        free(text);
+        text = NULL;
+    }
+    fclose(f);
+    return text;
+}
+
+/* Splits the questions file in place into questions[]; returns the count or -1. */
+static int parse_questions(char *text, question *questions, int capacity) {
+    int n = 0;
+    char *line = text, *next, *tab;
+    for (; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        if (line[0] == '#' || line[0] == '\0' || line[0] == '\r') continue;
+        if (!(tab = strchr(line, '\t')) || n == capacity) return -1;
+        *tab = '\0';
+        questions[n].text = line;
+        questions[n].answer = tab + 1;
+        tab = questions[n].answer + strlen(questions[n].answer);
+        while (tab > questions[n].answer && (tab[-1] == '\r' || tab[-1] == ' ')) *--tab = '\0';
+        if (!questions[n].answer[0]) return -1;
+        n++;
+    }
+    return n;
+}
+
+static int contains_ignoring_case(const char *text, const char *word) {
+    size_t n = strlen(word), i;
+    for (; *text; text++) {
+        for (i = 0; i < n && text[i] && tolower((unsigned char)text[i]) == tolower((unsigned char)word[i]); i++) {}
+        if (i == n) return 1;
+    }
+    return 0;
+}
+
+/* The reply on one line, cut to `width` bytes (never inside a UTF-8 sequence). */
+static void print_reply(const char *reply, int width) {
+    int i = 0;
+    putchar('"');
+    for (; reply[i] && i < width; i++) {
+        if (i == width - 3 && reply[width]) {
+            while (i > 0 && (reply[i] & 0xC0) == 0x80) i--;
+            printf("...");
+            break;
+        }
+        putchar(reply[i] == '\n' || reply[i] == '\t' ? ' ' : reply[i]);
+    }
+    putchar('"');
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: demo [--model FILE.gguf] [--document FILE] [--questions FILE]\n"
+            "            [--policies P,P,..] [--budgets F,F,..] [--aware] [--max-tokens N]\n"
+            "policies: %s\n",
+            TEXT_POLICY_NAMES);
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
+    const char *questions_path = "examples/demo/questions.tsv";
+    const char *instruction = "Read the document below, then answer the question after it in a few words.\n\n";
+    char policies[256] = "kvec,snapkv,streaming", budgets[256] = "0.5,0.25,0.1";
+    char error[512], *document, *questions_text, *prompt = NULL, *user = NULL, *name, *cut;
+    size_t document_length, questions_length, user_bytes;
+    question questions[MAX_QUESTIONS];
+    static run runs[MAX_RUNS];
+    int n_questions, n_runs = 1, aware = 0, q, r, i;
+    int64_t max_tokens = 24, P = 0, prompt_length;
+    text_model m;
+    llm_cache base, work;
+    float *base_logits, *logits;
+    int32_t *ids = NULL;
+    double start;
+
+    for (i = 1; i < argc; i++) {
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--aware")) { aware = 1; continue; }
+        if (!value) { usage(); return 2; }
+        if (!strcmp(argv[i], "--model")) model_path = value;
+        else if (!strcmp(argv[i], "--document")) document_path = value;
+        else if (!strcmp(argv[i], "--questions")) questions_path = value;
+        else if (!strcmp(argv[i], "--policies")) snprintf(policies, sizeof policies, "%s", value);
+        else if (!strcmp(argv[i], "--budgets")) snprintf(budgets, sizeof budgets, "%s", value);
+        else if (!strcmp(argv[i], "--max-tokens")) max_tokens = atoll(value);
+        else { usage(); return 2; }
+        i++;
+    }
+    if (!model_path) {
+        fprintf(stderr, "demo: --model FILE.gguf is required (make demo fetches SmolLM2 and passes it)\n");
+        return 2;
+    }
+    if (max_tokens < 1 || max_tokens > 256) { fprintf(stderr, "demo: --max-tokens must be 1..256\n"); return 2; }
+
+    /* The table's rows: the full cache, then each policy at each budget. */
+    memset(&runs[0], 0, sizeof runs[0]);
+    snprintf(runs[0].name, sizeof runs[0].name, "full cache");
+    runs[0].fraction = 1;
+    for (name = strtok(policies, ","); name; name = strtok(NULL, ",")) {
+        for (cut = budgets; *cut; ) {
+            char *end;
+            double f = strtod(cut, &end);
+            run *x = &runs[n_runs];
+            if (end == cut || f <= 0 || f >= 1 || (*end && *end != ',')) {
+                fprintf(stderr, "demo: budgets must be fractions in (0, 1), comma-separated: %s\n", budgets);
+                return 2;
+            }
+            if (n_runs == MAX_RUNS) { fprintf(stderr, "demo: at most %d policy-budget pairs\n", MAX_RUNS - 1); return 2; }
+            memset(x, 0, sizeof *x);
+            if (text_policy(name, &x->config)) {
+                fprintf(stderr, "demo: unknown policy '%s' (%s)\n", name, TEXT_POLICY_NAMES);
+                return 2;
+            }
+            snprintf(x->name, sizeof x->name, "%s", name);
+            x->fraction = f;
+            n_runs++;
+            cut = *end ? end + 1 : end;
+        }
+    }
+
+    if (!(document = read_file(document_path, &document_length))) {
+        fprintf(stderr, "demo: cannot read the document %s\n", document_path);
+        return 1;
+    }
+    while (document_length && (document[document_length - 1] == '\n' || document[document_length - 1] == ' '))
+        document[--document_length] = '\0';
+    if (!(questions_text = read_file(questions_path, &questions_length)) ||
+        (n_questions = parse_questions(questions_text, questions, MAX_QUESTIONS)) < 1) {
+        fprintf(stderr, "demo: cannot read questions from %s (one `question<TAB>answer` per line, at most %d)\n",
+                questions_path, MAX_QUESTIONS);
+        return 1;
+    }
+
+    start = text_seconds();
+    if (text_model_load(&m, model_path, error, sizeof error)) { fprintf(stderr, "demo: %s\n", error); return 1; }
+    printf("%s: %d layers, %d KV heads of %d dims; loaded in %.1f s\n", m.name, m.model.config.n_layers,
+           m.model.config.n_kv_heads, m.model.config.head_dim, text_seconds() - start);
+
+    user_bytes = strlen(instruction) + document_length + 4096;
+    if (!(user = (char *)malloc(user_bytes)) || !(prompt = (char *)malloc(user_bytes + 4096)) ||
+        !(base_logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))) ||
+        !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float)))) {
+        fprintf(stderr, "demo: out of memory\n");
+        return 1;
+    }
+
+    for (q = 0; q < n_questions; q++) {
+        int64_t split, n_prefix, n_suffix;
+        /* The prompt for this question, and where the compressed prefix ends:
+           after the document (agnostic) or after the whole prompt (aware). */
+        snprintf(user, user_bytes, "%s%s\n\nQuestion: %s", instruction, document, questions[q].text);
+        prompt_length = tokenizer_chat_prompt(&m.tok, NULL, user, prompt, user_bytes + 4096);
+        if (prompt_length < 0 || (size_t)prompt_length >= user_bytes + 4096) {
+            fprintf(stderr, "demo: the model's vocabulary has no ChatML tokens, or the question is too long\n");
+            return 1;
+        }
+        free(ids);
+        if (text_encode(&m, prompt, (size_t)prompt_length, &ids, error, sizeof error) < 0) {
+            fprintf(stderr, "demo: %s\n", error);
+            return 1;
+        }
+        /* tokenised in two parts at a point where the pre-tokenizer always
+           splits (the document's last character is not a space), so the two
+           parts give the same ids as the whole */
+        split = (int64_t)(strstr(prompt, document) - prompt) + (int64_t)document_length;
+        if (aware) split = prompt_length;
+        free(ids);
+        n_prefix = text_encode(&m, prompt, (size_t)split, &ids, error, sizeof error);
+        if (n_prefix < 1) { fprintf(stderr, "demo: %s\n", error); return 1; }
+        if (q == 0) {
+            int64_t capacity = n_prefix + 512;
+            if (llm_cache_init(&base, &m.model, capacity) || llm_cache_init(&work, &m.model, capacity)) {
+                fprintf(stderr, "demo: out of memory for a cache of %lld positions\n", (long long)capacity);
+                return 1;
+            }
+            printf("document: %s, %lld tokens in the %s prefix; %d questions; budgets per KV head\n\n",
+                   document_path, (long long)n_prefix, aware ? "question-aware" : "question-agnostic",
+                   n_questions);
+        }
+        if (q == 0 || aware) {
+            llm_cache_reset(&base);
+            start = text_seconds();
+            if (text_prefill(&m, &base, ids, n_prefix, base_logits, stderr)) {
+                fprintf(stderr, "demo: prefill failed (the prompt is longer than the cache?)\n");
+                return 1;
+            }
+            if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)n_prefix, text_seconds() - start);
+            P = n_prefix;
+        }
+        {
+            int32_t *suffix = NULL;
+            n_suffix = aware ? 0 : text_encode(&m, prompt + split, (size_t)(prompt_length - split), &suffix,
+                                               error, sizeof error);
+            if (n_suffix < 0) { fprintf(stderr, "demo: %s\n", error); return 1; }
+            printf("Q%d  %s  (expected: %s)\n", q + 1, questions[q].text, questions[q].answer);
+            for (r = 0; r < n_runs; r++) {
+                run *x = &runs[r];
+                double t0;
+                llm_cache_copy(&work, &base);
+                t0 = text_seconds();
+                if (x->fraction < 1) {
+                    kvec_result result = llm_evict(&work, &x->config, (int64_t)(x->fraction * (double)P), NULL);
+                    if (result != KVEC_OK) {
+                        fprintf(stderr, "demo: %s at %.0f%%: %s\n", x->name, 100 * x->fraction,
+                                kvec_result_string(result));
+                        return 1;
+                    }
+                }
+                x->evict_seconds += text_seconds() - t0;
+                x->kept = work.length[0];
+                x->cache_bytes += (double)text_cache_bytes(&work);
+                t0 = text_seconds();
+                if (n_suffix) {
+                    if (text_prefill(&m, &work, suffix, n_suffix, logits, NULL)) return 1;
+                } else {
+                    memcpy(logits, base_logits, (size_t)m.model.config.vocab_size * sizeof(float));
+                }
+                if (text_generate(&m, &work, logits, max_tokens, x->replies[q], ANSWER_BYTES) < 0) {
+                    fprintf(stderr, "demo: the cache filled up while answering\n");
+                    return 1;
+                }
+                x->answer_seconds += text_seconds() - t0;
+                x->correct += contains_ignoring_case(x->replies[q], questions[q].answer);
+                printf("    %-12s %4.0f%%  %s  ", x->name, 100 * x->fraction,
+                       contains_ignoring_case(x->replies[q], questions[q].answer) ? "right" : "wrong");
+                print_reply(x->replies[q], 60);
+                putchar('\n');
+                fflush(stdout);
+            }
+            free(suffix);
+        }
+    }
+
+    printf("\n%-12s %6s %12s %10s %10s %12s %8s\n", "policy", "budget", "kept/head", "cache MB", "evict ms",
+           "answer ms", "right");
+    for (r = 0; r < n_runs; r++) {
+        const run *x = &runs[r];
+        printf("%-12s %5.0f%% %12lld %10.1f %10.1f %12.0f %5d/%d\n", x->name, 100 * x->fraction, (long long)x->kept,
+               x->cache_bytes / n_questions / 1e6, x->fraction < 1 ? 1e3 * x->evict_seconds / n_questions : 0.0,
+               1e3 * x->answer_seconds / n_questions, x->correct, n_questions);
+    }
+    printf("\ncache MB: keys and values as this engine keeps them (fp32), all layers; kept/head: rows per KV head\n"
+           "(window of 32 included); evict ms: kvec's scoring, selection and compaction; answer ms: reading the\n"
+           "question and generating, greedy, at most %lld tokens. Threads: OMP_NUM_THREADS.\n", (long long)max_tokens);
+
+    llm_cache_free(&base);
+    llm_cache_free(&work);
+    text_model_free(&m);
+    free(ids);
+    free(user);
+    free(prompt);
+    free(base_logits);
+    free(logits);
+    free(document);
+    free(questions_text);
+    return 0;
+}

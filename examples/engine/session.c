@@ -1,0 +1,134 @@
+/* session.c - see session.h. */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime */
+#include "session.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int text_model_load(text_model *m, const char *path, char *error, size_t error_size) {
+    gguf_file file;
+    const char *base = strrchr(path, '/');
+    memset(m, 0, sizeof *m);
+    if (llm_load(&m->model, path, error, error_size)) return -1;
+    if (gguf_open(&file, path, error, error_size)) { llm_free(&m->model); return -1; }
+    if (tokenizer_load(&m->tok, &file, error, error_size)) {
+        gguf_close(&file);
+        llm_free(&m->model);
+        return -1;
+    }
+    snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : path);
+    gguf_close(&file);
+    m->stop[0] = m->tok.im_end_id;
+    m->stop[1] = m->tok.eos_id;
+    m->stop[2] = -1;
+    return 0;
+}
+
+void text_model_free(text_model *m) {
+    tokenizer_free(&m->tok);
+    llm_free(&m->model);
+    memset(m, 0, sizeof *m);
+}
+
+int64_t text_encode(const text_model *m, const char *text, size_t length, int32_t **ids,
+                    char *error, size_t error_size) {
+    /* every token covers at least one byte of the text: length ids suffice */
+    if (!(*ids = (int32_t *)malloc((length + 1) * sizeof(int32_t)))) {
+        snprintf(error, error_size, "out of memory for a text of %zu bytes", length);
+        return -1;
+    }
+    return tokenizer_encode(&m->tok, text, length, TOKENIZER_PARSE_SPECIAL, *ids, (int64_t)length + 1,
+                            error, error_size);
+}
+
+int text_prefill(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n,
+                 float *last_logits, FILE *progress) {
+    const int64_t step = 256; /* tokens between progress updates */
+    double start = text_seconds();
+    int64_t done = 0;
+    if (n < 1) return -1;
+    if (n - 1 <= step) progress = NULL; /* short: nothing to watch */
+    while (done < n - 1) { /* every token but the last: no logits needed */
+        int64_t m_tokens = n - 1 - done < step ? n - 1 - done : step;
+        if (llm_forward(&m->model, cache, ids + done, m_tokens, NULL)) return -1;
+        done += m_tokens;
+        if (progress) {
+            double elapsed = text_seconds() - start;
+            fprintf(progress, "\rprefill: %lld/%lld tokens, %.1f s, %.0f tokens/s", (long long)done,
+                    (long long)n, elapsed, (double)done / (elapsed > 0 ? elapsed : 1e-9));
+            fflush(progress);
+        }
+    }
+    if (progress && n > 1) fputc('\n', progress);
+    return llm_forward(&m->model, cache, ids + n - 1, 1, last_logits);
+}
+
+static int32_t argmax(const float *logits, int64_t n) {
+    int64_t best = 0, v;
+    for (v = 1; v < n; v++)
+        if (logits[v] > logits[best]) best = v;
+    return (int32_t)best;
+}
+
+int64_t text_generate(const text_model *m, llm_cache *cache, float *logits, int64_t max_new,
+                      char *out, size_t capacity) {
+    int32_t generated[256];
+    int64_t n = 0, length;
+    if (max_new > 256) max_new = 256;
+    while (n < max_new) {
+        int32_t next = argmax(logits, m->model.config.vocab_size);
+        if (next == m->stop[0] || next == m->stop[1]) break;
+        generated[n++] = next;
+        if (n == max_new) break;
+        if (llm_forward(&m->model, cache, &next, 1, logits)) return -1;
+    }
+    length = tokenizer_decode(&m->tok, generated, n, out, capacity);
+    if (capacity) out[length < 0 ? 0 : (size_t)length < capacity ? (size_t)length : capacity - 1] = '\0';
+    return n;
+}
+
+int64_t text_cache_bytes(const llm_cache *cache) {
+    int64_t rows = 0, i;
+    for (i = 0; i < (int64_t)cache->n_layers * cache->n_kv_heads; i++) rows += cache->length[i];
+    return rows * cache->head_dim * 2 * (int64_t)sizeof(float);
+}
+
+const char *const TEXT_POLICY_NAMES =
+    "kvec snapkv pyramidkv streaming h2o tova knorm keydiff random criticalkv laprox"
+    " adakv kvec-ada snap-global kvec-global laprox-global";
+
+int text_policy(const char *name, kvec_config *config) {
+    static const struct { const char *name; kvec_policy policy; kvec_budget_mode mode; } known[] = {
+        {"kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT},
+        {"snapkv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_DEFAULT},
+        {"pyramidkv", KVEC_POLICY_PYRAMIDKV, KVEC_BUDGET_DEFAULT},
+        {"streaming", KVEC_POLICY_STREAMING, KVEC_BUDGET_DEFAULT},
+        {"h2o", KVEC_POLICY_H2O, KVEC_BUDGET_DEFAULT},
+        {"tova", KVEC_POLICY_TOVA, KVEC_BUDGET_DEFAULT},
+        {"knorm", KVEC_POLICY_KNORM, KVEC_BUDGET_DEFAULT},
+        {"keydiff", KVEC_POLICY_KEYDIFF, KVEC_BUDGET_DEFAULT},
+        {"random", KVEC_POLICY_RANDOM, KVEC_BUDGET_DEFAULT},
+        {"criticalkv", KVEC_POLICY_CRITICALKV, KVEC_BUDGET_DEFAULT},
+        {"laprox", KVEC_POLICY_LAPROX, KVEC_BUDGET_DEFAULT},
+        {"laprox-global", KVEC_POLICY_LAPROX, KVEC_BUDGET_GLOBAL},
+        {"adakv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_ADAPTIVE},
+        {"kvec-ada", KVEC_POLICY_KVEC, KVEC_BUDGET_ADAPTIVE},
+        {"snap-global", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
+        {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL}};
+    size_t i;
+    memset(config, 0, sizeof *config);
+    for (i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (!strcmp(name, known[i].name)) {
+            config->policy = known[i].policy;
+            config->budget_mode = known[i].mode;
+            return 0;
+        }
+    return -1;
+}
+
+double text_seconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}

@@ -1,0 +1,428 @@
+/* kvec_llama.c - kvec on llama.cpp's own KV cache (see kvec_llama.h).
+   Includes kvec.h plainly: one file of the program defines
+   KVEC_IMPLEMENTATION. */
+#define _POSIX_C_SOURCE 199309L
+#include "kvec_llama.h"
+
+#include "ggml-backend.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int kvl_fail(kvec_llama *kl, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(kl->error, sizeof kl->error, format, args);
+    va_end(args);
+    return -1;
+}
+
+static double kvl_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* "<prefix><il>" with nothing after the number: il, else -1. */
+static int64_t kvl_layer_of(const char *name, const char *prefix) {
+    size_t n = strlen(prefix);
+    char *end;
+    long il;
+    if (strncmp(name, prefix, n) != 0 || name[n] < '0' || name[n] > '9') return -1;
+    il = strtol(name + n, &end, 10);
+    return *end == '\0' ? (int64_t)il : -1;
+}
+
+int kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t window) {
+    memset(kl, 0, sizeof *kl);
+    kl->v_trans = -1;
+    if (llama_model_is_recurrent(model) || llama_model_is_hybrid(model))
+        return kvl_fail(kl, "recurrent and hybrid models keep a state, not a per-token cache: nothing for kvec to evict");
+    if (llama_model_n_swa(model) > 0)
+        return kvl_fail(kl, "sliding-window attention (SWA/iSWA) already evicts by position in its own cache: not supported");
+    if (llama_model_has_encoder(model))
+        return kvl_fail(kl, "encoder-decoder models are not supported");
+    kl->n_layers = llama_model_n_layer(model);
+    kl->n_heads = llama_model_n_head(model);
+    kl->n_kv_heads = llama_model_n_head_kv(model);
+    if (kl->n_layers <= 0 || kl->n_heads <= 0 || kl->n_kv_heads <= 0 || kl->n_heads % kl->n_kv_heads)
+        return kvl_fail(kl, "unexpected head counts (%lld query heads, %lld KV heads)",
+                        (long long)kl->n_heads, (long long)kl->n_kv_heads);
+    kl->head_dim = llama_model_n_embd(model) / kl->n_heads; /* checked against Qcur at capture */
+    kl->window = window;
+    kl->k = (struct ggml_tensor **)calloc((size_t)kl->n_layers, sizeof *kl->k);
+    kl->v = (struct ggml_tensor **)calloc((size_t)kl->n_layers, sizeof *kl->v);
+    kl->rows_seen = (int64_t *)calloc((size_t)kl->n_layers, sizeof *kl->rows_seen);
+    if (!kl->k || !kl->v || !kl->rows_seen) return kvl_fail(kl, "out of memory");
+    return 0;
+}
+
+void kvec_llama_free(kvec_llama *kl) {
+    free(kl->k);
+    free(kl->v);
+    free(kl->rows_seen);
+    free(kl->queries);
+    free(kl->ubatch_pos);
+    free(kl->cell_of_pos);
+    memset(kl, 0, sizeof *kl);
+}
+
+void kvec_llama_context_params(kvec_llama *kl, struct llama_context_params *params) {
+    params->cb_eval = kvec_llama_eval_cb;
+    params->cb_eval_user_data = kl;
+    params->n_seq_max = 1;
+}
+
+int kvec_llama_begin(kvec_llama *kl, int64_t n_prefix) {
+    size_t q = (size_t)(kl->n_layers * kl->window * kl->n_heads * kl->head_dim);
+    int64_t p;
+    if (n_prefix <= kl->window)
+        return kvl_fail(kl, "the prefix (%lld tokens) must be longer than the window (%lld)",
+                        (long long)n_prefix, (long long)kl->window);
+    free(kl->queries);
+    free(kl->cell_of_pos);
+    kl->queries = (float *)calloc(q, sizeof *kl->queries);
+    kl->cell_of_pos = (int64_t *)malloc((size_t)n_prefix * sizeof *kl->cell_of_pos);
+    if (!kl->queries || !kl->cell_of_pos) return kvl_fail(kl, "out of memory");
+    for (p = 0; p < n_prefix; p++) kl->cell_of_pos[p] = -1;
+    memset(kl->rows_seen, 0, (size_t)kl->n_layers * sizeof *kl->rows_seen);
+    kl->n_prefix = n_prefix;
+    kl->n_ubatch_pos = 0;
+    kl->error[0] = '\0';
+    kl->armed = 1;
+    return 0;
+}
+
+/* A write into the cache: remember which tensor it is, and how V is laid out. */
+static void kvl_note_write(kvec_llama *kl, struct ggml_tensor *t) {
+    struct ggml_tensor *dst = t->src[2], *root = t->src[2];
+    int64_t il;
+    if (!root) return;
+    while (root->view_src) root = root->view_src;
+    if ((il = kvl_layer_of(root->name, "cache_k_l")) >= 0 && il < kl->n_layers) {
+        kl->k[il] = root;
+    } else if ((il = kvl_layer_of(root->name, "cache_v_l")) >= 0 && il < kl->n_layers) {
+        kl->v[il] = root;
+        /* transposed V is written one element per row ([1][kv_size*Hk*D]) */
+        kl->v_trans = dst->ne[0] == 1 && root->ne[0] > 1;
+    }
+}
+
+/* Qcur-<il>'s RoPE output, f32 [n_tokens][H][D]; src[1] the ubatch positions. */
+static void kvl_capture_queries(kvec_llama *kl, struct ggml_tensor *t, int64_t il) {
+    const struct ggml_tensor *pos = t->src[1];
+    int64_t n = t->ne[2], row_bytes = kl->n_heads * kl->head_dim * (int64_t)sizeof(float), i;
+    int64_t first = kl->n_prefix - kl->window;
+    if (t->type != GGML_TYPE_F32 || t->ne[0] != kl->head_dim || t->ne[1] != kl->n_heads ||
+        t->nb[1] != (size_t)(kl->head_dim * 4) || t->nb[2] != (size_t)row_bytes) {
+        kvl_fail(kl, "Qcur-%lld is not f32 [tokens][%lld heads][%lld dims]: unsupported attention layout",
+                 (long long)il, (long long)kl->n_heads, (long long)kl->head_dim);
+        return;
+    }
+    if (!pos || pos->type != GGML_TYPE_I32 || pos->ne[0] != n) {
+        kvl_fail(kl, "Qcur-%lld: positions are not one int32 per token (M-RoPE?): unsupported", (long long)il);
+        return;
+    }
+    if (n > kl->ubatch_cap) {
+        int32_t *grown = (int32_t *)realloc(kl->ubatch_pos, (size_t)n * sizeof *grown);
+        if (!grown) { kvl_fail(kl, "out of memory"); return; }
+        kl->ubatch_pos = grown;
+        kl->ubatch_cap = n;
+    }
+    ggml_backend_tensor_get(pos, kl->ubatch_pos, 0, (size_t)n * sizeof(int32_t));
+    kl->n_ubatch_pos = n;
+    for (i = 0; i < n; i++) {
+        int64_t p = kl->ubatch_pos[i];
+        if (p < first || p >= kl->n_prefix) continue;
+        ggml_backend_tensor_get(t, kl->queries + ((il * kl->window + (p - first)) * kl->n_heads * kl->head_dim),
+                                (size_t)(i * row_bytes), (size_t)row_bytes);
+        kl->rows_seen[il]++;
+    }
+}
+
+/* Layer 0's K write: its index input is the cell of each ubatch token. */
+static void kvl_capture_cells(kvec_llama *kl, struct ggml_tensor *t) {
+    const struct ggml_tensor *idx = t->src[1];
+    int64_t n = idx ? idx->ne[0] : 0, i;
+    int64_t *cells;
+    if (!idx || idx->type != GGML_TYPE_I64 || n != kl->n_ubatch_pos) {
+        kvl_fail(kl, "the K write of layer 0 does not match the ubatch seen at Qcur-0");
+        return;
+    }
+    if (!(cells = (int64_t *)malloc((size_t)n * sizeof *cells))) { kvl_fail(kl, "out of memory"); return; }
+    ggml_backend_tensor_get(idx, cells, 0, (size_t)n * sizeof *cells);
+    for (i = 0; i < n; i++) {
+        int64_t p = kl->ubatch_pos[i];
+        if (p >= 0 && p < kl->n_prefix) kl->cell_of_pos[p] = cells[i];
+    }
+    free(cells);
+}
+
+static int kvl_is_layer0_k_write(const struct ggml_tensor *t) {
+    const struct ggml_tensor *root = t->src[2];
+    if (!root) return 0;
+    while (root->view_src) root = root->view_src;
+    return strcmp(root->name, "cache_k_l0") == 0;
+}
+
+bool kvec_llama_eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
+    kvec_llama *kl = (kvec_llama *)user_data;
+    int64_t il;
+    if (t->op == GGML_OP_SET_ROWS) {
+        if (ask) kvl_note_write(kl, t);
+        if (!kl->armed) return ask ? false : true;
+        if (!kvl_is_layer0_k_write(t)) return ask ? false : true;
+        if (!ask) kvl_capture_cells(kl, t);
+        return true;
+    }
+    /* The name alone is not enough: the Q matmul and reshape are Qcur-<il> too. */
+    if (t->op != GGML_OP_ROPE || !kl->armed) return ask ? false : true;
+    il = kvl_layer_of(t->name, "Qcur-");
+    if (il < 0 || il >= kl->n_layers) return ask ? false : true;
+    if (!ask) kvl_capture_queries(kl, t, il);
+    return true;
+}
+
+static int kvl_dtype(enum ggml_type type, kvec_dtype *dtype) {
+    switch (type) {
+    case GGML_TYPE_F32:  *dtype = KVEC_DTYPE_F32;  return 0;
+    case GGML_TYPE_F16:  *dtype = KVEC_DTYPE_F16;  return 0;
+    case GGML_TYPE_BF16: *dtype = KVEC_DTYPE_BF16; return 0;
+    default:             return -1;
+    }
+}
+
+int kvec_llama_check(kvec_llama *kl, struct llama_context *ctx) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    int64_t N = kl->n_prefix, l, p, width = kl->n_kv_heads * kl->head_dim;
+    kvec_dtype dtype;
+    kl->armed = 0;
+    if (kl->error[0]) return -1; /* from the capture */
+    if (llama_n_seq_max(ctx) != 1)
+        return kvl_fail(kl, "the context holds %u sequences: one sequence only (n_seq_max = 1)", llama_n_seq_max(ctx));
+    if (!mem) return kvl_fail(kl, "the context has no memory module");
+    if (llama_memory_seq_pos_min(mem, 0) != 0 || llama_memory_seq_pos_max(mem, 0) != N - 1)
+        return kvl_fail(kl, "sequence 0 holds positions %d..%d, the captured prefix is 0..%lld",
+                        llama_memory_seq_pos_min(mem, 0), llama_memory_seq_pos_max(mem, 0), (long long)N - 1);
+    if (kl->v_trans < 0) return kvl_fail(kl, "no write into the cache was seen: was the prefill decoded with this callback?");
+    for (l = 0; l < kl->n_layers; l++) {
+        const struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
+        if (!k) return kvl_fail(kl, "no cache_k_l%lld (SWA or shared-layer caches are named otherwise)", (long long)l);
+        if (!v) return kvl_fail(kl, "no cache_v_l%lld: an MLA cache (no separate V) is not supported", (long long)l);
+        if (kvl_dtype(k->type, &dtype) || kvl_dtype(v->type, &dtype))
+            return kvl_fail(kl, "the KV cache is %s/%s: kvec reads f32, f16 and bf16 caches, not quantised ones",
+                            ggml_type_name(k->type), ggml_type_name(v->type));
+        if (k->ne[0] != width || v->ne[0] != width)
+            return kvl_fail(kl, "layer %lld: cache rows of %lld/%lld values, expected %lld KV heads x %lld (MLA or per-layer head sizes)",
+                            (long long)l, (long long)k->ne[0], (long long)v->ne[0],
+                            (long long)kl->n_kv_heads, (long long)kl->head_dim);
+        if (k->ne[2] != 1 || v->ne[2] != 1) return kvl_fail(kl, "the cache has several streams: one sequence only");
+        if (!k->buffer || !v->buffer || !ggml_backend_buffer_is_host(k->buffer) || !ggml_backend_buffer_is_host(v->buffer))
+            return kvl_fail(kl, "the cache is in device memory (GPU offload): this helper evicts host buffers only");
+        if (kl->rows_seen[l] != kl->window)
+            return kvl_fail(kl, "layer %lld: %lld of the last %lld queries were captured",
+                            (long long)l, (long long)kl->rows_seen[l], (long long)kl->window);
+    }
+    for (p = 0; p < N; p++)
+        if (kl->cell_of_pos[p] != kl->cell_of_pos[0] + p)
+            return kvl_fail(kl, "prefix position %lld is in cell %lld: the prefix is not in consecutive cells",
+                            (long long)p, (long long)kl->cell_of_pos[p]);
+    return 0;
+}
+
+int kvec_llama_views(kvec_llama *kl, kvec_layer *layers) {
+    int64_t l, c0 = kl->cell_of_pos[0], N = kl->n_prefix, D = kl->head_dim;
+    for (l = 0; l < kl->n_layers; l++) {
+        struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
+        int64_t ek = (int64_t)ggml_type_size(k->type), ev = (int64_t)ggml_type_size(v->type);
+        kvec_layer *L = &layers[l];
+        memset(L, 0, sizeof *L);
+        kvl_dtype(k->type, &L->keys.dtype);
+        kvl_dtype(v->type, &L->values.dtype);
+        /* K: cell rows of [Hk][D] */
+        L->keys.data = (char *)k->data + c0 * (int64_t)k->nb[1];
+        L->keys.n_tokens = N; L->keys.n_heads = kl->n_kv_heads; L->keys.head_dim = D;
+        L->keys.stride_token = (int64_t)k->nb[1]; L->keys.stride_head = D * ek; L->keys.stride_dim = ek;
+        L->values.n_tokens = N; L->values.n_heads = kl->n_kv_heads; L->values.head_dim = D;
+        if (!kl->v_trans) {
+            L->values.data = (char *)v->data + c0 * (int64_t)v->nb[1];
+            L->values.stride_token = (int64_t)v->nb[1]; L->values.stride_head = D * ev; L->values.stride_dim = ev;
+        } else {
+            /* [Hk*D][kv_size]: a cell is one column */
+            int64_t kv_size = v->ne[1];
+            L->values.data = (char *)v->data + c0 * ev;
+            L->values.stride_token = ev; L->values.stride_head = D * kv_size * ev; L->values.stride_dim = kv_size * ev;
+        }
+        L->queries = kvec_tensor_contiguous(kl->queries + l * kl->window * kl->n_heads * D, KVEC_DTYPE_F32,
+                                            kl->window, kl->n_heads, D);
+    }
+    return 0;
+}
+
+int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                    int64_t budget, kvec_plan *plan) {
+    kvec_config resolved, cfg;
+    kvec_layer *layers;
+    kvec_coverage coverage;
+    size_t score_bytes = 0, select_bytes, b;
+    void *scratch = NULL, *select_scratch = NULL;
+    uint8_t *coverage_memory = NULL;
+    float *scores = NULL;
+    int64_t l, N = kl->n_prefix, layer_budget;
+    kvec_result r;
+    int rc = -1;
+    (void)ctx;
+    if (config) cfg = *config; else memset(&cfg, 0, sizeof cfg);
+    if (!cfg.window) cfg.window = kl->window;
+    if ((r = kvec_resolve_config(&cfg, &resolved)) != KVEC_OK) return kvl_fail(kl, "kvec config: %s", kvec_result_string(r));
+    if (resolved.window != kl->window)
+        return kvl_fail(kl, "config.window %lld, but %lld query rows were captured",
+                        (long long)resolved.window, (long long)kl->window);
+    if (resolved.budget_mode != KVEC_BUDGET_UNIFORM)
+        return kvl_fail(kl, "%s budgets give heads different lengths: stock llama.cpp attends every head over the same cells "
+                            "(a per-head mask is needed, see docs/LLAMA_CPP.md)",
+                        resolved.budget_mode == KVEC_BUDGET_PYRAMID ? "pyramid" :
+                        resolved.budget_mode == KVEC_BUDGET_ADAPTIVE ? "adaptive" : "global");
+    if (resolved.policy == KVEC_POLICY_CRITICALKV || resolved.policy == KVEC_POLICY_LAPROX)
+        return kvl_fail(kl, "%s reads W_o, which llama.cpp holds quantised: not supported here", kvec_policy_name(resolved.policy));
+    if (!(layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers))) return kvl_fail(kl, "out of memory");
+    kvec_llama_views(kl, layers);
+    for (l = 0; l < kl->n_layers; l++) {
+        if ((r = kvec_layer_scratch_bytes(&cfg, &layers[l], &b)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(r)); goto done; }
+        if (b > score_bytes) score_bytes = b;
+    }
+    select_bytes = kvec_select_scratch_bytes(&cfg, 1, kl->n_kv_heads, N);
+    scratch = malloc(score_bytes ? score_bytes : 1);
+    select_scratch = malloc(select_bytes ? select_bytes : 1);
+    coverage_memory = (uint8_t *)malloc((size_t)N);
+    scores = (float *)malloc((size_t)(kl->n_kv_heads * N) * sizeof *scores);
+    if (!scratch || !select_scratch || !coverage_memory || !scores) { kvl_fail(kl, "out of memory"); goto done; }
+    /* the coverage is needed only by K-VEC's cross-layer term, and costs one byte per token */
+    if ((r = kvec_coverage_init(&coverage, coverage_memory, (size_t)N, N)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(r)); goto done; }
+    for (l = 0; l < kl->n_layers; l++) {
+        if ((r = kvec_layer_budget(&cfg, budget, l, kl->n_layers, N, &layer_budget)) != KVEC_OK ||
+            (r = kvec_score_layer(&cfg, &layers[l], l, layer_budget, &coverage, scores, scratch, score_bytes)) != KVEC_OK ||
+            (r = kvec_select_layer(&cfg, scores, kl->n_kv_heads, N, layer_budget, l, &coverage, plan,
+                                   select_scratch, select_bytes)) != KVEC_OK) {
+            kvl_fail(kl, "kvec, layer %lld: %s", (long long)l, kvec_result_string(r));
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    free(layers);
+    free(scratch);
+    free(select_scratch);
+    free(coverage_memory);
+    free(scores);
+    return rc;
+}
+
+/* Element (token, head, 0..D-1) of a view, moved from one token to another. */
+static void kvl_move(const kvec_tensor *t, int64_t head, int64_t from, int64_t to, int64_t esz) {
+    char *src = (char *)t->data + from * t->stride_token + head * t->stride_head;
+    char *dst = (char *)t->data + to * t->stride_token + head * t->stride_head;
+    int64_t d;
+    if (t->stride_dim == esz) { memcpy(dst, src, (size_t)(t->head_dim * esz)); return; }
+    for (d = 0; d < t->head_dim; d++) memcpy(dst + d * t->stride_dim, src + d * t->stride_dim, (size_t)esz);
+}
+
+int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan) {
+    int64_t N = kl->n_prefix, Hk = kl->n_kv_heads, B = plan->kept_count[0], l, j, r;
+    kvec_layer *layers;
+    for (l = 0; l < kl->n_layers; l++)
+        for (j = 0; j < Hk; j++)
+            if (plan->kept_count[l * Hk + j] != B)
+                return kvl_fail(kl, "layer %lld head %lld keeps %lld, head 0 keeps %lld: uniform plans only",
+                                (long long)l, (long long)j, (long long)plan->kept_count[l * Hk + j], (long long)B);
+    if (B <= 0 || B > N) return kvl_fail(kl, "plan keeps %lld of %lld", (long long)B, (long long)N);
+    if (B == N) return 0;
+    if (!(layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers))) return kvl_fail(kl, "out of memory");
+    kvec_llama_views(kl, layers);
+    /* kvec_compact would pack each head at the front; llama.cpp needs the
+       kept rows at the tail (positions N-B .. N-1 stay in the sequence), so
+       the plan is applied straight there. Row r goes to N-B+r >= its source
+       p_r; in descending r no source is overwritten before it is read
+       (p_r' <= N-B+r' < N-B+r for r' < r). */
+    for (l = 0; l < kl->n_layers; l++) {
+        kvec_layer *L = &layers[l];
+        int64_t ek = (int64_t)ggml_type_size(kl->k[l]->type), ev = (int64_t)ggml_type_size(kl->v[l]->type);
+        for (j = 0; j < Hk; j++) {
+            const int64_t *kept = plan->kept_positions + (l * Hk + j) * plan->capacity;
+            for (r = B - 1; r >= 0; r--) {
+                if (kept[r] == N - B + r) continue;
+                kvl_move(&L->keys, j, kept[r], N - B + r, ek);
+                kvl_move(&L->values, j, kept[r], N - B + r, ev);
+            }
+        }
+    }
+    free(layers);
+    if (!llama_memory_seq_rm(llama_get_memory(ctx), 0, 0, (llama_pos)(N - B)))
+        return kvl_fail(kl, "llama_memory_seq_rm refused to remove positions 0..%lld", (long long)(N - B - 1));
+    return 0;
+}
+
+int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                     int64_t budget, kvec_llama_stats *stats) {
+    kvec_plan plan;
+    int64_t N = kl->n_prefix, cap = budget < N ? budget : N;
+    double t0 = kvl_ms(), t1;
+    int rc;
+    if (kvec_llama_check(kl, ctx)) return -1;
+    plan.n_layers = kl->n_layers;
+    plan.n_kv_heads = kl->n_kv_heads;
+    plan.capacity = cap;
+    plan.kept_count = (int64_t *)malloc((size_t)(kl->n_layers * kl->n_kv_heads) * sizeof(int64_t));
+    plan.kept_positions = (int64_t *)malloc((size_t)(kl->n_layers * kl->n_kv_heads * cap) * sizeof(int64_t));
+    if (!plan.kept_count || !plan.kept_positions) {
+        free(plan.kept_count); free(plan.kept_positions);
+        return kvl_fail(kl, "out of memory");
+    }
+    rc = kvec_llama_plan(kl, ctx, config, budget, &plan);
+    t1 = kvl_ms();
+    if (rc == 0) rc = kvec_llama_apply(kl, ctx, &plan);
+    if (stats) {
+        stats->plan_ms = t1 - t0;
+        stats->move_ms = kvl_ms() - t1;
+        stats->kept = rc == 0 ? plan.kept_count[0] : N;
+    }
+    free(plan.kept_count);
+    free(plan.kept_positions);
+    return rc;
+}
+
+int kvec_llama_keep_positions(kvec_llama *kl, struct llama_context *ctx, const uint8_t *keep) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    int64_t N = kl->n_prefix, p = 0, q;
+    if (!keep[N - 1]) return kvl_fail(kl, "the last prefix position must be kept (decoding goes on after it)");
+    while (p < N) {
+        if (keep[p]) { p++; continue; }
+        for (q = p; q < N && !keep[q]; q++) {}
+        if (!llama_memory_seq_rm(mem, 0, (llama_pos)p, (llama_pos)q))
+            return kvl_fail(kl, "llama_memory_seq_rm refused positions %lld..%lld", (long long)p, (long long)q - 1);
+        p = q;
+    }
+    return 0;
+}
+
+void kvec_llama_vote(const kvec_plan *plan, int64_t n_prefix, int64_t budget, int64_t window,
+                     uint8_t *keep) {
+    int64_t heads = plan->n_layers * plan->n_kv_heads, h, r, p, kept = 0, votes;
+    int64_t *count = (int64_t *)calloc((size_t)n_prefix, sizeof *count);
+    memset(keep, 0, (size_t)n_prefix);
+    if (!count) { /* no memory: keep the most recent, still a valid set */
+        for (p = n_prefix - budget; p < n_prefix; p++) keep[p] = 1;
+        return;
+    }
+    for (h = 0; h < heads; h++)
+        for (r = 0; r < plan->kept_count[h]; r++) count[plan->kept_positions[h * plan->capacity + r]]++;
+    for (p = n_prefix - window; p < n_prefix; p++) { keep[p] = 1; kept++; }
+    /* highest count first; within a count, later positions first */
+    for (votes = heads; votes > 0 && kept < budget; votes--)
+        for (p = n_prefix - window - 1; p >= 0 && kept < budget; p--)
+            if (count[p] == votes) { keep[p] = 1; kept++; }
+    free(count);
+}

@@ -1,0 +1,129 @@
+/* kvec_llama.h - kvec on llama.cpp's own KV cache - MIT license (see LICENSE)
+
+   A helper any llama.cpp program can copy (with kvec_llama.c): it captures
+   what kvec reads while llama.cpp prefills, describes llama.cpp's cache
+   tensors as kvec views (no copy), evicts per KV head at a uniform budget and
+   hands the cache back so that llama_decode goes on. Stock llama.cpp, public
+   API only (llama.h, ggml.h, ggml-backend.h).
+
+       kvec_llama kl;
+       kvec_llama_init(&kl, model, 32);             // refuses SWA, recurrent, ...
+       kvec_llama_context_params(&kl, &cparams);    // sets cb_eval, one sequence
+       ctx = llama_init_from_model(model, cparams);
+       kvec_llama_begin(&kl, n_prompt);             // capture the next prefill
+       llama_decode(ctx, prompt batch of n_prompt tokens at positions 0..);
+       kvec_llama_evict(&kl, ctx, &config, budget, NULL);
+       // decode on at position n_prompt: llama.cpp now attends over `budget`
+       // cells per KV head, each head over its own tokens.
+
+   How it works, and why it needs no patch:
+   - cb_eval sees every graph node. The post-RoPE queries of layer il are the
+     GGML_OP_ROPE node named "Qcur-<il>" (the matmul and reshape before it
+     carry the same name), f32 [token][head][dim]; its src[1] holds the
+     ubatch's positions, so the last `window` prefix rows are kept however
+     the prefill was split into ubatches.
+   - The cache tensors are the roots of the views that GGML_OP_SET_ROWS
+     writes, named "cache_k_l<il>" / "cache_v_l<il>": K is [kv_size] rows of
+     [Hk*D]; V the same, or transposed ([Hk*D][kv_size]) when flash attention
+     is off (the V write is then to a [1][kv_size*Hk*D] view). The index
+     input of layer 0's K write says which cell each position went to.
+   - A cell's position feeds only the attention mask; keys keep the RoPE of
+     the position they were computed at. So each head's kept rows can be
+     moved into the last B cells of the prefix (which the next token may see,
+     as it may see every position before it), the first N - B positions
+     removed with llama_memory_seq_rm, and decoding goes on at N, which
+     llama.cpp requires (seq_pos_max + 1).
+
+   Refused, with a message: recurrent and hybrid models, sliding-window
+   attention (SWA, iSWA), MLA and other caches whose K rows are not Hk*D, a
+   cache type kvec cannot read (quantised: q8_0, q4_0, ...), cache buffers
+   not in host memory (GPU offload), more than one sequence, and a prefix
+   whose cells are not in position order. */
+#ifndef KVEC_LLAMA_H
+#define KVEC_LLAMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llama.h"
+#include "ggml.h"
+#include "../../kvec.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kvec_llama {
+    /* the model */
+    int64_t n_layers, n_heads, n_kv_heads, head_dim;
+    int64_t window;            /* query rows captured per layer */
+
+    /* found by the eval callback in the graphs it sees */
+    struct ggml_tensor **k;    /* [n_layers] cache_k_l<il> */
+    struct ggml_tensor **v;    /* [n_layers] cache_v_l<il> */
+    int     v_trans;           /* -1 not seen yet, 0 [cell][Hk*D], 1 [Hk*D][cell] */
+
+    /* the capture of one prefill */
+    int     armed;
+    int64_t n_prefix;          /* N: the prefix is positions 0 .. N-1 */
+    float  *queries;           /* [n_layers][window][n_heads][head_dim] post-RoPE */
+    int64_t *rows_seen;        /* [n_layers] query rows of the window captured */
+    int32_t *ubatch_pos;       /* [ubatch_cap] positions of the ubatch being computed */
+    int64_t n_ubatch_pos, ubatch_cap;
+    int64_t *cell_of_pos;      /* [N] cell of each prefix position, -1 unseen */
+
+    char    error[256];        /* why the last call failed */
+} kvec_llama;
+
+typedef struct kvec_llama_stats {
+    double plan_ms;            /* scoring and selection */
+    double move_ms;            /* compaction, the move to the tail, seq_rm */
+    int64_t kept;              /* cells per KV head after eviction */
+} kvec_llama_stats;
+
+/* Refusals that depend on the model only. Returns 0, or -1 with kl->error. */
+int  kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t window);
+void kvec_llama_free(kvec_llama *kl);
+
+/* Installs the eval callback and asks for one sequence; keep the caller's
+   other settings. The callback may also be called from a caller's own. */
+void kvec_llama_context_params(kvec_llama *kl, struct llama_context_params *params);
+bool kvec_llama_eval_cb(struct ggml_tensor *t, bool ask, void *user_data);
+
+/* Capture the next decodes, which prefill positions 0 .. n_prefix-1. */
+int  kvec_llama_begin(kvec_llama *kl, int64_t n_prefix);
+
+/* After the prefill: the cache, the sequence and the capture are what the
+   eviction needs (every refusal that needs the context is here). */
+int  kvec_llama_check(kvec_llama *kl, struct llama_context *ctx);
+
+/* The cache as kvec sees it: layers[l] viewing the N prefix cells (and the
+   captured queries). layers is [n_layers]. */
+int  kvec_llama_views(kvec_llama *kl, kvec_layer *layers);
+
+/* What each KV head would keep (plan capacity >= budget), nothing moved. */
+int  kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                     int64_t budget, kvec_plan *plan);
+
+/* Applies a uniform plan: each head's kept rows go to the last B cells of
+   the prefix, positions 0 .. N-B-1 are removed. Decode on at N. */
+int  kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan);
+
+/* plan + apply. config may be NULL (K-VEC defaults). stats may be NULL. */
+int  kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                      int64_t budget, kvec_llama_stats *stats);
+
+/* Position-level eviction, every head alike: keep[p] != 0 keeps prefix
+   position p (the last one must be kept); the others are removed with
+   llama_memory_seq_rm, nothing is moved. */
+int  kvec_llama_keep_positions(kvec_llama *kl, struct llama_context *ctx, const uint8_t *keep);
+
+/* One position set from per-head plans: the B positions kept by the most
+   heads (ties to the later position; the window always). keep is [N]. */
+void kvec_llama_vote(const kvec_plan *plan, int64_t n_prefix, int64_t budget, int64_t window,
+                     uint8_t *keep);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVEC_LLAMA_H */

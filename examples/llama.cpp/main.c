@@ -1,0 +1,168 @@
+/* main.c - kvec inside llama.cpp: a GGUF reads a document, its KV cache is
+   evicted per KV head by kvec, and it answers from what is left.
+
+   kvec-llama --model FILE.gguf [--document FILE] [--question TEXT]
+              [--policy kvec|snapkv|tova|h2o|keydiff|knorm|streaming|random]
+              [--budget F | --keep N] [--flash-attn on|off] [--threads N]
+              [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]
+
+   The prompt is one chat turn: an instruction, the document, the question.
+   The whole prompt is prefilled with kvec's callback capturing the last 32
+   queries of every layer; then each KV head keeps `budget` of its cells
+   (a fraction F of the prompt, or N cells), the rest is removed from
+   llama.cpp's cache, and the reply is generated greedily from there.
+   --full skips the eviction (the reference). Prints the prefill and the
+   eviction time, what each head keeps and the reply. */
+#define KVEC_IMPLEMENTATION
+#include "kvec_llama.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *INSTRUCTION = "Read the document below, then answer the question after it in a few words.\n\n";
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: kvec-llama --model FILE.gguf [--document FILE] [--question TEXT]\n"
+            "                  [--policy NAME] [--budget F | --keep N] [--flash-attn on|off]\n"
+            "                  [--threads N] [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]\n");
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
+    const char *question = "Who kept the light on Gull Point for thirty-one years?";
+    double fraction = 0.5, t0, prefill_ms;
+    int64_t keep = 0, n_predict = 32, n_threads = 2, n, budget, i, pos;
+    int full = 0, rc = 1;
+    kvec_config config;
+    enum llama_flash_attn_type flash = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    enum ggml_type cache_type = GGML_TYPE_F16;
+    struct llama_model_params mparams;
+    struct llama_context_params cparams;
+    struct llama_model *model = NULL;
+    struct llama_context *ctx = NULL;
+    const struct llama_vocab *vocab;
+    kvec_llama kl;
+    kvec_llama_stats stats = {0, 0, 0};
+    char *document = NULL, *user = NULL, *prompt = NULL, reply[4096] = "";
+    llama_token *tokens = NULL, next;
+    size_t document_length;
+
+    memset(&config, 0, sizeof config);
+    memset(&kl, 0, sizeof kl);
+    for (i = 1; i < argc; i++) {
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--full")) { full = 1; continue; }
+        if (!value) { usage(); return 2; }
+        if (!strcmp(argv[i], "--model")) model_path = value;
+        else if (!strcmp(argv[i], "--document")) document_path = value;
+        else if (!strcmp(argv[i], "--question")) question = value;
+        else if (!strcmp(argv[i], "--policy")) {
+            if (util_policy(value, &config.policy)) { fprintf(stderr, "kvec-llama: unknown policy %s\n", value); return 2; }
+        } else if (!strcmp(argv[i], "--budget")) fraction = atof(value);
+        else if (!strcmp(argv[i], "--keep")) keep = atoll(value);
+        else if (!strcmp(argv[i], "--flash-attn")) {
+            if (util_flash_attn(value, &flash)) { usage(); return 2; }
+        } else if (!strcmp(argv[i], "--threads")) n_threads = atoll(value);
+        else if (!strcmp(argv[i], "--cache-type")) {
+            if (util_cache_type(value, &cache_type)) { usage(); return 2; }
+        } else if (!strcmp(argv[i], "--n-predict")) n_predict = atoll(value);
+        else { usage(); return 2; }
+        i++;
+    }
+    if (!model_path) {
+        fprintf(stderr, "kvec-llama: --model FILE.gguf is required (`make model` fetches SmolLM2 and prints its path)\n");
+        return 2;
+    }
+    if (!(fraction > 0 && fraction <= 1) || keep < 0 || n_threads < 1 || n_predict < 1 || n_predict > 1024) {
+        usage();
+        return 2;
+    }
+
+    util_quiet_logs();
+    util_threads(n_threads);
+    llama_backend_init();
+    mparams = llama_model_default_params();
+    mparams.n_gpu_layers = 0; /* the helper evicts host buffers */
+    if (!(model = llama_model_load_from_file(model_path, mparams))) {
+        fprintf(stderr, "kvec-llama: cannot load %s\n", model_path);
+        goto done;
+    }
+    vocab = llama_model_get_vocab(model);
+    if (kvec_llama_init(&kl, model, 32)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
+
+    if (!(document = util_read_file(document_path, &document_length))) {
+        fprintf(stderr, "kvec-llama: cannot read %s\n", document_path);
+        goto done;
+    }
+    user = (char *)malloc(strlen(INSTRUCTION) + document_length + strlen(question) + 32);
+    if (!user) goto done;
+    sprintf(user, "%s%s\n\nQuestion: %s", INSTRUCTION, document, question);
+    if (!(prompt = util_chat_prompt(model, user)) ||
+        !(tokens = util_tokenize(vocab, prompt, strlen(prompt), 1, &n))) {
+        fprintf(stderr, "kvec-llama: cannot build the prompt\n");
+        goto done;
+    }
+
+    cparams = llama_context_default_params();
+    cparams.n_ctx = (uint32_t)(n + n_predict + 256);
+    cparams.n_batch = cparams.n_ctx;
+    cparams.n_threads = cparams.n_threads_batch = (int32_t)n_threads;
+    cparams.flash_attn_type = flash;
+    cparams.type_k = cparams.type_v = cache_type;
+    kvec_llama_context_params(&kl, &cparams);
+    if (!(ctx = llama_init_from_model(model, cparams))) {
+        fprintf(stderr, "kvec-llama: cannot create the context (a quantised V cache needs --flash-attn on)\n");
+        goto done;
+    }
+
+    budget = keep ? keep : (int64_t)(fraction * (double)n + 0.5);
+    if (budget < kl.window) budget = kl.window;
+    if (kvec_llama_begin(&kl, n)) { fprintf(stderr, "kvec-llama: %s\n", kl.error); goto done; }
+    t0 = util_ms();
+    if (util_decode(ctx, tokens, n, 0, 0)) { fprintf(stderr, "kvec-llama: prefill failed\n"); goto done; }
+    prefill_ms = util_ms() - t0;
+    printf("model %s: %lld layers, %lld query heads, %lld KV heads, head dim %lld\n", model_path,
+           (long long)kl.n_layers, (long long)kl.n_heads, (long long)kl.n_kv_heads, (long long)kl.head_dim);
+    printf("prompt %lld tokens, prefill %.0f ms (%lld threads, flash attention %s, V %s)\n", (long long)n,
+           prefill_ms, (long long)n_threads, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
+           kl.v_trans == 1 ? "transposed [Hk*D][cells]" : "[cells][Hk*D]");
+    if (full) {
+        if (kvec_llama_check(&kl, ctx)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
+        printf("full cache: %lld cells per KV head\n", (long long)n);
+    } else {
+        if (kvec_llama_evict(&kl, ctx, &config, budget, &stats)) {
+            fprintf(stderr, "kvec-llama: refused: %s\n", kl.error);
+            goto done;
+        }
+        printf("kvec %s: %lld of %lld cells per KV head kept (%.0f%%), eviction %.2f ms (scoring %.2f, moving %.2f) = %.2f%% of the prefill\n",
+               kvec_policy_name(config.policy ? config.policy : KVEC_POLICY_KVEC), (long long)stats.kept,
+               (long long)n, 100.0 * (double)stats.kept / (double)n, stats.plan_ms + stats.move_ms,
+               stats.plan_ms, stats.move_ms, 100.0 * (stats.plan_ms + stats.move_ms) / prefill_ms);
+    }
+
+    /* The prefill's last logits survive the eviction: the first reply token. */
+    next = util_argmax(llama_get_logits_ith(ctx, -1), llama_vocab_n_tokens(vocab));
+    t0 = util_ms();
+    for (pos = n, i = 0; i < n_predict && !llama_vocab_is_eog(vocab, next); i++, pos++) {
+        util_append_piece(vocab, next, reply, sizeof reply);
+        if (util_decode(ctx, &next, 1, pos, 0)) { fprintf(stderr, "kvec-llama: decode failed at position %lld\n", (long long)pos); goto done; }
+        next = util_argmax(llama_get_logits_ith(ctx, -1), llama_vocab_n_tokens(vocab));
+    }
+    printf("question: %s\nreply (%lld tokens, %.1f ms/token, sequence now positions %d..%d): %s\n", question,
+           (long long)i, i ? (util_ms() - t0) / (double)i : 0.0,
+           llama_memory_seq_pos_min(llama_get_memory(ctx), 0), llama_memory_seq_pos_max(llama_get_memory(ctx), 0), reply);
+    rc = 0;
+done:
+    if (ctx) llama_free(ctx);
+    if (model) llama_model_free(model);
+    kvec_llama_free(&kl);
+    free(tokens);
+    free(prompt);
+    free(user);
+    free(document);
+    llama_backend_free();
+    return rc;
+}

@@ -1,0 +1,406 @@
+/* measure.c - how much of the full cache's behaviour each route keeps, in
+   llama.cpp, on real text.
+
+   kvec-llama-measure --model FILE.gguf [--prompts A.txt,B.txt,..]
+                      [--budgets 0.5,0.25,0.1] [--policies kvec,snapkv,..]
+                      [--continuation T] [--max-prefix N] [--flash-attn on|off]
+                      [--threads N] [--qa-document FILE --qa-questions FILE | --no-qa]
+
+   KL and top-1: each prompt's last T tokens (64) are a teacher-forced
+   continuation of the prefix before them. The prefix is prefilled once
+   (kvec's callback capturing the last 32 queries), saved with
+   llama_state_seq_get_data, and restored before each route; the route
+   evicts down to B = budget * prefix cells per KV head; the continuation is
+   decoded in one batch and its T next-token distributions compared with the
+   full cache's: KL(full || route) in nats, and whether the argmax agrees,
+   averaged over steps and prompts.
+
+   Routes: kvec per head (each policy: every KV head keeps its own tokens,
+   moved to the last B cells, llama_memory_seq_rm of the first N-B
+   positions); "vote" (one position set for all heads: the B positions most
+   heads of K-VEC's plan keep, the rest removed with llama_memory_seq_rm);
+   "seq_rm middle" (the first 4 positions and the last B-4, what
+   llama_memory_seq_rm alone gives); "n_keep shift" (the same set, then
+   llama_memory_seq_add moves the recent part down to follow the 4 kept
+   ones, as llama.cpp's context shift with --keep 4 does: K is re-rotated
+   and decoding goes on at position B).
+
+   Task accuracy: the document is prefilled and evicted once per route and
+   budget, then each question is read from the evicted cache and answered
+   greedily (24 tokens); right when the reply contains the answer (case
+   ignored). The question comes after the eviction (one cached document,
+   many questions), as in kvec's own engine demo (examples/engine/demo.c). */
+#define KVEC_IMPLEMENTATION
+#include "kvec_llama.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PROMPTS   16
+#define MAX_BUDGETS   8
+#define MAX_METHODS   16
+#define MAX_QUESTIONS 32
+#define N_SINKS       4
+#define ANSWER_TOKENS 24
+
+static const char *INSTRUCTION = "Read the document below, then answer the question after it in a few words.\n\n";
+
+enum { ROUTE_FULL, ROUTE_PER_HEAD, ROUTE_VOTE, ROUTE_MIDDLE, ROUTE_SHIFT };
+
+typedef struct method {
+    char        name[40];
+    int         route;
+    kvec_policy policy;
+    /* [budget] sums over prompts and steps */
+    double      kl[MAX_BUDGETS], agree[MAX_BUDGETS], steps[MAX_BUDGETS];
+    double      evict_ms[MAX_BUDGETS], evictions[MAX_BUDGETS];
+    int         correct[MAX_BUDGETS], asked[MAX_BUDGETS];
+} method;
+
+typedef struct run {
+    struct llama_context *ctx;
+    const struct llama_vocab *vocab;
+    kvec_llama *kl;
+    uint8_t *state;        /* the prefilled prefix, llama_state_seq_get_data */
+    size_t state_bytes;
+    uint8_t *k0;           /* layer 0's K over the prefix cells, to check each restore */
+    size_t k0_bytes;
+} run;
+
+static int split_list(char *list, char **items, int cap) {
+    int n = 0;
+    char *s = strtok(list, ",");
+    while (s && n < cap) { items[n++] = s; s = strtok(NULL, ","); }
+    return n;
+}
+
+static int contains_ignoring_case(const char *text, const char *needle) {
+    size_t n = strlen(needle), i, j;
+    for (i = 0; text[i]; i++) {
+        for (j = 0; j < n && text[i + j] && tolower((unsigned char)text[i + j]) == tolower((unsigned char)needle[j]); j++) {}
+        if (j == n) return 1;
+    }
+    return 0;
+}
+
+/* Prefill the prefix with the capture on, and save it. */
+static int prefill(run *r, const llama_token *tokens, int64_t N, double *capture_ms, double *plain_ms) {
+    llama_memory_t mem = llama_get_memory(r->ctx);
+    kvec_layer layer0;
+    double t0;
+    int64_t t;
+    llama_memory_clear(mem, true);
+    t0 = util_ms();
+    if (util_decode(r->ctx, tokens, N, 0, 0)) return -1;
+    *plain_ms = util_ms() - t0;
+    llama_memory_clear(mem, true);
+    if (kvec_llama_begin(r->kl, N)) return -1;
+    t0 = util_ms();
+    if (util_decode(r->ctx, tokens, N, 0, 0)) return -1;
+    *capture_ms = util_ms() - t0;
+    if (kvec_llama_check(r->kl, r->ctx)) return -1;
+    free(r->state);
+    r->state_bytes = llama_state_seq_get_size(r->ctx, 0);
+    if (!(r->state = (uint8_t *)malloc(r->state_bytes)) ||
+        llama_state_seq_get_data(r->ctx, r->state, r->state_bytes, 0) != r->state_bytes)
+        return -1;
+    /* the K rows of layer 0, copied from the view, to compare after restores */
+    {
+        kvec_layer *layers = (kvec_layer *)calloc((size_t)r->kl->n_layers, sizeof *layers);
+        if (!layers) return -1;
+        kvec_llama_views(r->kl, layers);
+        layer0 = layers[0];
+        free(layers);
+    }
+    free(r->k0);
+    r->k0_bytes = (size_t)(N * layer0.keys.stride_token);
+    if (!(r->k0 = (uint8_t *)malloc(r->k0_bytes))) return -1;
+    for (t = 0; t < N; t++)
+        memcpy(r->k0 + t * layer0.keys.stride_token, (char *)layer0.keys.data + t * layer0.keys.stride_token,
+               (size_t)layer0.keys.stride_token);
+    return 0;
+}
+
+static int restore(run *r) {
+    llama_memory_t mem = llama_get_memory(r->ctx);
+    kvec_layer *layers;
+    int same;
+    llama_memory_seq_rm(mem, 0, -1, -1);
+    if (llama_state_seq_set_data(r->ctx, r->state, r->state_bytes, 0) == 0) return -1;
+    if (kvec_llama_check(r->kl, r->ctx)) return -1;
+    if (!(layers = (kvec_layer *)calloc((size_t)r->kl->n_layers, sizeof *layers))) return -1;
+    kvec_llama_views(r->kl, layers);
+    /* the restore must put the prefix back into the cells the capture saw */
+    same = memcmp(layers[0].keys.data, r->k0, r->k0_bytes) == 0;
+    free(layers);
+    if (!same) { fprintf(stderr, "measure: the restored prefix is not in its original cells\n"); return -1; }
+    return 0;
+}
+
+/* Evicts by one route to B cells per head; *next_pos gets where decoding
+   goes on. */
+static int evict(run *r, const method *m, int64_t B, int64_t *next_pos, double *ms) {
+    kvec_llama *kl = r->kl;
+    int64_t N = kl->n_prefix, p;
+    double t0 = util_ms();
+    uint8_t *keep = NULL;
+    int rc = -1;
+    kvec_config config;
+    memset(&config, 0, sizeof config);
+    *next_pos = N;
+    if (m->route == ROUTE_FULL) { *ms = 0; return 0; }
+    if (m->route == ROUTE_PER_HEAD) {
+        config.policy = m->policy;
+        rc = kvec_llama_evict(kl, r->ctx, &config, B, NULL);
+        *ms = util_ms() - t0;
+        return rc;
+    }
+    if (!(keep = (uint8_t *)calloc((size_t)N, 1))) return -1;
+    if (m->route == ROUTE_VOTE) {
+        kvec_plan plan;
+        plan.n_layers = kl->n_layers;
+        plan.n_kv_heads = kl->n_kv_heads;
+        plan.capacity = B;
+        plan.kept_count = (int64_t *)malloc((size_t)(kl->n_layers * kl->n_kv_heads) * sizeof(int64_t));
+        plan.kept_positions = (int64_t *)malloc((size_t)(kl->n_layers * kl->n_kv_heads * B) * sizeof(int64_t));
+        if (plan.kept_count && plan.kept_positions && kvec_llama_plan(kl, r->ctx, &config, B, &plan) == 0) {
+            kvec_llama_vote(&plan, N, B, kl->window, keep);
+            rc = kvec_llama_keep_positions(kl, r->ctx, keep);
+        }
+        free(plan.kept_count);
+        free(plan.kept_positions);
+    } else {
+        for (p = 0; p < N; p++) keep[p] = p < N_SINKS || p >= N - (B - N_SINKS);
+        rc = kvec_llama_keep_positions(kl, r->ctx, keep);
+        if (rc == 0 && m->route == ROUTE_SHIFT) {
+            llama_memory_t mem = llama_get_memory(r->ctx);
+            if (!llama_memory_can_shift(mem)) { fprintf(stderr, "measure: this cache cannot shift\n"); rc = -1; }
+            else {
+                llama_memory_seq_add(mem, 0, (llama_pos)(N - (B - N_SINKS)), (llama_pos)N, (llama_pos)-(N - B));
+                *next_pos = B;
+            }
+        }
+    }
+    *ms = util_ms() - t0;
+    free(keep);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *qa_document = "examples/demo/lighthouse.txt", *qa_questions = "examples/demo/questions.tsv";
+    char prompt_list[4096] = "examples/demo/lighthouse.txt,examples/llama.cpp/prompts/orchard.txt,"
+                             "examples/llama.cpp/prompts/ferry.txt,examples/llama.cpp/prompts/glassworks.txt";
+    char budget_list[256] = "0.5,0.25,0.1", policy_list[256] = "kvec,snapkv,tova,keydiff,knorm,random";
+    char *prompts[MAX_PROMPTS], *items[MAX_METHODS];
+    double budgets[MAX_BUDGETS];
+    int n_prompts, n_budgets, n_methods = 0, n_policies, qa = 1, i, b, mi, q;
+    int64_t T = 64, max_prefix = 1536, n_threads = 1, step;
+    enum llama_flash_attn_type flash = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    static method methods[MAX_METHODS];
+    double prefill_capture_ms = 0, prefill_plain_ms = 0, prefix_tokens = 0, wall0 = util_ms();
+    struct llama_model_params mparams;
+    struct llama_context_params cparams;
+    struct llama_model *model = NULL;
+    kvec_llama kl;
+    run r;
+    float *ref = NULL;
+    int64_t n_vocab;
+
+    memset(&kl, 0, sizeof kl);
+    memset(&r, 0, sizeof r);
+    for (i = 1; i < argc; i++) {
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--no-qa")) { qa = 0; continue; }
+        if (!value) { fprintf(stderr, "measure: %s needs a value\n", argv[i]); return 2; }
+        if (!strcmp(argv[i], "--model")) model_path = value;
+        else if (!strcmp(argv[i], "--prompts")) snprintf(prompt_list, sizeof prompt_list, "%s", value);
+        else if (!strcmp(argv[i], "--budgets")) snprintf(budget_list, sizeof budget_list, "%s", value);
+        else if (!strcmp(argv[i], "--policies")) snprintf(policy_list, sizeof policy_list, "%s", value);
+        else if (!strcmp(argv[i], "--continuation")) T = atoll(value);
+        else if (!strcmp(argv[i], "--max-prefix")) max_prefix = atoll(value);
+        else if (!strcmp(argv[i], "--threads")) n_threads = atoll(value);
+        else if (!strcmp(argv[i], "--qa-document")) qa_document = value;
+        else if (!strcmp(argv[i], "--qa-questions")) qa_questions = value;
+        else if (!strcmp(argv[i], "--flash-attn")) {
+            if (util_flash_attn(value, &flash)) { fprintf(stderr, "measure: --flash-attn on|off\n"); return 2; }
+        } else { fprintf(stderr, "measure: unknown option %s\n", argv[i]); return 2; }
+        i++;
+    }
+    if (!model_path) { fprintf(stderr, "measure: --model FILE.gguf is required\n"); return 2; }
+    n_prompts = split_list(prompt_list, prompts, MAX_PROMPTS);
+    n_budgets = split_list(budget_list, items, MAX_BUDGETS);
+    for (b = 0; b < n_budgets; b++) budgets[b] = atof(items[b]);
+    n_policies = split_list(policy_list, items, MAX_METHODS - 4);
+    snprintf(methods[n_methods].name, sizeof methods[0].name, "full cache (restored)");
+    methods[n_methods++].route = ROUTE_FULL;
+    for (i = 0; i < n_policies; i++) {
+        method *m = &methods[n_methods++];
+        if (util_policy(items[i], &m->policy)) { fprintf(stderr, "measure: unknown policy %s\n", items[i]); return 2; }
+        m->route = ROUTE_PER_HEAD;
+        snprintf(m->name, sizeof m->name, "kvec per head, %s", kvec_policy_name(m->policy));
+    }
+    snprintf(methods[n_methods].name, sizeof methods[0].name, "vote (K-VEC plans), seq_rm");
+    methods[n_methods++].route = ROUTE_VOTE;
+    snprintf(methods[n_methods].name, sizeof methods[0].name, "seq_rm middle (keep 4 + recent)");
+    methods[n_methods++].route = ROUTE_MIDDLE;
+    snprintf(methods[n_methods].name, sizeof methods[0].name, "n_keep shift (keep 4, seq_add)");
+    methods[n_methods++].route = ROUTE_SHIFT;
+
+    util_quiet_logs();
+    util_threads(n_threads);
+    llama_backend_init();
+    mparams = llama_model_default_params();
+    mparams.n_gpu_layers = 0;
+    if (!(model = llama_model_load_from_file(model_path, mparams))) { fprintf(stderr, "measure: cannot load %s\n", model_path); return 1; }
+    if (kvec_llama_init(&kl, model, 32)) { fprintf(stderr, "measure: refused: %s\n", kl.error); return 1; }
+    r.kl = &kl;
+    r.vocab = llama_model_get_vocab(model);
+    n_vocab = llama_vocab_n_tokens(r.vocab);
+    cparams = llama_context_default_params();
+    cparams.n_ctx = (uint32_t)(max_prefix + T + 512);
+    cparams.n_batch = cparams.n_ctx;
+    cparams.n_threads = cparams.n_threads_batch = (int32_t)n_threads;
+    cparams.flash_attn_type = flash;
+    kvec_llama_context_params(&kl, &cparams);
+    if (!(r.ctx = llama_init_from_model(model, cparams))) { fprintf(stderr, "measure: cannot create the context\n"); return 1; }
+    if (!(ref = (float *)malloc((size_t)(T * n_vocab) * sizeof *ref))) return 1;
+
+    /* KL and top-1 over teacher-forced continuations */
+    for (i = 0; i < n_prompts; i++) {
+        size_t length;
+        char *text = util_read_file(prompts[i], &length);
+        int64_t n, N, B;
+        llama_token *tokens;
+        double capture_ms, plain_ms;
+        if (!text || !(tokens = util_tokenize(r.vocab, text, length, 1, &n))) { fprintf(stderr, "measure: cannot read %s\n", prompts[i]); return 1; }
+        free(text);
+        if (n > max_prefix + T) n = max_prefix + T;
+        N = n - T;
+        if (N < 4 * kl.window) { fprintf(stderr, "measure: %s is too short (%lld tokens)\n", prompts[i], (long long)n); return 1; }
+        if (prefill(&r, tokens, N, &capture_ms, &plain_ms)) { fprintf(stderr, "measure: prefill: %s\n", kl.error); return 1; }
+        prefill_capture_ms += capture_ms;
+        prefill_plain_ms += plain_ms;
+        prefix_tokens += (double)N;
+        if (util_decode(r.ctx, tokens + N, T, N, 1)) { fprintf(stderr, "measure: continuation failed\n"); return 1; }
+        for (step = 0; step < T; step++)
+            memcpy(ref + step * n_vocab, llama_get_logits_ith(r.ctx, (int32_t)step), (size_t)n_vocab * sizeof *ref);
+        fprintf(stderr, "measure: %s: prefix %lld tokens, continuation %lld, prefill %.0f ms (%.0f ms with the capture)\n",
+                prompts[i], (long long)N, (long long)T, plain_ms, capture_ms);
+        for (b = 0; b < n_budgets; b++) {
+            B = (int64_t)(budgets[b] * (double)N + 0.5);
+            if (B < kl.window + N_SINKS) B = kl.window + N_SINKS;
+            for (mi = 0; mi < n_methods; mi++) {
+                method *m = &methods[mi];
+                int64_t pos0;
+                double ms;
+                if (m->route == ROUTE_FULL && b > 0) continue;
+                if (restore(&r)) { fprintf(stderr, "measure: restore failed: %s\n", kl.error); return 1; }
+                if (evict(&r, m, B, &pos0, &ms)) { fprintf(stderr, "measure: %s: %s\n", m->name, kl.error); return 1; }
+                if (util_decode(r.ctx, tokens + N, T, pos0, 1)) { fprintf(stderr, "measure: %s: continuation failed\n", m->name); return 1; }
+                for (step = 0; step < T; step++) {
+                    int agree;
+                    m->kl[b] += util_kl(ref + step * n_vocab, llama_get_logits_ith(r.ctx, (int32_t)step), n_vocab, &agree);
+                    m->agree[b] += agree;
+                    m->steps[b] += 1;
+                }
+                m->evict_ms[b] += ms;
+                m->evictions[b] += 1;
+            }
+        }
+        free(tokens);
+    }
+
+    /* Task accuracy: questions about one document, asked after the eviction */
+    if (qa) {
+        size_t length, split;
+        char *doc = util_read_file(qa_document, NULL), *qtext = util_read_file(qa_questions, &length);
+        char *question[MAX_QUESTIONS], *answer[MAX_QUESTIONS], *line, *user, *prompt;
+        llama_token *prefix, *suffix;
+        int64_t N, n_suffix;
+        int n_q = 0;
+        double capture_ms, plain_ms;
+        if (!doc || !qtext) { fprintf(stderr, "measure: cannot read %s or %s\n", qa_document, qa_questions); return 1; }
+        for (line = strtok(qtext, "\n"); line && n_q < MAX_QUESTIONS; line = strtok(NULL, "\n")) {
+            char *tab = strchr(line, '\t');
+            if (line[0] == '#' || !tab) continue;
+            *tab = '\0';
+            question[n_q] = line;
+            answer[n_q] = tab + 1;
+            answer[n_q][strcspn(answer[n_q], "\r")] = '\0';
+            n_q++;
+        }
+        if (!(user = (char *)malloc(strlen(INSTRUCTION) + strlen(doc) + 4096))) return 1;
+        /* the prefix (instruction and document) is the same for every question */
+        sprintf(user, "%s%s\n\nQuestion: %s", INSTRUCTION, doc, question[0]);
+        if (!(prompt = util_chat_prompt(model, user))) return 1;
+        split = (size_t)(strstr(prompt, doc) - prompt) + strlen(doc);
+        if (!(prefix = util_tokenize(r.vocab, prompt, split, 1, &N))) return 1;
+        free(prompt);
+        if (prefill(&r, prefix, N, &capture_ms, &plain_ms)) { fprintf(stderr, "measure: prefill: %s\n", kl.error); return 1; }
+        fprintf(stderr, "measure: %s: %d questions after a prefix of %lld tokens\n", qa_document, n_q, (long long)N);
+        for (b = 0; b < n_budgets; b++) {
+            int64_t B = (int64_t)(budgets[b] * (double)N + 0.5);
+            if (B < kl.window + N_SINKS) B = kl.window + N_SINKS;
+            for (mi = 0; mi < n_methods; mi++) {
+                method *m = &methods[mi];
+                int64_t pos0, pos, t;
+                double ms;
+                if (m->route == ROUTE_FULL && b > 0) continue;
+                if (restore(&r) || evict(&r, m, B, &pos0, &ms)) { fprintf(stderr, "measure: %s: %s\n", m->name, kl.error); return 1; }
+                for (q = 0; q < n_q; q++) {
+                    char reply[1024] = "";
+                    llama_token next;
+                    sprintf(user, "%s%s\n\nQuestion: %s", INSTRUCTION, doc, question[q]);
+                    if (!(prompt = util_chat_prompt(model, user))) return 1;
+                    if (!(suffix = util_tokenize(r.vocab, prompt + split, strlen(prompt + split), 0, &n_suffix))) return 1;
+                    free(prompt);
+                    if (util_decode(r.ctx, suffix, n_suffix, pos0, 0)) { fprintf(stderr, "measure: question decode failed\n"); return 1; }
+                    free(suffix);
+                    pos = pos0 + n_suffix;
+                    next = util_argmax(llama_get_logits_ith(r.ctx, -1), n_vocab);
+                    for (t = 0; t < ANSWER_TOKENS && !llama_vocab_is_eog(r.vocab, next); t++, pos++) {
+                        util_append_piece(r.vocab, next, reply, sizeof reply);
+                        if (util_decode(r.ctx, &next, 1, pos, 0)) { fprintf(stderr, "measure: decode failed\n"); return 1; }
+                        next = util_argmax(llama_get_logits_ith(r.ctx, -1), n_vocab);
+                    }
+                    m->correct[b] += contains_ignoring_case(reply, answer[q]);
+                    m->asked[b]++;
+                    /* drop the question and reply: the next question reads the same evicted cache */
+                    llama_memory_seq_rm(llama_get_memory(r.ctx), 0, (llama_pos)pos0, -1);
+                }
+            }
+        }
+        free(user);
+        free(prefix);
+        free(doc);
+        free(qtext);
+    }
+
+    printf("\n%d prompts, %.0f prefix tokens on average, continuation %lld tokens; flash attention %s; %lld threads\n",
+           n_prompts, prefix_tokens / n_prompts, (long long)T, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
+           (long long)n_threads);
+    printf("\n| route | budget | KL (nats) | top-1 agree | QA right | eviction ms |\n|---|---|---|---|---|---|\n");
+    for (mi = 0; mi < n_methods; mi++) {
+        method *m = &methods[mi];
+        for (b = 0; b < n_budgets; b++) {
+            if (m->route == ROUTE_FULL && b > 0) continue;
+            printf("| %s | %.0f%% | %.3f | %.1f%% | %d/%d | %.1f |\n", m->name,
+                   m->route == ROUTE_FULL ? 100.0 : 100.0 * budgets[b], m->kl[b] / m->steps[b],
+                   100.0 * m->agree[b] / m->steps[b], m->correct[b], m->asked[b],
+                   m->evict_ms[b] / (m->evictions[b] ? m->evictions[b] : 1));
+        }
+    }
+    printf("\nprefill of the KL prompts: %.0f ms on average without the capture, %.0f ms with it; wall %.0f s\n",
+           prefill_plain_ms / n_prompts, prefill_capture_ms / n_prompts, (util_ms() - wall0) / 1e3);
+    free(ref);
+    free(r.state);
+    free(r.k0);
+    llama_free(r.ctx);
+    llama_model_free(model);
+    kvec_llama_free(&kl);
+    llama_backend_free();
+    return 0;
+}

@@ -1,0 +1,168 @@
+/* util.c - see util.h. */
+#define _POSIX_C_SOURCE 199309L
+#include "util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+double util_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+char *util_read_file(const char *path, size_t *length) {
+    FILE *f = fopen(path, "rb");
+    char *text;
+    long n;
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 ||
+        !(text = (char *)malloc((size_t)n + 1))) {
+        fclose(f);
+        return NULL;
+    }
+    if (fread(text, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(text); return NULL; }
+    fclose(f);
+    text[n] = '\0';
+    if (length) *length = (size_t)n;
+    return text;
+}
+
+llama_token *util_tokenize(const struct llama_vocab *vocab, const char *text, size_t length,
+                           int add_special, int64_t *n) {
+    int32_t cap = (int32_t)length + 16, got;
+    llama_token *tokens = (llama_token *)malloc((size_t)cap * sizeof *tokens);
+    if (!tokens) return NULL;
+    got = llama_tokenize(vocab, text, (int32_t)length, tokens, cap, add_special != 0, true);
+    if (got < 0) { free(tokens); return NULL; }
+    *n = got;
+    return tokens;
+}
+
+char *util_chat_prompt(const struct llama_model *model, const char *user) {
+    struct llama_chat_message message;
+    const char *tmpl = llama_model_chat_template(model, NULL);
+    int32_t cap = (int32_t)strlen(user) * 2 + 256, got;
+    char *out = (char *)malloc((size_t)cap);
+    if (!out) return NULL;
+    message.role = "user";
+    message.content = user;
+    got = llama_chat_apply_template(tmpl, &message, 1, true, out, cap);
+    if (got >= cap) {
+        char *grown = (char *)realloc(out, (size_t)got + 1);
+        if (!grown) { free(out); return NULL; }
+        out = grown;
+        got = llama_chat_apply_template(tmpl, &message, 1, true, out, got + 1);
+    }
+    if (got < 0) { free(out); return NULL; }
+    out[got] = '\0';
+    return out;
+}
+
+int util_decode(struct llama_context *ctx, const llama_token *tokens, int64_t n, int64_t pos0,
+                int all_logits) {
+    int64_t n_batch = llama_n_batch(ctx), done = 0, i;
+    struct llama_batch batch = llama_batch_init((int32_t)(n < n_batch ? n : n_batch), 0, 1);
+    int rc = 0;
+    while (done < n && rc == 0) {
+        int64_t m = n - done < n_batch ? n - done : n_batch;
+        batch.n_tokens = (int32_t)m;
+        for (i = 0; i < m; i++) {
+            batch.token[i] = tokens[done + i];
+            batch.pos[i] = (llama_pos)(pos0 + done + i);
+            batch.n_seq_id[i] = 1;
+            batch.seq_id[i][0] = 0;
+            batch.logits[i] = (int8_t)(all_logits || done + i == n - 1);
+        }
+        rc = llama_decode(ctx, batch);
+        done += m;
+    }
+    llama_batch_free(batch);
+    return rc;
+}
+
+llama_token util_argmax(const float *logits, int64_t n_vocab) {
+    int64_t i, best = 0;
+    for (i = 1; i < n_vocab; i++)
+        if (logits[i] > logits[best]) best = i;
+    return (llama_token)best;
+}
+
+static double util_logsumexp(const float *x, int64_t n) {
+    double m = x[0], s = 0;
+    int64_t i;
+    for (i = 1; i < n; i++) if (x[i] > m) m = x[i];
+    for (i = 0; i < n; i++) s += exp(x[i] - m);
+    return m + log(s);
+}
+
+double util_kl(const float *logits_p, const float *logits_q, int64_t n_vocab, int *top1_agree) {
+    double lp = util_logsumexp(logits_p, n_vocab), lq = util_logsumexp(logits_q, n_vocab), kl = 0;
+    int64_t i;
+    for (i = 0; i < n_vocab; i++) {
+        double a = logits_p[i] - lp, b = logits_q[i] - lq;
+        kl += exp(a) * (a - b);
+    }
+    if (top1_agree) *top1_agree = util_argmax(logits_p, n_vocab) == util_argmax(logits_q, n_vocab);
+    return kl > 0 ? kl : 0; /* rounding can give -1e-12 for equal rows */
+}
+
+void util_append_piece(const struct llama_vocab *vocab, llama_token token, char *out, size_t out_cap) {
+    char piece[256];
+    size_t used = strlen(out);
+    int32_t n = llama_token_to_piece(vocab, token, piece, (int32_t)sizeof piece - 1, 0, false);
+    if (n <= 0) return;
+    if (used + (size_t)n + 1 > out_cap) n = (int32_t)(out_cap - used - 1);
+    memcpy(out + used, piece, (size_t)n);
+    out[used + (size_t)n] = '\0';
+}
+
+int util_policy(const char *name, kvec_policy *policy) {
+    static const char *const names[KVEC_POLICY_COUNT_] = {
+        NULL, "kvec", "snapkv", "pyramidkv", "streaming", "h2o", "tova", "knorm", "keydiff", "random",
+        "criticalkv", "laprox"};
+    int p;
+    for (p = 1; p < KVEC_POLICY_COUNT_; p++)
+        if (names[p] && !strcmp(name, names[p])) { *policy = (kvec_policy)p; return 0; }
+    return -1;
+}
+
+int util_flash_attn(const char *value, enum llama_flash_attn_type *type) {
+    if (!strcmp(value, "on")) { *type = LLAMA_FLASH_ATTN_TYPE_ENABLED; return 0; }
+    if (!strcmp(value, "off")) { *type = LLAMA_FLASH_ATTN_TYPE_DISABLED; return 0; }
+    return -1;
+}
+
+int util_cache_type(const char *value, enum ggml_type *type) {
+    static const struct { const char *name; enum ggml_type type; } types[] = {
+        {"f32", GGML_TYPE_F32}, {"f16", GGML_TYPE_F16}, {"bf16", GGML_TYPE_BF16},
+        {"q8_0", GGML_TYPE_Q8_0}, {"q4_0", GGML_TYPE_Q4_0}};
+    size_t i;
+    for (i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (!strcmp(value, types[i].name)) { *type = types[i].type; return 0; }
+    return -1;
+}
+
+void util_threads(int64_t n_threads) {
+#ifdef _OPENMP
+    omp_set_num_threads((int)n_threads);
+#else
+    (void)n_threads;
+#endif
+}
+
+static void util_log(enum ggml_log_level level, const char *text, void *user_data) {
+    (void)user_data;
+    if (level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
+void util_quiet_logs(void) {
+    llama_log_set(util_log, NULL);
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# build/generate and build/demo on a real GGUF model, and on bad input: a
+# truncated or foreign file, invalid UTF-8, a prompt past the model's
+# context, bad flags. Each bad input must end in a message and exit status 1
+# or 2, never a signal. Usage: tests/test_cli.sh BUILD_DIR MODEL.gguf
+set -u
+build=$1
+model=$2
+passed=0
+failed=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+check() { # name, condition (0 = holds)
+    if [ "$2" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $1"; fi
+}
+
+# Runs a command expecting failure: status 1 or 2 (not a crash) and stderr
+# containing the given text.
+refuses() { # name, expected text, command...
+    local name=$1 text=$2
+    shift 2
+    "$@" > "$tmp/out" 2> "$tmp/err" < "${STDIN:-/dev/null}"
+    local status=$?
+    if [ $status -ne 1 ] && [ $status -ne 2 ]; then
+        failed=$((failed + 1)); echo "FAIL: $name: exit status $status"; sed 's/^/    /' "$tmp/err" | tail -3; return
+    fi
+    grep -qi -- "$text" "$tmp/err"
+    check "$name: message mentions '$text' (got: $(tail -1 "$tmp/err"))" $?
+}
+
+if [ ! -f "$model" ]; then
+    echo "test_cli: skipped: no model at $model (run make model)"
+    exit 0
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+# Inspection flags.
+ids=$(printf 'Hello, world! 12345' | "$build/generate" --model "$model" --tokenize)
+check "--tokenize prints ids on one line" $([[ "$ids" =~ ^[0-9]+( [0-9]+)*$ ]]; echo $?)
+check "--tokenize splits digits one by one (5 digits, 5+ ids)" $([ "$(echo "$ids" | wc -w)" -ge 9 ]; echo $?)
+top=$(printf 'The capital of France is' | "$build/generate" --model "$model" --top-logits 5)
+check "--top-logits 5 prints 5 lines" $([ "$(echo "$top" | wc -l)" -eq 5 ]; echo $?)
+check "--top-logits lines are 'id logit', largest first" \
+    $(echo "$top" | awk 'NF != 2 || $1 !~ /^[0-9]+$/ || (NR > 1 && $2 > prev) {bad = 1} {prev = $2} END {exit bad}'; echo $?)
+
+# Text to text, with and without compression.
+out=$(echo "What is the capital of France?" | "$build/generate" --model "$model" --policy none --max-tokens 16 2> /dev/null)
+check "full cache answers 'Paris' (got: $(echo "$out" | grep answer:))" $(echo "$out" | grep -q "^answer:.*Paris"; echo $?)
+out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.txt \
+      --question "What was the name of Agnes Pellow's dog?" --policy kvec --budget 0.5 --max-tokens 24 2> /dev/null)
+check "compressed to 50% and answered: budget line" $(echo "$out" | grep -q "kvec: [0-9]* of [0-9]* prompt tokens kept"; echo $?)
+check "compressed: cache memory before and after printed" $(echo "$out" | grep -q "MB after prefill, .* MB after compression"; echo $?)
+check "compressed: the time of each stage printed" $(echo "$out" | grep -q "time: prefill .* eviction .* ms"; echo $?)
+
+# Bad files.
+head -c 1000000 "$model" > "$tmp/truncated.gguf"
+refuses "truncated GGUF" "truncated\|past the end" "$build/generate" --model "$tmp/truncated.gguf" --tokenize
+head -c 100 /dev/urandom > "$tmp/noise.gguf"
+refuses "not a GGUF" "not a GGUF" "$build/generate" --model "$tmp/noise.gguf" --tokenize
+refuses "missing file" "cannot open" "$build/generate" --model "$tmp/absent.gguf" --tokenize
+for seed in tests/corpus/gguf/*.gguf; do
+    refuses "a GGUF without model tensors ($seed)" "tensor\|architecture" "$build/generate" --model "$seed" --tokenize
+done
+: > "$tmp/empty.gguf"
+refuses "empty file" "not a GGUF" "$build/generate" --model "$tmp/empty.gguf" --tokenize
+
+# Bad prompts.
+printf 'caf\xe9 au lait' > "$tmp/latin1.txt"
+STDIN=$tmp/latin1.txt refuses "invalid UTF-8 prompt" "UTF-8" "$build/generate" --model "$model" --policy none
+awk 'BEGIN { for (i = 0; i < 9000; i++) printf "word "; }' > "$tmp/long.txt"
+refuses "prompt past the model's context" "context" "$build/generate" --model "$model" --prompt-file "$tmp/long.txt"
+refuses "missing prompt file" "cannot open" "$build/generate" --model "$model" --prompt-file "$tmp/none.txt"
+
+# Bad flags.
+refuses "--budget 2" "budget" "$build/generate" --model "$model" --budget 2
+refuses "--budget abc" "budget" "$build/generate" --model "$model" --budget abc
+refuses "unknown policy" "unknown policy" "$build/generate" --model "$model" --policy nope
+refuses "unknown flag" "usage" "$build/generate" --model "$model" --frobnicate 1
+refuses "flag without its value" "usage" "$build/generate" --model "$model" --budget
+refuses "demo: bad budget list" "budgets" "$build/demo" --model "$model" --budgets 0.5,x
+refuses "demo: unknown policy" "unknown policy" "$build/demo" --model "$model" --policies kvec,nope
+printf 'no tab here\n' > "$tmp/q.tsv"
+refuses "demo: malformed questions file" "question" "$build/demo" --model "$model" --questions "$tmp/q.tsv"
+refuses "demo: missing document" "cannot read" "$build/demo" --model "$model" --document "$tmp/none.txt"
+
+echo "test_cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
