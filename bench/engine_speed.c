@@ -8,23 +8,15 @@
    greedily, one token per forward. Threads: OMP_NUM_THREADS. Prints the
    load time, prefill and decoding tokens per second, and a hash of the
    prefill's last logits (equal for every thread count). */
-#include "../examples/engine/model.h"
+#include "../examples/engine/session.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-static double seconds(void) {
-#ifdef _OPENMP
-    return omp_get_wtime();
-#else
-    return (double)clock() / CLOCKS_PER_SEC;
-#endif
-}
 
 int main(int argc, char **argv) {
     const int64_t prompt = argc > 2 ? atoll(argv[2]) : 4096, decoded = argc > 3 ? atoll(argv[3]) : 32;
@@ -40,11 +32,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: engine_speed MODEL [PROMPT_TOKENS [DECODED_TOKENS]]\n");
         return 2;
     }
-    start = seconds();
+    start = text_seconds();
     if (llm_load(&model, argv[1], error, sizeof error)) { fprintf(stderr, "engine_speed: %s\n", error); return 1; }
     V = model.config.vocab_size;
     printf("%s: %s, %d layers, weights %s (fp32 in memory), loaded in %.2f s, %d threads\n", argv[1],
-           model.config.architecture, model.config.n_layers, model.config.weight_dtype, seconds() - start,
+           model.config.architecture, model.config.n_layers, model.config.weight_dtype, text_seconds() - start,
 #ifdef _OPENMP
            omp_get_max_threads()
 #else
@@ -59,13 +51,13 @@ int main(int argc, char **argv) {
     }
     /* Ids spread over the first 20000 (ordinary words in both vocabularies). */
     for (i = 0; i < prompt; i++) tokens[i] = (int32_t)(100 + (uint64_t)i * 2654435761u % 20000 % (uint64_t)(V - 100));
-    start = seconds();
+    start = text_seconds();
     if (llm_forward(&model, &cache, tokens, prompt - 1, NULL) ||
         llm_forward(&model, &cache, tokens + prompt - 1, 1, logits)) {
         fprintf(stderr, "engine_speed: forward failed\n");
         return 1;
     }
-    prefilled = seconds();
+    prefilled = text_seconds();
     for (v = 0; v < V; v++) {
         uint32_t bits;
         memcpy(&bits, &logits[v], 4);
@@ -80,7 +72,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    done = seconds();
+    done = text_seconds();
     printf("prefill %lld tokens: %.2f s, %.0f tokens/s (last logits hash %016llx)\n", (long long)prompt,
            prefilled - start, (double)prompt / (prefilled - start), (unsigned long long)hash);
     if (decoded)

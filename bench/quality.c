@@ -29,14 +29,13 @@
    context arrives CHUNK tokens at a time and the cache is brought back to
    the budget after each chunk (eviction during decoding), then the
    question is asked. */
-#include "../examples/engine/model.h"
+#include "../examples/engine/session.h"
 #include "../examples/engine/tasks.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -60,44 +59,15 @@ typedef struct policy_run {
     double      coverage[N_SETTINGS][N_BUDGETS];
 } policy_run;
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Policies by name; the budget modes other than the policy's own are
-   named after the score: adakv is SnapKV scores in Ada-KV's per-layer
-   pool, *-global one pool for the whole model (floor 0.2 of B - W). */
+/* Policies by name (text_policy in examples/engine/session.c): the budget
+   modes other than the policy's own are named after the score: adakv is
+   SnapKV scores in Ada-KV's per-layer pool, *-global one pool for the whole
+   model (floor 0.2 of B - W). */
 static int parse_policy(const char *name, policy_run *run) {
-    static const struct { const char *name; kvec_policy policy; kvec_budget_mode mode; } known[] = {
-        {"kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT},
-        {"snapkv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_DEFAULT},
-        {"pyramidkv", KVEC_POLICY_PYRAMIDKV, KVEC_BUDGET_DEFAULT},
-        {"streaming", KVEC_POLICY_STREAMING, KVEC_BUDGET_DEFAULT},
-        {"h2o", KVEC_POLICY_H2O, KVEC_BUDGET_DEFAULT},
-        {"tova", KVEC_POLICY_TOVA, KVEC_BUDGET_DEFAULT},
-        {"knorm", KVEC_POLICY_KNORM, KVEC_BUDGET_DEFAULT},
-        {"keydiff", KVEC_POLICY_KEYDIFF, KVEC_BUDGET_DEFAULT},
-        {"random", KVEC_POLICY_RANDOM, KVEC_BUDGET_DEFAULT},
-        {"criticalkv", KVEC_POLICY_CRITICALKV, KVEC_BUDGET_DEFAULT},
-        {"laprox", KVEC_POLICY_LAPROX, KVEC_BUDGET_DEFAULT},
-        {"laprox-global", KVEC_POLICY_LAPROX, KVEC_BUDGET_GLOBAL},
-        {"adakv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_ADAPTIVE},
-        {"kvec-ada", KVEC_POLICY_KVEC, KVEC_BUDGET_ADAPTIVE},
-        {"snap-global", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
-        {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL}};
-    size_t i;
     memset(run, 0, sizeof *run);
     snprintf(run->name, sizeof run->name, "%s", name);
     if (!strcmp(name, "full")) { run->full = 1; return 0; }
-    for (i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (!strcmp(name, known[i].name)) {
-            run->config.policy = known[i].policy;
-            run->config.budget_mode = known[i].mode;
-            return 0;
-        }
-    return -1;
+    return text_policy(name, &run->config);
 }
 
 static int64_t argmax(const float *row, int64_t n) {
@@ -287,7 +257,7 @@ static int total_runs(const policy_run *run, int setting, int k) {
 
 static void progress(int done, int total, double started) {
     const int width = 30, filled = total ? done * width / total : width;
-    const double elapsed = now_seconds() - started;
+    const double elapsed = text_seconds() - started;
     const double left = done ? elapsed * (double)(total - done) / (double)done : 0.0;
     int i;
     fputc('\r', stderr);
@@ -428,7 +398,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     total = samples * TASK_COUNT * n_lengths;
-    started = now_seconds();
+    started = text_seconds();
     progress(0, total, started);
     for (i = 0; i < n_lengths; i++) {
         for (s = 0; s < samples; s++) {
@@ -518,7 +488,7 @@ int main(int argc, char **argv) {
         printf("\n");
     }
     {
-        const double wall = now_seconds() - started;
+        const double wall = text_seconds() - started;
         const char *slash = strrchr(model_dir, '/');
         char name[256];
         snprintf(name, sizeof name, "%s", slash && slash[1] ? slash + 1 : model_dir);

@@ -11,16 +11,12 @@
    here, model or not. */
 #include "../examples/engine/gguf.h"
 #include "../examples/engine/json.h"
-#include "../examples/engine/model.h"
+#include "../examples/engine/session.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* The largest |engine - transformers| allowed on a checked logit (logits
    reach 20-30 here). Measured: SmolLM2-135M Q4_1 8.4e-5, Qwen2.5-Coder-0.5B
@@ -36,13 +32,6 @@ static void check(int ok, const char *what) {
     else { n_failed++; printf("FAIL: %s\n", what); }
 }
 
-static double seconds(void) {
-#ifdef _OPENMP
-    return omp_get_wtime();
-#else
-    return (double)clock() / CLOCKS_PER_SEC;
-#endif
-}
 
 static int write_file(const char *path, const void *data, size_t length) {
     FILE *f = fopen(path, "wb");
@@ -157,7 +146,7 @@ static void test_real_model(const char *model_path, const char *vectors_path) {
         free(text);
         return;
     }
-    start = seconds();
+    start = text_seconds();
     if (llm_load(&model, model_path, error, sizeof error)) {
         snprintf(what, sizeof what, "load %s: %s", model_path, error);
         check(0, what);
@@ -168,7 +157,7 @@ static void test_real_model(const char *model_path, const char *vectors_path) {
            name, model.config.architecture, model.config.n_layers, model.config.n_heads, model.config.n_kv_heads,
            model.config.head_dim, model.config.hidden_size, model.config.vocab_size,
            (long long)model.config.context_length, model.config.tied_embeddings ? "tied" : "untied",
-           model.config.attention_bias ? ", Q/K/V biases" : "", model.config.weight_dtype, seconds() - start);
+           model.config.attention_bias ? ", Q/K/V biases" : "", model.config.weight_dtype, text_seconds() - start);
     arch = json_get(root, "architecture");
     snprintf(what, sizeof what, "%s: architecture %s as in the vectors", name, model.config.architecture);
     check(arch && arch->type == JSON_STRING && !strcmp(arch->string, model.config.architecture), what);

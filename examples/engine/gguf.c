@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int gguf_error(char *error, size_t size, const char *format, ...) {
+int gguf_error(char *error, size_t size, const char *format, ...) {
     va_list args;
     if (error && size) {
         va_start(args, format);

@@ -90,6 +90,11 @@ int gguf_get_string(const gguf_file *file, const char *key, gguf_string *out);
 int gguf_array_strings(const gguf_metadata *array, gguf_string *out);
 int gguf_array_ints(const gguf_metadata *array, int64_t *out);
 
+/* Writes a printf-style message into error (error_size bytes; nothing when
+   error is NULL) and returns -1: the error convention of the engine's
+   readers (this one, the tokenizer, the model loader). */
+int gguf_error(char *error, size_t error_size, const char *format, ...);
+
 /* Bytes of `n` elements of a ggml type (n a multiple of its block), or 0 when
    the type is not one this reader knows or n is not whole blocks. */
 uint64_t    gguf_type_bytes(uint32_t type, uint64_t n);

@@ -7,7 +7,6 @@
 #include "json.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,28 +16,18 @@
 
 enum { LLM_MAX_HEAD_DIM = 256 }; /* the attention keeps a tile's queries on the stack */
 
-static int set_error(char *error, size_t size, const char *format, ...) {
-    va_list args;
-    if (error && size) {
-        va_start(args, format);
-        vsnprintf(error, size, format, args);
-        va_end(args);
-    }
-    return -1;
-}
-
 /* ---------------------------------------------------------------- loading */
 
 /* What the forward pass assumes, whichever file the numbers came from. */
 static int check_config(const llm_config *c, const char *source, char *error, size_t size) {
     if (c->n_heads % c->n_kv_heads != 0)
-        return set_error(error, size, "%s: %d attention heads are not a multiple of %d KV heads",
+        return gguf_error(error, size, "%s: %d attention heads are not a multiple of %d KV heads",
                          source, c->n_heads, c->n_kv_heads);
     if (c->n_kv_heads > 64)
-        return set_error(error, size, "%s: %d KV heads (at most 64 supported)", source, c->n_kv_heads);
+        return gguf_error(error, size, "%s: %d KV heads (at most 64 supported)", source, c->n_kv_heads);
     /* Llama models use 64 or 128; the attention works in 16s. */
     if (c->head_dim < 16 || c->head_dim % 16 != 0 || c->head_dim > LLM_MAX_HEAD_DIM)
-        return set_error(error, size, "%s: head_dim %d is not a multiple of 16 up to %d", source, c->head_dim,
+        return gguf_error(error, size, "%s: head_dim %d is not a multiple of 16 up to %d", source, c->head_dim,
                          LLM_MAX_HEAD_DIM);
     return 0;
 }
@@ -48,12 +37,12 @@ static int config_int(const json_value *root, const char *key, int fallback, int
                       char *error, size_t size) {
     const json_value *v = json_get(root, key);
     if (!v || v->type == JSON_NULL) {
-        if (fallback < 0) return set_error(error, size, "config.json: missing \"%s\"", key);
+        if (fallback < 0) return gguf_error(error, size, "config.json: missing \"%s\"", key);
         *out = fallback;
         return 0;
     }
     if (v->type != JSON_NUMBER || v->number != floor(v->number) || v->number < 1 || v->number > 1e7)
-        return set_error(error, size, "config.json: \"%s\" must be a positive integer", key);
+        return gguf_error(error, size, "config.json: \"%s\" must be a positive integer", key);
     *out = (int)v->number;
     return 0;
 }
@@ -63,7 +52,7 @@ static int parse_config(llm_config *c, const char *text, size_t length, char *er
     json_value *root = json_parse(text, length, json_error, sizeof json_error);
     const json_value *v;
     int status = -1, context = 0;
-    if (!root) return set_error(error, size, "config.json: %s", json_error);
+    if (!root) return gguf_error(error, size, "config.json: %s", json_error);
     memset(c, 0, sizeof *c);
     if (config_int(root, "vocab_size", -1, &c->vocab_size, error, size) ||
         config_int(root, "hidden_size", -1, &c->hidden_size, error, size) ||
@@ -83,20 +72,20 @@ static int parse_config(llm_config *c, const char *text, size_t length, char *er
     if (check_config(c, "config.json", error, size)) goto done;
     /* What this engine does not implement is refused rather than ignored. */
     if ((v = json_get(root, "model_type")) && (v->type != JSON_STRING || strcmp(v->string, "llama"))) {
-        set_error(error, size, "config.json: model_type must be \"llama\" (other architectures load from GGUF)");
+        gguf_error(error, size, "config.json: model_type must be \"llama\" (other architectures load from GGUF)");
         goto done;
     }
     if ((v = json_get(root, "hidden_act")) && (v->type != JSON_STRING || strcmp(v->string, "silu"))) {
-        set_error(error, size, "config.json: hidden_act must be \"silu\"");
+        gguf_error(error, size, "config.json: hidden_act must be \"silu\"");
         goto done;
     }
     if ((v = json_get(root, "rope_scaling")) && v->type != JSON_NULL) {
-        set_error(error, size, "config.json: rope_scaling is not supported");
+        gguf_error(error, size, "config.json: rope_scaling is not supported");
         goto done;
     }
     if (((v = json_get(root, "attention_bias")) && v->type == JSON_TRUE) ||
         ((v = json_get(root, "mlp_bias")) && v->type == JSON_TRUE)) {
-        set_error(error, size, "config.json: biases are not supported");
+        gguf_error(error, size, "config.json: biases are not supported");
         goto done;
     }
     status = 0;
@@ -113,11 +102,11 @@ static int gguf_arch_int(const gguf_file *f, const char *arch, const char *name,
     snprintf(key, sizeof key, "%s.%s", arch, name);
     if (gguf_get_int(f, key, &v)) {
         if (fallback < 0 || gguf_find(f, key))
-            return set_error(error, size, "GGUF: %s %s", key, gguf_find(f, key) ? "is not an integer" : "is missing");
+            return gguf_error(error, size, "GGUF: %s %s", key, gguf_find(f, key) ? "is not an integer" : "is missing");
         v = fallback;
     }
     if (v < 0 || v > 100000000 || (fallback < 0 && v == 0))
-        return set_error(error, size, "GGUF: %s = %lld is out of range", key, (long long)v);
+        return gguf_error(error, size, "GGUF: %s = %lld is out of range", key, (long long)v);
     *out = (int)v;
     return 0;
 }
@@ -130,9 +119,9 @@ static int gguf_config(llm_config *c, const gguf_file *f, char *error, size_t si
     int rope_dims, key_length, value_length, experts, context, vocab;
     memset(c, 0, sizeof *c);
     if (gguf_get_string(f, "general.architecture", &arch))
-        return set_error(error, size, "GGUF: general.architecture is missing");
+        return gguf_error(error, size, "GGUF: general.architecture is missing");
     if (!gguf_string_equals(arch, "llama") && !gguf_string_equals(arch, "qwen2"))
-        return set_error(error, size, "GGUF: architecture \"%.*s\" is not supported (llama and qwen2 are)",
+        return gguf_error(error, size, "GGUF: architecture \"%.*s\" is not supported (llama and qwen2 are)",
                          arch.length > 40 ? 40 : (int)arch.length, arch.data);
     memcpy(c->architecture, arch.data, (size_t)arch.length);
     if (gguf_arch_int(f, c->architecture, "block_count", -1, &c->n_layers, error, size) ||
@@ -146,37 +135,37 @@ static int gguf_config(llm_config *c, const gguf_file *f, char *error, size_t si
         gguf_arch_int(f, c->architecture, "expert_count", 0, &experts, error, size) ||
         gguf_arch_int(f, c->architecture, "context_length", 0, &context, error, size))
         return -1;
-    if (c->n_kv_heads == 0) return set_error(error, size, "GGUF: %s.attention.head_count_kv is 0", c->architecture);
+    if (c->n_kv_heads == 0) return gguf_error(error, size, "GGUF: %s.attention.head_count_kv is 0", c->architecture);
     /* Each layer has 9 tensors or more: a larger count is a broken file,
        refused before anything is sized by it. */
     if ((uint64_t)c->n_layers * 9 > f->n_tensors)
-        return set_error(error, size, "GGUF: %s.block_count %d, but the file holds %llu tensors", c->architecture,
+        return gguf_error(error, size, "GGUF: %s.block_count %d, but the file holds %llu tensors", c->architecture,
                          c->n_layers, (unsigned long long)f->n_tensors);
     c->head_dim = key_length;
     c->context_length = context;
     if (value_length != key_length || rope_dims != key_length || experts > 0)
-        return set_error(error, size, "GGUF: %s", experts > 0 ? "mixture-of-experts models are not supported"
+        return gguf_error(error, size, "GGUF: %s", experts > 0 ? "mixture-of-experts models are not supported"
                          : value_length != key_length ? "value and key head sizes differ (not supported)"
                          : "RoPE on part of each head is not supported");
     snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", c->architecture);
     if (gguf_get_float(f, key, &number) || !(number > 0.0 && number < 1.0))
-        return set_error(error, size, "GGUF: %s is missing or out of range", key);
+        return gguf_error(error, size, "GGUF: %s is missing or out of range", key);
     c->rms_norm_eps = (float)number;
     snprintf(key, sizeof key, "%s.rope.freq_base", c->architecture);
     c->rope_theta = gguf_get_float(f, key, &number) ? 10000.0f : (float)number; /* llama.cpp's default */
-    if (!(c->rope_theta > 1.0f)) return set_error(error, size, "GGUF: %s is out of range", key);
+    if (!(c->rope_theta > 1.0f)) return gguf_error(error, size, "GGUF: %s is out of range", key);
     snprintf(key, sizeof key, "%s.rope.scaling.type", c->architecture);
     if (!gguf_get_string(f, key, &scaling) && !gguf_string_equals(scaling, "none"))
-        return set_error(error, size, "GGUF: RoPE scaling \"%.*s\" is not supported",
+        return gguf_error(error, size, "GGUF: RoPE scaling \"%.*s\" is not supported",
                          scaling.length > 40 ? 40 : (int)scaling.length, scaling.data);
     /* The vocabulary is the embedding's row count; the metadata may repeat it. */
-    if (!embed) return set_error(error, size, "GGUF: missing tensor token_embd.weight");
+    if (!embed) return gguf_error(error, size, "GGUF: missing tensor token_embd.weight");
     if (embed->n_dims != 2 || embed->ne[1] > 100000000)
-        return set_error(error, size, "GGUF: token_embd.weight is not a [vocab][hidden] matrix");
+        return gguf_error(error, size, "GGUF: token_embd.weight is not a [vocab][hidden] matrix");
     c->vocab_size = (int)embed->ne[1];
     if (gguf_arch_int(f, c->architecture, "vocab_size", c->vocab_size, &vocab, error, size)) return -1;
     if (vocab != c->vocab_size)
-        return set_error(error, size, "GGUF: %s.vocab_size %d disagrees with token_embd.weight's %d rows",
+        return gguf_error(error, size, "GGUF: %s.vocab_size %d disagrees with token_embd.weight's %d rows",
                          c->architecture, vocab, c->vocab_size);
     c->tied_embeddings = gguf_find_tensor(f, "output.weight") == NULL;
     /* qwen2 always has Q/K/V biases; a llama file may. */
@@ -272,25 +261,25 @@ static int load_safetensors_tensor(const json_value *entry, const wanted_tensor 
     double begin, end;
     if (!dtype || dtype->type != JSON_STRING || !shape || shape->type != JSON_ARRAY ||
         !offsets || offsets->type != JSON_ARRAY || offsets->length != 2)
-        return set_error(error, size, "model.safetensors: malformed entry for %s", w->name);
+        return gguf_error(error, size, "model.safetensors: malformed entry for %s", w->name);
     if (!strcmp(dtype->string, "F32")) element_size = 4;
     else if (!strcmp(dtype->string, "F16") || !strcmp(dtype->string, "BF16")) element_size = 2;
-    else return set_error(error, size, "model.safetensors: %s has dtype %s (F32, F16, BF16 supported)",
+    else return gguf_error(error, size, "model.safetensors: %s has dtype %s (F32, F16, BF16 supported)",
                           w->name, dtype->string);
     if (shape->length != (size_t)(w->cols ? 2 : 1) ||
         json_at(shape, 0)->number != (double)w->rows ||
         (w->cols && json_at(shape, 1)->number != (double)w->cols)) {
         if (w->cols)
-            return set_error(error, size, "model.safetensors: %s should be [%lld, %lld] by config.json",
+            return gguf_error(error, size, "model.safetensors: %s should be [%lld, %lld] by config.json",
                              w->name, (long long)w->rows, (long long)w->cols);
-        return set_error(error, size, "model.safetensors: %s should be [%lld] by config.json",
+        return gguf_error(error, size, "model.safetensors: %s should be [%lld] by config.json",
                          w->name, (long long)w->rows);
     }
     b = json_at(offsets, 0); e = json_at(offsets, 1);
     begin = b->type == JSON_NUMBER ? b->number : -1; end = e->type == JSON_NUMBER ? e->number : -1;
     if (begin < 0 || end < begin || end > (double)data_bytes ||
         end - begin != (double)want_elems * (double)element_size)
-        return set_error(error, size, "model.safetensors: %s lies outside the file (truncated?)", w->name);
+        return gguf_error(error, size, "model.safetensors: %s lies outside the file (truncated?)", w->name);
     for (i = 0; i < want_elems; i++)
         (*w->slot)[i] = element_to_f32(data + (uint64_t)begin + (uint64_t)i * element_size, dtype->string);
     if (!dtype_seen[0]) strcpy(dtype_seen, dtype->string);
@@ -309,32 +298,32 @@ static int load_safetensors(llm_model *model, const char *dir, char *error, size
 
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (!(text = json_read_file(path, &text_length))) {
-        set_error(error, size, "cannot read %s", path);
+        gguf_error(error, size, "cannot read %s", path);
         goto done;
     }
     if (parse_config(c, text, text_length, error, size)) goto done;
 
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (!(file = json_read_file(path, &file_length))) {
-        set_error(error, size, "cannot read %s", path);
+        gguf_error(error, size, "cannot read %s", path);
         goto done;
     }
     /* safetensors: u64 little-endian header size, JSON header, then data. */
-    if (file_length < 8) { set_error(error, size, "model.safetensors: truncated (no header)"); goto done; }
+    if (file_length < 8) { gguf_error(error, size, "model.safetensors: truncated (no header)"); goto done; }
     for (header_bytes = 0, i = 7; i >= 0; i--) header_bytes = header_bytes << 8 | (unsigned char)file[i];
     if (header_bytes > file_length - 8) {
-        set_error(error, size, "model.safetensors: header of %llu bytes in a %zu-byte file (truncated?)",
+        gguf_error(error, size, "model.safetensors: header of %llu bytes in a %zu-byte file (truncated?)",
                   (unsigned long long)header_bytes, file_length);
         goto done;
     }
     if (!(header = json_parse(file + 8, (size_t)header_bytes, json_error, sizeof json_error))) {
-        set_error(error, size, "model.safetensors header: %s", json_error);
+        gguf_error(error, size, "model.safetensors header: %s", json_error);
         goto done;
     }
-    if ((n_wanted = plan_weights(model, 0, &wanted)) < 0) { set_error(error, size, "out of memory"); goto done; }
+    if ((n_wanted = plan_weights(model, 0, &wanted)) < 0) { gguf_error(error, size, "out of memory"); goto done; }
     for (i = 0; i < n_wanted; i++) {
         const json_value *entry = json_get(header, wanted[i].name);
-        if (!entry) { set_error(error, size, "model.safetensors: missing tensor %s", wanted[i].name); goto done; }
+        if (!entry) { gguf_error(error, size, "model.safetensors: missing tensor %s", wanted[i].name); goto done; }
         if (load_safetensors_tensor(entry, &wanted[i], (const unsigned char *)file + 8 + header_bytes,
                                     file_length - 8 - header_bytes, c->weight_dtype, error, size))
             goto done;
@@ -357,29 +346,29 @@ static int load_gguf_tensor(const gguf_file *f, const wanted_tensor *w, char *er
     const int64_t rows = w->cols ? w->rows : 1, cols = w->cols ? w->cols : w->rows;
     uint64_t row_bytes;
     int64_t r;
-    if (!t) return set_error(error, size, "GGUF: missing tensor %s", w->name);
+    if (!t) return gguf_error(error, size, "GGUF: missing tensor %s", w->name);
     if (w->cols ? t->n_dims != 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows
                 : t->n_dims != 1 || t->ne[0] != (uint64_t)cols) {
         if (w->cols)
-            return set_error(error, size, "GGUF: %s has ne [%llu, %llu, %llu, %llu], the metadata gives [%lld, %lld]",
+            return gguf_error(error, size, "GGUF: %s has ne [%llu, %llu, %llu, %llu], the metadata gives [%lld, %lld]",
                              w->name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                              (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
                              (long long)cols, (long long)rows);
-        return set_error(error, size, "GGUF: %s has ne [%llu, %llu, %llu, %llu], the metadata gives [%lld]",
+        return gguf_error(error, size, "GGUF: %s has ne [%llu, %llu, %llu, %llu], the metadata gives [%lld]",
                          w->name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                          (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols);
     }
     if (!strcmp(gguf_type_name(t->type), "unsupported"))
-        return set_error(error, size, "GGUF: %s has ggml type %u, which this engine does not read "
+        return gguf_error(error, size, "GGUF: %s has ggml type %u, which this engine does not read "
                          "(F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K)", w->name, t->type);
     if (!(row_bytes = gguf_type_bytes(t->type, (uint64_t)cols)) || !t->data)
-        return set_error(error, size, "GGUF: the rows of %s (%lld elements) are not whole %s blocks",
+        return gguf_error(error, size, "GGUF: the rows of %s (%lld elements) are not whole %s blocks",
                          w->name, (long long)cols, gguf_type_name(t->type));
     if (w->pair_heads && !w->cols) {
         /* Within a head, stored element 2i+s is Hugging Face's s*D/2 + i. */
         const int64_t D = cols / w->pair_heads;
         float *stored = (float *)malloc((size_t)cols * sizeof(float));
-        if (!stored) return set_error(error, size, "out of memory");
+        if (!stored) return gguf_error(error, size, "out of memory");
         gguf_to_f32(t->type, t->data, stored, (uint64_t)cols);
         for (r = 0; r < cols; r++) (*w->slot)[r - r % D + (r % D) % 2 * (D / 2) + (r % D) / 2] = stored[r];
         free(stored);
@@ -417,9 +406,9 @@ static int load_gguf(llm_model *model, const char *path, char *error, size_t siz
     char gguf_message[256];
     int status = -1, n_wanted, i;
     if (gguf_open(&f, path, gguf_message, sizeof gguf_message))
-        return set_error(error, size, "GGUF: %s", gguf_message);
+        return gguf_error(error, size, "GGUF: %s", gguf_message);
     if (gguf_config(&model->config, &f, error, size)) goto done;
-    if ((n_wanted = plan_weights(model, 1, &wanted)) < 0) { set_error(error, size, "out of memory"); goto done; }
+    if ((n_wanted = plan_weights(model, 1, &wanted)) < 0) { gguf_error(error, size, "out of memory"); goto done; }
     for (i = 0; i < n_wanted; i++)
         if (load_gguf_tensor(&f, &wanted[i], error, size)) goto done;
     gguf_weight_type(&f, model->config.weight_dtype, sizeof model->config.weight_dtype);

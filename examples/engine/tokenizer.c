@@ -4,20 +4,9 @@
 #include "tokenizer.h"
 #include "unicode_tables.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int tokenizer_error(char *error, size_t size, const char *format, ...) {
-    va_list args;
-    if (error && size) {
-        va_start(args, format);
-        vsnprintf(error, size, format, args);
-        va_end(args);
-    }
-    return -1;
-}
 
 /* ------------------------------------------------------------------ UTF-8 */
 
@@ -334,19 +323,19 @@ int tokenizer_load(tokenizer *t, const gguf_file *file, char *error, size_t erro
     memset(t, 0, sizeof *t);
     t->bos_id = t->eos_id = t->im_end_id = -1;
     if (gguf_get_string(file, "tokenizer.ggml.model", &model))
-        return tokenizer_error(error, error_size, "no tokenizer in this GGUF file (tokenizer.ggml.model missing)");
+        return gguf_error(error, error_size, "no tokenizer in this GGUF file (tokenizer.ggml.model missing)");
     if (!string_is(model, "gpt2"))
-        return tokenizer_error(error, error_size,
+        return gguf_error(error, error_size,
                                "tokenizer model '%.*s' is not supported (byte-level BPE, 'gpt2', only)",
                                (int)(model.length > 64 ? 64 : model.length), model.data);
     if (gguf_get_string(file, "tokenizer.ggml.pre", &pre))
-        return tokenizer_error(error, error_size, "tokenizer.ggml.pre missing: the pre-tokenizer is unknown");
+        return gguf_error(error, error_size, "tokenizer.ggml.pre missing: the pre-tokenizer is unknown");
     if (string_is(pre, "gpt2")) t->pre = TOKENIZER_PRE_GPT2;
     else if (string_is(pre, "smollm")) t->pre = TOKENIZER_PRE_SMOLLM;
     else if (string_is(pre, "qwen2")) t->pre = TOKENIZER_PRE_QWEN2;
     else if (string_is(pre, "llama-bpe")) t->pre = TOKENIZER_PRE_LLAMA_BPE;
     else
-        return tokenizer_error(error, error_size,
+        return gguf_error(error, error_size,
                                "pre-tokenizer '%.*s' is not supported (gpt2, smollm, qwen2, llama-bpe)",
                                (int)(pre.length > 64 ? 64 : pre.length), pre.data);
     snprintf(t->pre_name, sizeof t->pre_name, "%.*s", (int)pre.length, pre.data);
@@ -356,12 +345,12 @@ int tokenizer_load(tokenizer *t, const gguf_file *file, char *error, size_t erro
     types_md = gguf_find(file, "tokenizer.ggml.token_type");
     if (!tokens_md || tokens_md->type != GGUF_ARRAY || tokens_md->item_type != GGUF_STRING ||
         tokens_md->count < 256 || tokens_md->count > INT32_MAX / 2)
-        return tokenizer_error(error, error_size, "tokenizer.ggml.tokens missing or not a string array of 256+");
+        return gguf_error(error, error_size, "tokenizer.ggml.tokens missing or not a string array of 256+");
     if (!merges_md || merges_md->type != GGUF_ARRAY || merges_md->item_type != GGUF_STRING ||
         merges_md->count > INT32_MAX / 2)
-        return tokenizer_error(error, error_size, "tokenizer.ggml.merges missing or not a string array");
+        return gguf_error(error, error_size, "tokenizer.ggml.merges missing or not a string array");
     if (types_md && (types_md->type != GGUF_ARRAY || types_md->count != tokens_md->count))
-        return tokenizer_error(error, error_size, "tokenizer.ggml.token_type does not match the tokens");
+        return gguf_error(error, error_size, "tokenizer.ggml.token_type does not match the tokens");
     t->n_tokens = (int32_t)tokens_md->count;
 
     strings = (gguf_string *)malloc((size_t)(tokens_md->count > merges_md->count ? tokens_md->count
@@ -491,10 +480,10 @@ int tokenizer_load(tokenizer *t, const gguf_file *file, char *error, size_t erro
     free(specials);
     return 0;
 out_of_memory:
-    tokenizer_error(error, error_size, "out of memory loading the tokenizer");
+    gguf_error(error, error_size, "out of memory loading the tokenizer");
     goto fail;
 malformed:
-    tokenizer_error(error, error_size, "malformed tokenizer arrays");
+    gguf_error(error, error_size, "malformed tokenizer arrays");
 fail:
     free(strings);
     free(types);
@@ -757,7 +746,7 @@ int64_t tokenizer_encode(const tokenizer *t, const char *text, size_t length, in
         uint32_t c;
         int n = utf8_decode(u + i, length - i, &c);
         if (!n) {
-            tokenizer_error(error, error_size, "invalid UTF-8 at byte %lu of the text (0x%02X)",
+            gguf_error(error, error_size, "invalid UTF-8 at byte %lu of the text (0x%02X)",
                             (unsigned long)i, u[i]);
             return -1;
         }
@@ -796,7 +785,7 @@ int64_t tokenizer_encode(const tokenizer *t, const char *text, size_t length, in
     result = s.count;
     goto done;
 out_of_memory:
-    tokenizer_error(error, error_size, "out of memory encoding %lu bytes", (unsigned long)length);
+    gguf_error(error, error_size, "out of memory encoding %lu bytes", (unsigned long)length);
 done:
     free(cps);
     free(cls);
