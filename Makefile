@@ -104,8 +104,8 @@ $(BUILD)/test_engine: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
 $(BUILD)/test_engine_asan: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
 	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_engine.c $(ENGINE) -lm
 
-$(BUILD)/quality: bench/quality.c $(ENGINE_DEP) | $(BUILD)
-	$(ENGINE_CC) -o $@ bench/quality.c $(ENGINE) -lm
+$(BUILD)/quality: bench/quality.c bench/quality_tasks.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/quality.c bench/quality_tasks.c $(ENGINE) -lm
 
 $(BUILD)/generate: examples/engine/generate.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ examples/engine/generate.c $(ENGINE) -lm
@@ -241,8 +241,9 @@ $(BUILD)/test_real_model: tests/test_real_model.c $(ENGINE_DEP) | $(BUILD)
 test-real-model: $(BUILD)/test_real_model
 	$(BUILD)/test_real_model $(REAL_MODEL_ARGS)
 
-# build/generate and build/demo on SmolLM2, and on bad files, prompts and flags.
-test-cli: $(BUILD)/generate $(BUILD)/demo
+# build/generate, build/demo and build/quality --tasks on SmolLM2, and on bad
+# files, prompts and flags.
+test-cli: $(BUILD)/generate $(BUILD)/demo $(BUILD)/quality
 	tests/test_cli.sh $(BUILD) $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # The real-model tests of `make test`: both models are fetched first (once,

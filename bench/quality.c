@@ -305,8 +305,12 @@ static void usage(void) {
     fprintf(stderr,
             "usage: quality [--model DIR] [--samples N] [--seed S] [--quick] [--lengths 2048,4096]\n"
             "               [--policies full,kvec,snapkv,...] [--mu X] [--terms BITS] [--out FILE]\n"
-            "               [--decode CHUNK]   (context streamed in chunks, cache held at the budget)\n");
+            "               [--decode CHUNK]   (context streamed in chunks, cache held at the budget)\n"
+            "       quality --model FILE.gguf --tasks FILE [--policies ..] [--budgets ..] [--settings ..]\n"
+            "               [--max-tokens N] [--limit N] [--out RESULT.json]   (your own documents)\n");
 }
+
+int quality_task_file(int argc, char **argv); /* quality_tasks.c */
 
 int main(int argc, char **argv) {
     const char *model_dir = "bench/models/ref-4l", *out_path = "bench/results/quality.json";
@@ -329,6 +333,8 @@ int main(int argc, char **argv) {
     double started;
     FILE *f;
 
+    for (i = 1; i < argc; i++) /* a task file: your own documents on a GGUF model */
+        if (!strcmp(argv[i], "--tasks")) return quality_task_file(argc, argv);
     for (i = 1; i < argc; i++) {
         const char *arg = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(arg, "--quick")) { quick = 1; continue; }

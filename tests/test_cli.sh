@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# build/generate and build/demo on a real GGUF model, and on bad input: a
+# build/generate, build/demo and build/quality --tasks on a real GGUF model,
+# and on bad input: a
 # truncated or foreign file, invalid UTF-8, a prompt past the model's
 # context, bad flags. Each bad input must end in a message and exit status 1
 # or 2, never a signal. Usage: tests/test_cli.sh BUILD_DIR MODEL.gguf
@@ -52,6 +53,22 @@ out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.
 check "compressed to 50% and answered: budget line" $(echo "$out" | grep -q "kvec: [0-9]* of [0-9]* prompt tokens kept"; echo $?)
 check "compressed: cache memory before and after printed" $(echo "$out" | grep -q "MB after prefill, .* MB after compression"; echo $?)
 check "compressed: the time of each stage printed" $(echo "$out" | grep -q "time: prefill .* eviction .* ms"; echo $?)
+
+# Your own documents: build/quality on a task file.
+"$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 1 --policies full,kvec \
+    --budgets 0.5 --settings aware --max-tokens 16 --out "$tmp/result.json" > "$tmp/quality.txt" 2> /dev/null
+check "quality --tasks runs a task file" $?
+check "quality --tasks: a full-cache row and a 50% row" \
+    $(grep -q "^full .*100%" "$tmp/quality.txt" && grep -q "^kvec .*50%" "$tmp/quality.txt"; echo $?)
+check "quality --tasks: RESULT.json holds results, stderr and sample counts" \
+    $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['samples'] == 1; \
+assert set(r['results']) == {'full', 'kvec'}; assert '1.0' in r['results']['full']['aware']; \
+assert '0.5' in r['stderr']['kvec']['aware']" "$tmp/result.json" 2> /dev/null; echo $?)
+printf '{"context": "a", "question": "b"}\n' > "$tmp/bad.jsonl"
+refuses "quality: a task without an answer" "bad.jsonl:1" "$build/quality" --model "$model" --tasks "$tmp/bad.jsonl"
+printf '{"context": "a", \n' > "$tmp/broken.jsonl"
+refuses "quality: a broken JSON line" "broken.jsonl:1" "$build/quality" --model "$model" --tasks "$tmp/broken.jsonl"
+refuses "quality: missing task file" "cannot read" "$build/quality" --model "$model" --tasks "$tmp/none.jsonl"
 
 # Bad files.
 head -c 1000000 "$model" > "$tmp/truncated.gguf"

@@ -18,7 +18,6 @@
    fractions of the compressed prefix, per KV head (window of 32 included). */
 #include "session.h"
 
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,15 +77,6 @@ static int parse_questions(char *text, question *questions, int capacity) {
     return n;
 }
 
-static int contains_ignoring_case(const char *text, const char *word) {
-    size_t n = strlen(word), i;
-    for (; *text; text++) {
-        for (i = 0; i < n && text[i] && tolower((unsigned char)text[i]) == tolower((unsigned char)word[i]); i++) {}
-        if (i == n) return 1;
-    }
-    return 0;
-}
-
 /* The reply on one line, cut to `width` bytes (never inside a UTF-8 sequence). */
 static void print_reply(const char *reply, int width) {
     int i = 0;
@@ -113,18 +103,16 @@ static void usage(void) {
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
     const char *questions_path = "examples/demo/questions.tsv";
-    const char *instruction = "Read the document below, then answer the question after it in a few words.\n\n";
     char policies[256] = "kvec,snapkv,streaming", budgets[256] = "0.5,0.25,0.1";
-    char error[512], *document, *questions_text, *prompt = NULL, *user = NULL, *name, *cut;
-    size_t document_length, questions_length, user_bytes;
+    char error[512], *document, *questions_text, *name, *cut;
+    size_t document_length, questions_length;
     question questions[MAX_QUESTIONS];
     static run runs[MAX_RUNS];
     int n_questions, n_runs = 1, aware = 0, q, r, i;
-    int64_t max_tokens = 24, P = 0, prompt_length;
+    int64_t max_tokens = 24;
     text_model m;
     llm_cache base, work;
     float *base_logits, *logits;
-    int32_t *ids = NULL;
     double start;
 
     for (i = 1; i < argc; i++) {
@@ -176,8 +164,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "demo: cannot read the document %s\n", document_path);
         return 1;
     }
-    while (document_length && (document[document_length - 1] == '\n' || document[document_length - 1] == ' '))
-        document[--document_length] = '\0';
     if (!(questions_text = read_file(questions_path, &questions_length)) ||
         (n_questions = parse_questions(questions_text, questions, MAX_QUESTIONS)) < 1) {
         fprintf(stderr, "demo: cannot read questions from %s (one `question<TAB>answer` per line, at most %d)\n",
@@ -190,99 +176,68 @@ int main(int argc, char **argv) {
     printf("%s: %d layers, %d KV heads of %d dims; loaded in %.1f s\n", m.name, m.model.config.n_layers,
            m.model.config.n_kv_heads, m.model.config.head_dim, text_seconds() - start);
 
-    user_bytes = strlen(instruction) + document_length + 4096;
-    if (!(user = (char *)malloc(user_bytes)) || !(prompt = (char *)malloc(user_bytes + 4096)) ||
-        !(base_logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))) ||
+    if (!(base_logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))) ||
         !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float)))) {
         fprintf(stderr, "demo: out of memory\n");
         return 1;
     }
 
     for (q = 0; q < n_questions; q++) {
-        int64_t split, n_prefix, n_suffix;
-        /* The prompt for this question, and where the compressed prefix ends:
-           after the document (agnostic) or after the whole prompt (aware). */
-        snprintf(user, user_bytes, "%s%s\n\nQuestion: %s", instruction, document, questions[q].text);
-        prompt_length = tokenizer_chat_prompt(&m.tok, NULL, user, prompt, user_bytes + 4096);
-        if (prompt_length < 0 || (size_t)prompt_length >= user_bytes + 4096) {
-            fprintf(stderr, "demo: the model's vocabulary has no ChatML tokens, or the question is too long\n");
-            return 1;
-        }
-        free(ids);
-        if (text_encode(&m, prompt, (size_t)prompt_length, &ids, error, sizeof error) < 0) {
+        text_prompt prompt;
+        if (text_question_prompt(&m, TEXT_INSTRUCTION, document, document_length, questions[q].text, aware, 0, &prompt,
+                                 error, sizeof error)) {
             fprintf(stderr, "demo: %s\n", error);
             return 1;
         }
-        /* tokenised in two parts at a point where the pre-tokenizer always
-           splits (the document's last character is not a space), so the two
-           parts give the same ids as the whole */
-        split = (int64_t)(strstr(prompt, document) - prompt) + (int64_t)document_length;
-        if (aware) split = prompt_length;
-        free(ids);
-        n_prefix = text_encode(&m, prompt, (size_t)split, &ids, error, sizeof error);
-        if (n_prefix < 1) { fprintf(stderr, "demo: %s\n", error); return 1; }
         if (q == 0) {
-            int64_t capacity = n_prefix + 512;
+            int64_t capacity = prompt.n_prefix + 512;
             if (llm_cache_init(&base, &m.model, capacity) || llm_cache_init(&work, &m.model, capacity)) {
                 fprintf(stderr, "demo: out of memory for a cache of %lld positions\n", (long long)capacity);
                 return 1;
             }
             printf("document: %s, %lld tokens in the %s prefix; %d questions; budgets per KV head\n\n",
-                   document_path, (long long)n_prefix, aware ? "question-aware" : "question-agnostic",
+                   document_path, (long long)prompt.n_prefix, aware ? "question-aware" : "question-agnostic",
                    n_questions);
         }
+        /* question-agnostic, every question shares the document's prefix */
         if (q == 0 || aware) {
             llm_cache_reset(&base);
             start = text_seconds();
-            if (text_prefill(&m, &base, ids, n_prefix, base_logits, stderr)) {
+            if (text_prefill(&m, &base, prompt.prefix, prompt.n_prefix, base_logits, stderr)) {
                 fprintf(stderr, "demo: prefill failed (the prompt is longer than the cache?)\n");
                 return 1;
             }
-            if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)n_prefix, text_seconds() - start);
-            P = n_prefix;
+            if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)prompt.n_prefix, text_seconds() - start);
         }
-        {
-            int32_t *suffix = NULL;
-            n_suffix = aware ? 0 : text_encode(&m, prompt + split, (size_t)(prompt_length - split), &suffix,
-                                               error, sizeof error);
-            if (n_suffix < 0) { fprintf(stderr, "demo: %s\n", error); return 1; }
-            printf("Q%d  %s  (expected: %s)\n", q + 1, questions[q].text, questions[q].answer);
-            for (r = 0; r < n_runs; r++) {
-                run *x = &runs[r];
-                double t0;
-                llm_cache_copy(&work, &base);
-                t0 = text_seconds();
-                if (x->fraction < 1) {
-                    kvec_result result = llm_evict(&work, &x->config, (int64_t)(x->fraction * (double)P), NULL);
-                    if (result != KVEC_OK) {
-                        fprintf(stderr, "demo: %s at %.0f%%: %s\n", x->name, 100 * x->fraction,
-                                kvec_result_string(result));
-                        return 1;
-                    }
-                }
-                x->evict_seconds += text_seconds() - t0;
-                x->kept = work.length[0];
-                x->cache_bytes += (double)text_cache_bytes(&work);
-                t0 = text_seconds();
-                if (n_suffix) {
-                    if (text_prefill(&m, &work, suffix, n_suffix, logits, NULL)) return 1;
-                } else {
-                    memcpy(logits, base_logits, (size_t)m.model.config.vocab_size * sizeof(float));
-                }
-                if (text_generate(&m, &work, logits, max_tokens, x->replies[q], ANSWER_BYTES) < 0) {
-                    fprintf(stderr, "demo: the cache filled up while answering\n");
-                    return 1;
-                }
-                x->answer_seconds += text_seconds() - t0;
-                x->correct += contains_ignoring_case(x->replies[q], questions[q].answer);
-                printf("    %-12s %4.0f%%  %s  ", x->name, 100 * x->fraction,
-                       contains_ignoring_case(x->replies[q], questions[q].answer) ? "right" : "wrong");
-                print_reply(x->replies[q], 60);
-                putchar('\n');
-                fflush(stdout);
+        printf("Q%d  %s  (expected: %s)\n", q + 1, questions[q].text, questions[q].answer);
+        for (r = 0; r < n_runs; r++) {
+            run *x = &runs[r];
+            double evict_seconds, t0 = text_seconds();
+            int right;
+            if (text_answer(&m, &base, base_logits, &work, logits, x->fraction < 1 ? &x->config : NULL, x->fraction,
+                            prompt.suffix, prompt.n_suffix, max_tokens, x->replies[q], ANSWER_BYTES,
+                            &evict_seconds, error, sizeof error)) {
+                fprintf(stderr, "demo: %s at %.0f%%: %s\n", x->name, 100 * x->fraction, error);
+                return 1;
             }
-            free(suffix);
+            x->answer_seconds += text_seconds() - t0 - evict_seconds;
+            x->evict_seconds += evict_seconds;
+            {   /* the prefix's rows: what the rows read and generated after it added is taken off */
+                const double per_row = (double)m.model.config.head_dim * 2 * sizeof(float);
+                const double heads = (double)m.model.config.n_layers * m.model.config.n_kv_heads;
+                double bytes = (double)text_cache_bytes(&work) -
+                               (double)(work.n_positions - base.n_positions) * heads * per_row;
+                x->cache_bytes += bytes;
+                x->kept = (int64_t)(bytes / (heads * per_row) + 0.5); /* mean over heads */
+            }
+            right = text_contains(x->replies[q], questions[q].answer);
+            x->correct += right;
+            printf("    %-12s %4.0f%%  %s  ", x->name, 100 * x->fraction, right ? "right" : "wrong");
+            print_reply(x->replies[q], 60);
+            putchar('\n');
+            fflush(stdout);
         }
+        text_prompt_free(&prompt);
     }
 
     printf("\n%-12s %6s %12s %10s %10s %12s %8s\n", "policy", "budget", "kept/head", "cache MB", "evict ms",
@@ -293,16 +248,14 @@ int main(int argc, char **argv) {
                x->cache_bytes / n_questions / 1e6, x->fraction < 1 ? 1e3 * x->evict_seconds / n_questions : 0.0,
                1e3 * x->answer_seconds / n_questions, x->correct, n_questions);
     }
-    printf("\ncache MB: keys and values as this engine keeps them (fp32), all layers; kept/head: rows per KV head\n"
-           "(window of 32 included); evict ms: kvec's scoring, selection and compaction; answer ms: reading the\n"
-           "question and generating, greedy, at most %lld tokens. Threads: OMP_NUM_THREADS.\n", (long long)max_tokens);
+    printf("\ncache MB: keys and values as this engine keeps them (fp32), all layers; kept/head: rows\n"
+           "per KV head (window of 32 included; the mean over heads); evict ms: kvec's scoring,\n"
+           "selection and compaction; answer ms: reading the question and generating, greedy, at\n"
+           "most %lld tokens. Threads: OMP_NUM_THREADS.\n", (long long)max_tokens);
 
     llm_cache_free(&base);
     llm_cache_free(&work);
     text_model_free(&m);
-    free(ids);
-    free(user);
-    free(prompt);
     free(base_logits);
     free(logits);
     free(document);

@@ -87,38 +87,30 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
 
     t0 = text_seconds();
     if (text_model_load(&m, model_path, error, sizeof error)) return fail(error, NULL);
-    /* A prompt piped in by echo ends with a newline the user did not mean
-       as part of the turn; with a question, trailing space would also join
-       the question's first piece. */
-    if (question || !(raw || tokenize || top_logits))
-        while (length && (text[length - 1] == '\n' || text[length - 1] == ' ')) text[--length] = '\0';
-    if (tokenize || top_logits || (raw && !question)) {
-        prompt = text;
-    } else {
-        /* The chat prompt (or the raw text) with the question at the end of
-           the user turn; with a question, the part after the prompt's text
-           is read after compression. */
-        size_t bytes = length + (question ? strlen(question) : 0) + 64;
-        if (memchr(text, '\0', length)) return fail("the prompt holds a NUL byte (use --raw to send it as it is)", NULL);
-        char *user = (char *)malloc(bytes);
-        int64_t total;
-        if (!user) return fail("out of memory", NULL);
-        snprintf(user, bytes, question ? "%s\n\nQuestion: %s" : "%s", text, question);
-        total = raw ? (int64_t)strlen(user) : tokenizer_chat_prompt(&m.tok, NULL, user, NULL, 0);
-        if (total < 0 || !(prompt = (char *)malloc((size_t)total + 1)))
-            return fail("cannot build the chat prompt (no <|im_start|> in the vocabulary?)", NULL);
-        if (raw) memcpy(prompt, user, (size_t)total + 1);
-        else tokenizer_chat_prompt(&m.tok, NULL, user, prompt, (size_t)total + 1);
-        free(user);
-        length = (size_t)total;
-    }
-    if (question) {
-        size_t split = (size_t)(strstr(prompt, text) - prompt) + strlen(text);
-        if ((n_question = text_encode(&m, prompt + split, length - split, &question_ids, error, sizeof error)) < 0)
+    if (question && !(tokenize || top_logits)) {
+        /* the question ends the user turn and is read after compression */
+        text_prompt parts;
+        if (text_question_prompt(&m, "", text, length, question, 0, raw, &parts, error, sizeof error))
             return fail(error, NULL);
-        length = split;
+        ids = parts.prefix, n = parts.n_prefix;
+        question_ids = parts.suffix, n_question = parts.n_suffix;
+    } else {
+        if (!(raw || tokenize || top_logits)) {
+            /* A prompt piped in by echo ends with a newline the user did not
+               mean as part of the turn. */
+            int64_t total;
+            while (length && (text[length - 1] == '\n' || text[length - 1] == ' ')) text[--length] = '\0';
+            if (memchr(text, '\0', length)) return fail("the prompt holds a NUL byte (use --raw to send it as it is)", NULL);
+            total = tokenizer_chat_prompt(&m.tok, NULL, text, NULL, 0);
+            if (total < 0 || !(prompt = (char *)malloc((size_t)total + 1)))
+                return fail("cannot build the chat prompt (no <|im_start|> in the vocabulary?)", NULL);
+            tokenizer_chat_prompt(&m.tok, NULL, text, prompt, (size_t)total + 1);
+            length = (size_t)total;
+        } else {
+            prompt = text;
+        }
+        if ((n = text_encode(&m, prompt, length, &ids, error, sizeof error)) < 0) return fail(error, NULL);
     }
-    if ((n = text_encode(&m, prompt, length, &ids, error, sizeof error)) < 0) return fail(error, NULL);
     if (tokenize) {
         for (i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
@@ -178,7 +170,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
             (int)n_new, t_answer);
     llm_cache_free(&cache);
     text_model_free(&m);
-    if (prompt != text) free(prompt);
+    if (prompt != text) free(prompt); /* NULL with a question */
     free(text);
     free(ids);
     free(question_ids);

@@ -46,7 +46,38 @@ static json_value *new_node(parser *p, json_type type) {
 
 /* Copies a string literal (p->at on the opening quote); returns its copy in
    the second pass. */
-static int parse_string(parser *p, const char **out) {
+/* Four hex digits at text[at..at+4) into *code; 0, or -1 when not hex. */
+static int hex4(const parser *p, size_t at, unsigned long *code) {
+    size_t i;
+    *code = 0;
+    if (at + 4 > p->length) return -1;
+    for (i = at; i < at + 4; i++) {
+        char c = p->text[i];
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0) return -1;
+        *code = *code << 4 | (unsigned long)digit;
+    }
+    return 0;
+}
+
+/* Writes code point `code` as UTF-8 into out (when not NULL); returns its bytes. */
+static size_t utf8_encode(unsigned long code, char *out) {
+    unsigned char b[4];
+    size_t n, i;
+    if (code < 0x80) { b[0] = (unsigned char)code; n = 1; }
+    else if (code < 0x800) { b[0] = (unsigned char)(0xC0 | code >> 6); b[1] = (unsigned char)(0x80 | (code & 63)); n = 2; }
+    else if (code < 0x10000) {
+        b[0] = (unsigned char)(0xE0 | code >> 12); b[1] = (unsigned char)(0x80 | (code >> 6 & 63));
+        b[2] = (unsigned char)(0x80 | (code & 63)); n = 3;
+    } else {
+        b[0] = (unsigned char)(0xF0 | code >> 18); b[1] = (unsigned char)(0x80 | (code >> 12 & 63));
+        b[2] = (unsigned char)(0x80 | (code >> 6 & 63)); b[3] = (unsigned char)(0x80 | (code & 63)); n = 4;
+    }
+    for (i = 0; out && i < n; i++) out[i] = (char)b[i];
+    return n;
+}
+
+static int parse_string(parser *p, const char **out, size_t *out_length) {
     size_t n = 0;
     p->at++; /* opening quote */
     char *copy = p->strings ? p->strings + p->n_string_bytes : NULL;
@@ -56,10 +87,23 @@ static int parse_string(parser *p, const char **out) {
         if (c == '\\') {
             if (++p->at >= p->length) break;
             c = p->text[p->at];
-            if (c == 'u') { /* keep \uXXXX as written: no key we read uses it */
-                if (copy) { copy[n] = '\\'; copy[n + 1] = 'u'; }
-                n += 2;
-                p->at++;
+            if (c == 'u') { /* \uXXXX (a surrogate pair: two of them) as UTF-8 */
+                unsigned long code;
+                size_t bytes;
+                if (hex4(p, p->at + 1, &code)) return fail(p, "bad \\u escape");
+                p->at += 5;
+                if (code >= 0xD800 && code <= 0xDBFF && p->at + 1 < p->length && p->text[p->at] == '\\' &&
+                    p->text[p->at + 1] == 'u') {
+                    unsigned long low;
+                    if (hex4(p, p->at + 2, &low)) return fail(p, "bad \\u escape");
+                    if (low >= 0xDC00 && low <= 0xDFFF) {
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                        p->at += 6;
+                    }
+                }
+                if (code >= 0xD800 && code <= 0xDFFF) code = 0xFFFD; /* a lone surrogate */
+                bytes = utf8_encode(code, copy ? copy + n : NULL);
+                n += bytes;
                 continue;
             }
             c = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c == 'b' ? '\b' : c == 'f' ? '\f' : c;
@@ -73,6 +117,7 @@ static int parse_string(parser *p, const char **out) {
     if (copy) copy[n] = '\0';
     p->n_string_bytes += n + 1;
     if (out) *out = copy;
+    if (out_length) *out_length = n;
     return 0;
 }
 
@@ -91,7 +136,7 @@ static int parse_container(parser *p, json_value *v, char close) {
         skip_space(p);
         if (is_object) {
             if (p->at >= p->length || p->text[p->at] != '"') return fail(p, "expected a member name");
-            if (parse_string(p, &key)) return -1;
+            if (parse_string(p, &key, NULL)) return -1;
             skip_space(p);
             if (p->at >= p->length || p->text[p->at] != ':') return fail(p, "expected ':'");
             p->at++;
@@ -121,9 +166,10 @@ static int parse_value(parser *p, json_value **out) {
         if (parse_container(p, v, c == '{' ? '}' : ']')) return -1;
     } else if (c == '"') {
         const char *s = NULL;
+        size_t n = 0;
         v = new_node(p, JSON_STRING);
-        if (parse_string(p, &s)) return -1;
-        if (v) v->string = s;
+        if (parse_string(p, &s, &n)) return -1;
+        if (v) { v->string = s; v->length = n; }
     } else if (c == '-' || (c >= '0' && c <= '9')) {
         char buffer[64], *end;
         size_t n = 0;

@@ -3,8 +3,9 @@
    Parses a whole document into a tree of json_value nodes held in one
    allocation (free it with json_free). Enough for Hugging Face config.json,
    safetensors headers, tasks.json and the test vectors; not a general
-   library: numbers are doubles, strings keep their escapes undecoded except
-   \" and \\ (none of those files use others in keys we look up). */
+   library: numbers are doubles; strings are decoded to UTF-8 (every escape,
+   \uXXXX and surrogate pairs included) and NUL-terminated, their length in
+   `length` (a \u0000 inside shows as length > strlen). */
 #ifndef KVEC_EXAMPLE_JSON_H
 #define KVEC_EXAMPLE_JSON_H
 
@@ -18,11 +19,11 @@ typedef struct json_value json_value;
 struct json_value {
     json_type   type;
     double      number;   /* JSON_NUMBER */
-    const char *string;   /* JSON_STRING: NUL-terminated copy */
+    const char *string;   /* JSON_STRING: decoded, NUL-terminated copy */
     const char *key;      /* member name when inside an object, else NULL */
     json_value *child;    /* first element or member (arrays, objects) */
     json_value *next;     /* next sibling */
-    size_t      length;   /* number of elements or members */
+    size_t      length;   /* number of elements or members; a string's bytes */
 };
 
 /* Parses text[0..length). On failure returns NULL and writes a message with

@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #include "session.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -86,6 +87,99 @@ int64_t text_generate(const text_model *m, llm_cache *cache, float *logits, int6
     length = tokenizer_decode(&m->tok, generated, n, out, capacity);
     if (capacity) out[length < 0 ? 0 : (size_t)length < capacity ? (size_t)length : capacity - 1] = '\0';
     return n;
+}
+
+int text_question_prompt(const text_model *m, const char *instruction, const char *context,
+                         size_t context_length, const char *question, int aware, int raw,
+                         text_prompt *prompt, char *error, size_t error_size) {
+    size_t user_bytes, head, split;
+    int64_t total;
+    char *user = NULL, *text = NULL;
+    int status = -1;
+    memset(prompt, 0, sizeof *prompt);
+    while (context_length && (context[context_length - 1] == ' ' || context[context_length - 1] == '\n' ||
+                              context[context_length - 1] == '\r' || context[context_length - 1] == '\t'))
+        context_length--;
+    if (memchr(context, '\0', context_length) || strchr(question, '\0') != question + strlen(question)) {
+        gguf_error(error, error_size, "the text holds a NUL byte");
+        return -1;
+    }
+    user_bytes = strlen(instruction) + context_length + strlen(question) + 16;
+    if (!(user = (char *)malloc(user_bytes))) goto out_of_memory;
+    head = strlen(instruction);
+    memcpy(user, instruction, head);
+    memcpy(user + head, context, context_length);
+    snprintf(user + head + context_length, user_bytes - head - context_length, "\n\nQuestion: %s", question);
+    if (raw) {
+        text = user;
+        user = NULL;
+        total = (int64_t)strlen(text);
+    } else {
+        total = tokenizer_chat_prompt(&m->tok, NULL, user, NULL, 0);
+        if (total < 0) {
+            gguf_error(error, error_size, "the vocabulary has no <|im_start|> / <|im_end|> for the chat prompt");
+            goto done;
+        }
+        if (!(text = (char *)malloc((size_t)total + 1))) goto out_of_memory;
+        tokenizer_chat_prompt(&m->tok, NULL, user, text, (size_t)total + 1);
+    }
+    /* the user turn starts where the chat template put it */
+    split = (size_t)total;
+    if (!aware) {
+        const char *turn = user ? strstr(text, user) : text;
+        split = (size_t)(turn - text) + head + context_length;
+    }
+    if ((prompt->n_prefix = text_encode(m, text, split, &prompt->prefix, error, error_size)) < 0 ||
+        (prompt->n_suffix = text_encode(m, text + split, (size_t)total - split, &prompt->suffix, error,
+                                        error_size)) < 0)
+        goto done;
+    status = 0;
+    goto done;
+out_of_memory:
+    gguf_error(error, error_size, "out of memory for the prompt");
+done:
+    free(user);
+    free(text);
+    if (status) text_prompt_free(prompt);
+    return status;
+}
+
+void text_prompt_free(text_prompt *prompt) {
+    free(prompt->prefix);
+    free(prompt->suffix);
+    memset(prompt, 0, sizeof *prompt);
+}
+
+int text_answer(const text_model *m, const llm_cache *base, const float *base_logits, llm_cache *work,
+                float *logits, const kvec_config *config, double fraction, const int32_t *suffix,
+                int64_t n_suffix, int64_t max_new, char *reply, size_t reply_capacity,
+                double *evict_seconds, char *error, size_t error_size) {
+    double start;
+    llm_cache_copy(work, base);
+    start = text_seconds();
+    if (config) {
+        kvec_result r = llm_evict(work, config, (int64_t)(fraction * (double)base->n_positions), NULL);
+        if (r != KVEC_OK) return gguf_error(error, error_size, "kvec: %s", kvec_result_string(r));
+    }
+    *evict_seconds = text_seconds() - start;
+    if (n_suffix) {
+        if (text_prefill(m, work, suffix, n_suffix, logits, NULL))
+            return gguf_error(error, error_size, "the question does not fit in the cache");
+    } else {
+        memcpy(logits, base_logits, (size_t)m->model.config.vocab_size * sizeof(float));
+    }
+    if (text_generate(m, work, logits, max_new, reply, reply_capacity) < 0)
+        return gguf_error(error, error_size, "the cache filled up while answering");
+    return 0;
+}
+
+int text_contains(const char *reply, const char *answer) {
+    size_t n = strlen(answer), i;
+    for (; *reply; reply++) {
+        for (i = 0; i < n && reply[i] && tolower((unsigned char)reply[i]) == tolower((unsigned char)answer[i]); i++) {}
+        if (i == n) return 1;
+    }
+    return n == 0;
 }
 
 int64_t text_cache_bytes(const llm_cache *cache) {

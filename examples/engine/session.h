@@ -43,6 +43,43 @@ int text_prefill(const text_model *m, llm_cache *cache, const int32_t *ids, int6
 int64_t text_generate(const text_model *m, llm_cache *cache, float *logits, int64_t max_new,
                       char *out, size_t capacity);
 
+/* What build/demo and build/quality put before a document. */
+#define TEXT_INSTRUCTION "Read the document below, then answer the question after it in a few words.\n\n"
+
+/* A question about a context as the model reads it: one chat turn (raw: the
+   text as it is) holding instruction + context + "\n\nQuestion: " +
+   question, tokenized in two parts. prefix: up to the end of the context
+   (aware: the whole prompt, question included), what is compressed; suffix:
+   the rest (aware: nothing), read after compression. The context's trailing
+   white space is dropped, so the split falls after a character the
+   pre-tokenizers always split after, and the two parts are the ids of the
+   whole prompt. */
+typedef struct text_prompt {
+    int32_t *prefix, *suffix;  /* [n_prefix], [n_suffix] */
+    int64_t  n_prefix, n_suffix;
+} text_prompt;
+
+/* Returns 0, or -1 with a message (invalid UTF-8, a NUL byte in the text,
+   no chat tokens in the vocabulary). Free with text_prompt_free. */
+int  text_question_prompt(const text_model *m, const char *instruction, const char *context,
+                          size_t context_length, const char *question, int aware, int raw,
+                          text_prompt *prompt, char *error, size_t error_size);
+void text_prompt_free(text_prompt *prompt);
+
+/* One answer from a prefilled prefix: work = base (same model and
+   capacity), compressed to floor(fraction * prefix) rows per KV head with
+   config (config NULL: the full cache), then the suffix read and up to
+   max_new tokens generated greedily into reply. base_logits: base's last
+   logits ([vocab]); logits: [vocab] work memory. *evict_seconds gets kvec's
+   time. Returns 0, or -1 with a message. */
+int text_answer(const text_model *m, const llm_cache *base, const float *base_logits, llm_cache *work,
+                float *logits, const kvec_config *config, double fraction, const int32_t *suffix,
+                int64_t n_suffix, int64_t max_new, char *reply, size_t reply_capacity,
+                double *evict_seconds, char *error, size_t error_size);
+
+/* Whether reply contains answer, ignoring ASCII case: how answers are graded. */
+int text_contains(const char *reply, const char *answer);
+
 /* Bytes of the K and V rows in use in the cache (fp32, as the engine keeps
    them). */
 int64_t text_cache_bytes(const llm_cache *cache);
