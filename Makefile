@@ -340,6 +340,14 @@ quality: $(BUILD)/quality
 	$(BUILD)/quality --model bench/models/dev-6l --out bench/results/quality-dev-6l.json | tee bench/results/quality-dev-6l.txt
 	python3 bench/plot_quality.py bench/results/quality.json bench/results/quality-dev-6l.json -o bench/results/quality.png
 
+# The real-text task files for `build/quality --tasks` (docs/REAL_TASKS.md):
+# seed 1, 10 samples per task, about 1K and 2K tokens of SmolLM2's tokenizer;
+# at 2K only the tasks SmolLM2 still answers from the full cache.
+.PHONY: tasks
+tasks:
+	python3 bench/make_tasks.py --seed 1 --tokens 1024 --samples 10 --out bench/tasks/seed1-1024.jsonl
+	python3 bench/make_tasks.py --seed 1 --tokens 2048 --samples 10 --tasks passkey,needle --out bench/tasks/seed1-2048.jsonl
+
 # The speed benchmark needs OpenBLAS for its matrix-product reference
 # (Debian: apt-get install libopenblas-dev).
 $(BUILD)/speed: bench/speed.c kvec.h | $(BUILD)
