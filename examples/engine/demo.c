@@ -16,6 +16,7 @@
    The questions file has one `question<TAB>answer` per line (# comments); an
    answer is right when the reply contains it, ignoring case. Budgets are
    fractions of the compressed prefix, per KV head (window of 32 included). */
+#include "json.h" /* json_read_file */
 #include "session.h"
 
 #include <stdlib.h>
@@ -39,23 +40,6 @@ typedef struct run {
     int64_t     kept;                 /* rows per KV head after eviction */
     char        replies[MAX_QUESTIONS][ANSWER_BYTES];
 } run;
-
-static char *read_file(const char *path, size_t *length) {
-    FILE *f = fopen(path, "rb");
-    char *text = NULL;
-    long n;
-    if (!f) return NULL;
-    if (!fseek(f, 0, SEEK_END) && (n = ftell(f)) >= 0 && !fseek(f, 0, SEEK_SET) &&
-        (text = (char *)malloc((size_t)n + 1)) && fread(text, 1, (size_t)n, f) == (size_t)n) {
-        text[n] = '\0';
-        *length = (size_t)n;
-    } else {
-        free(text);
-        text = NULL;
-    }
-    fclose(f);
-    return text;
-}
 
 /* Splits the questions file in place into questions[]; returns the count or -1. */
 static int parse_questions(char *text, question *questions, int capacity) {
@@ -160,11 +144,11 @@ int main(int argc, char **argv) {
         }
     }
 
-    if (!(document = read_file(document_path, &document_length))) {
+    if (!(document = json_read_file(document_path, &document_length))) {
         fprintf(stderr, "demo: cannot read the document %s\n", document_path);
         return 1;
     }
-    if (!(questions_text = read_file(questions_path, &questions_length)) ||
+    if (!(questions_text = json_read_file(questions_path, &questions_length)) ||
         (n_questions = parse_questions(questions_text, questions, MAX_QUESTIONS)) < 1) {
         fprintf(stderr, "demo: cannot read questions from %s (one `question<TAB>answer` per line, at most %d)\n",
                 questions_path, MAX_QUESTIONS);
