@@ -100,7 +100,7 @@ int text_question_prompt(const text_model *m, const char *instruction, const cha
     while (context_length && (context[context_length - 1] == ' ' || context[context_length - 1] == '\n' ||
                               context[context_length - 1] == '\r' || context[context_length - 1] == '\t'))
         context_length--;
-    if (memchr(context, '\0', context_length) || strchr(question, '\0') != question + strlen(question)) {
+    if (memchr(context, '\0', context_length)) {
         gguf_error(error, error_size, "the text holds a NUL byte");
         return -1;
     }
