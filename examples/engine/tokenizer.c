@@ -765,7 +765,11 @@ int64_t tokenizer_encode(const tokenizer *t, const char *text, size_t length, in
                 int32_t id = t->special[k];
                 uint64_t size = t->piece_start[id + 1] - t->piece_start[id] - 1;
                 if (t->types[id] == TOKENIZER_CONTROL && !(flags & TOKENIZER_PARSE_SPECIAL)) continue;
-                if (size <= length - i && !memcmp(text + i, t->pieces + t->piece_start[id], (size_t)size)) {
+                /* a match must end where a character ends: a hostile
+                   vocabulary's special piece may stop inside one, and the
+                   text after it would then not decode */
+                if (size > 0 && size <= length - i && !memcmp(text + i, t->pieces + t->piece_start[id], (size_t)size) &&
+                    (size == length - i || (u[i + size] & 0xC0) != 0x80)) {
                     special = id;
                     break;
                 }
