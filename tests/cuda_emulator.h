@@ -7,7 +7,7 @@
 //     c++ -std=c++17 -x c++ -include tests/cuda_emulator.h kvec_cuda.cu ...
 //
 // A launch runs its blocks one after another; each block runs one fiber
-// (ucontext) per thread, switched at every barrier and warp shuffle, so
+// per thread, switched at every barrier and warp shuffle, so
 // __syncthreads, __syncthreads_or and __shfl_xor_sync mean what they mean
 // on the GPU. Shared memory is a static per kernel (one block runs at a
 // time). A barrier that not every live thread of the block reaches, or a
@@ -132,12 +132,66 @@ inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
 /* >>fibers */
+/* Switching fibers. ucontext's swapcontext saves and restores the signal
+   mask with a system call at every switch, which made it four fifths of the
+   emulated test's time. On x86-64 (System V), outside the sanitizer builds,
+   a fiber is instead a stack pointer and kc_emu_switch saves what the ABI
+   says a callee must preserve (rbx, rbp, r12-r15, the SSE control word and
+   the x87 control word) on the old stack and restores it from the new one.
+   AddressSanitizer must see every stack switch, and knows swapcontext: the
+   sanitizer builds (and other architectures) keep ucontext. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KC_EMU_UCONTEXT 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || !defined(__x86_64__)
+#define KC_EMU_UCONTEXT 1
+#endif
+
+#ifndef KC_EMU_UCONTEXT
+/* kc_emu_switch(save, next): stores the running stack's pointer in *save,
+   continues on the stack pointer next. Weak: every translation unit that
+   includes this header defines it, the linker keeps one. */
+extern "C" void kc_emu_switch(void **save, void *next);
+__asm__(".text\n"
+        ".weak kc_emu_switch\n"
+        ".type kc_emu_switch, @function\n"
+        "kc_emu_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    subq $8, %rsp\n"
+        "    stmxcsr (%rsp)\n"
+        "    fnstcw 4(%rsp)\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    ldmxcsr (%rsp)\n"
+        "    fldcw 4(%rsp)\n"
+        "    addq $8, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size kc_emu_switch, .-kc_emu_switch\n");
+#endif
+
 namespace kc_emu {
 
 enum { RUNNING, AT_BARRIER, AT_SHUFFLE, DONE };
 
 struct fiber {
+#ifdef KC_EMU_UCONTEXT
     ucontext_t context;
+#else
+    void *stack_pointer;   /* where kc_emu_switch left this fiber's registers */
+#endif
     int        state;
     int        predicate;  /* __syncthreads_or's argument, then its result */
     uint64_t   exchange;   /* shuffle: this lane's value, then the partner's */
@@ -150,7 +204,11 @@ struct runtime {
     std::vector<fiber> fibers;
     std::vector<char> stacks;
     std::vector<double> shared_memory; /* dynamic shared memory, 8-byte aligned */
+#ifdef KC_EMU_UCONTEXT
     ucontext_t scheduler;
+#else
+    void *scheduler;       /* the launching thread's stack pointer while a fiber runs */
+#endif
     const std::function<void()> *body = nullptr;
 };
 
@@ -163,15 +221,70 @@ inline dim3 thread_index() {
     return dim3(t % r.block.x, t / r.block.x % r.block.y, t / (r.block.x * r.block.y));
 }
 
+#ifdef KC_EMU_UCONTEXT
 inline void fiber_entry() {
     (*rt().body)();
     rt().fibers[rt().current].state = DONE; /* uc_link returns to the scheduler */
 }
 
+/* From the running fiber to the scheduler, and from the scheduler into
+   fiber t. */
 inline void yield() {
     runtime &r = rt();
     swapcontext(&r.fibers[r.current].context, &r.scheduler);
 }
+inline void resume(unsigned t) {
+    runtime &r = rt();
+    swapcontext(&r.scheduler, &r.fibers[t].context);
+}
+inline void start_fiber(unsigned t, char *stack, size_t stack_bytes) {
+    runtime &r = rt();
+    fiber &f = r.fibers[t];
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stack;
+    f.context.uc_stack.ss_size = stack_bytes;
+    f.context.uc_link = &r.scheduler;
+    makecontext(&f.context, fiber_entry, 0);
+}
+#else
+inline void yield() {
+    runtime &r = rt();
+    kc_emu_switch(&r.fibers[r.current].stack_pointer, r.scheduler);
+}
+inline void resume(unsigned t) {
+    runtime &r = rt();
+    kc_emu_switch(&r.scheduler, r.fibers[t].stack_pointer);
+}
+/* A new fiber's first switch "returns" into fiber_entry, which never
+   returns: when the body is done it marks the fiber and switches away for
+   good. */
+[[noreturn]] inline void fiber_entry() {
+    (*rt().body)();
+    rt().fibers[rt().current].state = DONE;
+    void *unused;
+    kc_emu_switch(&unused, rt().scheduler);
+    __builtin_unreachable();
+}
+inline void start_fiber(unsigned t, char *stack, size_t stack_bytes) {
+    /* The stack, from its top: a zero return address for fiber_entry (as if
+       it had been called; the ABI wants the stack pointer 16-byte aligned
+       before that call), fiber_entry's address for kc_emu_switch's ret, six
+       zero registers, and the current SSE and x87 control words. */
+    uintptr_t top = ((uintptr_t)(stack + stack_bytes)) & ~(uintptr_t)15;
+    void **slot = (void **)top;
+    *--slot = nullptr;
+    void (*entry)() = fiber_entry;
+    std::memcpy(--slot, &entry, sizeof entry);
+    for (int i = 0; i < 6; i++) *--slot = nullptr;
+    uint32_t sse_control = 0;
+    uint16_t x87_control = 0;
+    __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(sse_control), "=m"(x87_control));
+    *--slot = nullptr;
+    std::memcpy((char *)slot, &sse_control, 4);
+    std::memcpy((char *)slot + 4, &x87_control, 2);
+    rt().fibers[t].stack_pointer = slot;
+}
+#endif
 
 inline int block_barrier(int predicate) {
     fiber &f = rt().fibers[rt().current];
@@ -214,13 +327,8 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 r.block_index = dim3(bx, by, bz);
                 for (unsigned t = 0; t < r.threads; t++) {
-                    fiber &f = r.fibers[t];
-                    getcontext(&f.context);
-                    f.context.uc_stack.ss_sp = r.stacks.data() + t * stack_bytes;
-                    f.context.uc_stack.ss_size = stack_bytes;
-                    f.context.uc_link = &r.scheduler;
-                    f.state = RUNNING;
-                    makecontext(&f.context, fiber_entry, 0);
+                    r.fibers[t].state = RUNNING;
+                    start_fiber(t, r.stacks.data() + t * stack_bytes, stack_bytes);
                 }
                 for (unsigned round = 0;; round++) {
                     /* Forward, then backward: a thread that relies on running
@@ -230,7 +338,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::functi
                         const unsigned t = round % 2 ? r.threads - 1 - step : step;
                         if (r.fibers[t].state == RUNNING) {
                             r.current = t;
-                            swapcontext(&r.scheduler, &r.fibers[t].context);
+                            resume(t);
                         }
                     }
                     /* Nobody runs: release a warp whose live lanes all wait at a shuffle. */
