@@ -3,7 +3,8 @@
 
    build/quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all]
                  [--budgets 0.25,0.5] [--settings agnostic,aware,both]
-                 [--max-tokens 32] [--limit N] [--per-task N] [--quick] [--out RESULT.json]
+                 [--max-tokens 32] [--limit N] [--per-task N] [--quick] [--trace-answer]
+                 [--out RESULT.json]
 
    The task file holds one JSON object per line:
 
@@ -20,7 +21,13 @@
    keeps floor(f * prefix) rows per KV head (window of 32 included) for each
    budget f; `full` is the uncompressed cache. A sample is correct when the
    greedy answer (at most --max-tokens new tokens) contains `answer`,
-   ignoring ASCII case. --limit N: the first N samples of the file;
+   ignoring ASCII case. --trace-answer: no answers; instead, for each
+   compressed row, which layers keep the answer: the answer's tokens are its
+   first occurrence in the prefix (its ids alone, else with a leading
+   space), and per layer the table gives the fraction of KV heads that keep
+   every one of them, averaged over the samples where it was found (printed
+   as a digit per layer, 0 = none .. 9 = all; "answer_kept" in RESULT.json).
+   --limit N: the first N samples of the file;
    --per-task N: the first N samples of each task. --quick: --per-task 2,
    and unless given, policies full,kvec,snapkv,keydiff,streaming at budget
    0.5.
@@ -44,7 +51,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { MAX_REPLY = 1024, MAX_KINDS = 16 };
+enum { MAX_REPLY = 1024, MAX_KINDS = 16, MAX_LAYERS = 64 };
 
 static const char *const SETTING_NAMES[TEXT_MAX_SETTINGS] = {"agnostic", "aware", "both"};
 
@@ -63,7 +70,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all] [--budgets 0.25,0.5]\n"
             "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--per-task N] [--quick]\n"
-            "               [--out RESULT.json]\n"
+            "               [--trace-answer] [--out RESULT.json]\n"
             "policies: full %s\n",
             TEXT_POLICY_NAMES);
 }
@@ -229,10 +236,34 @@ static void write_budget_key(FILE *f, const text_run *run) {
     else fprintf(f, "\"%g\": ", run->fraction);
 }
 
+/* The answer's first occurrence in the prompt's prefix: its ids encoded
+   alone, else with a leading space. Returns the first position (*count gets
+   the number of ids), or -1 when neither is there. */
+static int64_t find_answer(const text_model *m, const text_prompt *prompt, const char *answer, int64_t *count) {
+    char spaced[300];
+    int variant;
+    snprintf(spaced, sizeof spaced, " %s", answer);
+    for (variant = 0; variant < 2; variant++) {
+        const char *text = variant ? spaced : answer;
+        int32_t *ids = NULL;
+        char error[160];
+        int64_t n = text_encode(m, text, strlen(text), &ids, error, sizeof error), at, j;
+        for (at = 0; n > 0 && at + n <= prompt->n_prefix; at++) {
+            for (j = 0; j < n && prompt->prefix[at + j] == ids[j]; j++) {}
+            if (j == n) { free(ids); *count = n; return at; }
+        }
+        free(ids);
+    }
+    return -1;
+}
+
 int quality_task_file(int argc, char **argv) {
     const char *model_path = NULL, *tasks_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL;
     char settings_list[64] = "agnostic,aware", error[512], reply[MAX_REPLY], *name;
-    int settings[TEXT_MAX_SETTINGS] = {0, 0, 0}, n_runs, i, s, r, k, quick = 0;
+    int settings[TEXT_MAX_SETTINGS] = {0, 0, 0}, n_runs, i, s, r, k, quick = 0, trace = 0, l;
+    static double answer_kept[TEXT_MAX_RUNS][TEXT_MAX_SETTINGS][MAX_LAYERS]; /* --trace-answer: sums over samples */
+    int traced[TEXT_MAX_SETTINGS] = {0, 0, 0};                              /* samples where the answer was found */
+    unsigned char *kept_mark = NULL;                                         /* [prefix] */
     int64_t max_tokens = 32, limit = 0, per_task = 0, n_read, n_tasks, t, done = 0, to_do;
     task *tasks = NULL;
     task_kinds kinds;
@@ -250,6 +281,7 @@ int quality_task_file(int argc, char **argv) {
     for (i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--quick")) { quick = 1; continue; }
+        if (!strcmp(argv[i], "--trace-answer")) { trace = 1; continue; }
         if (!value) { usage(); return 2; }
         if (!strcmp(argv[i], "--model")) model_path = value;
         else if (!strcmp(argv[i], "--tasks")) tasks_path = value;
@@ -290,6 +322,7 @@ int quality_task_file(int argc, char **argv) {
         to_do += use[t];
     }
     if (text_model_load(&m, model_path, error, sizeof error)) { fprintf(stderr, "quality: %s\n", error); return 1; }
+    if (m.model.config.n_layers > MAX_LAYERS) { fprintf(stderr, "quality: more than %d layers\n", MAX_LAYERS); return 1; }
     if (!(base_logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))) ||
         !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float)))) {
         fprintf(stderr, "quality: out of memory\n");
@@ -339,6 +372,37 @@ int quality_task_file(int argc, char **argv) {
                 fprintf(stderr, "quality: sample %lld: prefill failed\n", (long long)t + 1);
                 return 1;
             }
+            if (trace) { /* which layers keep the answer, no decoding */
+                int64_t answer_tokens = 0, at = find_answer(&m, &prompt, tasks[t].answer, &answer_tokens);
+                if (at >= 0) {
+                    traced[s]++;
+                    free(kept_mark);
+                    if (!(kept_mark = (unsigned char *)malloc((size_t)prompt.n_prefix))) { fprintf(stderr, "quality: out of memory\n"); return 1; }
+                }
+                for (r = 0; r < n_runs && at >= 0; r++) {
+                    kvec_plan plan;
+                    kvec_result status;
+                    int64_t h, j;
+                    if (runs[r].full) { for (l = 0; l < m.model.config.n_layers; l++) answer_kept[r][s][l] += 1; continue; }
+                    llm_cache_copy(&work, &base);
+                    status = llm_evict(&work, &runs[r].config, (int64_t)(runs[r].fraction * (double)prompt.n_prefix), &plan);
+                    if (status != KVEC_OK) { fprintf(stderr, "quality: kvec: %s\n", kvec_result_string(status)); return 1; }
+                    for (l = 0; l < plan.n_layers; l++) {
+                        int heads = 0;
+                        for (h = 0; h < plan.n_kv_heads; h++) {
+                            const int64_t *kept = plan.kept_positions + (l * plan.n_kv_heads + h) * plan.capacity;
+                            int all = 1;
+                            memset(kept_mark, 0, (size_t)prompt.n_prefix);
+                            for (j = 0; j < plan.kept_count[l * plan.n_kv_heads + h]; j++) kept_mark[kept[j]] = 1;
+                            for (j = at; j < at + answer_tokens; j++) all &= kept_mark[j];
+                            heads += all;
+                        }
+                        answer_kept[r][s][l] += (double)heads / (double)plan.n_kv_heads;
+                    }
+                }
+                text_prompt_free(&prompt);
+                continue;
+            }
             for (r = 0; r < n_runs; r++) {
                 int right;
                 if (text_answer(&m, &base, base_logits, &work, logits, runs[r].full ? NULL : &runs[r].config,
@@ -364,6 +428,60 @@ int quality_task_file(int argc, char **argv) {
     }
     fprintf(stderr, "\n");
 
+    if (trace) { /* per row and setting: the fraction of KV heads keeping the answer, per layer */
+        const int L = m.model.config.n_layers;
+        printf("\nwhich layers keep every token of the answer: the fraction of KV heads, per layer (0 = none .. 9 = all),"
+               "\nand its mean over layers; samples where the answer was found:");
+        for (s = 0; s < TEXT_MAX_SETTINGS; s++) if (settings[s]) printf(" %s %d", SETTING_NAMES[s], traced[s]);
+        printf("\n");
+        for (s = 0; s < TEXT_MAX_SETTINGS; s++) {
+            if (!settings[s] || !traced[s]) continue;
+            printf("\n%s\n%-14s %7s  %-*s  mean\n", SETTING_NAMES[s], "policy", "budget", L, "layers 0..");
+            for (r = 0; r < n_runs; r++) {
+                double mean = 0;
+                printf("%-14s %6.0f%%  ", runs[r].policy, 100 * runs[r].fraction);
+                for (l = 0; l < L; l++) {
+                    double fraction = answer_kept[r][s][l] / traced[s];
+                    mean += fraction / L;
+                    printf("%d", (int)floor(9 * fraction + 0.5));
+                }
+                printf("  %.2f\n", mean);
+            }
+        }
+        if (out_path) {
+            if (!(f = fopen(out_path, "w"))) { fprintf(stderr, "quality: cannot write %s\n", out_path); return 1; }
+            fprintf(f, "{\n  \"model\": ");
+            text_write_json_string(f, m.name);
+            fprintf(f, ",\n  \"tasks\": ");
+            text_write_json_string(f, tasks_path);
+            fprintf(f, ",\n  \"samples\": %lld,\n  \"traced\": {", (long long)to_do);
+            for (s = 0, i = 0; s < TEXT_MAX_SETTINGS; s++)
+                if (settings[s]) fprintf(f, "%s\"%s\": %d", i++ ? ", " : "", SETTING_NAMES[s], traced[s]);
+            fprintf(f, "},\n  \"answer_kept\": [");
+            for (r = 0; r < n_runs; r++)
+                for (s = 0; s < TEXT_MAX_SETTINGS; s++) {
+                    if (!settings[s] || !traced[s]) continue;
+                    fprintf(f, "%s\n    {\"policy\": \"%s\", \"budget\": %g, \"setting\": \"%s\", \"by_layer\": [",
+                            r || s ? "," : "", runs[r].policy, runs[r].fraction, SETTING_NAMES[s]);
+                    for (l = 0; l < L; l++) fprintf(f, "%s%.4f", l ? ", " : "", answer_kept[r][s][l] / traced[s]);
+                    fprintf(f, "]}");
+                }
+            fprintf(f, "\n  ],\n  \"wall_seconds\": %.1f\n}\n", text_seconds() - started);
+            fclose(f);
+            printf("results in %s\n", out_path);
+        }
+        printf("\nwall time %.1f s\n", text_seconds() - started);
+        llm_cache_free(&base);
+        llm_cache_free(&work);
+        text_model_free(&m);
+        for (t = 0; t < n_read; t++) { free(tasks[t].context); free(tasks[t].question); free(tasks[t].answer); }
+        free(tasks);
+        free(use);
+        free(base_logits);
+        free(logits);
+        free(kept_mark);
+        return 0;
+    }
     /* The table: accuracy +- standard error per row and setting. */
     printf("\n%-14s %7s", "policy", "budget");
     for (s = 0; s < TEXT_MAX_SETTINGS; s++) if (settings[s]) printf("   %-16s", SETTING_NAMES[s]);
@@ -456,5 +574,6 @@ int quality_task_file(int argc, char **argv) {
     free(use);
     free(base_logits);
     free(logits);
+    free(kept_mark);
     return 0;
 }
