@@ -89,7 +89,15 @@ def plot(runs, path):
         else:
             for s in next(iter(r["results"].values())):
                 panels.append((r, "results", s))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+    names = []
+    for r, key, setting in panels:
+        for policy in r[key]:
+            if policy != "full" and policy not in names:
+                names.append(policy)
+    # one colour and marker per policy, the same in every panel (up to 20 policies)
+    colours = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(names)}
+    markers = {p: "osD^v<>"[i % 7] for i, p in enumerate(names)}
     for ax, (r, key, setting) in zip(axes[0], panels):
         table = r[key] if setting is None else {p: by[setting] for p, by in r[key].items()}
         for policy, by_budget in table.items():
@@ -99,18 +107,25 @@ def plot(runs, path):
                 continue
             bs = sorted((b for b in by_budget if b != "1.0"), key=float)
             bold = policy == "kvec"
-            ax.plot([100 * float(b) for b in bs], [by_budget[b] for b in bs], marker="o",
-                    linewidth=2.8 if bold else 1.2, label=policy, zorder=3 if bold else 2)
+            ax.plot([100 * float(b) for b in bs], [by_budget[b] for b in bs], marker=markers[policy],
+                    color="black" if bold else colours[policy], linewidth=2.8 if bold else 1.2, label=policy,
+                    zorder=3 if bold else 2)
         ax.set_xlabel("budget (% of the prefix kept per KV head)")
         if setting:
             ax.set_ylabel("accuracy")
+            ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{r['model']}, tasks, {setting} (n {r['samples']})", fontsize=9)
         else:
             ax.set_ylabel("KL to the full cache (nats)")
             ax.set_yscale("log")
             ax.set_title(f"{r['model']}, held text (n {r['samples']})", fontsize=9)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), frameon=False, fontsize=8)
     figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=100)

@@ -53,7 +53,7 @@ if [ "$which" != qwen ]; then
         step real-smollm2-kl build/quality --model "$M" --kl bench/tasks/kl-seed2-2048.jsonl --policies all \
             --budgets 0.1,0.25,0.5 --limit 8 --out $out/real-smollm2-kl.json
         step real-smollm2-tasks build/quality --model "$M" --tasks bench/tasks/seed2-1024.jsonl --policies all \
-            --budgets 0.5 --settings agnostic --per-task 4 --max-tokens 24 --out $out/real-smollm2-tasks.json
+            --budgets 0.5 --settings agnostic --per-task 3 --max-tokens 24 --out $out/real-smollm2-tasks.json
     fi
 fi
 if [ "$which" != smollm2 ]; then
@@ -67,7 +67,7 @@ if [ "$which" != smollm2 ]; then
         step real-qwen-kl-4096 build/quality --model "$Q" --kl bench/tasks/kl-seed2-4096.jsonl --policies $few \
             --budgets 0.1,0.25,0.5 --limit 3 --out $out/real-qwen-kl-4096.json
         step real-qwen-tasks-4096 build/quality --model "$Q" --tasks bench/tasks/seed2-4096.jsonl --policies $few \
-            --budgets 0.5 --settings agnostic,aware --per-task 3 --max-tokens 24 --out $out/real-qwen-tasks-4096.json
+            --budgets 0.5 --settings agnostic --per-task 2 --max-tokens 24 --out $out/real-qwen-tasks-4096.json
     fi
 fi
 echo "real_sweep: $(( $(date +%s) - started )) s wall in all, OMP_NUM_THREADS=$OMP_NUM_THREADS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
