@@ -109,8 +109,8 @@ $(BUILD)/test_engine: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
 $(BUILD)/test_engine_asan: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
 	$(CC) $(CFLAGS_C) -O1 $(OPENMP) $(SAN) -o $@ tests/test_engine.c $(ENGINE) -lm
 
-$(BUILD)/quality: bench/quality.c bench/quality_tasks.c $(ENGINE_DEP) | $(BUILD)
-	$(ENGINE_CC) -o $@ bench/quality.c bench/quality_tasks.c $(ENGINE) -lm
+$(BUILD)/quality: bench/quality.c bench/quality_tasks.c bench/quality_kl.c bench/quality_text.h $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/quality.c bench/quality_tasks.c bench/quality_kl.c $(ENGINE) -lm
 
 $(BUILD)/generate: examples/engine/generate.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ examples/engine/generate.c $(ENGINE) -lm
@@ -360,12 +360,21 @@ quality: $(BUILD)/quality
 	python3 bench/plot_quality.py bench/results/quality.json bench/results/quality-dev-6l.json -o bench/results/quality.png
 
 # The real-text task files for `build/quality --tasks` (docs/REAL_TASKS.md):
-# seed 1, 10 samples per task, about 1K and 2K tokens of SmolLM2's tokenizer;
-# at 2K only the tasks SmolLM2 still answers from the full cache.
+# seed 1 (tuning) and seed 2 (reporting), 10 samples per task, about 1K, 2K
+# and 4K tokens of SmolLM2's tokenizer; past 1K only the tasks SmolLM2 still
+# answers from the full cache (4K: for Qwen2.5). Then the held-text samples
+# of `build/quality --kl`: seed 1 from the tuning half of the prose, seed 2
+# from the report half.
 .PHONY: tasks
 tasks:
 	python3 bench/make_tasks.py --seed 1 --tokens 1024 --samples 10 --out bench/tasks/seed1-1024.jsonl
 	python3 bench/make_tasks.py --seed 1 --tokens 2048 --samples 10 --tasks passkey,needle --out bench/tasks/seed1-2048.jsonl
+	python3 bench/make_tasks.py --seed 2 --tokens 1024 --samples 10 --out bench/tasks/seed2-1024.jsonl
+	python3 bench/make_tasks.py --seed 2 --tokens 2048 --samples 10 --tasks passkey,needle --out bench/tasks/seed2-2048.jsonl
+	python3 bench/make_tasks.py --seed 2 --tokens 4096 --samples 10 --tasks passkey,needle --out bench/tasks/seed2-4096.jsonl
+	python3 bench/make_tasks.py --kl --texts tune --seed 1 --prefix 2048 --forced 128 --samples 12 --out bench/tasks/kl-seed1-2048.jsonl
+	python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 2048 --forced 128 --samples 16 --out bench/tasks/kl-seed2-2048.jsonl
+	python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 4096 --forced 128 --samples 8 --out bench/tasks/kl-seed2-4096.jsonl
 
 # The speed benchmark needs OpenBLAS for its matrix-product reference
 # (Debian: apt-get install libopenblas-dev).

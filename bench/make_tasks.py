@@ -14,6 +14,15 @@ needles go between sentences at seeded depths. The output depends only on
 the arguments and the texts: the same seed writes the same file.
 docs/REAL_TASKS.md describes the tasks and what the full cache scores.
 
+--kl writes held-text samples for `build/quality --kl` instead (the
+next-token KL metric): one {"text", "prefix", "forced"} line per sample,
+the text a seeded run of whole paragraphs of one half of the prose
+(--texts tune or report, KL_TEXTS below), long enough for --prefix +
+--forced tokens with a margin:
+
+    python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 2048 \\
+        --forced 128 --samples 12 --out bench/tasks/kl-seed2-2048.jsonl
+
 --check-model FILE.gguf counts each context's tokens with
 `build/generate --model FILE.gguf --tokenize` and prints them to stderr; it
 does not change the output.
@@ -34,6 +43,21 @@ TEXTS = sorted(glob.glob(os.path.join(ROOT, "bench", "texts", "*.txt"))) + sorte
 # SmolLM2's tokens per word on these texts (measured on all of them with
 # build/generate --tokenize: 1.14 to 1.17); needles are counted the same way.
 TOKENS_PER_WORD = 1.15
+
+# The held-text samples of the KL metric come from two disjoint halves of
+# the prose: `tune` for tuning rounds, `report` for reported numbers. The
+# report half adds the essays of bench/texts/held/, which no task uses.
+KL_TEXTS = {
+    "tune": [os.path.join(ROOT, "bench", "texts", n + ".txt")
+             for n in ("bees", "bread", "garden", "library", "market", "railway")],
+    "report": [os.path.join(ROOT, "bench", "texts", n + ".txt") for n in ("river", "weather")]
+    + [os.path.join(ROOT, "examples", "llama.cpp", "prompts", n + ".txt") for n in ("ferry", "glassworks", "orchard")]
+    + sorted(glob.glob(os.path.join(ROOT, "bench", "texts", "held", "*.txt"))),
+}
+# Words per sample: (prefix + forced) / TOKENS_PER_WORD times this margin,
+# so that a tokenizer a little thriftier than SmolLM2's still gives enough
+# tokens (Qwen2.5's gives about 5% fewer on these texts).
+KL_MARGIN = 1.15
 
 TASKS = ("passkey", "needle", "multikey", "multivalue", "vartrack", "fact")
 # The tasks SmolLM2-135M answers at 0.9 or better from the full cache at 1K
@@ -58,10 +82,10 @@ TOWNS = ["Lowmoor", "Ashcombe", "Brightwater", "Coldharbour", "Dunmere", "Elmste
 LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 
 
-def paragraphs():
+def paragraphs(paths=TEXTS):
     """Every paragraph of every text, in file order."""
     out = []
-    for path in TEXTS:
+    for path in paths:
         with open(path, encoding="utf-8") as f:
             out += [" ".join(p.split()) for p in f.read().split("\n\n") if p.strip()]
     return out
@@ -195,6 +219,31 @@ def make(seed, tokens, samples, tasks):
     return rows
 
 
+def make_kl(seed, texts, prefix, forced, samples):
+    """Held-text samples: each a seeded run of whole paragraphs of one half
+    of the prose, from a distinct starting paragraph, in order and wrapping
+    round from the last paragraph to the first, never longer than the half
+    itself (no paragraph twice in a sample)."""
+    paras = paragraphs(KL_TEXTS[texts])
+    total = sum(words(p) for p in paras)
+    need = int((prefix + forced) / TOKENS_PER_WORD * KL_MARGIN) + 1
+    if need > total:
+        sys.exit(f"make_tasks: {prefix} + {forced} tokens need about {need} words; the {texts} texts hold {total}")
+    if samples > len(paras):
+        sys.exit(f"make_tasks: at most {len(paras)} samples (one per starting paragraph) from the {texts} texts")
+    rng = random.Random(f"kl/{seed}/{texts}/{prefix}/{forced}")
+    rows = []
+    for i, start in enumerate(rng.sample(range(len(paras)), samples)):
+        kept, n_words, at = [], 0, start
+        while n_words < need:
+            kept.append(paras[at % len(paras)])
+            n_words += words(kept[-1])
+            at += 1
+        rows.append({"text": "\n\n".join(kept) + "\n", "prefix": prefix, "forced": forced, "seed": seed,
+                     "texts": texts, "index": i, "start_paragraph": start})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -202,8 +251,29 @@ def main():
     ap.add_argument("--samples", type=int, default=10, help="samples per task")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="of " + ",".join(TASKS))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--kl", action="store_true", help="held-text samples for build/quality --kl instead of tasks")
+    ap.add_argument("--texts", choices=sorted(KL_TEXTS), default="tune", help="--kl: which half of the prose")
+    ap.add_argument("--prefix", type=int, default=2048, help="--kl: tokens prefilled and compressed")
+    ap.add_argument("--forced", type=int, default=128, help="--kl: tokens teacher-forced after compression")
     ap.add_argument("--check-model", help="a GGUF: print each context's token count (build/generate --tokenize)")
     a = ap.parse_args()
+    if a.kl:
+        if a.prefix < 64 or not 1 <= a.forced <= 1024 or a.samples < 1:
+            sys.exit("make_tasks: --prefix >= 64, --forced 1..1024, --samples >= 1")
+        rows = make_kl(a.seed, a.texts, a.prefix, a.forced, a.samples)
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        print(f"make_tasks: {len(rows)} held-text samples ({a.texts} texts), seed {a.seed}, prefix {a.prefix}, "
+              f"forced {a.forced} -> {a.out}", file=sys.stderr)
+        if a.check_model:
+            counts = [len(subprocess.run([os.path.join(ROOT, "build", "generate"), "--model", a.check_model, "--tokenize"],
+                                         input=r["text"].encode(), capture_output=True, check=True).stdout.split())
+                      for r in rows]
+            print(f"make_tasks: text tokens min {min(counts)}, max {max(counts)} (need {a.prefix + a.forced})",
+                  file=sys.stderr)
+        return
     tasks = [t for t in a.tasks.split(",") if t]
     for t in tasks:
         if t not in MAKERS:

@@ -30,6 +30,7 @@
    the budget after each chunk (eviction during decoding), then the
    question is asked. */
 #include "../examples/engine/session.h"
+#include "quality_text.h"
 #include "../examples/engine/tasks.h"
 
 #include <math.h>
@@ -307,10 +308,11 @@ static void usage(void) {
             "               [--policies full,kvec,snapkv,...] [--mu X] [--terms BITS] [--out FILE]\n"
             "               [--decode CHUNK]   (context streamed in chunks, cache held at the budget)\n"
             "       quality --model FILE.gguf --tasks FILE [--policies ..] [--budgets ..] [--settings ..]\n"
-            "               [--max-tokens N] [--limit N] [--out RESULT.json]   (your own documents)\n");
+            "               [--max-tokens N] [--limit N] [--quick] [--out RESULT.json]   (your own documents)\n"
+            "       quality --model FILE.gguf --kl SAMPLES.jsonl [--policies all | ..] [--budgets ..] [--limit N]\n"
+            "               [--quick] [--out RESULT.json]   (next-token KL on held text)\n");
 }
 
-int quality_task_file(int argc, char **argv); /* quality_tasks.c */
 
 int main(int argc, char **argv) {
     const char *model_dir = "bench/models/ref-4l", *out_path = "bench/results/quality.json";
@@ -335,6 +337,8 @@ int main(int argc, char **argv) {
 
     for (i = 1; i < argc; i++) /* a task file: your own documents on a GGUF model */
         if (!strcmp(argv[i], "--tasks")) return quality_task_file(argc, argv);
+    for (i = 1; i < argc; i++) /* held text: next-token KL to the full cache */
+        if (!strcmp(argv[i], "--kl")) return quality_kl_file(argc, argv);
     for (i = 1; i < argc; i++) {
         const char *arg = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(arg, "--quick")) { quick = 1; continue; }

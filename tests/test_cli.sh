@@ -69,6 +69,45 @@ refuses "quality: a task without an answer" "bad.jsonl:1" "$build/quality" --mod
 printf '{"context": "a", \n' > "$tmp/broken.jsonl"
 refuses "quality: a broken JSON line" "broken.jsonl:1" "$build/quality" --model "$model" --tasks "$tmp/broken.jsonl"
 refuses "quality: missing task file" "cannot read" "$build/quality" --model "$model" --tasks "$tmp/none.jsonl"
+refuses "quality: an unknown policy" "unknown policy" "$build/quality" --model "$model" \
+    --tasks examples/demo/lighthouse.jsonl --policies full,nosuch
+refuses "quality: a budget of 1" "budgets must be fractions" "$build/quality" --model "$model" \
+    --tasks examples/demo/lighthouse.jsonl --policies kvec --budgets 1
+refuses "quality: an unknown setting" "unknown setting" "$build/quality" --model "$model" \
+    --tasks examples/demo/lighthouse.jsonl --settings agnostic,sideways
+
+# Held text: next-token KL to the full cache (build/quality --kl).
+python3 -c "import json; t=open('examples/demo/lighthouse.txt').read(); \
+print(json.dumps({'text': t, 'prefix': 160, 'forced': 8}))" > "$tmp/kl.jsonl"
+"$build/quality" --model "$model" --kl "$tmp/kl.jsonl" --policies full,kvec,snapkv --budgets 0.4,0.99 \
+    --out "$tmp/kl.json" > "$tmp/kl.txt" 2> /dev/null
+check "quality --kl runs a sample file" $?
+check "quality --kl: RESULT.json: full at KL 0 and top-1 1; KL >= 0, top-1 in [0, 1]; kvec's paired difference 0" \
+    $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['samples'] == 1 and r['forced'] == [8, 8]; \
+assert r['kl']['full']['1.0'] == 0 and r['top1']['full']['1.0'] == 1; \
+assert all(0 <= r['kl'][p][b] and 0 <= r['top1'][p][b] <= 1 for p in ('kvec', 'snapkv') for b in ('0.4', '0.99')); \
+assert r['kl_minus_kvec']['kvec']['0.4'] == 0 and len(r['per_sample_kl']['snapkv']['0.4']) == 1" "$tmp/kl.json" 2> /dev/null; echo $?)
+check "quality --kl: dropping one token in 160 moves the distributions less than dropping 60%" \
+    $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); \
+assert all(r['kl'][p]['0.99'] < r['kl'][p]['0.4'] for p in ('kvec', 'snapkv'))" "$tmp/kl.json" 2> /dev/null; echo $?)
+printf '{"text": "Some words.", "prefix": 8}\n' > "$tmp/kl-noforced.jsonl"
+refuses "quality --kl: a sample without forced" "kl-noforced.jsonl:1" "$build/quality" --model "$model" --kl "$tmp/kl-noforced.jsonl"
+printf '{"text": "Some words.", "prefix": 8.5, "forced": 4}\n' > "$tmp/kl-half.jsonl"
+refuses "quality --kl: a prefix that is not a whole number" "kl-half.jsonl:1" "$build/quality" --model "$model" --kl "$tmp/kl-half.jsonl"
+printf '{"text": "", "prefix": 8, "forced": 4}\n' > "$tmp/kl-empty.jsonl"
+refuses "quality --kl: an empty text" "kl-empty.jsonl:1" "$build/quality" --model "$model" --kl "$tmp/kl-empty.jsonl"
+printf '{"text": "Some words.", "prefix": 8, "forced": 2000}\n' > "$tmp/kl-long.jsonl"
+refuses "quality --kl: forced past 1024" "kl-long.jsonl:1" "$build/quality" --model "$model" --kl "$tmp/kl-long.jsonl"
+printf 'not json\n' > "$tmp/kl-broken.jsonl"
+refuses "quality --kl: a broken JSON line" "kl-broken.jsonl:1" "$build/quality" --model "$model" --kl "$tmp/kl-broken.jsonl"
+printf '{"text": "Only a few words here.", "prefix": 400, "forced": 8}\n' > "$tmp/kl-short.jsonl"
+refuses "quality --kl: a text shorter than prefix + forced" "fewer than prefix + forced" "$build/quality" --model "$model" \
+    --kl "$tmp/kl-short.jsonl" --policies kvec --budgets 0.5
+refuses "quality --kl: a budget that keeps only the window" "no more than the window" "$build/quality" --model "$model" \
+    --kl "$tmp/kl.jsonl" --policies kvec --budgets 0.1
+refuses "quality --kl: missing sample file" "cannot read" "$build/quality" --model "$model" --kl "$tmp/none.jsonl"
+refuses "quality --kl: a bad --limit" "limit" "$build/quality" --model "$model" --kl "$tmp/kl.jsonl" --limit many
+refuses "quality --kl: an unknown flag" "usage" "$build/quality" --model "$model" --kl "$tmp/kl.jsonl" --forced 3
 
 # Bad files.
 head -c 1000000 "$model" > "$tmp/truncated.gguf"
