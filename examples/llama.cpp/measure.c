@@ -3,6 +3,7 @@
 
    kvec-llama-measure --model FILE.gguf [--prompts A.txt,B.txt,..]
                       [--budgets 0.5,0.25,0.1] [--policies kvec,snapkv,..]
+                      [--modes uniform,pyramid,adaptive,global]
                       [--continuation T] [--max-prefix N] [--flash-attn on|off]
                       [--threads N] [--qa-document FILE --qa-questions FILE | --no-qa]
 
@@ -25,6 +26,13 @@
    ones, as llama.cpp's context shift with --keep 4 does: K is re-rotated
    and decoding goes on at position B).
 
+   --modes: the kvec budget modes of the per-head routes. Anything but
+   uniform gives heads different lengths (B is then their average) and
+   needs the build against kvec-per-head.patch (make llama-measure-patched);
+   the "longest head" column is the cells the cache still holds after the
+   eviction (the longest head's; shorter heads' surplus cells are masked,
+   not freed), as a share of the prefix.
+
    Task accuracy: the document is prefilled and evicted once per route and
    budget, then each question is read from the evicted cache and answered
    greedily (24 tokens); right when the reply contains the answer (case
@@ -41,7 +49,7 @@
 
 #define MAX_PROMPTS   16
 #define MAX_BUDGETS   8
-#define MAX_METHODS   16
+#define MAX_METHODS   32
 #define MAX_QUESTIONS 32
 #define N_SINKS       4
 #define ANSWER_TOKENS 24
@@ -54,9 +62,10 @@ typedef struct method {
     char        name[40];
     int         route;
     kvec_policy policy;
+    kvec_budget_mode mode;
     /* [budget] sums over prompts and steps */
     double      kl[MAX_BUDGETS], agree[MAX_BUDGETS], steps[MAX_BUDGETS];
-    double      evict_ms[MAX_BUDGETS], evictions[MAX_BUDGETS];
+    double      evict_ms[MAX_BUDGETS], evictions[MAX_BUDGETS], held[MAX_BUDGETS];
     int         correct[MAX_BUDGETS], asked[MAX_BUDGETS];
 } method;
 
@@ -129,6 +138,9 @@ static int restore(run *r) {
     kvec_layer *layers;
     int same;
     llama_memory_seq_rm(mem, 0, -1, -1);
+#ifdef KVEC_LLAMA_PER_HEAD
+    llama_memory_set_head_pos_min(mem, NULL, 0); /* the state does not carry the head limits */
+#endif
     if (llama_state_seq_set_data(r->ctx, r->state, r->state_bytes, 0) == 0) return -1;
     if (kvec_llama_check(r->kl, r->ctx)) return -1;
     if (!(layers = (kvec_layer *)calloc((size_t)r->kl->n_layers, sizeof *layers))) return -1;
@@ -141,8 +153,8 @@ static int restore(run *r) {
 }
 
 /* Evicts by one route to B cells per head; *next_pos gets where decoding
-   goes on. */
-static int evict(run *r, const method *m, int64_t B, int64_t *next_pos, double *ms) {
+   goes on, *held the cells the sequence still holds. */
+static int evict(run *r, const method *m, int64_t B, int64_t *next_pos, double *ms, int64_t *held) {
     kvec_llama *kl = r->kl;
     int64_t N = kl->n_prefix, p;
     double t0 = util_ms();
@@ -151,11 +163,15 @@ static int evict(run *r, const method *m, int64_t B, int64_t *next_pos, double *
     kvec_config config;
     memset(&config, 0, sizeof config);
     *next_pos = N;
+    *held = m->route == ROUTE_FULL ? N : B;
     if (m->route == ROUTE_FULL) { *ms = 0; return 0; }
     if (m->route == ROUTE_PER_HEAD) {
+        kvec_llama_stats stats;
         config.policy = m->policy;
-        rc = kvec_llama_evict(kl, r->ctx, &config, B, NULL);
+        config.budget_mode = m->mode;
+        rc = kvec_llama_evict(kl, r->ctx, &config, B, &stats);
         *ms = util_ms() - t0;
+        *held = stats.kept_max;
         return rc;
     }
     if (!(keep = (uint8_t *)calloc((size_t)N, 1))) return -1;
@@ -194,6 +210,8 @@ int main(int argc, char **argv) {
     char prompt_list[4096] = "examples/demo/lighthouse.txt,examples/llama.cpp/prompts/orchard.txt,"
                              "examples/llama.cpp/prompts/ferry.txt,examples/llama.cpp/prompts/glassworks.txt";
     char budget_list[256] = "0.5,0.25,0.1", policy_list[256] = "kvec,snapkv,tova,keydiff,knorm,random";
+    char mode_list[256] = "uniform", *modes[4];
+    int n_modes, mo;
     char *prompts[MAX_PROMPTS], *items[MAX_METHODS];
     double budgets[MAX_BUDGETS];
     int n_prompts, n_budgets, n_methods = 0, n_policies, qa = 1, i, b, mi, q;
@@ -219,6 +237,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--prompts")) snprintf(prompt_list, sizeof prompt_list, "%s", value);
         else if (!strcmp(argv[i], "--budgets")) snprintf(budget_list, sizeof budget_list, "%s", value);
         else if (!strcmp(argv[i], "--policies")) snprintf(policy_list, sizeof policy_list, "%s", value);
+        else if (!strcmp(argv[i], "--modes")) snprintf(mode_list, sizeof mode_list, "%s", value);
         else if (!strcmp(argv[i], "--continuation")) T = atoll(value);
         else if (!strcmp(argv[i], "--max-prefix")) max_prefix = atoll(value);
         else if (!strcmp(argv[i], "--threads")) n_threads = atoll(value);
@@ -233,14 +252,26 @@ int main(int argc, char **argv) {
     n_prompts = split_list(prompt_list, prompts, MAX_PROMPTS);
     n_budgets = split_list(budget_list, items, MAX_BUDGETS);
     for (b = 0; b < n_budgets; b++) budgets[b] = atof(items[b]);
-    n_policies = split_list(policy_list, items, MAX_METHODS - 4);
+    n_modes = split_list(mode_list, modes, 4);
+    n_policies = split_list(policy_list, items, (MAX_METHODS - 4) / (n_modes ? n_modes : 1));
     snprintf(methods[n_methods].name, sizeof methods[0].name, "full cache (restored)");
     methods[n_methods++].route = ROUTE_FULL;
-    for (i = 0; i < n_policies; i++) {
-        method *m = &methods[n_methods++];
-        if (util_policy(items[i], &m->policy)) { fprintf(stderr, "measure: unknown policy %s\n", items[i]); return 2; }
-        m->route = ROUTE_PER_HEAD;
-        snprintf(m->name, sizeof m->name, "kvec per head, %s", kvec_policy_name(m->policy));
+    for (mo = 0; mo < n_modes; mo++) {
+        static const char *mode_names[5] = { "", "uniform", "pyramid", "adaptive", "global" };
+        kvec_budget_mode mode;
+        if (!strcmp(modes[mo], "uniform")) mode = KVEC_BUDGET_UNIFORM;
+        else if (!strcmp(modes[mo], "pyramid")) mode = KVEC_BUDGET_PYRAMID;
+        else if (!strcmp(modes[mo], "adaptive")) mode = KVEC_BUDGET_ADAPTIVE;
+        else if (!strcmp(modes[mo], "global")) mode = KVEC_BUDGET_GLOBAL;
+        else { fprintf(stderr, "measure: unknown budget mode %s (uniform, pyramid, adaptive, global)\n", modes[mo]); return 2; }
+        for (i = 0; i < n_policies; i++) {
+            method *m = &methods[n_methods++];
+            if (util_policy(items[i], &m->policy)) { fprintf(stderr, "measure: unknown policy %s\n", items[i]); return 2; }
+            m->route = ROUTE_PER_HEAD;
+            m->mode = mode;
+            snprintf(m->name, sizeof m->name, "kvec per head, %s%s%s", kvec_policy_name(m->policy),
+                     mode == KVEC_BUDGET_UNIFORM ? "" : ", ", mode == KVEC_BUDGET_UNIFORM ? "" : mode_names[mode]);
+        }
     }
     snprintf(methods[n_methods].name, sizeof methods[0].name, "vote (K-VEC plans), seq_rm");
     methods[n_methods++].route = ROUTE_VOTE;
@@ -294,11 +325,11 @@ int main(int argc, char **argv) {
             if (B < kl.window + N_SINKS) B = kl.window + N_SINKS;
             for (mi = 0; mi < n_methods; mi++) {
                 method *m = &methods[mi];
-                int64_t pos0;
+                int64_t pos0, held;
                 double ms;
                 if (m->route == ROUTE_FULL && b > 0) continue;
                 if (restore(&r)) { fprintf(stderr, "measure: restore failed: %s\n", kl.error); return 1; }
-                if (evict(&r, m, B, &pos0, &ms)) { fprintf(stderr, "measure: %s: %s\n", m->name, kl.error); return 1; }
+                if (evict(&r, m, B, &pos0, &ms, &held)) { fprintf(stderr, "measure: %s: %s\n", m->name, kl.error); return 1; }
                 if (util_decode(r.ctx, tokens + N, T, pos0, 1)) { fprintf(stderr, "measure: %s: continuation failed\n", m->name); return 1; }
                 for (step = 0; step < T; step++) {
                     int agree;
@@ -308,6 +339,7 @@ int main(int argc, char **argv) {
                 }
                 m->evict_ms[b] += ms;
                 m->evictions[b] += 1;
+                m->held[b] += (double)held / (double)N;
             }
         }
         free(tokens);
@@ -346,10 +378,10 @@ int main(int argc, char **argv) {
             if (B < kl.window + N_SINKS) B = kl.window + N_SINKS;
             for (mi = 0; mi < n_methods; mi++) {
                 method *m = &methods[mi];
-                int64_t pos0, pos, t;
+                int64_t pos0, pos, t, held;
                 double ms;
                 if (m->route == ROUTE_FULL && b > 0) continue;
-                if (restore(&r) || evict(&r, m, B, &pos0, &ms)) { fprintf(stderr, "measure: %s: %s\n", m->name, kl.error); return 1; }
+                if (restore(&r) || evict(&r, m, B, &pos0, &ms, &held)) { fprintf(stderr, "measure: %s: %s\n", m->name, kl.error); return 1; }
                 for (q = 0; q < n_q; q++) {
                     char reply[1024] = "";
                     llama_token next;
@@ -382,13 +414,14 @@ int main(int argc, char **argv) {
     printf("\n%d prompts, %.0f prefix tokens on average, continuation %lld tokens; flash attention %s; %lld threads\n",
            n_prompts, prefix_tokens / n_prompts, (long long)T, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
            (long long)n_threads);
-    printf("\n| route | budget | KL (nats) | top-1 agree | QA right | eviction ms |\n|---|---|---|---|---|---|\n");
+    printf("\n| route | budget | longest head | KL (nats) | top-1 agree | QA right | eviction ms |\n|---|---|---|---|---|---|---|\n");
     for (mi = 0; mi < n_methods; mi++) {
         method *m = &methods[mi];
         for (b = 0; b < n_budgets; b++) {
             if (m->route == ROUTE_FULL && b > 0) continue;
-            printf("| %s | %.0f%% | %.3f | %.1f%% | %d/%d | %.1f |\n", m->name,
-                   m->route == ROUTE_FULL ? 100.0 : 100.0 * budgets[b], m->kl[b] / m->steps[b],
+            printf("| %s | %.0f%% | %.0f%% | %.3f | %.1f%% | %d/%d | %.1f |\n", m->name,
+                   m->route == ROUTE_FULL ? 100.0 : 100.0 * budgets[b],
+                   100.0 * m->held[b] / (m->evictions[b] ? m->evictions[b] : 1), m->kl[b] / m->steps[b],
                    100.0 * m->agree[b] / m->steps[b], m->correct[b], m->asked[b],
                    m->evict_ms[b] / (m->evictions[b] ? m->evictions[b] : 1));
         }
