@@ -192,7 +192,11 @@ $(LLAMA_OUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_LIBS)
 $(LLAMA_OUT)/kvec-llama: $(LLAMA_OUT)/main.o $(LLAMA_OBJ)
 	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
 
-$(LLAMA_OUT)/kvec-llama-measure: $(LLAMA_OUT)/measure.o $(LLAMA_OBJ)
+$(LLAMA_OUT)/json.o: examples/engine/json.c examples/engine/json.h
+	@mkdir -p $(LLAMA_OUT)
+	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
+
+$(LLAMA_OUT)/kvec-llama-measure: $(LLAMA_OUT)/measure.o $(LLAMA_OBJ) $(LLAMA_OUT)/json.o
 	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
 
 $(LLAMA_OUT)/test_llama: $(LLAMA_OUT)/test_llama.o $(LLAMA_OBJ)
@@ -234,7 +238,11 @@ $(LLAMA_POUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_PLIBS)
 $(LLAMA_POUT)/kvec-llama: $(LLAMA_POUT)/main.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o
 	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
 
-$(LLAMA_POUT)/kvec-llama-measure: $(LLAMA_POUT)/measure.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o
+$(LLAMA_POUT)/json.o: examples/engine/json.c examples/engine/json.h
+	@mkdir -p $(LLAMA_POUT)
+	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
+
+$(LLAMA_POUT)/kvec-llama-measure: $(LLAMA_POUT)/measure.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o $(LLAMA_POUT)/json.o
 	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
 
 $(LLAMA_POUT)/test_llama: $(LLAMA_POUT)/test_llama.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o

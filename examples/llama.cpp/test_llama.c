@@ -25,11 +25,17 @@
      full): the continuation's logits are bitwise those without limits, and,
      given --stock-logits FILE (written by the stock build's
      test_llama --dump-logits FILE), bitwise those of stock llama.cpp;
-   - every head limited to p0: close to the logits of llama_memory_seq_rm of
-     positions 0 .. p0-1 (KL below a tenth of the KL either has to the full
-     cache). Not bitwise, and not explained yet: the first 7 continuation
-     tokens agree bitwise, later ones differ by 0.003 nats on average
-     (measured with both attention kernels);
+   - every head limited to p0: the logits of llama_memory_seq_rm of
+     positions 0 .. p0-1, up to the order of the sums: after the removal the
+     continuation goes into the freed cells at the front, after the limit
+     into the cells after the prefix, so the softmax and V sums run over the
+     same values in another order. Decoded one token at a time the two agree
+     bitwise for the first 25 tokens; then one rounds differently, its K and
+     V rows differ in the last bits, and this quantised model carries that
+     on (measured: 0.003 nats on average over 64 tokens, batched, against
+     the 0.83 nats both lose to the full cache; batched and one-at-a-time
+     decoding of the same tokens differ by as much). Asserted: under a tenth
+     of what both lose;
    - one KV head limited: the logits change (the limit is per head);
    - pyramid, adaptive and global budgets at 50% evict, leave a sequence
      llama.cpp decodes on, and keep the KL under KL_BOUND.
@@ -189,10 +195,10 @@ static void run_flash(struct llama_model *model, const llama_token *tokens, int6
 }
 
 #ifdef KVEC_LLAMA_PER_HEAD
-/* The full cache's continuation logits, [CONT][n_vocab], of the context's
-   model after a fresh prefill of tokens[0..N). limits (or NULL) are set
-   right after the prefill; remove_below > 0 removes positions
-   0..remove_below-1 instead. 0 on success. */
+/* The continuation's logits, [CONT][n_vocab], after a fresh prefill of
+   tokens[0..N). limits (or NULL) are set right after the prefill;
+   remove_below > 0 removes positions 0..remove_below-1 instead. 0 on
+   success. */
 static int continuation_logits(struct llama_context *ctx, const llama_token *tokens, int64_t N,
                                const llama_pos *limits, int32_t n_limits, int64_t remove_below,
                                float *out, int64_t n_vocab) {
@@ -251,8 +257,8 @@ static void run_patch(struct llama_model *model, const llama_token *tokens, int6
         free(stock);
     }
 
-    /* every head limited to p0 masks what removing 0..p0-1 masks (after the
-       removal the continuation goes into the freed cells at the front) */
+    /* every head limited to p0 masks what removing 0..p0-1 masks, up to the
+       order of the sums (see the top of the file) */
     for (i = 0; i < n_limits; i++) limits[i] = (llama_pos)p0;
     ok = continuation_logits(ctx, tokens, N, limits, n_limits, 0, other, n_vocab) == 0 &&
          continuation_logits(ctx, tokens, N, NULL, 0, p0, removed, n_vocab) == 0;
@@ -260,7 +266,7 @@ static void run_patch(struct llama_model *model, const llama_token *tokens, int6
         kl_removed += util_kl(removed + t * n_vocab, other + t * n_vocab, n_vocab, NULL) / CONT;
         kl_lost += util_kl(plain + t * n_vocab, removed + t * n_vocab, n_vocab, NULL) / CONT;
     }
-    snprintf(what, sizeof what, "%s: every head limited to position %lld: KL %.2g to seq_rm 0..%lld, < a tenth of the %.3f both lose",
+    snprintf(what, sizeof what, "%s: every head limited to position %lld: KL %.2g to seq_rm 0..%lld, under a tenth of the %.3f both lose",
              fa, (long long)p0, kl_removed, (long long)p0 - 1, kl_lost);
     check(ok && kl_removed < 0.1 * kl_lost, what);
 
