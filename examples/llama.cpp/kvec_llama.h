@@ -34,6 +34,13 @@
      removed with llama_memory_seq_rm, and decoding goes on at N, which
      llama.cpp requires (seq_pos_max + 1).
 
+   Heads of different lengths (pyramid, adaptive and global budgets): built
+   with KVEC_LLAMA_PER_HEAD against llama.cpp with kvec-per-head.patch, each
+   head's c kept rows go to the last c cells, the positions below the
+   longest head's are removed, and llama_memory_set_head_pos_min masks, for
+   each head, the cells below its own c. Without the define such plans are
+   refused.
+
    Refused, with a message: recurrent and hybrid models, sliding-window
    attention (SWA, iSWA), MLA and other caches whose K rows are not Hk*D, a
    cache type kvec cannot read (quantised: q8_0, q4_0, ...), cache buffers

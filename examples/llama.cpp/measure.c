@@ -79,7 +79,7 @@ typedef struct method {
     kvec_policy policy;
     kvec_budget_mode mode;
     /* [budget] sums over prompts and steps */
-    double      kl[MAX_BUDGETS], agree[MAX_BUDGETS], steps[MAX_BUDGETS];
+    double      kl[MAX_BUDGETS], kl_sq[MAX_BUDGETS], agree[MAX_BUDGETS], steps[MAX_BUDGETS];
     double      evict_ms[MAX_BUDGETS], evictions[MAX_BUDGETS], held[MAX_BUDGETS];
     int         correct[MAX_BUDGETS], asked[MAX_BUDGETS];
 } method;
@@ -230,14 +230,15 @@ static int measure_decoding(struct llama_model *model, run *r, char **prompts, i
     const int64_t n_vocab = llama_vocab_n_tokens(r->vocab);
     llama_memory_t mem = llama_get_memory(r->ctx);
     float *ref = (float *)malloc((size_t)(length * n_vocab) * sizeof *ref);
-    double kl_sum[MAX_METHODS][MAX_BUDGETS], agree[MAX_METHODS][MAX_BUDGETS], steps[MAX_METHODS][MAX_BUDGETS];
+    double kl_sum[MAX_METHODS][MAX_BUDGETS], kl_sq[MAX_METHODS][MAX_BUDGETS], agree[MAX_METHODS][MAX_BUDGETS];
+    double steps[MAX_METHODS][MAX_BUDGETS];
     double evict_ms[MAX_METHODS][MAX_BUDGETS], evictions[MAX_METHODS][MAX_BUDGETS], wall0 = util_ms();
     char names[MAX_METHODS][48];
     int kind[MAX_METHODS], n_routes = 0, i, b, m;
     kvec_policy policy[MAX_METHODS];
     (void)model;
     if (!ref) return 1;
-    memset(kl_sum, 0, sizeof kl_sum); memset(agree, 0, sizeof agree); memset(steps, 0, sizeof steps);
+    memset(kl_sum, 0, sizeof kl_sum); memset(kl_sq, 0, sizeof kl_sq); memset(agree, 0, sizeof agree); memset(steps, 0, sizeof steps);
     memset(evict_ms, 0, sizeof evict_ms); memset(evictions, 0, sizeof evictions);
     for (i = 0; i < n_policies && n_routes < MAX_METHODS - 3; i++) {
         if (util_policy(policies[i], &policy[n_routes])) { fprintf(stderr, "measure: unknown policy %s\n", policies[i]); return 2; }
@@ -297,7 +298,9 @@ static int measure_decoding(struct llama_model *model, run *r, char **prompts, i
                     }
                     for (t = 0; t < interval; t++) {
                         int same;
-                        kl_sum[m][b] += util_kl(ref + (done + t) * n_vocab, llama_get_logits_ith(r->ctx, (int32_t)t), n_vocab, &same);
+                        double d = util_kl(ref + (done + t) * n_vocab, llama_get_logits_ith(r->ctx, (int32_t)t), n_vocab, &same);
+                        kl_sum[m][b] += d;
+                        kl_sq[m][b] += d * d;
                         agree[m][b] += same;
                         steps[m][b] += 1;
                     }
@@ -319,11 +322,14 @@ static int measure_decoding(struct llama_model *model, run *r, char **prompts, i
     }
     printf("\neviction during decoding: %d prompts, prefix %lld, %lld tokens after it at most, re-eviction every %lld\n",
            n_prompts, (long long)prefix, (long long)length, (long long)interval);
-    printf("\n| route | cache (share of the prefix) | KL (nats) | top-1 agree | ms per eviction |\n|---|---|---|---|---|\n");
+    printf("\n| route | cache (share of the prefix) | KL (nats, +- s.e. over steps) | top-1 agree | ms per eviction |\n|---|---|---|---|---|\n");
     for (m = 0; m < n_routes; m++)
-        for (b = 0; b < n_budgets; b++)
-            printf("| %s | %.0f%% | %.3f | %.1f%% | %.1f |\n", names[m], 100.0 * budgets[b], kl_sum[m][b] / steps[m][b],
-                   100.0 * agree[m][b] / steps[m][b], evict_ms[m][b] / (evictions[m][b] ? evictions[m][b] : 1));
+        for (b = 0; b < n_budgets; b++) {
+            double mean = kl_sum[m][b] / steps[m][b], var = kl_sq[m][b] / steps[m][b] - mean * mean;
+            printf("| %s | %.0f%% | %.3f +- %.3f | %.1f%% | %.1f |\n", names[m], 100.0 * budgets[b], mean,
+                   sqrt((var > 0 ? var : 0) / steps[m][b]), 100.0 * agree[m][b] / steps[m][b],
+                   evict_ms[m][b] / (evictions[m][b] ? evictions[m][b] : 1));
+        }
     printf("\nwall %.0f s\n", (util_ms() - wall0) / 1e3);
     free(ref);
     return 0;
@@ -542,7 +548,9 @@ int main(int argc, char **argv) {
                 if (util_decode(r.ctx, tokens + N, T, pos0, 1)) { fprintf(stderr, "measure: %s: continuation failed\n", m->name); return 1; }
                 for (step = 0; step < T; step++) {
                     int agree;
-                    m->kl[b] += util_kl(ref + step * n_vocab, llama_get_logits_ith(r.ctx, (int32_t)step), n_vocab, &agree);
+                    double d = util_kl(ref + step * n_vocab, llama_get_logits_ith(r.ctx, (int32_t)step), n_vocab, &agree);
+                    m->kl[b] += d;
+                    m->kl_sq[b] += d * d;
                     m->agree[b] += agree;
                     m->steps[b] += 1;
                 }
@@ -616,21 +624,24 @@ int main(int argc, char **argv) {
                n_prompts, prefix_tokens / n_prompts, (long long)T, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
                (long long)n_threads);
     if (n_samples) printf("\n%s: %d samples, %.0f prefix tokens on average\n", tasks_path, n_samples, qa_tokens / n_samples);
-    printf("\n| route | budget | longest head | KL (nats) | top-1 agree | QA right (+- s.e.) | eviction ms |\n|---|---|---|---|---|---|---|\n");
+    printf("\n| route | budget | longest head | KL (nats, +- s.e. over steps) | top-1 agree | QA right (+- s.e.) | eviction ms |\n|---|---|---|---|---|---|---|\n");
     for (mi = 0; mi < n_methods; mi++) {
         method *m = &methods[mi];
         for (b = 0; b < n_budgets; b++) {
             double p = m->asked[b] ? (double)m->correct[b] / m->asked[b] : 0;
-            char kl_text[32] = "-", agree_text[32] = "-", held_text[32] = "-";
+            char kl_text[32] = "-", agree_text[32] = "-", held_text[32] = "-", qa_text[48] = "-";
             if (m->route == ROUTE_FULL && b > 0) continue;
             if (m->steps[b] > 0) {
-                snprintf(kl_text, sizeof kl_text, "%.3f", m->kl[b] / m->steps[b]);
+                double mean = m->kl[b] / m->steps[b], var = m->kl_sq[b] / m->steps[b] - mean * mean;
+                snprintf(kl_text, sizeof kl_text, "%.3f +- %.3f", mean, sqrt((var > 0 ? var : 0) / m->steps[b]));
                 snprintf(agree_text, sizeof agree_text, "%.1f%%", 100.0 * m->agree[b] / m->steps[b]);
                 snprintf(held_text, sizeof held_text, "%.0f%%", 100.0 * m->held[b] / m->evictions[b]);
             }
-            printf("| %s | %.0f%% | %s | %s | %s | %d/%d (%.2f +- %.2f) | %.1f |\n", m->name,
-                   m->route == ROUTE_FULL ? 100.0 : 100.0 * budgets[b], held_text, kl_text, agree_text,
-                   m->correct[b], m->asked[b], p, m->asked[b] ? sqrt(p * (1 - p) / m->asked[b]) : 0.0,
+            if (m->asked[b])
+                snprintf(qa_text, sizeof qa_text, "%d/%d (%.2f +- %.2f)", m->correct[b], m->asked[b], p,
+                         sqrt(p * (1 - p) / m->asked[b]));
+            printf("| %s | %.0f%% | %s | %s | %s | %s | %.1f |\n", m->name,
+                   m->route == ROUTE_FULL ? 100.0 : 100.0 * budgets[b], held_text, kl_text, agree_text, qa_text,
                    m->evict_ms[b] / (m->evictions[b] ? m->evictions[b] : 1));
         }
     }
