@@ -211,7 +211,11 @@ $(LLAMA_OUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_LIBS)
 $(LLAMA_OUT)/kvec-llama: $(LLAMA_OUT)/main.o $(LLAMA_OBJ)
 	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
 
-$(LLAMA_OUT)/kvec-llama-measure: $(LLAMA_OUT)/measure.o $(LLAMA_OBJ)
+$(LLAMA_OUT)/json.o: examples/engine/json.c examples/engine/json.h
+	@mkdir -p $(LLAMA_OUT)
+	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
+
+$(LLAMA_OUT)/kvec-llama-measure: $(LLAMA_OUT)/measure.o $(LLAMA_OBJ) $(LLAMA_OUT)/json.o
 	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
 
 $(LLAMA_OUT)/test_llama: $(LLAMA_OUT)/test_llama.o $(LLAMA_OBJ)
@@ -226,6 +230,59 @@ test-llama:
 	@if [ ! -f $(LLAMA_DIR)/build/src/libllama.a ]; then echo "test-llama: skipped (llama.cpp is not built: make llama)"; \
 	elif [ ! -f $(LLAMA_MODEL) ]; then echo "test-llama: skipped (no model at $(LLAMA_MODEL): make model)"; \
 	else $(MAKE) --no-print-directory llama-example && $(LLAMA_OUT)/test_llama --model $(LLAMA_MODEL); fi
+
+# The same programs against a second llama.cpp build with
+# examples/llama.cpp/kvec-per-head.patch applied (per-head cache lengths:
+# pyramid, adaptive and global budgets), built by `make llama-patched` into
+# $(BUILD)/llama.cpp-patched (the stock build stays as it is). `make
+# test-llama-patch` runs the test built against it, comparing its logits
+# with the stock build's when that exists.
+LLAMA_PDIR  = $(BUILD)/llama.cpp-patched
+LLAMA_POUT  = $(BUILD)/llama-example-patched
+LLAMA_PLIBS = $(LLAMA_PDIR)/build/src/libllama.a $(LLAMA_PDIR)/build/ggml/src/libggml.a \
+              $(LLAMA_PDIR)/build/ggml/src/libggml-cpu.a $(LLAMA_PDIR)/build/ggml/src/libggml-base.a
+LLAMA_PCC   = $(CC) -std=c11 $(WARN) -O2 -g $(OPENMP) -DKVEC_LLAMA_PER_HEAD \
+              -isystem $(LLAMA_PDIR)/src/include -isystem $(LLAMA_PDIR)/src/ggml/include
+LLAMA_PBINS = $(LLAMA_POUT)/kvec-llama $(LLAMA_POUT)/kvec-llama-measure $(LLAMA_POUT)/test_llama
+
+.PHONY: llama-patched llama-example-patched test-llama-patch llama-measure-patched
+
+llama-patched:
+	@scripts/build-llama.sh --patched $(BUILD)
+
+$(LLAMA_POUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_PLIBS)
+	@mkdir -p $(LLAMA_POUT)
+	$(LLAMA_PCC) -c $< -o $@
+
+$(LLAMA_POUT)/kvec-llama: $(LLAMA_POUT)/main.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o
+	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
+
+$(LLAMA_POUT)/json.o: examples/engine/json.c examples/engine/json.h
+	@mkdir -p $(LLAMA_POUT)
+	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
+
+$(LLAMA_POUT)/kvec-llama-measure: $(LLAMA_POUT)/measure.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o $(LLAMA_POUT)/json.o
+	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
+
+$(LLAMA_POUT)/test_llama: $(LLAMA_POUT)/test_llama.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o
+	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
+
+llama-example-patched: $(LLAMA_PBINS)
+
+llama-measure-patched: $(LLAMA_PBINS)
+	$(LLAMA_POUT)/kvec-llama-measure --model $(LLAMA_MODEL) --policies kvec,snapkv \
+	    --modes uniform,pyramid,adaptive,global --no-qa | tee $(LLAMA_POUT)/measure.txt
+
+test-llama-patch:
+	@if [ ! -f $(LLAMA_PDIR)/build/src/libllama.a ]; then echo "test-llama-patch: skipped (the patched llama.cpp is not built: make llama-patched)"; \
+	elif [ ! -f $(LLAMA_MODEL) ]; then echo "test-llama-patch: skipped (no model at $(LLAMA_MODEL): make model)"; \
+	else $(MAKE) --no-print-directory llama-example-patched || exit 1; \
+	    stock=; if [ -f $(LLAMA_DIR)/build/src/libllama.a ]; then \
+	        $(MAKE) --no-print-directory $(LLAMA_OUT)/test_llama || exit 1; \
+	        $(LLAMA_OUT)/test_llama --model $(LLAMA_MODEL) --dump-logits $(LLAMA_POUT)/stock-logits.bin || exit 1; \
+	        stock="--stock-logits $(LLAMA_POUT)/stock-logits.bin"; \
+	    else echo "test-llama-patch: no stock build: the comparison with stock llama.cpp is skipped"; fi; \
+	    $(LLAMA_POUT)/test_llama --model $(LLAMA_MODEL) $$stock; fi
 
 # The GGUF tokenizer against Hugging Face ids (tests/vectors/tokenizer-*.json)
 # on both real models; a model not yet fetched is reported as skipped.

@@ -4,18 +4,33 @@
 # into build/llama.cpp. Nothing of llama.cpp is committed. A second run finds
 # the build and does nothing.
 #
-#   scripts/build-llama.sh [BUILD_DIR]     (default build)
+#   scripts/build-llama.sh [BUILD_DIR]             (default build)
+#   scripts/build-llama.sh --patched [BUILD_DIR]
+#
+# --patched builds a second copy, with examples/llama.cpp/kvec-per-head.patch
+# applied, into BUILD_DIR/llama.cpp-patched (libraries only; the stock build
+# is left as it is, and its downloaded sdist reused). When the patch file
+# changes, the old patch is reversed and the new one applied, so that only
+# the files they touch recompile.
 #
 # Prints the build directory as its last line.
 set -euo pipefail
 
 version=0.3.36   # vendors llama.cpp commit 0c1e570, ggml 0.25.3
 sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+patched=0
+if [ "${1:-}" = --patched ]; then patched=1; shift; fi
 build=${1:-build}
+patch_file=$(cd "$(dirname "$0")/.." && pwd)/examples/llama.cpp/kvec-per-head.patch
 root=$build/llama.cpp
+[ $patched = 1 ] && root=$build/llama.cpp-patched
 src=$root/src
 out=$root/build
 
+# the patched copy is up to date when it was built with this very patch
+if [ $patched = 1 ] && [ -f "$out/.built" ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
+    rm -f "$out/.built"
+fi
 if [ -f "$out/.built" ]; then
     echo "build-llama: llama.cpp already built in $out" >&2
     echo "$out"
@@ -26,6 +41,9 @@ python3 -m pip --version > /dev/null 2>&1 || { echo "build-llama: pip is missing
 mkdir -p "$root"
 
 sdist=$root/llama_cpp_python-$version.tar.gz
+if [ $patched = 1 ] && [ ! -f "$sdist" ] && [ -f "$build/llama.cpp/llama_cpp_python-$version.tar.gz" ]; then
+    cp "$build/llama.cpp/llama_cpp_python-$version.tar.gz" "$sdist"
+fi
 if [ ! -f "$sdist" ]; then
     echo "build-llama: downloading llama-cpp-python==$version (source) from PyPI" >&2
     python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$root" >&2 || {
@@ -41,6 +59,20 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
     echo "build-llama: unpacking vendor/llama.cpp into $src" >&2
     rm -rf "$src" && mkdir -p "$src"
     tar xzf "$sdist" -C "$src" --strip-components=3 "llama_cpp_python-$version/vendor/llama.cpp"
+    rm -f "$root/applied.patch"
+fi
+if [ $patched = 1 ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
+    command -v patch > /dev/null || { echo "build-llama: patch is missing (apt-get install patch)" >&2; exit 1; }
+    if [ -f "$root/applied.patch" ]; then
+        echo "build-llama: the patch changed: reversing the one applied" >&2
+        patch -d "$src" -p1 -R --quiet < "$root/applied.patch" || {
+            echo "build-llama: cannot reverse the old patch: remove $root and run again" >&2; exit 1; }
+        rm -f "$root/applied.patch"
+    fi
+    echo "build-llama: applying $patch_file" >&2
+    patch -d "$src" -p1 --quiet --forward < "$patch_file" || {
+        echo "build-llama: $patch_file does not apply to llama-cpp-python $version: remove $root and run again" >&2; exit 1; }
+    cp "$patch_file" "$root/applied.patch"
 fi
 
 jobs=$(nproc 2> /dev/null || echo 2)
@@ -50,8 +82,10 @@ cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_TOOLS=ON > "$root/configure.log" 2>&1 || {
     echo "build-llama: cmake configure failed, see $root/configure.log" >&2; exit 1; }
-echo "build-llama: building ggml, llama and llama-bench with $jobs jobs (about 15 minutes on 2 cores; log in $root/build.log)" >&2
-cmake --build "$out" -j "$jobs" --target llama llama-bench > "$root/build.log" 2>&1 || {
+targets="llama llama-bench"
+[ $patched = 1 ] && targets=llama
+echo "build-llama: building $targets (and ggml) with $jobs jobs (about 15 minutes on 2 cores; log in $root/build.log)" >&2
+cmake --build "$out" -j "$jobs" --target $targets > "$root/build.log" 2>&1 || {
     echo "build-llama: build failed, see $root/build.log" >&2; tail -20 "$root/build.log" >&2; exit 1; }
 touch "$out/.built"
 echo "build-llama: done" >&2

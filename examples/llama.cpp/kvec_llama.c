@@ -195,18 +195,20 @@ static int kvl_dtype(enum ggml_type type, kvec_dtype *dtype) {
     }
 }
 
-int kvec_llama_check(kvec_llama *kl, struct llama_context *ctx) {
+/* What every eviction needs: the sequence is positions first .. N-1, the
+   cache is one kvec can read, the window's queries were captured. */
+static int kvl_check_common(kvec_llama *kl, struct llama_context *ctx, int64_t first) {
     llama_memory_t mem = llama_get_memory(ctx);
-    int64_t N = kl->n_prefix, l, p, width = kl->n_kv_heads * kl->head_dim;
+    int64_t N = kl->n_prefix, l, width = kl->n_kv_heads * kl->head_dim;
     kvec_dtype dtype;
     kl->armed = 0;
     if (kl->error[0]) return -1; /* from the capture */
     if (llama_n_seq_max(ctx) != 1)
         return kvl_fail(kl, "the context holds %u sequences: one sequence only (n_seq_max = 1)", llama_n_seq_max(ctx));
     if (!mem) return kvl_fail(kl, "the context has no memory module");
-    if (llama_memory_seq_pos_min(mem, 0) != 0 || llama_memory_seq_pos_max(mem, 0) != N - 1)
-        return kvl_fail(kl, "sequence 0 holds positions %d..%d, the captured prefix is 0..%lld",
-                        llama_memory_seq_pos_min(mem, 0), llama_memory_seq_pos_max(mem, 0), (long long)N - 1);
+    if (llama_memory_seq_pos_min(mem, 0) != first || llama_memory_seq_pos_max(mem, 0) != N - 1)
+        return kvl_fail(kl, "sequence 0 holds positions %d..%d, the capture expects %lld..%lld",
+                        llama_memory_seq_pos_min(mem, 0), llama_memory_seq_pos_max(mem, 0), (long long)first, (long long)N - 1);
     if (kl->v_trans < 0) return kvl_fail(kl, "no write into the cache was seen: was the prefill decoded with this callback?");
     for (l = 0; l < kl->n_layers; l++) {
         const struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
@@ -226,6 +228,12 @@ int kvec_llama_check(kvec_llama *kl, struct llama_context *ctx) {
             return kvl_fail(kl, "layer %lld: %lld of the last %lld queries were captured",
                             (long long)l, (long long)kl->rows_seen[l], (long long)kl->window);
     }
+    return 0;
+}
+
+int kvec_llama_check(kvec_llama *kl, struct llama_context *ctx) {
+    int64_t N = kl->n_prefix, p;
+    if (kvl_check_common(kl, ctx, 0)) return -1;
     for (p = 0; p < N; p++)
         if (kl->cell_of_pos[p] != kl->cell_of_pos[0] + p)
             return kvl_fail(kl, "prefix position %lld is in cell %lld: the prefix is not in consecutive cells",
@@ -273,7 +281,7 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
     float *scores = NULL;
     int64_t l, N = kl->n_prefix, layer_budget;
     kvec_result r;
-    int rc = -1;
+    int rc = -1, global;
     (void)ctx;
     if (config) cfg = *config; else memset(&cfg, 0, sizeof cfg);
     if (!cfg.window) cfg.window = kl->window;
@@ -281,11 +289,13 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
     if (resolved.window != kl->window)
         return kvl_fail(kl, "config.window %lld, but %lld query rows were captured",
                         (long long)resolved.window, (long long)kl->window);
+#ifndef KVEC_LLAMA_PER_HEAD
     if (resolved.budget_mode != KVEC_BUDGET_UNIFORM)
         return kvl_fail(kl, "%s budgets give heads different lengths: stock llama.cpp attends every head over the same cells "
-                            "(a per-head mask is needed, see docs/LLAMA_CPP.md)",
+                            "(build against llama.cpp with examples/llama.cpp/kvec-per-head.patch, see docs/LLAMA_CPP.md)",
                         resolved.budget_mode == KVEC_BUDGET_PYRAMID ? "pyramid" :
                         resolved.budget_mode == KVEC_BUDGET_ADAPTIVE ? "adaptive" : "global");
+#endif
     if (resolved.policy == KVEC_POLICY_CRITICALKV || resolved.policy == KVEC_POLICY_LAPROX)
         return kvl_fail(kl, "%s reads W_o, which llama.cpp holds quantised: not supported here", kvec_policy_name(resolved.policy));
     if (!(layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers))) return kvl_fail(kl, "out of memory");
@@ -294,12 +304,29 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
         if ((r = kvec_layer_scratch_bytes(&cfg, &layers[l], &b)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(r)); goto done; }
         if (b > score_bytes) score_bytes = b;
     }
-    select_bytes = kvec_select_scratch_bytes(&cfg, 1, kl->n_kv_heads, N);
+    /* a global budget selects once over every layer's scores: [L][Hk][N] */
+    global = resolved.budget_mode == KVEC_BUDGET_GLOBAL && budget < N;
+    select_bytes = kvec_select_scratch_bytes(&cfg, global ? kl->n_layers : 1, kl->n_kv_heads, N);
     scratch = malloc(score_bytes ? score_bytes : 1);
     select_scratch = malloc(select_bytes ? select_bytes : 1);
     coverage_memory = (uint8_t *)malloc((size_t)N);
-    scores = (float *)malloc((size_t)(kl->n_kv_heads * N) * sizeof *scores);
+    scores = (float *)malloc((size_t)((global ? kl->n_layers : 1) * kl->n_kv_heads * N) * sizeof *scores);
     if (!scratch || !select_scratch || !coverage_memory || !scores) { kvl_fail(kl, "out of memory"); goto done; }
+    if (global) {
+        for (l = 0; l < kl->n_layers; l++)
+            if ((r = kvec_score_layer(&cfg, &layers[l], l, budget, NULL, scores + l * kl->n_kv_heads * N,
+                                      scratch, score_bytes)) != KVEC_OK) {
+                kvl_fail(kl, "kvec, layer %lld: %s", (long long)l, kvec_result_string(r));
+                goto done;
+            }
+        if ((r = kvec_select(&cfg, scores, kl->n_layers, kl->n_kv_heads, N, budget, plan,
+                             select_scratch, select_bytes)) != KVEC_OK) {
+            kvl_fail(kl, "kvec: %s", kvec_result_string(r));
+            goto done;
+        }
+        rc = 0;
+        goto done;
+    }
     /* the coverage is needed only by K-VEC's cross-layer term, and costs one byte per token */
     if ((r = kvec_coverage_init(&coverage, coverage_memory, (size_t)N, N)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(r)); goto done; }
     for (l = 0; l < kl->n_layers; l++) {
@@ -331,36 +358,73 @@ static void kvl_move(const kvec_tensor *t, int64_t head, int64_t from, int64_t t
 }
 
 int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan) {
-    int64_t N = kl->n_prefix, Hk = kl->n_kv_heads, B = plan->kept_count[0], l, j, r;
+    int64_t N = kl->n_prefix, Hk = kl->n_kv_heads, B = 0, l, j, r;
+    int uniform = 1;
     kvec_layer *layers;
+    if (kl->n_layers <= 0 || !plan->kept_count || !plan->kept_positions)
+        return kvl_fail(kl, "no layers, or an empty plan");
+    /* B: the longest head; every head's count must be a valid length */
     for (l = 0; l < kl->n_layers; l++)
-        for (j = 0; j < Hk; j++)
-            if (plan->kept_count[l * Hk + j] != B)
-                return kvl_fail(kl, "layer %lld head %lld keeps %lld, head 0 keeps %lld: uniform plans only",
-                                (long long)l, (long long)j, (long long)plan->kept_count[l * Hk + j], (long long)B);
-    if (B <= 0 || B > N) return kvl_fail(kl, "plan keeps %lld of %lld", (long long)B, (long long)N);
-    if (B == N) return 0;
+        for (j = 0; j < Hk; j++) {
+            int64_t c = plan->kept_count[l * Hk + j];
+            if (c <= 0 || c > N || c > plan->capacity)
+                return kvl_fail(kl, "layer %lld head %lld: plan keeps %lld of %lld", (long long)l, (long long)j,
+                                (long long)c, (long long)N);
+            if (c > B) B = c;
+            if (c != plan->kept_count[0]) uniform = 0;
+        }
     if (!(layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers))) return kvl_fail(kl, "out of memory");
+#ifndef KVEC_LLAMA_PER_HEAD
+    if (!uniform) {
+        free(layers);
+        return kvl_fail(kl, "the plan gives heads different lengths: stock llama.cpp needs uniform plans "
+                            "(examples/llama.cpp/kvec-per-head.patch adds per-head lengths)");
+    }
+#else
+    {
+        /* a head keeping c < B will see positions N-c .. only (the cells of
+           N-B .. N-c-1 will hold other heads' rows); a uniform plan lifts
+           every limit. Set first: a refusal leaves the cache untouched. */
+        llama_pos *pos_min = NULL;
+        int32_t set;
+        if (!uniform) {
+            if (!(pos_min = (llama_pos *)malloc((size_t)(kl->n_layers * Hk) * sizeof *pos_min))) {
+                free(layers);
+                return kvl_fail(kl, "out of memory");
+            }
+            for (j = 0; j < kl->n_layers * Hk; j++) pos_min[j] = (llama_pos)(N - plan->kept_count[j]);
+        }
+        set = llama_memory_set_head_pos_min(llama_get_memory(ctx), pos_min, (int32_t)(kl->n_layers * Hk));
+        free(pos_min);
+        if (set != 0) {
+            free(layers);
+            return kvl_fail(kl, "llama_memory_set_head_pos_min refused the head limits (%d)", (int)set);
+        }
+        kl->head_limits = !uniform;
+    }
+#endif
+    if (B == N && uniform) { free(layers); return 0; }
     kvec_llama_views(kl, layers);
     /* kvec_compact would pack each head at the front; llama.cpp needs the
-       kept rows at the tail (positions N-B .. N-1 stay in the sequence), so
-       the plan is applied straight there. Row r goes to N-B+r >= its source
+       kept rows at the tail (positions N-c .. N-1 for a head keeping c), so
+       the plan is applied straight there. Row r goes to N-c+r >= its source
        p_r; in descending r no source is overwritten before it is read
-       (p_r' <= N-B+r' < N-B+r for r' < r). */
+       (p_r' <= N-c+r' < N-c+r for r' < r). */
     for (l = 0; l < kl->n_layers; l++) {
         kvec_layer *L = &layers[l];
         int64_t ek = (int64_t)ggml_type_size(kl->k[l]->type), ev = (int64_t)ggml_type_size(kl->v[l]->type);
         for (j = 0; j < Hk; j++) {
             const int64_t *kept = plan->kept_positions + (l * Hk + j) * plan->capacity;
-            for (r = B - 1; r >= 0; r--) {
-                if (kept[r] == N - B + r) continue;
-                kvl_move(&L->keys, j, kept[r], N - B + r, ek);
-                kvl_move(&L->values, j, kept[r], N - B + r, ev);
+            const int64_t c = plan->kept_count[l * Hk + j];
+            for (r = c - 1; r >= 0; r--) {
+                if (kept[r] == N - c + r) continue;
+                kvl_move(&L->keys, j, kept[r], N - c + r, ek);
+                kvl_move(&L->values, j, kept[r], N - c + r, ev);
             }
         }
     }
     free(layers);
-    if (!llama_memory_seq_rm(llama_get_memory(ctx), 0, 0, (llama_pos)(N - B)))
+    if (B < N && !llama_memory_seq_rm(llama_get_memory(ctx), 0, 0, (llama_pos)(N - B)))
         return kvl_fail(kl, "llama_memory_seq_rm refused to remove positions 0..%lld", (long long)(N - B - 1));
     return 0;
 }
@@ -368,10 +432,12 @@ int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
 int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
                      int64_t budget, kvec_llama_stats *stats) {
     kvec_plan plan;
-    int64_t N = kl->n_prefix, cap = budget < N ? budget : N;
+    int64_t N = kl->n_prefix, cap = budget < N ? budget : N, h;
     double t0 = kvl_ms(), t1;
     int rc;
     if (kvec_llama_check(kl, ctx)) return -1;
+    /* adaptive and global budgets may give one head more than the average */
+    if (kvec_plan_capacity(config, budget, kl->n_layers, N, &cap) != KVEC_OK || cap > N) cap = N;
     plan.n_layers = kl->n_layers;
     plan.n_kv_heads = kl->n_kv_heads;
     plan.capacity = cap;
@@ -387,7 +453,16 @@ int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_confi
     if (stats) {
         stats->plan_ms = t1 - t0;
         stats->move_ms = kvl_ms() - t1;
-        stats->kept = rc == 0 ? plan.kept_count[0] : N;
+        stats->kept = stats->kept_max = N;
+        if (rc == 0) {
+            int64_t sum = 0;
+            stats->kept_max = 0;
+            for (h = 0; h < kl->n_layers * kl->n_kv_heads; h++) {
+                sum += plan.kept_count[h];
+                if (plan.kept_count[h] > stats->kept_max) stats->kept_max = plan.kept_count[h];
+            }
+            stats->kept = (sum + kl->n_layers * kl->n_kv_heads / 2) / (kl->n_layers * kl->n_kv_heads);
+        }
     }
     free(plan.kept_count);
     free(plan.kept_positions);
@@ -425,4 +500,156 @@ void kvec_llama_vote(const kvec_plan *plan, int64_t n_prefix, int64_t budget, in
         for (p = n_prefix - window - 1; p >= 0 && kept < budget; p--)
             if (count[p] == votes) { keep[p] = 1; kept++; }
     free(count);
+}
+
+/* ---- eviction during decoding ---- */
+
+int kvec_llama_continue(kvec_llama *kl, int64_t p_end) {
+    int64_t p, *grown;
+    if (!kl->cell_of_pos) return kvl_fail(kl, "kvec_llama_continue follows a kvec_llama_begin and its eviction");
+    if (p_end - kl->window < kl->n_prefix)
+        return kvl_fail(kl, "the next eviction at %lld needs the %lld queries before it decoded after this call (from %lld on)",
+                        (long long)p_end, (long long)kl->window, (long long)kl->n_prefix);
+    if (!(grown = (int64_t *)realloc(kl->cell_of_pos, (size_t)p_end * sizeof *grown))) return kvl_fail(kl, "out of memory");
+    kl->cell_of_pos = grown;
+    for (p = kl->n_prefix; p < p_end; p++) kl->cell_of_pos[p] = -1;
+    memset(kl->rows_seen, 0, (size_t)kl->n_layers * sizeof *kl->rows_seen);
+    memset(kl->queries, 0, (size_t)(kl->n_layers * kl->window * kl->n_heads * kl->head_dim) * sizeof *kl->queries);
+    kl->n_prefix = p_end;
+    kl->n_ubatch_pos = 0;
+    kl->error[0] = '\0';
+    kl->armed = 1;
+    return 0;
+}
+
+/* Head j's D elements of a cell, between a cache tensor ([cells][Hk*D], or
+   transposed [Hk*D][cells]) and a row of a contiguous [n][Hk*D] buffer of the
+   same element type. to_cache: buffer -> cache, else cache -> buffer. */
+static void kvl_copy_head(const struct ggml_tensor *t, int trans, int64_t cell, int64_t head, int64_t D,
+                          char *row, int to_cache) {
+    const int64_t esz = (int64_t)ggml_type_size(t->type);
+    char *base = (char *)t->data, *buf = row + head * D * esz;
+    int64_t d;
+    if (!trans) {
+        char *at = base + cell * (int64_t)t->nb[1] + head * D * esz;
+        if (to_cache) memcpy(at, buf, (size_t)(D * esz)); else memcpy(buf, at, (size_t)(D * esz));
+        return;
+    }
+    for (d = 0; d < D; d++) {
+        char *at = base + ((head * D + d) * t->ne[1] + cell) * esz;
+        if (to_cache) memcpy(at, buf + d * esz, (size_t)esz); else memcpy(buf + d * esz, at, (size_t)esz);
+    }
+}
+
+int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config, int64_t budget,
+                       kvec_llama_stats *stats) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    int64_t N = kl->n_prefix, P0, n, B, l, j, r, p, i, Hk = kl->n_kv_heads, D = kl->head_dim, width = Hk * D;
+    kvec_config resolved, cfg;
+    kvec_coverage coverage;
+    kvec_plan plan;
+    kvec_layer layer;
+    kvec_result res;
+    size_t score_bytes = 0, select_bytes, row_bytes, b;
+    void *scratch = NULL, *select_scratch = NULL;
+    uint8_t *coverage_memory = NULL;
+    float *scores = NULL;
+    char *keys = NULL, *values = NULL;
+    double t0 = kvl_ms();
+    int rc = -1;
+    memset(&plan, 0, sizeof plan);
+    if (stats) memset(stats, 0, sizeof *stats);
+    P0 = mem ? llama_memory_seq_pos_min(mem, 0) : -1;
+    if (kvl_check_common(kl, ctx, P0 < 0 ? 0 : P0)) return -1;
+    if (kl->head_limits)
+        return kvl_fail(kl, "the heads have different lengths (an earlier pyramid, adaptive or global eviction): "
+                            "re-evicting them is not supported");
+    n = N - P0;
+    for (p = P0; p < N; p++)
+        if (kl->cell_of_pos[p] < 0)
+            return kvl_fail(kl, "the cell of position %lld is unknown: decode every position after kvec_llama_continue", (long long)p);
+    if (config) cfg = *config; else memset(&cfg, 0, sizeof cfg);
+    if (!cfg.window) cfg.window = kl->window;
+    if ((res = kvec_resolve_config(&cfg, &resolved)) != KVEC_OK) return kvl_fail(kl, "kvec config: %s", kvec_result_string(res));
+    if (resolved.budget_mode != KVEC_BUDGET_UNIFORM)
+        return kvl_fail(kl, "eviction during decoding takes uniform budgets only");
+    if (resolved.policy == KVEC_POLICY_CRITICALKV || resolved.policy == KVEC_POLICY_LAPROX)
+        return kvl_fail(kl, "%s reads W_o, which llama.cpp holds quantised: not supported here", kvec_policy_name(resolved.policy));
+    if (budget < kl->window) return kvl_fail(kl, "budget %lld is below the window (%lld)", (long long)budget, (long long)kl->window);
+    B = budget < n ? budget : n;
+    if (stats) stats->kept = stats->kept_max = B;
+    if (B == n) return 0;
+
+    /* one layer at a time: its held rows gathered in position order */
+    row_bytes = (size_t)width * ggml_type_size(kl->k[0]->type);
+    if (ggml_type_size(kl->v[0]->type) != ggml_type_size(kl->k[0]->type))
+        return kvl_fail(kl, "K and V caches of different element types are not supported here");
+    memset(&layer, 0, sizeof layer);
+    kvl_dtype(kl->k[0]->type, &layer.keys.dtype);
+    layer.values.dtype = layer.keys.dtype;
+    keys = (char *)malloc((size_t)n * row_bytes);
+    values = (char *)malloc((size_t)n * row_bytes);
+    layer.keys = kvec_tensor_contiguous(keys, layer.keys.dtype, n, Hk, D);
+    layer.values = kvec_tensor_contiguous(values, layer.values.dtype, n, Hk, D);
+    layer.queries = kvec_tensor_contiguous(kl->queries, KVEC_DTYPE_F32, kl->window, kl->n_heads, D);
+    if ((res = kvec_layer_scratch_bytes(&cfg, &layer, &b)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(res)); goto done; }
+    score_bytes = b;
+    select_bytes = kvec_select_scratch_bytes(&cfg, 1, Hk, n);
+    scratch = malloc(score_bytes ? score_bytes : 1);
+    select_scratch = malloc(select_bytes ? select_bytes : 1);
+    coverage_memory = (uint8_t *)malloc((size_t)n);
+    scores = (float *)malloc((size_t)(Hk * n) * sizeof *scores);
+    plan.n_layers = kl->n_layers;
+    plan.n_kv_heads = Hk;
+    plan.capacity = B;
+    plan.kept_count = (int64_t *)malloc((size_t)(kl->n_layers * Hk) * sizeof(int64_t));
+    plan.kept_positions = (int64_t *)malloc((size_t)(kl->n_layers * Hk * B) * sizeof(int64_t));
+    if (!keys || !values || !scratch || !select_scratch || !coverage_memory || !scores || !plan.kept_count ||
+        !plan.kept_positions) { kvl_fail(kl, "out of memory"); goto done; }
+    if ((res = kvec_coverage_init(&coverage, coverage_memory, (size_t)n, n)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(res)); goto done; }
+    for (l = 0; l < kl->n_layers; l++) {
+        const int64_t *kept;
+        for (i = 0; i < n; i++)
+            for (j = 0; j < Hk; j++) {
+                kvl_copy_head(kl->k[l], 0, kl->cell_of_pos[P0 + i], j, D, keys + (size_t)i * row_bytes, 0);
+                kvl_copy_head(kl->v[l], kl->v_trans, kl->cell_of_pos[P0 + i], j, D, values + (size_t)i * row_bytes, 0);
+            }
+        layer.queries = kvec_tensor_contiguous(kl->queries + l * kl->window * kl->n_heads * D, KVEC_DTYPE_F32,
+                                               kl->window, kl->n_heads, D);
+        if ((res = kvec_score_layer(&cfg, &layer, l, B, &coverage, scores, scratch, score_bytes)) != KVEC_OK ||
+            (res = kvec_select_layer(&cfg, scores, Hk, n, B, l, &coverage, &plan, select_scratch, select_bytes)) != KVEC_OK) {
+            /* only a non-finite row can fail here, after the checks above;
+               the layers before l are rewritten already */
+            kvl_fail(kl, "kvec, layer %lld: %s (layers 0..%lld are rewritten: clear the cache)", (long long)l,
+                     kvec_result_string(res), (long long)l - 1);
+            goto done;
+        }
+        /* head j's r-th kept row goes into the cell of position N-B+r: the
+           gathered copy is the source, so no row is overwritten before read */
+        for (j = 0; j < Hk; j++) {
+            kept = plan.kept_positions + (l * Hk + j) * B;
+            for (r = 0; r < B; r++) {
+                int64_t cell = kl->cell_of_pos[N - B + r];
+                if (kept[r] == n - B + r) continue;
+                kvl_copy_head(kl->k[l], 0, cell, j, D, keys + (size_t)kept[r] * row_bytes, 1);
+                kvl_copy_head(kl->v[l], kl->v_trans, cell, j, D, values + (size_t)kept[r] * row_bytes, 1);
+            }
+        }
+    }
+    if (!llama_memory_seq_rm(mem, 0, (llama_pos)P0, (llama_pos)(N - B))) {
+        kvl_fail(kl, "llama_memory_seq_rm refused to remove positions %lld..%lld", (long long)P0, (long long)(N - B - 1));
+        goto done;
+    }
+    rc = 0;
+done:
+    if (stats) stats->plan_ms = kvl_ms() - t0;
+    free(keys);
+    free(values);
+    free(scratch);
+    free(select_scratch);
+    free(coverage_memory);
+    free(scores);
+    free(plan.kept_count);
+    free(plan.kept_positions);
+    return rc;
 }

@@ -34,6 +34,13 @@
      removed with llama_memory_seq_rm, and decoding goes on at N, which
      llama.cpp requires (seq_pos_max + 1).
 
+   Heads of different lengths (pyramid, adaptive and global budgets): built
+   with KVEC_LLAMA_PER_HEAD against llama.cpp with kvec-per-head.patch, each
+   head's c kept rows go to the last c cells, the positions below the
+   longest head's are removed, and llama_memory_set_head_pos_min masks, for
+   each head, the cells below its own c. Without the define such plans are
+   refused.
+
    Refused, with a message: recurrent and hybrid models, sliding-window
    attention (SWA, iSWA), MLA and other caches whose K rows are not Hk*D, a
    cache type kvec cannot read (quantised: q8_0, q4_0, ...), cache buffers
@@ -72,13 +79,16 @@ typedef struct kvec_llama {
     int64_t n_ubatch_pos, ubatch_cap;
     int64_t *cell_of_pos;      /* [N] cell of each prefix position, -1 unseen */
 
+    int     head_limits;       /* the last eviction gave heads different lengths (patched llama.cpp) */
+
     char    error[256];        /* why the last call failed */
 } kvec_llama;
 
 typedef struct kvec_llama_stats {
     double plan_ms;            /* scoring and selection */
     double move_ms;            /* compaction, the move to the tail, seq_rm */
-    int64_t kept;              /* cells per KV head after eviction */
+    int64_t kept;              /* cells per KV head after eviction (the mean over heads) */
+    int64_t kept_max;          /* the longest head (= kept under a uniform budget) */
 } kvec_llama_stats;
 
 /* Refusals that depend on the model only. Returns 0, or -1 with kl->error. */
@@ -122,6 +132,21 @@ int  kvec_llama_keep_positions(kvec_llama *kl, struct llama_context *ctx, const 
    heads (ties to the later position; the window always). keep is [N]. */
 void kvec_llama_vote(const kvec_plan *plan, int64_t n_prefix, int64_t budget, int64_t window,
                      uint8_t *keep);
+
+/* Eviction during decoding, uniform budgets, every `interval` >= window
+   tokens. After an eviction (kvec_llama_evict or kvec_llama_reevict):
+       kvec_llama_continue(&kl, p_end);    // capture the decodes up to p_end-1
+       llama_decode positions seq_pos_max+1 .. p_end-1 (in any batches);
+       kvec_llama_reevict(&kl, ctx, &config, budget, &stats);
+   The held positions (seq_pos_min .. p_end-1) sit in cells that are no
+   longer in position order (new tokens fill the cells freed at the front),
+   so each layer's held rows are gathered into position order (one layer's
+   copy at a time), kvec selects `budget` per KV head over them with the
+   last `window` queries, each head's kept rows are written into the cells
+   of the last `budget` positions, and the positions before are removed. */
+int  kvec_llama_continue(kvec_llama *kl, int64_t p_end);
+int  kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                        int64_t budget, kvec_llama_stats *stats);
 
 #ifdef __cplusplus
 }

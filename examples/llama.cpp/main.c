@@ -5,13 +5,16 @@
               [--policy kvec|snapkv|tova|h2o|keydiff|knorm|streaming|random]
               [--budget F | --keep N] [--flash-attn on|off] [--threads N]
               [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]
+              [--budget-mode uniform|pyramid|adaptive|global]
 
    The prompt is one chat turn: an instruction, the document, the question.
    The whole prompt is prefilled with kvec's callback capturing the last 32
    queries of every layer; then each KV head keeps `budget` of its cells
    (a fraction F of the prompt, or N cells), the rest is removed from
    llama.cpp's cache, and the reply is generated greedily from there.
-   --full skips the eviction (the reference). Prints the prefill and the
+   --full skips the eviction (the reference). --budget-mode other than
+   uniform gives heads different lengths (budget is then their average) and
+   needs the build against kvec-per-head.patch. Prints the prefill and the
    eviction time, what each head keeps and the reply. */
 #define KVEC_IMPLEMENTATION
 #include "kvec_llama.h"
@@ -27,7 +30,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: kvec-llama --model FILE.gguf [--document FILE] [--question TEXT]\n"
             "                  [--policy NAME] [--budget F | --keep N] [--flash-attn on|off]\n"
-            "                  [--threads N] [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]\n");
+            "                  [--threads N] [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]\n"
+            "                  [--budget-mode uniform|pyramid|adaptive|global]\n");
 }
 
 int main(int argc, char **argv) {
@@ -45,7 +49,7 @@ int main(int argc, char **argv) {
     struct llama_context *ctx = NULL;
     const struct llama_vocab *vocab;
     kvec_llama kl;
-    kvec_llama_stats stats = {0, 0, 0};
+    kvec_llama_stats stats = {0, 0, 0, 0};
     char *document = NULL, *user = NULL, *prompt = NULL, reply[4096] = "";
     llama_token *tokens = NULL, next;
     size_t document_length;
@@ -69,6 +73,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--cache-type")) {
             if (util_cache_type(value, &cache_type)) { usage(); return 2; }
         } else if (!strcmp(argv[i], "--n-predict")) n_predict = atoll(value);
+        else if (!strcmp(argv[i], "--budget-mode")) {
+            if (!strcmp(value, "uniform")) config.budget_mode = KVEC_BUDGET_UNIFORM;
+            else if (!strcmp(value, "pyramid")) config.budget_mode = KVEC_BUDGET_PYRAMID;
+            else if (!strcmp(value, "adaptive")) config.budget_mode = KVEC_BUDGET_ADAPTIVE;
+            else if (!strcmp(value, "global")) config.budget_mode = KVEC_BUDGET_GLOBAL;
+            else { usage(); return 2; }
+        }
         else { usage(); return 2; }
         i++;
     }
@@ -141,6 +152,9 @@ int main(int argc, char **argv) {
                kvec_policy_name(config.policy ? config.policy : KVEC_POLICY_KVEC), (long long)stats.kept,
                (long long)n, 100.0 * (double)stats.kept / (double)n, stats.plan_ms + stats.move_ms,
                stats.plan_ms, stats.move_ms, 100.0 * (stats.plan_ms + stats.move_ms) / prefill_ms);
+        if (stats.kept_max != stats.kept)
+            printf("heads of different lengths: %lld on average, the longest %lld (the cache holds %lld cells, "
+                   "each head masked to its own)\n", (long long)stats.kept, (long long)stats.kept_max, (long long)stats.kept_max);
     }
 
     /* The prefill's last logits survive the eviction: the first reply token. */
