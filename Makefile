@@ -348,6 +348,19 @@ tasks:
 	python3 bench/make_tasks.py --seed 1 --tokens 1024 --samples 10 --out bench/tasks/seed1-1024.jsonl
 	python3 bench/make_tasks.py --seed 1 --tokens 2048 --samples 10 --tasks passkey,needle --out bench/tasks/seed1-2048.jsonl
 
+# NVIDIA kvpress beside kvec on the same samples (bench/peer_kvpress.py,
+# docs/PEER_KVPRESS.md). Needs python3 with kvpress (pip install
+# kvpress==0.5.5; the script says what is missing). build/peer_dump gives it
+# the C engine's prompt ids and the positions a kvec policy keeps.
+.PHONY: peer-kvpress
+PEER_N ?= 10
+$(BUILD)/peer_dump: bench/peer_dump.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/peer_dump.c $(ENGINE) -lm
+
+peer-kvpress: $(BUILD)/peer_dump $(BUILD)/quality
+	python3 bench/peer_kvpress.py --model $$(scripts/fetch-model.sh smollm2 | tail -n 1) \
+	  --tasks bench/tasks/seed2-1024.jsonl --limit $(PEER_N) --out bench/results/peer-kvpress-smollm2-1024.json
+
 # The speed benchmark needs OpenBLAS for its matrix-product reference
 # (Debian: apt-get install libopenblas-dev).
 $(BUILD)/speed: bench/speed.c kvec.h | $(BUILD)
