@@ -118,6 +118,12 @@ def needs_own_prefill(name):
     return name == "kvzip"
 
 
+def uniform(name):
+    """Whether the press keeps the same count in every layer and head, so
+    that its caches batch with the other presses' at the same budget."""
+    return name != "pyramidkv" and not needs_own_prefill(name)
+
+
 def contains(reply, answer):
     """build/quality's rule (text_contains): answer inside reply, ASCII case ignored."""
     def fold(s):
@@ -206,49 +212,64 @@ class Peer:
         layers = [(cache.layers[l].keys, cache.layers[l].values) for l in range(self.n_layers)]
         return out.logits[0, -1].clone(), layers
 
-    def cache_of(self, layers):
+    def cache_of(self, layer_sets):
+        """One cache holding several compressed caches as a batch (each
+        [1, Hk, kept, D] per layer, the same kept count in each)."""
+        torch = self.torch
         from transformers import DynamicCache
         cache = DynamicCache()
-        for l, (k, v) in enumerate(layers):
-            cache.update(k, v, l)
+        for l in range(self.n_layers):
+            keys = [layers[l][0] for layers in layer_sets]
+            if len({k.shape for k in keys}) != 1:
+                raise ValueError("a batch of caches needs one shape per layer")
+            cache.update(torch.cat(keys), torch.cat([layers[l][1] for layers in layer_sets]), l)
         return cache
 
-    # ------------------------------------------------------------ answers
-    def answer(self, layers, n_prefix, suffix, first_logits, max_new):
-        """Greedy reply from a (compressed) cache of an n_prefix-token prefix;
-        new tokens take positions n_prefix, n_prefix + 1, ... whatever the
-        cache holds (kept keys keep their RoPE positions)."""
+    def answers(self, layer_sets, n_prefix, suffix, first_logits, max_new):
+        """Greedy replies, one per (compressed) cache of an n_prefix-token
+        prefix, decoded as one batch (the rows never see each other); new
+        tokens take positions n_prefix, n_prefix + 1, ... whatever the cache
+        holds (kept keys keep their RoPE positions), as kvpress's pipeline
+        does."""
         torch = self.torch
-        cache = self.cache_of(layers)
+        rows = len(layer_sets)
+        cache = self.cache_of(layer_sets)
         position = n_prefix
+        generated = [[] for _ in range(rows)]
+        done = [False] * rows
         with torch.no_grad():
             if suffix:
-                pos = torch.arange(position, position + len(suffix)).unsqueeze(0)
-                logits = self.model(input_ids=torch.tensor([suffix]), past_key_values=cache, position_ids=pos,
-                                    logits_to_keep=1).logits[0, -1]
+                pos = torch.arange(position, position + len(suffix)).unsqueeze(0).expand(rows, -1)
+                logits = self.model(input_ids=torch.tensor([suffix] * rows), past_key_values=cache, position_ids=pos,
+                                    logits_to_keep=1).logits[:, -1]
                 position += len(suffix)
             else:
-                logits = first_logits
-            generated = []
-            while len(generated) < max_new:
-                token = int(torch.argmax(logits))
-                if token in self.stop:
+                logits = first_logits.unsqueeze(0).expand(rows, -1)
+            while True:
+                tokens = torch.argmax(logits, dim=-1).tolist()
+                for r, token in enumerate(tokens):
+                    if done[r]:
+                        continue
+                    if token in self.stop:
+                        done[r] = True
+                    else:
+                        generated[r].append(token)
+                        done[r] = len(generated[r]) == max_new
+                if all(done):
                     break
-                generated.append(token)
-                if len(generated) == max_new:
-                    break
-                logits = self.model(input_ids=torch.tensor([[token]]), past_key_values=cache,
-                                    position_ids=torch.tensor([[position]])).logits[0, -1]
+                logits = self.model(input_ids=torch.tensor(tokens).unsqueeze(1), past_key_values=cache,
+                                    position_ids=torch.full((rows, 1), position)).logits[:, -1]
                 position += 1
-        return self.tokenizer.decode(generated)
+        return [self.tokenizer.decode(g) for g in generated]
 
-    def forced_logprobs(self, layers, n_prefix, forced):
-        """Log-probabilities [F, vocab] at the F teacher-forced positions."""
+    def forced_logprobs(self, layer_sets, n_prefix, forced):
+        """Log-probabilities [caches, F, vocab] at the F teacher-forced positions."""
         torch = self.torch
-        cache = self.cache_of(layers)
+        rows = len(layer_sets)
+        cache = self.cache_of(layer_sets)
         with torch.no_grad():
-            pos = torch.arange(n_prefix, n_prefix + len(forced)).unsqueeze(0)
-            logits = self.model(input_ids=torch.tensor([forced]), past_key_values=cache, position_ids=pos).logits[0]
+            pos = torch.arange(n_prefix, n_prefix + len(forced)).unsqueeze(0).expand(rows, -1)
+            logits = self.model(input_ids=torch.tensor([forced] * rows), past_key_values=cache, position_ids=pos).logits
         return torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -348,15 +369,20 @@ def run_tasks(peer, args, samples, c_prompts):
             replayed = [((p, b), make_press(p, int(b * n), n)) for p, b in rows[1:] if not needs_own_prefill(p)]
             logits, compressed, full = peer.prefill(prefix, replayed)
             compressed[("full", 1.0)] = full
-            for p, b in rows:
-                if needs_own_prefill(p):
+            # one batch per kept count: the full cache, then each budget's presses
+            groups = [[("full", 1.0)]] + [[(p, b) for p, b in rows[1:] if b == budget and uniform(p)]
+                                          for budget in budgets]
+            groups += [[(p, b)] for p, b in rows[1:] if not uniform(p)]
+            for group in (g for g in groups if g):
+                if needs_own_prefill(group[0][0]):
+                    p, b = group[0]
                     first, layers = peer.prefill_with_press(prefix, make_press(p, int(b * n), n))
+                    sets = [layers]
                 else:
-                    first, layers = logits, compressed[(p, b)]
-                reply = peer.answer(layers, n, suffix, first, args.max_tokens)
-                ok = contains(reply, sample["answer"])
-                correct[(p, b, s)].append(int(ok))
-                replies[(p, b, s, i)] = reply
+                    first, sets = logits, [compressed[key] for key in group]
+                for (p, b), reply in zip(group, peer.answers(sets, n, suffix, first, args.max_tokens)):
+                    correct[(p, b, s)].append(int(contains(reply, sample["answer"])))
+                    replies[(p, b, s, i)] = reply
             del compressed, full
         print(f"\rsample {i + 1}/{len(samples)}, {time.time() - started:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -378,12 +404,13 @@ def run_kl(peer, args, budgets, presses):
         prefix, forced = ids[:P], ids[P:P + F]
         replayed = [((p, b), make_press(p, int(b * P), P)) for p in presses for b in budgets if not needs_own_prefill(p)]
         _, compressed, full = peer.prefill(prefix, replayed)
-        reference = peer.forced_logprobs(full, P, forced)
-        for p in presses:
-            for b in budgets:
-                layers = (peer.prefill_with_press(prefix, make_press(p, int(b * P), P))[1] if needs_own_prefill(p)
-                          else compressed[(p, b)])
-                lp = peer.forced_logprobs(layers, P, forced)
+        reference = peer.forced_logprobs([full], P, forced)[0]
+        for b in budgets:
+            group = [p for p in presses if not needs_own_prefill(p)]
+            lps = list(peer.forced_logprobs([compressed[(p, b)] for p in group], P, forced)) if group else []
+            lps += [peer.forced_logprobs([peer.prefill_with_press(prefix, make_press(p, int(b * P), P))[1]], P, forced)[0]
+                    for p in presses if needs_own_prefill(p)]
+            for p, lp in zip(group + [p for p in presses if needs_own_prefill(p)], lps):
                 kl[(p, b)].append(float((reference.exp() * (reference - lp)).sum(-1).mean()))
                 agree[(p, b)].append(float((reference.argmax(-1) == lp.argmax(-1)).float().mean()))
         print(f"\rKL text {i + 1}/{len(texts)}", end="", file=sys.stderr, flush=True)
@@ -498,7 +525,78 @@ def compare_kept(peer, args, samples):
             "overlap_per_layer_head": per_layer, "kvpress_kept": ours, "kvec_kept": theirs["kept"]}
 
 
+KVEC_OF_PRESS = {"full": "full", "snapkv": "snapkv", "streaming": "streaming", "knorm": "knorm", "tova": "tova",
+                 "keydiff": "keydiff", "observed": "h2o", "pyramidkv": "pyramidkv"}
+
+
+def merge(paths):
+    """Runs on disjoint samples (same presses, budgets, settings) as one result."""
+    parts = [json.load(open(p)) for p in paths]
+    out = {k: parts[0][k] for k in ("model", "max_new_tokens", "implementation", "machine", "threads")}
+    out["tasks"] = [p["tasks"] for p in parts]
+    out["samples"] = n = sum(p["samples"] for p in parts)
+    out["wall_seconds_each"] = [p["wall_seconds"] for p in parts]
+    for table in ("results", "stderr", "correct", "per_sample"):
+        out[table] = {}
+    for press, by_setting in parts[0]["per_sample"].items():
+        for setting, by_budget in by_setting.items():
+            for budget in by_budget:
+                flags = sum((p["per_sample"][press][setting][budget] for p in parts), [])
+                acc = sum(flags) / n
+                for table, value in (("results", round(acc, 4)), ("stderr", round(stderr_p(acc, n), 4)),
+                                     ("correct", sum(flags)), ("per_sample", flags)):
+                    out[table].setdefault(press, {}).setdefault(setting, {})[budget] = value
+    out["replies"] = {}
+    for i, p in enumerate(parts):
+        for key, reply in p.get("replies", {}).items():
+            press, budget, setting, _ = key.split("|")
+            out["replies"][f"{press}|{budget}|{setting}|{i}"] = reply
+    return out
+
+
+def side_by_side(peer, kvec_paths):
+    """A markdown table: each press beside its kvec policy, accuracy +- standard
+    error, and the samples where the two disagree (kvec_paths: build/quality
+    --out files of one sample each, in the order of peer's samples)."""
+    kvec = [json.load(open(p)) for p in kvec_paths]
+    n = len(kvec)
+    if n != peer["samples"]:
+        sys.exit(f"peer_kvpress: {n} kvec files for {peer['samples']} kvpress samples")
+    lines = ["| kvpress press | kvec policy | budget | setting | kvpress | kvec | samples that differ |",
+             "|---|---|---|---|---|---|---|"]
+    for press, by_setting in peer["per_sample"].items():
+        policy = KVEC_OF_PRESS.get(press)
+        for setting, by_budget in by_setting.items():
+            for budget, flags in by_budget.items():
+                a = sum(flags) / n
+                cell_k, differ = "-", "-"
+                if policy and policy in kvec[0]["correct"]:
+                    theirs = [k["correct"][policy][setting][budget] for k in kvec]
+                    b = sum(theirs) / n
+                    cell_k = f"{b:.2f} +- {stderr_p(b, n):.2f}"
+                    differ = ", ".join(f"{i}" for i in range(n) if flags[i] != theirs[i]) or "none"
+                lines.append(f"| {press} | {policy or '-'} | {float(budget):.0%} | {setting} | "
+                             f"{a:.2f} +- {stderr_p(a, n):.2f} | {cell_k} | {differ} |")
+    if "kvec" in kvec[0]["correct"]:
+        for setting, by_budget in kvec[0]["correct"]["kvec"].items():
+            for budget in by_budget:
+                b = sum(k["correct"]["kvec"][setting][budget] for k in kvec) / n
+                lines.append(f"| - | kvec | {float(budget):.0%} | {setting} | - | {b:.2f} +- {stderr_p(b, n):.2f} | - |")
+    return "\n".join(lines)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--merge":
+        # bench/peer_kvpress.py --merge OUT.json A.json B.json ... [--kvec K1.json K2.json ...]
+        rest = sys.argv[2:]
+        kvec_paths = rest[rest.index("--kvec") + 1:] if "--kvec" in rest else []
+        rest = rest[:rest.index("--kvec")] if "--kvec" in rest else rest
+        merged = merge(rest[1:])
+        with open(rest[0], "w") as f:
+            json.dump(merged, f, indent=1)
+        if kvec_paths:
+            print(side_by_side(merged, kvec_paths))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--tasks")
