@@ -25,7 +25,8 @@ the way BasePress.__call__ does and calls each press's own compress() on the
 same (module, hidden_states, keys, values, attentions, kwargs) the press's hook
 would get, keeping each press's compressed keys and values. --check-replay
 verifies on one sample that this gives exactly the cache `with press(model):`
-gives, press by press.
+gives, press by press. The caches of one budget (one shape) are decoded as
+one batch; its rows never attend to each other.
 
 Budgets. kvec keeps floor(f * N) rows per KV head of an N-token prefix, the
 last 32 (the observation window) always among them. kvpress keeps
