@@ -656,6 +656,7 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 /* OpenMP as a plain pragma on the outer loop; _Pragma keeps builds without
    -fopenmp free of unknown-pragma warnings. */
 #if defined(_OPENMP) && !defined(KVEC_NO_OPENMP)
+#include <omp.h>
 #define KVEC__PRAGMA(x) _Pragma(#x)
 #define KVEC__PARALLEL_FOR KVEC__PRAGMA(omp parallel for schedule(dynamic, 1))
 #else
@@ -676,8 +677,9 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 #define KVEC__Z_EPS               1e-6  /* z = (x - mean) / (std + eps) */
 
 /* Window attention works on tiles of KVEC__TILE keys against at most
-   KVEC__ROW_CHUNK query rows: the tile's logits stay in L1/L2 and no
-   rows x N buffer ever exists. */
+   KVEC__ROW_CHUNK query rows; each tile's exponentiated logits are kept in
+   an [N][KVEC__ROW_CHUNK] buffer of the scratch until the rows' normalisers
+   are known (one pass over K). */
 #define KVEC__TILE      64
 #define KVEC__ROW_CHUNK 128
 #define KVEC__ALIGN     64
@@ -1329,9 +1331,12 @@ static void *kvec__take(kvec__bump *b, int64_t count, size_t elem) {
 /* Per-head work area of window attention and the token-level scores. */
 typedef struct kvec__head_work {
     float   *queries_t; /* [D][ROW_CHUNK]  scaled query rows of one chunk, transposed */
-    float   *logits;    /* [TILE][ROW_CHUNK] */
+    float   *logits;    /* [N4][ROW_CHUNK] exp(logit - running max), N4 = N rounded up to 4;
+                                          attention policies only (else NULL) */
+    float   *tile_ref;  /* [N/TILE+1][ROW_CHUNK] running max each tile's values are relative to */
     float   *row_max;   /* [ROW_CHUNK] */
     float   *row_sum;   /* [ROW_CHUNK]     normaliser, then weight / normaliser */
+    float   *row_scale; /* [ROW_CHUNK]     one tile's factor to normalised probabilities */
     float   *probs;     /* [ROW_CHUNK] */
     int32_t *reach;     /* [ROW_CHUNK]     last key of the tile a row sees */
     float   *keys;      /* [TILE][D]       one key tile as fp32 */
@@ -1362,6 +1367,7 @@ typedef struct kvec__layer_work {
 typedef struct kvec__dims {
     int64_t n_tokens, n_kv_heads, n_query_heads, head_dim;
     int     rank_union; /* K-VEC's rank union is on: carve its sort buffers */
+    int     attention;  /* the policy runs window attention: carve its logit buffer */
     int64_t pool_heads; /* global budget: L*Hk heads scored before selection, else 0 */
     int     output_norm;             /* 1: CriticalKV, 2: LaProx, 0: no output term */
     int64_t out_rows, value_dim;     /* E and Dv of out_proj, when output_norm */
@@ -1370,6 +1376,7 @@ typedef struct kvec__dims {
 static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer) {
     kvec__dims d;
     d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION);
+    d.attention = kvec__uses_attention(c);
     d.pool_heads = 0;
     d.output_norm = c->policy == KVEC_POLICY_CRITICALKV ? 1 : c->policy == KVEC_POLICY_LAPROX ? 2 : 0;
     d.out_rows = d.value_dim = 0;
@@ -1388,16 +1395,18 @@ static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer
 
 static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_work *w) {
     const int64_t n = d->n_tokens, D = d->head_dim;
-    const int64_t rows = KVEC__ROW_CHUNK, tile = KVEC__TILE;
+    const int64_t rows = KVEC__ROW_CHUNK, tile = KVEC__TILE, attention = d->attention ? 1 : 0;
     const int64_t scan_heads = d->n_query_heads > d->n_kv_heads ? d->n_query_heads : d->n_kv_heads;
     int64_t j;
     w->heads = (kvec__head_work *)kvec__take(b, d->n_kv_heads, sizeof(kvec__head_work));
     for (j = 0; j < d->n_kv_heads; j++) {
         kvec__head_work h;
         h.queries_t = (float *)kvec__take(b, kvec__count(D, rows), sizeof(float));
-        h.logits    = (float *)kvec__take(b, kvec__count(tile, rows), sizeof(float));
+        h.logits    = (float *)kvec__take(b, kvec__count(attention * (n / 4 + 1), 4 * rows), sizeof(float));
+        h.tile_ref  = (float *)kvec__take(b, kvec__count(attention * (n / tile + 1), rows), sizeof(float));
         h.row_max   = (float *)kvec__take(b, rows, sizeof(float));
         h.row_sum   = (float *)kvec__take(b, rows, sizeof(float));
+        h.row_scale = (float *)kvec__take(b, rows, sizeof(float));
         h.probs     = (float *)kvec__take(b, rows, sizeof(float));
         h.reach     = (int32_t *)kvec__take(b, rows, sizeof(int32_t));
         h.keys      = (float *)kvec__take(b, kvec__count(tile, D), sizeof(float));
@@ -1525,86 +1534,124 @@ static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t f
     for (; c < padded; c++) memset(tile + c * D, 0, (size_t)D * sizeof(float));
 }
 
+static double kvec__dot_norm(const float *a, const float *b, int64_t n, double *norm_a);
+
 /* Window attention of one KV head, reduced over its query heads:
 
      sums[i] += weight * sum over rows r, heads h of the group of A[h, r, i],  i < n_out
 
    for the query rows [row_first, row_first + n_rows) of the queries tensor
    (row r is position N - Wq + r and sees keys i <= its position). Rows are
-   taken in chunks, position-major (x = r*g + h), and each chunk makes two
-   passes over the keys it can see: the first finds each row's softmax max and
-   normaliser with a running (online) update, the second accumulates the
-   normalised probabilities into sums. Nothing of size rows x N is stored. */
-static void kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *queries,
-                                   int64_t kv_head, int64_t row_first, int64_t n_rows,
-                                   int64_t n_out, float weight, kvec__head_work *w,
-                                   float *sums) {
+   taken in chunks, position-major (x = r*g + h), and each chunk makes one
+   pass over the keys it can see, computing every logit once:
+
+     - a tile's logits go straight into w->logits ([N][ROW_CHUNK], the tile
+       at its keys' place) and are turned there into exp(logit - m), m the
+       row's running maximum so far, which is kept per tile (w->tile_ref);
+       the row's normaliser is updated online as before;
+     - once every tile is seen, each stored value is scaled by
+       exp(m_tile - m_final) * weight / normaliser and the rows summed.
+
+   The scale is exactly 1 for every tile after the row's maximum settles, so
+   the result is the two-pass one up to one rounding on the few early tiles.
+   The price is the [N][ROW_CHUNK] fp32 buffer in the caller's scratch
+   (kvec_layer_scratch_bytes counts it); the gain is half the matrix products.
+
+   With direction_sum non-NULL, the pass that sees all N keys also adds
+   k / ||k|| of every key to it (K-VEC's key direction, from the tile already
+   loaded) and the function returns 1; 0 when no pass saw all keys. */
+static int kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *queries,
+                                  int64_t kv_head, int64_t row_first, int64_t n_rows,
+                                  int64_t n_out, float weight, kvec__head_work *w,
+                                  float *sums, double *direction_sum) {
     const int64_t N = keys->n_tokens, D = keys->head_dim;
     const int64_t g = queries->n_heads / keys->n_heads;
     const int64_t first_position = N - queries->n_tokens + row_first;
     const int64_t total = n_rows * g, RC = KVEC__ROW_CHUNK;
     const float scale = 1.0f / sqrtf((float)D);
     int64_t x0;
+    int direction_done = 0;
     for (x0 = 0; x0 < total; x0 += RC) {
         const int64_t chunk = total - x0 < RC ? total - x0 : RC;
         const int64_t padded_rows = (chunk + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
         const int64_t first_key_hidden = first_position + x0 / g + 1; /* first row sees keys below */
         const int64_t last_key = first_position + (x0 + chunk - 1) / g; /* last row's position */
         const int64_t last_out = last_key < n_out - 1 ? last_key : n_out - 1;
+        const int add_direction = direction_sum && last_key == N - 1 && !direction_done;
         int64_t x, d, c, t0;
         for (x = 0; x < padded_rows; x++) { /* scaled, transposed; padding rows are zero */
             if (x < chunk)
                 kvec__load_row(queries, row_first + (x0 + x) / g, kv_head * g + (x0 + x) % g, w->row);
             for (d = 0; d < D; d++) w->queries_t[d * RC + x] = x < chunk ? w->row[d] * scale : 0.0f;
         }
-        for (x = 0; x < chunk; x++) { w->row_max[x] = -INFINITY; w->row_sum[x] = 0.0f; }
-        /* Pass 1: max and normaliser of every row. */
+        for (x = 0; x < padded_rows; x++) { w->row_max[x] = -INFINITY; w->row_sum[x] = 0.0f; }
+        /* The pass: logits, running max and normaliser, exp(logit - max) kept. */
         for (t0 = 0; t0 <= last_key; t0 += KVEC__TILE) {
             const int64_t count = last_key + 1 - t0 < KVEC__TILE ? last_key + 1 - t0 : KVEC__TILE;
             const int all_visible = t0 + count <= first_key_hidden;
+            float *logits = w->logits + t0 * RC, *ref = w->tile_ref + t0 / KVEC__TILE * RC;
             float *tile_max = w->probs;
             kvec__load_key_tile(keys, kv_head, t0, count, w->keys);
-            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, w->logits);
-            for (x = 0; x < chunk; x++) {
+            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, logits);
+            if (add_direction)
+                for (c = 0; c < count; c++) {
+                    const float *k = w->keys + c * D;
+                    double norm;
+                    kvec__dot_norm(k, k, D, &norm);
+                    if (norm > 0.0) {
+                        const double inverse = 1.0 / norm; /* one division per key */
+                        for (d = 0; d < D; d++) direction_sum[d] += k[d] * inverse;
+                    }
+                }
+            for (x = 0; x < padded_rows; x++) {
                 w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0); /* last visible c */
                 tile_max[x] = -INFINITY;
             }
             for (c = 0; c < count; c++) {
-                const float *l = w->logits + c * RC;
-                for (x = 0; x < chunk; x++)
-                    tile_max[x] = (all_visible || c <= w->reach[x]) && l[x] > tile_max[x] ? l[x] : tile_max[x];
+                const float *l = logits + c * RC;
+                if (all_visible)
+                    for (x = 0; x < padded_rows; x++) tile_max[x] = l[x] > tile_max[x] ? l[x] : tile_max[x];
+                else
+                    for (x = 0; x < padded_rows; x++)
+                        tile_max[x] = c <= w->reach[x] && l[x] > tile_max[x] ? l[x] : tile_max[x];
             }
-            for (x = 0; x < chunk; x++) {
+            for (x = 0; x < padded_rows; x++) {
                 const float m = tile_max[x] > w->row_max[x] ? tile_max[x] : w->row_max[x];
                 w->row_sum[x] *= kvec__exp(w->row_max[x] - m);
                 w->row_max[x] = m;
+                ref[x] = m;
             }
             for (c = 0; c < count; c++) {
-                const float *l = w->logits + c * RC;
-                for (x = 0; x < chunk; x++) {
-                    const float e = kvec__exp(l[x] - w->row_max[x]);
-                    w->row_sum[x] += (all_visible || c <= w->reach[x]) ? e : 0.0f;
-                }
+                float *l = logits + c * RC;
+                if (all_visible)
+                    for (x = 0; x < padded_rows; x++) {
+                        l[x] = kvec__exp(l[x] - w->row_max[x]);
+                        w->row_sum[x] += l[x];
+                    }
+                else
+                    for (x = 0; x < padded_rows; x++) {
+                        const float e = kvec__exp(l[x] - w->row_max[x]);
+                        l[x] = c <= w->reach[x] ? e : 0.0f;
+                        w->row_sum[x] += l[x];
+                    }
             }
         }
-        for (x = 0; x < chunk; x++) w->row_sum[x] = weight / w->row_sum[x];
-        /* Pass 2: normalised probabilities, summed over the chunk's rows. */
+        direction_done |= add_direction;
+        for (x = 0; x < padded_rows; x++) w->row_sum[x] = x < chunk ? weight / w->row_sum[x] : 0.0f;
+        /* Normalised probabilities, summed over the chunk's rows per key. */
         for (t0 = 0; t0 <= last_out; t0 += KVEC__TILE) {
             const int64_t count = last_out + 1 - t0 < KVEC__TILE ? last_out + 1 - t0 : KVEC__TILE;
-            const int all_visible = t0 + count <= first_key_hidden;
-            kvec__load_key_tile(keys, kv_head, t0, count, w->keys);
-            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, w->logits);
-            for (x = 0; x < chunk; x++) w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0);
+            const float *ref = w->tile_ref + t0 / KVEC__TILE * RC;
+            for (x = 0; x < padded_rows; x++)
+                w->row_scale[x] = kvec__exp(ref[x] - w->row_max[x]) * w->row_sum[x];
             for (c = 0; c < count; c++) {
-                const float *l = w->logits + c * RC;
-                for (x = 0; x < chunk; x++) {
-                    const float p = kvec__exp(l[x] - w->row_max[x]) * w->row_sum[x];
-                    w->probs[x] = (all_visible || c <= w->reach[x]) ? p : 0.0f;
-                }
+                const float *e = w->logits + (t0 + c) * RC;
+                for (x = 0; x < padded_rows; x++) w->probs[x] = e[x] * w->row_scale[x];
                 sums[t0 + c] += kvec__sum(w->probs, chunk);
             }
         }
     }
+    return direction_done;
 }
 
 /* >>scores */
@@ -1654,13 +1701,16 @@ static double kvec__dot_norm(const float *a, const float *b, int64_t n, double *
     return dot_total;
 }
 
-/* kbar = mean over all N keys of k / ||k|| (zero keys add nothing). */
-static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__head_work *w, float *kbar) {
+/* kbar = mean over all N keys of k / ||k|| (zero keys add nothing). With
+   summed != 0, w->dim_acc already holds the sum (window attention added it
+   from its key tiles, in this same order) and K is not read. */
+static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__head_work *w, int summed,
+                                float *kbar) {
     const int64_t N = keys->n_tokens, D = keys->head_dim;
     int64_t i, d;
     double norm;
-    for (d = 0; d < D; d++) w->dim_acc[d] = 0.0;
-    for (i = 0; i < N; i++) {
+    if (!summed) for (d = 0; d < D; d++) w->dim_acc[d] = 0.0;
+    for (i = 0; i < N && !summed; i++) {
         kvec__load_row(keys, i, head, w->row);
         kvec__dot_norm(w->row, w->row, D, &norm);
         if (norm > 0.0) {
@@ -1671,13 +1721,14 @@ static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__hea
     for (d = 0; d < D; d++) kbar[d] = (float)(w->dim_acc[d] / (double)N);
 }
 
-/* out[i] = -cos(k_i, kbar) for i < n (0 where a norm is 0). */
-static void kvec__uniqueness(const kvec_tensor *keys, int64_t head, int64_t n,
+/* out[i] = -cos(k_i, kbar) for i < n (0 where a norm is 0); `summed` as in
+   kvec__key_direction. */
+static void kvec__uniqueness(const kvec_tensor *keys, int64_t head, int64_t n, int summed,
                              kvec__head_work *w, float *kbar, float *out) {
     const int64_t D = keys->head_dim;
     double kbar_norm, key_norm;
     int64_t i;
-    kvec__key_direction(keys, head, w, kbar);
+    kvec__key_direction(keys, head, w, summed, kbar);
     kvec__dot_norm(kbar, kbar, D, &kbar_norm);
     for (i = 0; i < n; i++) {
         double dot;
@@ -1706,16 +1757,20 @@ typedef struct kvec__layer_job {
     kvec__layer_work    *work;
 } kvec__layer_job;
 
-/* SnapKV's pooled importance pool(I) of head j from the last `rows` window rows. */
-static void kvec__pooled_importance(const kvec__layer_job *job, int64_t j, int64_t rows, float *out) {
+/* SnapKV's pooled importance pool(I) of head j from the last `rows` window
+   rows; direction_sum as in kvec__window_attention, whose answer it returns. */
+static int kvec__pooled_importance(const kvec__layer_job *job, int64_t j, int64_t rows, float *out,
+                                   double *direction_sum) {
     const kvec_layer *layer = job->layer;
     const int64_t n = job->n_evictable, g = layer->queries.n_heads / layer->keys.n_heads;
     kvec__head_work *w = &job->work->heads[j];
     int64_t i;
+    int summed;
     for (i = 0; i < n; i++) w->tmp_a[i] = 0.0f;
-    kvec__window_attention(&layer->keys, &layer->queries, j, layer->queries.n_tokens - rows,
-                           rows, n, 1.0f / (float)g, w, w->tmp_a);
+    summed = kvec__window_attention(&layer->keys, &layer->queries, j, layer->queries.n_tokens - rows,
+                                    rows, n, 1.0f / (float)g, w, w->tmp_a, direction_sum);
     kvec__pool(w->tmp_a, n, job->config->pool_kernel, job->config->pooling, out);
+    return summed;
 }
 
 static uint32_t kvec__order_key(float score);
@@ -1758,13 +1813,18 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     const uint32_t terms = c->terms.enabled;
     kvec__head_work *w = &job->work->heads[j];
     double mean_p, std_p, mean_u = 0.0, std_u = 1.0;
-    int64_t i;
-    kvec__pooled_importance(job, j, c->window, s);
+    int64_t i, d;
+    int direction_summed;
+    /* The key direction of the uniqueness term is summed from the attention
+       pass's key tiles: K is then read once more (the cosines), not twice. */
+    for (d = 0; d < layer->keys.head_dim; d++) w->dim_acc[d] = 0.0;
+    direction_summed = kvec__pooled_importance(job, j, c->window, s,
+                                               (terms & KVEC_TERM_UNIQUENESS) ? w->dim_acc : NULL);
     if (terms & KVEC_TERM_HEAD_FOCUS) {
         /* A head whose importance is flat looked at too little: widen its window. */
         kvec__moments(s, n, &mean_p, &std_p);
         if (mean_p > 0.0 && std_p / mean_p < (double)c->terms.focus_cv) {
-            kvec__pooled_importance(job, j, kvec__focus_rows(c, layer->queries.n_tokens), s);
+            kvec__pooled_importance(job, j, kvec__focus_rows(c, layer->queries.n_tokens), s, NULL);
         }
     }
     if (!(terms & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER)))
@@ -1775,7 +1835,7 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
         for (i = 0; i < n; i++) w->rank[w->sort_index[i]] = (int32_t)i;
     }
     if (terms & KVEC_TERM_UNIQUENESS) {
-        kvec__uniqueness(&layer->keys, j, n, w, w->kbar, w->tmp_a);
+        kvec__uniqueness(&layer->keys, j, n, direction_summed, w, w->kbar, w->tmp_a);
         kvec__moments(w->tmp_a, n, &mean_u, &std_u);
     }
     for (i = 0; i < n; i++) {
@@ -1859,7 +1919,7 @@ static void kvec__score_criticalkv(const kvec__layer_job *job, int64_t j, float 
     kvec__head_work *w = &job->work->heads[j];
     const int64_t first = job->free_slots > 0 ? job->free_slots / 2 : 0;
     int64_t i;
-    kvec__pooled_importance(job, j, job->config->window, s);
+    kvec__pooled_importance(job, j, job->config->window, s, NULL);
     kvec__output_norms(job->layer, j, n, 1, w, w->out_norm);
     for (i = 0; i < n; i++) w->first_stage[i] = 0;
     kvec__select_top(s, n, w->first_stage, 1u, first, NULL);
@@ -1880,7 +1940,7 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
     switch (c->policy) {
     case KVEC_POLICY_SNAPKV:
     case KVEC_POLICY_PYRAMIDKV:
-        kvec__pooled_importance(job, j, c->window, s);
+        kvec__pooled_importance(job, j, c->window, s, NULL);
         break;
     case KVEC_POLICY_KVEC:
         kvec__score_kvec(job, j, s);
@@ -1889,13 +1949,13 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
         /* All supplied rows; normalise by how many of them can see token i. */
         const int64_t rows = queries->n_tokens, g = queries->n_heads / keys->n_heads;
         for (i = 0; i < n; i++) s[i] = 0.0f;
-        kvec__window_attention(keys, queries, j, 0, rows, n, 1.0f / (float)g, w, s);
+        kvec__window_attention(keys, queries, j, 0, rows, n, 1.0f / (float)g, w, s, NULL);
         for (i = 0; i < n; i++) s[i] /= (float)(rows < N - i ? rows : N - i);
         break;
     }
     case KVEC_POLICY_TOVA: /* this head's share; kvec__score_layer averages over heads */
         for (i = 0; i < n; i++) s[i] = 0.0f;
-        kvec__window_attention(keys, queries, j, queries->n_tokens - 1, 1, n, 1.0f, w, s);
+        kvec__window_attention(keys, queries, j, queries->n_tokens - 1, 1, n, 1.0f, w, s, NULL);
         break;
     case KVEC_POLICY_KNORM:
         for (i = 0; i < n; i++) {
@@ -1905,13 +1965,13 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
         }
         break;
     case KVEC_POLICY_KEYDIFF:
-        kvec__uniqueness(keys, j, n, w, w->kbar, s);
+        kvec__uniqueness(keys, j, n, 0, w, w->kbar, s);
         break;
     case KVEC_POLICY_CRITICALKV:
         kvec__score_criticalkv(job, j, s);
         break;
     case KVEC_POLICY_LAPROX: /* kvec__score_layer normalises over the layer */
-        kvec__pooled_importance(job, j, c->window, s);
+        kvec__pooled_importance(job, j, c->window, s, NULL);
         kvec__output_norms(layer, j, n, 2, w, w->out_norm);
         for (i = 0; i < n; i++) s[i] *= w->out_norm[i];
         break;
@@ -2190,35 +2250,81 @@ static void kvec__select_layer(const kvec_config *c, const float *scores, int64_
 
 /* >>compaction */
 
-/* Rows pos[r] -> r of one head, r ascending. pos is strictly ascending, so
-   pos[r] >= r and a row is always read before anything overwrites it. */
-static void kvec__compact_head(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count) {
-    const int64_t elem = kvec__dtype_size(t->dtype);
-    int64_t r, d;
-    if (t->stride_dim == elem) {
-        const size_t row_bytes = (size_t)(t->head_dim * elem);
-        for (r = 0; r < count; r++)
-            if (pos[r] != r) memcpy(kvec__row(t, r, head), kvec__row(t, pos[r], head), row_bytes);
-    } else {
-        /* Transposed or strided rows: walk dims outermost so a [head][dim][token]
-           layout moves contiguous runs of tokens. */
-        for (d = 0; d < t->head_dim; d++)
-            for (r = 0; r < count; r++)
-                if (pos[r] != r)
-                    memcpy(kvec__row(t, r, head) + d * t->stride_dim,
-                           kvec__row(t, pos[r], head) + d * t->stride_dim, (size_t)elem);
+/* Rows pos[r] -> r of one head for the ranks [r0, r1), r ascending. pos is
+   strictly ascending, so pos[r] >= r and a row is always read before
+   anything overwrites it, whatever other heads do meanwhile. Contiguous rows
+   are copied whole, runs of consecutive positions at once where the token
+   axis is contiguous too ([head][token][dim]), and the source row
+   KVEC__COMPACT_AHEAD ranks on is prefetched: kept rows are scattered, which
+   the hardware prefetcher does not follow. */
+#define KVEC__COMPACT_AHEAD 8
+#define KVEC__COMPACT_BLOCK 32
+static void kvec__move_rows(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count,
+                            int64_t r0, int64_t r1) {
+    const int64_t elem = kvec__dtype_size(t->dtype), row_bytes = t->head_dim * elem;
+    const int runs = t->stride_token == row_bytes;
+    int64_t r, run;
+    for (r = r0; r < r1; r += run) {
+        run = 1;
+        if (r + KVEC__COMPACT_AHEAD < count) kvec__prefetch_row(t, pos[r + KVEC__COMPACT_AHEAD], head);
+        if (pos[r] == r) continue;
+        while (runs && r + run < r1 && pos[r + run] == pos[r] + run) run++;
+        memmove(kvec__row(t, r, head), kvec__row(t, pos[r], head), (size_t)(run * row_bytes));
     }
 }
 
+/* Rows pos[r] -> r of one head for a layout whose dims are strided:
+   dims outermost, so a [head][dim][token] layout moves contiguous runs of
+   tokens. */
+static void kvec__move_strided(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count) {
+    const int64_t elem = kvec__dtype_size(t->dtype);
+    int64_t r, d;
+    for (d = 0; d < t->head_dim; d++)
+        for (r = 0; r < count; r++)
+            if (pos[r] != r)
+                memcpy(kvec__row(t, r, head) + d * t->stride_dim, kvec__row(t, pos[r], head) + d * t->stride_dim,
+                       (size_t)elem);
+}
+
+/* Threads kvec may run (1 without OpenMP). */
+static int64_t kvec__max_threads(void) {
+#if defined(_OPENMP) && !defined(KVEC_NO_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Compaction of one layer. Each thread takes a contiguous group of heads and
+   walks it rank-block-major (KVEC__COMPACT_BLOCK ranks of every head of the
+   group, then the next block): in the usual [token][kv_head][dim] layout the
+   rows a block writes are neighbours in memory, and reads and writes sweep
+   the layer once instead of once per head. The bytes written do not depend
+   on the grouping: heads are independent and each goes in rank order. */
 static void kvec__compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t l) {
-    const int64_t Hk = layer->keys.n_heads;
-    int64_t j;
+    const int64_t Hk = layer->keys.n_heads, threads = kvec__max_threads();
+    const int64_t groups = threads < Hk ? (threads > 0 ? threads : 1) : Hk;
+    const int64_t elem_k = kvec__dtype_size(layer->keys.dtype), elem_v = kvec__dtype_size(layer->values.dtype);
+    const int rows_k = layer->keys.stride_dim == elem_k, rows_v = layer->values.stride_dim == elem_v;
+    int64_t group;
     KVEC__PARALLEL_FOR
-    for (j = 0; j < Hk; j++) {
-        const int64_t head = l * plan->n_kv_heads + j;
-        const int64_t *pos = plan->kept_positions + head * plan->capacity;
-        kvec__compact_head(&layer->keys, j, pos, plan->kept_count[head]);
-        kvec__compact_head(&layer->values, j, pos, plan->kept_count[head]);
+    for (group = 0; group < groups; group++) {
+        const int64_t j0 = Hk * group / groups, j1 = Hk * (group + 1) / groups;
+        const int64_t *counts = plan->kept_count + l * plan->n_kv_heads;
+        int64_t j, r0, most = 0;
+        for (j = j0; j < j1; j++) {
+            const int64_t *pos = plan->kept_positions + (l * plan->n_kv_heads + j) * plan->capacity;
+            most = counts[j] > most ? counts[j] : most;
+            if (!rows_k) kvec__move_strided(&layer->keys, j, pos, counts[j]);
+            if (!rows_v) kvec__move_strided(&layer->values, j, pos, counts[j]);
+        }
+        for (r0 = 0; r0 < most && (rows_k || rows_v); r0 += KVEC__COMPACT_BLOCK)
+            for (j = j0; j < j1; j++) {
+                const int64_t *pos = plan->kept_positions + (l * plan->n_kv_heads + j) * plan->capacity;
+                const int64_t r1 = r0 + KVEC__COMPACT_BLOCK < counts[j] ? r0 + KVEC__COMPACT_BLOCK : counts[j];
+                if (rows_k) kvec__move_rows(&layer->keys, j, pos, counts[j], r0, r1);
+                if (rows_v) kvec__move_rows(&layer->values, j, pos, counts[j], r0, r1);
+            }
     }
 }
 
