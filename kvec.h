@@ -2097,28 +2097,52 @@ static uint32_t kvec__order_key(float score) {
    positions not excluded (flags[i] & exclude); marks them with bit 0 of
    flags and/or writes them ascending to out. Returns how many it took.
 
-   A radix select on the 32-bit order key: four byte-wide histogram passes
-   find the key of the k-th best; then one ascending scan takes everything
-   above it and the lowest-positioned ties. O(n), no sort, no scratch. */
+   A radix select on the 32-bit order key, most significant digit first
+   (11, 11 and 10 bits): each digit's histogram narrows the key of the k-th
+   best. As soon as the keys still in contention are few (at most
+   KVEC__SELECT_FEW), they are copied to a small stack array and the later
+   digits count only those, so a typical head costs three passes over its
+   scores (first digit, the copy, the final take) instead of five. The final
+   ascending scan takes everything above the k-th best key and the
+   lowest-positioned ties. O(n), no sort, no scratch. */
+#define KVEC__SELECT_FEW 1024
 static int64_t kvec__select_top(const float *scores, int64_t n, uint8_t *flags, uint8_t exclude,
                                 int64_t k, int64_t *out) {
-    uint32_t prefix = 0, mask = 0;
-    int64_t need = k, eligible = 0, taken = 0, i;
-    int shift;
-    for (i = 0; i < n; i++) eligible += !(flags && (flags[i] & exclude));
+    static const int shifts[3] = { 21, 10, 0 }, widths[3] = { 11, 11, 10 };
+    uint32_t prefix = 0, mask = 0, few[KVEC__SELECT_FEW];
+    int64_t need = k, eligible = n, taken = 0, n_few = -1, i; /* n_few < 0: not copied */
+    int digit;
+    if (flags)
+        for (eligible = 0, i = 0; i < n; i++) eligible += !(flags[i] & exclude);
     if (k <= 0) return 0;
     if (k < eligible) {
-        for (shift = 24; shift >= 0; shift -= 8) {
-            int64_t histogram[256] = { 0 };
+        for (digit = 0; digit < 3; digit++) {
+            const int shift = shifts[digit];
+            const uint32_t digit_mask = (1u << widths[digit]) - 1u;
+            int64_t histogram[2048] = { 0 };
             int bucket;
-            for (i = 0; i < n; i++) {
-                uint32_t key = kvec__order_key(scores[i]);
-                if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
-                histogram[(key >> shift) & 0xffu]++;
+            if (n_few >= 0) {
+                for (i = 0; i < n_few; i++)
+                    if ((few[i] & mask) == prefix) histogram[(few[i] >> shift) & digit_mask]++;
+            } else {
+                for (i = 0; i < n; i++) {
+                    const uint32_t key = kvec__order_key(scores[i]);
+                    if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
+                    histogram[(key >> shift) & digit_mask]++;
+                }
             }
-            for (bucket = 255; bucket > 0 && histogram[bucket] < need; bucket--) need -= histogram[bucket];
+            for (bucket = (int)digit_mask; bucket > 0 && histogram[bucket] < need; bucket--)
+                need -= histogram[bucket];
             prefix |= (uint32_t)bucket << shift;
-            mask |= 0xffu << shift;
+            mask |= digit_mask << shift;
+            if (n_few < 0 && digit < 2 && histogram[bucket] <= KVEC__SELECT_FEW) {
+                n_few = 0;
+                for (i = 0; i < n; i++) {
+                    const uint32_t key = kvec__order_key(scores[i]);
+                    if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
+                    few[n_few++] = key;
+                }
+            }
         }
     } else {
         need = 0; prefix = 0; /* take every eligible position */
