@@ -1349,9 +1349,13 @@ typedef struct kvec__head_work {
     int32_t  *sort_index, *sort_index_b; /* [N] positions in sorted order */
     int32_t  *rank;                     /* [N] rank of each position by pool(I) */
     /* output-aware policies only (else NULL): */
-    float    *out_proj;    /* [E][Dv]  W_o^h as fp32 (CriticalKV's 1-norm) */
+    float    *projection;  /* [ceil(M/RC)][Dv][ROW_CHUNK] the matrix whose products with
+                                    the values give the norm (CriticalKV: W_o^h, M = E;
+                                    LaProx: W_o^h' W_o^h, M = Dv), transposed in chunks
+                                    of ROW_CHUNK outputs, zero past M */
     double   *gram;        /* [Dv][Dv] W_o^h' W_o^h (LaProx's 2-norm)       */
-    float    *value_row;   /* [Dv] */
+    float    *value_tile;  /* [TILE][Dv] value rows as fp32 */
+    float    *proj_tile;   /* [TILE][ROW_CHUNK] products of one tile and one chunk */
     float    *proj_row;    /* [Dv] */
     float    *out_norm;    /* [N]  mean over the group of ||W_o^h v_i||     */
     uint8_t  *first_stage; /* [N]  CriticalKV: taken by attention alone     */
@@ -1425,9 +1429,12 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
         }
         {
             const int64_t E = d->out_rows, Dv = d->value_dim, on = d->output_norm ? 1 : 0;
-            h.out_proj    = (float *)kvec__take(b, d->output_norm == 1 ? kvec__count(E, Dv) : 0, sizeof(float));
+            const int64_t outputs = d->output_norm == 1 ? E : d->output_norm == 2 ? Dv : 0;
+            const int64_t chunks = outputs < 0 ? -1 : outputs / rows + 1;
+            h.projection  = (float *)kvec__take(b, kvec__count(kvec__count(chunks, Dv), rows), sizeof(float));
             h.gram        = (double *)kvec__take(b, d->output_norm == 2 ? kvec__count(Dv, Dv) : 0, sizeof(double));
-            h.value_row   = (float *)kvec__take(b, kvec__count(on, Dv), sizeof(float));
+            h.value_tile  = (float *)kvec__take(b, kvec__count(on * tile, Dv), sizeof(float));
+            h.proj_tile   = (float *)kvec__take(b, kvec__count(on * tile, rows), sizeof(float));
             h.proj_row    = (float *)kvec__take(b, kvec__count(on, Dv), sizeof(float));
             h.out_norm    = (float *)kvec__take(b, kvec__count(on, n), sizeof(float));
             h.first_stage = (uint8_t *)kvec__take(b, kvec__count(on, n), 1);
@@ -1855,32 +1862,30 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     }
 }
 
-/* sum a[d] * b[d] in KVEC__LANES partial sums of a fixed order. */
-static float kvec__dot(const float *a, const float *b, int64_t n) {
-    float lane[KVEC__LANES] = { 0 }, total = 0.0f;
-    int64_t d;
-    int j;
-    for (d = 0; d + KVEC__LANES <= n; d += KVEC__LANES)
-        for (j = 0; j < KVEC__LANES; j++) lane[j] += a[d + j] * b[d + j];
-    for (j = 0; d < n; d++, j++) lane[j] += a[d] * b[d];
-    for (j = 0; j < KVEC__LANES; j++) total += lane[j];
-    return total;
-}
-
 /* out[i] = mean over the query heads h of KV head j of ||W_o^h v_i||_p for
    i < n: how far token i's value moves the layer's output when head h
    attends to it fully. The 2-norm needs no projection per token:
    ||W v||^2 = v' (W'W) v with the Dv x Dv Gram matrix W'W, built once per
-   head (E*Dv^2) instead of E*Dv per token. The 1-norm projects. */
+   head (E*Dv^2, in double) instead of E*Dv per token. The 1-norm projects.
+
+   Either way the per-token work is a matrix product, values [TILE][Dv]
+   against a matrix M ([E][Dv] W_o^h, or the [Dv][Dv] Gram), done with the
+   window-attention kernel: M is transposed once per head into chunks of
+   ROW_CHUNK outputs (w->projection), each tile of 64 values is multiplied
+   with each chunk (every M element loaded serves 64 tokens), and the
+   products are reduced per token: |y| summed (p = 1) or y . v (p = 2), in a
+   fixed order. */
 static void kvec__output_norms(const kvec_layer *layer, int64_t j, int64_t n, int p,
                                kvec__head_work *w, float *out) {
     const kvec_tensor *V = &layer->values, *Wo = &layer->out_proj;
-    const int64_t Dv = V->head_dim, E = Wo->n_tokens, g = Wo->n_heads / V->n_heads;
+    const int64_t Dv = V->head_dim, E = Wo->n_tokens, g = Wo->n_heads / V->n_heads, RC = KVEC__ROW_CHUNK;
+    const int64_t outputs = p == 2 ? Dv : E, chunks = (outputs + RC - 1) / RC;
     const float inv_g = 1.0f / (float)g;
-    int64_t hh, i, o, a, b;
+    int64_t hh, i, o, a, b, k, c, t0, x;
     for (i = 0; i < n; i++) out[i] = 0.0f;
     for (hh = 0; hh < g; hh++) {
         const int64_t h = j * g + hh;
+        memset(w->projection, 0, (size_t)(chunks * Dv * RC) * sizeof(float));
         if (p == 2) {
             for (a = 0; a < Dv * Dv; a++) w->gram[a] = 0.0;
             for (o = 0; o < E; o++) {
@@ -1888,24 +1893,34 @@ static void kvec__output_norms(const kvec_layer *layer, int64_t j, int64_t n, in
                 for (a = 0; a < Dv; a++)
                     for (b = 0; b < Dv; b++) w->gram[a * Dv + b] += (double)w->proj_row[a] * w->proj_row[b];
             }
-            for (i = 0; i < n; i++) {
-                double q = 0.0;
-                kvec__load_row(V, i, j, w->value_row);
-                for (a = 0; a < Dv; a++) {
-                    double row = 0.0;
-                    for (b = 0; b < Dv; b++) row += w->gram[a * Dv + b] * w->value_row[b];
-                    q += row * w->value_row[a];
-                }
-                out[i] += (float)sqrt(q > 0.0 ? q : 0.0) * inv_g;
-            }
+            for (a = 0; a < Dv; a++) /* output a of chunk a / RC, column b */
+                for (b = 0; b < Dv; b++)
+                    w->projection[((a / RC) * Dv + b) * RC + a % RC] = (float)w->gram[a * Dv + b];
         } else {
-            for (o = 0; o < E; o++) kvec__load_row(Wo, o, h, w->out_proj + o * Dv);
-            for (i = 0; i < n; i++) {
-                float l1 = 0.0f;
-                kvec__load_row(V, i, j, w->value_row);
-                for (o = 0; o < E; o++) l1 += fabsf(kvec__dot(w->out_proj + o * Dv, w->value_row, Dv));
-                out[i] += l1 * inv_g;
+            for (o = 0; o < E; o++) {
+                kvec__load_row(Wo, o, h, w->proj_row);
+                for (b = 0; b < Dv; b++) w->projection[((o / RC) * Dv + b) * RC + o % RC] = w->proj_row[b];
             }
+        }
+        for (t0 = 0; t0 < n; t0 += KVEC__TILE) {
+            const int64_t count = n - t0 < KVEC__TILE ? n - t0 : KVEC__TILE, count4 = (count + 3) / 4 * 4;
+            float norm[KVEC__TILE];
+            for (c = 0; c < count; c++) kvec__load_row(V, t0 + c, j, w->value_tile + c * Dv);
+            for (; c < count4; c++) memset(w->value_tile + c * Dv, 0, (size_t)Dv * sizeof(float));
+            for (c = 0; c < count; c++) norm[c] = 0.0f;
+            for (k = 0; k < chunks; k++) {
+                const int64_t width = outputs - k * RC < RC ? outputs - k * RC : RC;
+                const int64_t padded = (width + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
+                kvec__tile_logits(w->value_tile, count4, w->projection + k * Dv * RC, padded, Dv, w->proj_tile);
+                for (c = 0; c < count; c++) {
+                    const float *y = w->proj_tile + c * RC, *v = w->value_tile + c * Dv + k * RC;
+                    if (p == 2) for (x = 0; x < width; x++) w->probs[x] = y[x] * v[x];
+                    else        for (x = 0; x < width; x++) w->probs[x] = fabsf(y[x]);
+                    norm[c] += kvec__sum(w->probs, width);
+                }
+            }
+            for (c = 0; c < count; c++)
+                out[t0 + c] += (p == 2 ? sqrtf(norm[c] > 0.0f ? norm[c] : 0.0f) : norm[c]) * inv_g;
         }
     }
 }
