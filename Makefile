@@ -349,12 +349,23 @@ tasks:
 	python3 bench/make_tasks.py --seed 1 --tokens 2048 --samples 10 --tasks passkey,needle --out bench/tasks/seed1-2048.jsonl
 
 # The speed benchmark needs OpenBLAS for its matrix-product reference
-# (Debian: apt-get install libopenblas-dev).
+# (Debian: apt-get install libopenblas-dev). `make bench` writes
+# bench/results/speed-cpu-2core.txt: build/speed (8K and 32K, every policy;
+# 128K for SnapKV and K-VEC on 4 layers, scaled), then the PyTorch CPU peer
+# bench/speed_torch.py beside kvec's totals, or a line saying it skipped.
+BENCH_OUT = bench/results/speed-cpu-2core.txt
 $(BUILD)/speed: bench/speed.c kvec.h | $(BUILD)
 	$(CC) -std=c99 -O3 -march=native $(OPENMP) -o $@ bench/speed.c -lopenblas -lm
 
 bench: $(BUILD)/speed
-	$(BUILD)/speed
+	$(BUILD)/speed --summary $(BUILD)/speed-summary.jsonl > $(BUILD)/speed.txt
+	@if python3 -c 'import torch' > /dev/null 2>&1; then \
+	  python3 bench/speed_torch.py --device cpu --threads $$(nproc) --kvec-summary $(BUILD)/speed-summary.jsonl \
+	    > $(BUILD)/speed-torch.txt || exit 1; \
+	else echo "speed_torch.py: skipped (PyTorch is not installed: python3 -c 'import torch' failed)" > $(BUILD)/speed-torch.txt; fi
+	@{ cat $(BUILD)/speed.txt; echo; echo "==== the PyTorch CPU peer (bench/speed_torch.py --device cpu) ===="; \
+	  cat $(BUILD)/speed-torch.txt; } > $(BENCH_OUT)
+	@cat $(BENCH_OUT)
 
 clean:
 	rm -rf $(BUILD)
