@@ -2289,32 +2289,19 @@ static void kvec__select_layer(const kvec_config *c, const float *scores, int64_
 
 /* >>compaction */
 
-/* Rows pos[r] -> r of one head for the ranks [r0, r1), r ascending. pos is
-   strictly ascending, so pos[r] >= r and a row is always read before
-   anything overwrites it, whatever other heads do meanwhile. Contiguous rows
-   are copied whole, runs of consecutive positions at once where the token
-   axis is contiguous too ([head][token][dim]), and the source row
-   KVEC__COMPACT_AHEAD ranks on is prefetched: kept rows are scattered, which
-   the hardware prefetcher does not follow. */
-#define KVEC__COMPACT_AHEAD 8
-#define KVEC__COMPACT_BLOCK 32
-static void kvec__move_rows(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count,
-                            int64_t r0, int64_t r1) {
-    const int64_t elem = kvec__dtype_size(t->dtype), row_bytes = t->head_dim * elem;
-    const int runs = t->stride_token == row_bytes;
-    int64_t r, run;
-    for (r = r0; r < r1; r += run) {
-        run = 1;
-        if (r + KVEC__COMPACT_AHEAD < count) kvec__prefetch_row(t, pos[r + KVEC__COMPACT_AHEAD], head);
-        if (pos[r] == r) continue;
-        while (runs && r + run < r1 && pos[r + run] == pos[r] + run) run++;
-        memmove(kvec__row(t, r, head), kvec__row(t, pos[r], head), (size_t)(run * row_bytes));
-    }
+/* One row of `bytes` bytes; the usual row sizes as constants, which the
+   compiler turns into a few vector moves instead of a library call. */
+static void kvec__copy_row(char *dst, const char *src, size_t bytes) {
+    if (bytes == 256) memcpy(dst, src, 256);      /* fp16 or bf16, head dim 128 */
+    else if (bytes == 128) memcpy(dst, src, 128); /* fp16 64, fp32 32 */
+    else if (bytes == 512) memcpy(dst, src, 512); /* fp32 128, fp16 256 */
+    else memcpy(dst, src, bytes);
 }
 
 /* Rows pos[r] -> r of one head for a layout whose dims are strided:
    dims outermost, so a [head][dim][token] layout moves contiguous runs of
-   tokens. */
+   tokens. pos is strictly ascending, so pos[r] >= r and a row is always
+   read before anything overwrites it. */
 static void kvec__move_strided(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count) {
     const int64_t elem = kvec__dtype_size(t->dtype);
     int64_t r, d;
@@ -2334,35 +2321,48 @@ static int64_t kvec__max_threads(void) {
 #endif
 }
 
-/* Compaction of one layer. Each thread takes a contiguous group of heads and
-   walks it rank-block-major (KVEC__COMPACT_BLOCK ranks of every head of the
-   group, then the next block): in the usual [token][kv_head][dim] layout the
-   rows a block writes are neighbours in memory, and reads and writes sweep
-   the layer once instead of once per head. The bytes written do not depend
-   on the grouping: heads are independent and each goes in rank order. */
+/* Compaction of one layer: rows pos_j[r] -> r of every head j, r ascending
+   per head. Each thread takes a contiguous group of heads and walks it
+   rank-major: rank r of every head of the group, then rank r + 1. In the
+   usual [token][kv_head][dim] layout the rows one rank writes are
+   neighbours in memory, so writes stream and reads sweep the layer once,
+   not once per head; the source rows KVEC__COMPACT_AHEAD ranks on are
+   prefetched, since kept rows are scattered and the hardware prefetcher
+   does not follow them. Safe in any order across heads: a head's rows are
+   its own, and within a head pos[r] >= r, so a row is read before anything
+   overwrites it. The bytes written do not depend on the grouping. Layouts
+   with strided dims take the per-head path above. */
+#define KVEC__COMPACT_AHEAD 2
 static void kvec__compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t l) {
     const int64_t Hk = layer->keys.n_heads, threads = kvec__max_threads();
     const int64_t groups = threads < Hk ? (threads > 0 ? threads : 1) : Hk;
-    const int64_t elem_k = kvec__dtype_size(layer->keys.dtype), elem_v = kvec__dtype_size(layer->values.dtype);
-    const int rows_k = layer->keys.stride_dim == elem_k, rows_v = layer->values.stride_dim == elem_v;
+    const kvec_tensor *K = &layer->keys, *V = &layer->values;
+    const int64_t elem_k = kvec__dtype_size(K->dtype), elem_v = kvec__dtype_size(V->dtype);
+    const int rows_k = K->stride_dim == elem_k, rows_v = V->stride_dim == elem_v;
+    const size_t bytes_k = (size_t)(K->head_dim * elem_k), bytes_v = (size_t)(V->head_dim * elem_v);
+    const int64_t *counts = plan->kept_count + l * plan->n_kv_heads;
     int64_t group;
     KVEC__PARALLEL_FOR
     for (group = 0; group < groups; group++) {
         const int64_t j0 = Hk * group / groups, j1 = Hk * (group + 1) / groups;
-        const int64_t *counts = plan->kept_count + l * plan->n_kv_heads;
-        int64_t j, r0, most = 0;
+        int64_t j, r, most = 0;
         for (j = j0; j < j1; j++) {
             const int64_t *pos = plan->kept_positions + (l * plan->n_kv_heads + j) * plan->capacity;
             most = counts[j] > most ? counts[j] : most;
-            if (!rows_k) kvec__move_strided(&layer->keys, j, pos, counts[j]);
-            if (!rows_v) kvec__move_strided(&layer->values, j, pos, counts[j]);
+            if (!rows_k) kvec__move_strided(K, j, pos, counts[j]);
+            if (!rows_v) kvec__move_strided(V, j, pos, counts[j]);
         }
-        for (r0 = 0; r0 < most && (rows_k || rows_v); r0 += KVEC__COMPACT_BLOCK)
+        for (r = 0; r < most && (rows_k || rows_v); r++)
             for (j = j0; j < j1; j++) {
                 const int64_t *pos = plan->kept_positions + (l * plan->n_kv_heads + j) * plan->capacity;
-                const int64_t r1 = r0 + KVEC__COMPACT_BLOCK < counts[j] ? r0 + KVEC__COMPACT_BLOCK : counts[j];
-                if (rows_k) kvec__move_rows(&layer->keys, j, pos, counts[j], r0, r1);
-                if (rows_v) kvec__move_rows(&layer->values, j, pos, counts[j], r0, r1);
+                if (r >= counts[j]) continue;
+                if (r + KVEC__COMPACT_AHEAD < counts[j]) {
+                    if (rows_k) kvec__prefetch_row(K, pos[r + KVEC__COMPACT_AHEAD], j);
+                    if (rows_v) kvec__prefetch_row(V, pos[r + KVEC__COMPACT_AHEAD], j);
+                }
+                if (pos[r] == r) continue;
+                if (rows_k) kvec__copy_row(kvec__row(K, r, j), kvec__row(K, pos[r], j), bytes_k);
+                if (rows_v) kvec__copy_row(kvec__row(V, r, j), kvec__row(V, pos[r], j), bytes_v);
             }
     }
 }
