@@ -832,6 +832,11 @@ static void print_machine(const options *o)
 #endif
     printf("\n");
     printf("  date       %s\n", date);
+    {   /* other jobs on the machine make every time longer and the ratios noisier */
+        char load[128];
+        first_line("/proc/loadavg", load, sizeof load);
+        printf("  loadavg    %s (/proc/loadavg at the start: 1, 5, 15 min)\n", load);
+    }
     printf("  env       ");
     for (e = 0; e < sizeof env / sizeof env[0]; e++)
         printf(" %s=%s", env[e], getenv(env[e]) ? getenv(env[e]) : "(unset)");
