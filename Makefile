@@ -455,12 +455,27 @@ peer-kvpress: $(BUILD)/peer_dump $(BUILD)/quality
 	  --policies full,snapkv,streaming,knorm,tova,keydiff,h2o,kvec --out bench/results/peer-kvec-smollm2-1024.json
 
 # The speed benchmark needs OpenBLAS for its matrix-product reference
-# (Debian: apt-get install libopenblas-dev).
+# (Debian: apt-get install libopenblas-dev). `make bench` writes
+# bench/results/speed-cpu-2core.txt: build/speed (8K and 32K, every policy,
+# 8 of the 32 layers timed and scaled; 128K for SnapKV and K-VEC on 2
+# layers, scaled: the machine has 24 GiB, shared), then the PyTorch CPU peer
+# bench/speed_torch.py beside kvec's totals, or a line saying it skipped.
+# BENCH_ARGS and TORCH_ARGS change the sizes.
+BENCH_ARGS ?= --sizes 8192,32768 --layers 8 --long 131072 --long-layers 2
+TORCH_ARGS ?= --tokens 8192,32768,131072 --long-from 32768 --long-layers 4
+BENCH_OUT = bench/results/speed-cpu-2core.txt
 $(BUILD)/speed: bench/speed.c kvec.h | $(BUILD)
 	$(CC) -std=c99 -O3 -march=native $(OPENMP) -o $@ bench/speed.c -lopenblas -lm
 
 bench: $(BUILD)/speed
-	$(BUILD)/speed
+	$(BUILD)/speed $(BENCH_ARGS) --summary $(BUILD)/speed-summary.jsonl > $(BUILD)/speed.txt
+	@if python3 -c 'import torch' > /dev/null 2>&1; then \
+	  python3 bench/speed_torch.py --device cpu --threads $$(nproc) $(TORCH_ARGS) --kvec-summary $(BUILD)/speed-summary.jsonl \
+	    > $(BUILD)/speed-torch.txt || exit 1; \
+	else echo "speed_torch.py: skipped (PyTorch is not installed: python3 -c 'import torch' failed)" > $(BUILD)/speed-torch.txt; fi
+	@{ cat $(BUILD)/speed.txt; echo; echo "==== the PyTorch CPU peer (bench/speed_torch.py --device cpu) ===="; \
+	  cat $(BUILD)/speed-torch.txt; } > $(BENCH_OUT)
+	@cat $(BENCH_OUT)
 
 clean:
 	rm -rf $(BUILD)

@@ -656,6 +656,7 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 /* OpenMP as a plain pragma on the outer loop; _Pragma keeps builds without
    -fopenmp free of unknown-pragma warnings. */
 #if defined(_OPENMP) && !defined(KVEC_NO_OPENMP)
+#include <omp.h>
 #define KVEC__PRAGMA(x) _Pragma(#x)
 #define KVEC__PARALLEL_FOR KVEC__PRAGMA(omp parallel for schedule(dynamic, 1))
 #else
@@ -676,8 +677,9 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 #define KVEC__Z_EPS               1e-6  /* z = (x - mean) / (std + eps) */
 
 /* Window attention works on tiles of KVEC__TILE keys against at most
-   KVEC__ROW_CHUNK query rows: the tile's logits stay in L1/L2 and no
-   rows x N buffer ever exists. */
+   KVEC__ROW_CHUNK query rows; each tile's exponentiated logits are kept in
+   an [N][KVEC__ROW_CHUNK] buffer of the scratch until the rows' normalisers
+   are known (one pass over K). */
 #define KVEC__TILE      64
 #define KVEC__ROW_CHUNK 128
 #define KVEC__ALIGN     64
@@ -1329,9 +1331,12 @@ static void *kvec__take(kvec__bump *b, int64_t count, size_t elem) {
 /* Per-head work area of window attention and the token-level scores. */
 typedef struct kvec__head_work {
     float   *queries_t; /* [D][ROW_CHUNK]  scaled query rows of one chunk, transposed */
-    float   *logits;    /* [TILE][ROW_CHUNK] */
+    float   *logits;    /* [N4][ROW_CHUNK] exp(logit - running max), N4 = N rounded up to 4;
+                                          attention policies only (else NULL) */
+    float   *tile_ref;  /* [N/TILE+1][ROW_CHUNK] running max each tile's values are relative to */
     float   *row_max;   /* [ROW_CHUNK] */
     float   *row_sum;   /* [ROW_CHUNK]     normaliser, then weight / normaliser */
+    float   *row_scale; /* [ROW_CHUNK]     one tile's factor to normalised probabilities */
     float   *probs;     /* [ROW_CHUNK] */
     int32_t *reach;     /* [ROW_CHUNK]     last key of the tile a row sees */
     float   *keys;      /* [TILE][D]       one key tile as fp32 */
@@ -1344,9 +1349,13 @@ typedef struct kvec__head_work {
     int32_t  *sort_index, *sort_index_b; /* [N] positions in sorted order */
     int32_t  *rank;                     /* [N] rank of each position by pool(I) */
     /* output-aware policies only (else NULL): */
-    float    *out_proj;    /* [E][Dv]  W_o^h as fp32 (CriticalKV's 1-norm) */
+    float    *projection;  /* [ceil(M/RC)][Dv][ROW_CHUNK] the matrix whose products with
+                                    the values give the norm (CriticalKV: W_o^h, M = E;
+                                    LaProx: W_o^h' W_o^h, M = Dv), transposed in chunks
+                                    of ROW_CHUNK outputs, zero past M */
     double   *gram;        /* [Dv][Dv] W_o^h' W_o^h (LaProx's 2-norm)       */
-    float    *value_row;   /* [Dv] */
+    float    *value_tile;  /* [TILE][Dv] value rows as fp32 */
+    float    *proj_tile;   /* [TILE][ROW_CHUNK] products of one tile and one chunk */
     float    *proj_row;    /* [Dv] */
     float    *out_norm;    /* [N]  mean over the group of ||W_o^h v_i||     */
     uint8_t  *first_stage; /* [N]  CriticalKV: taken by attention alone     */
@@ -1362,6 +1371,7 @@ typedef struct kvec__layer_work {
 typedef struct kvec__dims {
     int64_t n_tokens, n_kv_heads, n_query_heads, head_dim;
     int     rank_union; /* K-VEC's rank union is on: carve its sort buffers */
+    int     attention;  /* the policy runs window attention: carve its logit buffer */
     int64_t pool_heads; /* global budget: L*Hk heads scored before selection, else 0 */
     int     output_norm;             /* 1: CriticalKV, 2: LaProx, 0: no output term */
     int64_t out_rows, value_dim;     /* E and Dv of out_proj, when output_norm */
@@ -1370,6 +1380,7 @@ typedef struct kvec__dims {
 static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer) {
     kvec__dims d;
     d.rank_union = c->policy == KVEC_POLICY_KVEC && (c->terms.enabled & KVEC_TERM_RANK_UNION);
+    d.attention = kvec__uses_attention(c);
     d.pool_heads = 0;
     d.output_norm = c->policy == KVEC_POLICY_CRITICALKV ? 1 : c->policy == KVEC_POLICY_LAPROX ? 2 : 0;
     d.out_rows = d.value_dim = 0;
@@ -1388,16 +1399,18 @@ static kvec__dims kvec__layer_dims(const kvec_config *c, const kvec_layer *layer
 
 static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_work *w) {
     const int64_t n = d->n_tokens, D = d->head_dim;
-    const int64_t rows = KVEC__ROW_CHUNK, tile = KVEC__TILE;
+    const int64_t rows = KVEC__ROW_CHUNK, tile = KVEC__TILE, attention = d->attention ? 1 : 0;
     const int64_t scan_heads = d->n_query_heads > d->n_kv_heads ? d->n_query_heads : d->n_kv_heads;
     int64_t j;
     w->heads = (kvec__head_work *)kvec__take(b, d->n_kv_heads, sizeof(kvec__head_work));
     for (j = 0; j < d->n_kv_heads; j++) {
         kvec__head_work h;
         h.queries_t = (float *)kvec__take(b, kvec__count(D, rows), sizeof(float));
-        h.logits    = (float *)kvec__take(b, kvec__count(tile, rows), sizeof(float));
+        h.logits    = (float *)kvec__take(b, kvec__count(attention * (n / 4 + 1), 4 * rows), sizeof(float));
+        h.tile_ref  = (float *)kvec__take(b, kvec__count(attention * (n / tile + 1), rows), sizeof(float));
         h.row_max   = (float *)kvec__take(b, rows, sizeof(float));
         h.row_sum   = (float *)kvec__take(b, rows, sizeof(float));
+        h.row_scale = (float *)kvec__take(b, rows, sizeof(float));
         h.probs     = (float *)kvec__take(b, rows, sizeof(float));
         h.reach     = (int32_t *)kvec__take(b, rows, sizeof(int32_t));
         h.keys      = (float *)kvec__take(b, kvec__count(tile, D), sizeof(float));
@@ -1416,9 +1429,12 @@ static void kvec__carve_layer(kvec__bump *b, const kvec__dims *d, kvec__layer_wo
         }
         {
             const int64_t E = d->out_rows, Dv = d->value_dim, on = d->output_norm ? 1 : 0;
-            h.out_proj    = (float *)kvec__take(b, d->output_norm == 1 ? kvec__count(E, Dv) : 0, sizeof(float));
+            const int64_t outputs = d->output_norm == 1 ? E : d->output_norm == 2 ? Dv : 0;
+            const int64_t chunks = outputs < 0 ? -1 : outputs / rows + 1;
+            h.projection  = (float *)kvec__take(b, kvec__count(kvec__count(chunks, Dv), rows), sizeof(float));
             h.gram        = (double *)kvec__take(b, d->output_norm == 2 ? kvec__count(Dv, Dv) : 0, sizeof(double));
-            h.value_row   = (float *)kvec__take(b, kvec__count(on, Dv), sizeof(float));
+            h.value_tile  = (float *)kvec__take(b, kvec__count(on * tile, Dv), sizeof(float));
+            h.proj_tile   = (float *)kvec__take(b, kvec__count(on * tile, rows), sizeof(float));
             h.proj_row    = (float *)kvec__take(b, kvec__count(on, Dv), sizeof(float));
             h.out_norm    = (float *)kvec__take(b, kvec__count(on, n), sizeof(float));
             h.first_stage = (uint8_t *)kvec__take(b, kvec__count(on, n), 1);
@@ -1525,86 +1541,124 @@ static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t f
     for (; c < padded; c++) memset(tile + c * D, 0, (size_t)D * sizeof(float));
 }
 
+static double kvec__dot_norm(const float *a, const float *b, int64_t n, double *norm_a);
+
 /* Window attention of one KV head, reduced over its query heads:
 
      sums[i] += weight * sum over rows r, heads h of the group of A[h, r, i],  i < n_out
 
    for the query rows [row_first, row_first + n_rows) of the queries tensor
    (row r is position N - Wq + r and sees keys i <= its position). Rows are
-   taken in chunks, position-major (x = r*g + h), and each chunk makes two
-   passes over the keys it can see: the first finds each row's softmax max and
-   normaliser with a running (online) update, the second accumulates the
-   normalised probabilities into sums. Nothing of size rows x N is stored. */
-static void kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *queries,
-                                   int64_t kv_head, int64_t row_first, int64_t n_rows,
-                                   int64_t n_out, float weight, kvec__head_work *w,
-                                   float *sums) {
+   taken in chunks, position-major (x = r*g + h), and each chunk makes one
+   pass over the keys it can see, computing every logit once:
+
+     - a tile's logits go straight into w->logits ([N][ROW_CHUNK], the tile
+       at its keys' place) and are turned there into exp(logit - m), m the
+       row's running maximum so far, which is kept per tile (w->tile_ref);
+       the row's normaliser is updated online as before;
+     - once every tile is seen, each stored value is scaled by
+       exp(m_tile - m_final) * weight / normaliser and the rows summed.
+
+   The scale is exactly 1 for every tile after the row's maximum settles, so
+   the result is the two-pass one up to one rounding on the few early tiles.
+   The price is the [N][ROW_CHUNK] fp32 buffer in the caller's scratch
+   (kvec_layer_scratch_bytes counts it); the gain is half the matrix products.
+
+   With direction_sum non-NULL, the pass that sees all N keys also adds
+   k / ||k|| of every key to it (K-VEC's key direction, from the tile already
+   loaded) and the function returns 1; 0 when no pass saw all keys. */
+static int kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *queries,
+                                  int64_t kv_head, int64_t row_first, int64_t n_rows,
+                                  int64_t n_out, float weight, kvec__head_work *w,
+                                  float *sums, double *direction_sum) {
     const int64_t N = keys->n_tokens, D = keys->head_dim;
     const int64_t g = queries->n_heads / keys->n_heads;
     const int64_t first_position = N - queries->n_tokens + row_first;
     const int64_t total = n_rows * g, RC = KVEC__ROW_CHUNK;
     const float scale = 1.0f / sqrtf((float)D);
     int64_t x0;
+    int direction_done = 0;
     for (x0 = 0; x0 < total; x0 += RC) {
         const int64_t chunk = total - x0 < RC ? total - x0 : RC;
         const int64_t padded_rows = (chunk + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
         const int64_t first_key_hidden = first_position + x0 / g + 1; /* first row sees keys below */
         const int64_t last_key = first_position + (x0 + chunk - 1) / g; /* last row's position */
         const int64_t last_out = last_key < n_out - 1 ? last_key : n_out - 1;
+        const int add_direction = direction_sum && last_key == N - 1 && !direction_done;
         int64_t x, d, c, t0;
         for (x = 0; x < padded_rows; x++) { /* scaled, transposed; padding rows are zero */
             if (x < chunk)
                 kvec__load_row(queries, row_first + (x0 + x) / g, kv_head * g + (x0 + x) % g, w->row);
             for (d = 0; d < D; d++) w->queries_t[d * RC + x] = x < chunk ? w->row[d] * scale : 0.0f;
         }
-        for (x = 0; x < chunk; x++) { w->row_max[x] = -INFINITY; w->row_sum[x] = 0.0f; }
-        /* Pass 1: max and normaliser of every row. */
+        for (x = 0; x < padded_rows; x++) { w->row_max[x] = -INFINITY; w->row_sum[x] = 0.0f; }
+        /* The pass: logits, running max and normaliser, exp(logit - max) kept. */
         for (t0 = 0; t0 <= last_key; t0 += KVEC__TILE) {
             const int64_t count = last_key + 1 - t0 < KVEC__TILE ? last_key + 1 - t0 : KVEC__TILE;
             const int all_visible = t0 + count <= first_key_hidden;
+            float *logits = w->logits + t0 * RC, *ref = w->tile_ref + t0 / KVEC__TILE * RC;
             float *tile_max = w->probs;
             kvec__load_key_tile(keys, kv_head, t0, count, w->keys);
-            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, w->logits);
-            for (x = 0; x < chunk; x++) {
+            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, logits);
+            if (add_direction)
+                for (c = 0; c < count; c++) {
+                    const float *k = w->keys + c * D;
+                    double norm;
+                    kvec__dot_norm(k, k, D, &norm);
+                    if (norm > 0.0) {
+                        const double inverse = 1.0 / norm; /* one division per key */
+                        for (d = 0; d < D; d++) direction_sum[d] += k[d] * inverse;
+                    }
+                }
+            for (x = 0; x < padded_rows; x++) {
                 w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0); /* last visible c */
                 tile_max[x] = -INFINITY;
             }
             for (c = 0; c < count; c++) {
-                const float *l = w->logits + c * RC;
-                for (x = 0; x < chunk; x++)
-                    tile_max[x] = (all_visible || c <= w->reach[x]) && l[x] > tile_max[x] ? l[x] : tile_max[x];
+                const float *l = logits + c * RC;
+                if (all_visible)
+                    for (x = 0; x < padded_rows; x++) tile_max[x] = l[x] > tile_max[x] ? l[x] : tile_max[x];
+                else
+                    for (x = 0; x < padded_rows; x++)
+                        tile_max[x] = c <= w->reach[x] && l[x] > tile_max[x] ? l[x] : tile_max[x];
             }
-            for (x = 0; x < chunk; x++) {
+            for (x = 0; x < padded_rows; x++) {
                 const float m = tile_max[x] > w->row_max[x] ? tile_max[x] : w->row_max[x];
                 w->row_sum[x] *= kvec__exp(w->row_max[x] - m);
                 w->row_max[x] = m;
+                ref[x] = m;
             }
             for (c = 0; c < count; c++) {
-                const float *l = w->logits + c * RC;
-                for (x = 0; x < chunk; x++) {
-                    const float e = kvec__exp(l[x] - w->row_max[x]);
-                    w->row_sum[x] += (all_visible || c <= w->reach[x]) ? e : 0.0f;
-                }
+                float *l = logits + c * RC;
+                if (all_visible)
+                    for (x = 0; x < padded_rows; x++) {
+                        l[x] = kvec__exp(l[x] - w->row_max[x]);
+                        w->row_sum[x] += l[x];
+                    }
+                else
+                    for (x = 0; x < padded_rows; x++) {
+                        const float e = kvec__exp(l[x] - w->row_max[x]);
+                        l[x] = c <= w->reach[x] ? e : 0.0f;
+                        w->row_sum[x] += l[x];
+                    }
             }
         }
-        for (x = 0; x < chunk; x++) w->row_sum[x] = weight / w->row_sum[x];
-        /* Pass 2: normalised probabilities, summed over the chunk's rows. */
+        direction_done |= add_direction;
+        for (x = 0; x < padded_rows; x++) w->row_sum[x] = x < chunk ? weight / w->row_sum[x] : 0.0f;
+        /* Normalised probabilities, summed over the chunk's rows per key. */
         for (t0 = 0; t0 <= last_out; t0 += KVEC__TILE) {
             const int64_t count = last_out + 1 - t0 < KVEC__TILE ? last_out + 1 - t0 : KVEC__TILE;
-            const int all_visible = t0 + count <= first_key_hidden;
-            kvec__load_key_tile(keys, kv_head, t0, count, w->keys);
-            kvec__tile_logits(w->keys, (count + 3) / 4 * 4, w->queries_t, padded_rows, D, w->logits);
-            for (x = 0; x < chunk; x++) w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0);
+            const float *ref = w->tile_ref + t0 / KVEC__TILE * RC;
+            for (x = 0; x < padded_rows; x++)
+                w->row_scale[x] = kvec__exp(ref[x] - w->row_max[x]) * w->row_sum[x];
             for (c = 0; c < count; c++) {
-                const float *l = w->logits + c * RC;
-                for (x = 0; x < chunk; x++) {
-                    const float p = kvec__exp(l[x] - w->row_max[x]) * w->row_sum[x];
-                    w->probs[x] = (all_visible || c <= w->reach[x]) ? p : 0.0f;
-                }
+                const float *e = w->logits + (t0 + c) * RC;
+                for (x = 0; x < padded_rows; x++) w->probs[x] = e[x] * w->row_scale[x];
                 sums[t0 + c] += kvec__sum(w->probs, chunk);
             }
         }
     }
+    return direction_done;
 }
 
 /* >>scores */
@@ -1654,13 +1708,16 @@ static double kvec__dot_norm(const float *a, const float *b, int64_t n, double *
     return dot_total;
 }
 
-/* kbar = mean over all N keys of k / ||k|| (zero keys add nothing). */
-static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__head_work *w, float *kbar) {
+/* kbar = mean over all N keys of k / ||k|| (zero keys add nothing). With
+   summed != 0, w->dim_acc already holds the sum (window attention added it
+   from its key tiles, in this same order) and K is not read. */
+static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__head_work *w, int summed,
+                                float *kbar) {
     const int64_t N = keys->n_tokens, D = keys->head_dim;
     int64_t i, d;
     double norm;
-    for (d = 0; d < D; d++) w->dim_acc[d] = 0.0;
-    for (i = 0; i < N; i++) {
+    if (!summed) for (d = 0; d < D; d++) w->dim_acc[d] = 0.0;
+    for (i = 0; i < N && !summed; i++) {
         kvec__load_row(keys, i, head, w->row);
         kvec__dot_norm(w->row, w->row, D, &norm);
         if (norm > 0.0) {
@@ -1671,13 +1728,14 @@ static void kvec__key_direction(const kvec_tensor *keys, int64_t head, kvec__hea
     for (d = 0; d < D; d++) kbar[d] = (float)(w->dim_acc[d] / (double)N);
 }
 
-/* out[i] = -cos(k_i, kbar) for i < n (0 where a norm is 0). */
-static void kvec__uniqueness(const kvec_tensor *keys, int64_t head, int64_t n,
+/* out[i] = -cos(k_i, kbar) for i < n (0 where a norm is 0); `summed` as in
+   kvec__key_direction. */
+static void kvec__uniqueness(const kvec_tensor *keys, int64_t head, int64_t n, int summed,
                              kvec__head_work *w, float *kbar, float *out) {
     const int64_t D = keys->head_dim;
     double kbar_norm, key_norm;
     int64_t i;
-    kvec__key_direction(keys, head, w, kbar);
+    kvec__key_direction(keys, head, w, summed, kbar);
     kvec__dot_norm(kbar, kbar, D, &kbar_norm);
     for (i = 0; i < n; i++) {
         double dot;
@@ -1706,16 +1764,20 @@ typedef struct kvec__layer_job {
     kvec__layer_work    *work;
 } kvec__layer_job;
 
-/* SnapKV's pooled importance pool(I) of head j from the last `rows` window rows. */
-static void kvec__pooled_importance(const kvec__layer_job *job, int64_t j, int64_t rows, float *out) {
+/* SnapKV's pooled importance pool(I) of head j from the last `rows` window
+   rows; direction_sum as in kvec__window_attention, whose answer it returns. */
+static int kvec__pooled_importance(const kvec__layer_job *job, int64_t j, int64_t rows, float *out,
+                                   double *direction_sum) {
     const kvec_layer *layer = job->layer;
     const int64_t n = job->n_evictable, g = layer->queries.n_heads / layer->keys.n_heads;
     kvec__head_work *w = &job->work->heads[j];
     int64_t i;
+    int summed;
     for (i = 0; i < n; i++) w->tmp_a[i] = 0.0f;
-    kvec__window_attention(&layer->keys, &layer->queries, j, layer->queries.n_tokens - rows,
-                           rows, n, 1.0f / (float)g, w, w->tmp_a);
+    summed = kvec__window_attention(&layer->keys, &layer->queries, j, layer->queries.n_tokens - rows,
+                                    rows, n, 1.0f / (float)g, w, w->tmp_a, direction_sum);
     kvec__pool(w->tmp_a, n, job->config->pool_kernel, job->config->pooling, out);
+    return summed;
 }
 
 static uint32_t kvec__order_key(float score);
@@ -1758,13 +1820,18 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     const uint32_t terms = c->terms.enabled;
     kvec__head_work *w = &job->work->heads[j];
     double mean_p, std_p, mean_u = 0.0, std_u = 1.0;
-    int64_t i;
-    kvec__pooled_importance(job, j, c->window, s);
+    int64_t i, d;
+    int direction_summed;
+    /* The key direction of the uniqueness term is summed from the attention
+       pass's key tiles: K is then read once more (the cosines), not twice. */
+    for (d = 0; d < layer->keys.head_dim; d++) w->dim_acc[d] = 0.0;
+    direction_summed = kvec__pooled_importance(job, j, c->window, s,
+                                               (terms & KVEC_TERM_UNIQUENESS) ? w->dim_acc : NULL);
     if (terms & KVEC_TERM_HEAD_FOCUS) {
         /* A head whose importance is flat looked at too little: widen its window. */
         kvec__moments(s, n, &mean_p, &std_p);
         if (mean_p > 0.0 && std_p / mean_p < (double)c->terms.focus_cv) {
-            kvec__pooled_importance(job, j, kvec__focus_rows(c, layer->queries.n_tokens), s);
+            kvec__pooled_importance(job, j, kvec__focus_rows(c, layer->queries.n_tokens), s, NULL);
         }
     }
     if (!(terms & (KVEC_TERM_UNIQUENESS | KVEC_TERM_CROSS_LAYER)))
@@ -1775,7 +1842,7 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
         for (i = 0; i < n; i++) w->rank[w->sort_index[i]] = (int32_t)i;
     }
     if (terms & KVEC_TERM_UNIQUENESS) {
-        kvec__uniqueness(&layer->keys, j, n, w, w->kbar, w->tmp_a);
+        kvec__uniqueness(&layer->keys, j, n, direction_summed, w, w->kbar, w->tmp_a);
         kvec__moments(w->tmp_a, n, &mean_u, &std_u);
     }
     for (i = 0; i < n; i++) {
@@ -1795,32 +1862,30 @@ static void kvec__score_kvec(const kvec__layer_job *job, int64_t j, float *s) {
     }
 }
 
-/* sum a[d] * b[d] in KVEC__LANES partial sums of a fixed order. */
-static float kvec__dot(const float *a, const float *b, int64_t n) {
-    float lane[KVEC__LANES] = { 0 }, total = 0.0f;
-    int64_t d;
-    int j;
-    for (d = 0; d + KVEC__LANES <= n; d += KVEC__LANES)
-        for (j = 0; j < KVEC__LANES; j++) lane[j] += a[d + j] * b[d + j];
-    for (j = 0; d < n; d++, j++) lane[j] += a[d] * b[d];
-    for (j = 0; j < KVEC__LANES; j++) total += lane[j];
-    return total;
-}
-
 /* out[i] = mean over the query heads h of KV head j of ||W_o^h v_i||_p for
    i < n: how far token i's value moves the layer's output when head h
    attends to it fully. The 2-norm needs no projection per token:
    ||W v||^2 = v' (W'W) v with the Dv x Dv Gram matrix W'W, built once per
-   head (E*Dv^2) instead of E*Dv per token. The 1-norm projects. */
+   head (E*Dv^2, in double) instead of E*Dv per token. The 1-norm projects.
+
+   Either way the per-token work is a matrix product, values [TILE][Dv]
+   against a matrix M ([E][Dv] W_o^h, or the [Dv][Dv] Gram), done with the
+   window-attention kernel: M is transposed once per head into chunks of
+   ROW_CHUNK outputs (w->projection), each tile of 64 values is multiplied
+   with each chunk (every M element loaded serves 64 tokens), and the
+   products are reduced per token: |y| summed (p = 1) or y . v (p = 2), in a
+   fixed order. */
 static void kvec__output_norms(const kvec_layer *layer, int64_t j, int64_t n, int p,
                                kvec__head_work *w, float *out) {
     const kvec_tensor *V = &layer->values, *Wo = &layer->out_proj;
-    const int64_t Dv = V->head_dim, E = Wo->n_tokens, g = Wo->n_heads / V->n_heads;
+    const int64_t Dv = V->head_dim, E = Wo->n_tokens, g = Wo->n_heads / V->n_heads, RC = KVEC__ROW_CHUNK;
+    const int64_t outputs = p == 2 ? Dv : E, chunks = (outputs + RC - 1) / RC;
     const float inv_g = 1.0f / (float)g;
-    int64_t hh, i, o, a, b;
+    int64_t hh, i, o, a, b, k, c, t0, x;
     for (i = 0; i < n; i++) out[i] = 0.0f;
     for (hh = 0; hh < g; hh++) {
         const int64_t h = j * g + hh;
+        memset(w->projection, 0, (size_t)(chunks * Dv * RC) * sizeof(float));
         if (p == 2) {
             for (a = 0; a < Dv * Dv; a++) w->gram[a] = 0.0;
             for (o = 0; o < E; o++) {
@@ -1828,24 +1893,34 @@ static void kvec__output_norms(const kvec_layer *layer, int64_t j, int64_t n, in
                 for (a = 0; a < Dv; a++)
                     for (b = 0; b < Dv; b++) w->gram[a * Dv + b] += (double)w->proj_row[a] * w->proj_row[b];
             }
-            for (i = 0; i < n; i++) {
-                double q = 0.0;
-                kvec__load_row(V, i, j, w->value_row);
-                for (a = 0; a < Dv; a++) {
-                    double row = 0.0;
-                    for (b = 0; b < Dv; b++) row += w->gram[a * Dv + b] * w->value_row[b];
-                    q += row * w->value_row[a];
-                }
-                out[i] += (float)sqrt(q > 0.0 ? q : 0.0) * inv_g;
-            }
+            for (a = 0; a < Dv; a++) /* output a of chunk a / RC, column b */
+                for (b = 0; b < Dv; b++)
+                    w->projection[((a / RC) * Dv + b) * RC + a % RC] = (float)w->gram[a * Dv + b];
         } else {
-            for (o = 0; o < E; o++) kvec__load_row(Wo, o, h, w->out_proj + o * Dv);
-            for (i = 0; i < n; i++) {
-                float l1 = 0.0f;
-                kvec__load_row(V, i, j, w->value_row);
-                for (o = 0; o < E; o++) l1 += fabsf(kvec__dot(w->out_proj + o * Dv, w->value_row, Dv));
-                out[i] += l1 * inv_g;
+            for (o = 0; o < E; o++) {
+                kvec__load_row(Wo, o, h, w->proj_row);
+                for (b = 0; b < Dv; b++) w->projection[((o / RC) * Dv + b) * RC + o % RC] = w->proj_row[b];
             }
+        }
+        for (t0 = 0; t0 < n; t0 += KVEC__TILE) {
+            const int64_t count = n - t0 < KVEC__TILE ? n - t0 : KVEC__TILE, count4 = (count + 3) / 4 * 4;
+            float norm[KVEC__TILE];
+            for (c = 0; c < count; c++) kvec__load_row(V, t0 + c, j, w->value_tile + c * Dv);
+            for (; c < count4; c++) memset(w->value_tile + c * Dv, 0, (size_t)Dv * sizeof(float));
+            for (c = 0; c < count; c++) norm[c] = 0.0f;
+            for (k = 0; k < chunks; k++) {
+                const int64_t width = outputs - k * RC < RC ? outputs - k * RC : RC;
+                const int64_t padded = (width + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
+                kvec__tile_logits(w->value_tile, count4, w->projection + k * Dv * RC, padded, Dv, w->proj_tile);
+                for (c = 0; c < count; c++) {
+                    const float *y = w->proj_tile + c * RC, *v = w->value_tile + c * Dv + k * RC;
+                    if (p == 2) for (x = 0; x < width; x++) w->probs[x] = y[x] * v[x];
+                    else        for (x = 0; x < width; x++) w->probs[x] = fabsf(y[x]);
+                    norm[c] += kvec__sum(w->probs, width);
+                }
+            }
+            for (c = 0; c < count; c++)
+                out[t0 + c] += (p == 2 ? sqrtf(norm[c] > 0.0f ? norm[c] : 0.0f) : norm[c]) * inv_g;
         }
     }
 }
@@ -1859,7 +1934,7 @@ static void kvec__score_criticalkv(const kvec__layer_job *job, int64_t j, float 
     kvec__head_work *w = &job->work->heads[j];
     const int64_t first = job->free_slots > 0 ? job->free_slots / 2 : 0;
     int64_t i;
-    kvec__pooled_importance(job, j, job->config->window, s);
+    kvec__pooled_importance(job, j, job->config->window, s, NULL);
     kvec__output_norms(job->layer, j, n, 1, w, w->out_norm);
     for (i = 0; i < n; i++) w->first_stage[i] = 0;
     kvec__select_top(s, n, w->first_stage, 1u, first, NULL);
@@ -1880,7 +1955,7 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
     switch (c->policy) {
     case KVEC_POLICY_SNAPKV:
     case KVEC_POLICY_PYRAMIDKV:
-        kvec__pooled_importance(job, j, c->window, s);
+        kvec__pooled_importance(job, j, c->window, s, NULL);
         break;
     case KVEC_POLICY_KVEC:
         kvec__score_kvec(job, j, s);
@@ -1889,13 +1964,13 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
         /* All supplied rows; normalise by how many of them can see token i. */
         const int64_t rows = queries->n_tokens, g = queries->n_heads / keys->n_heads;
         for (i = 0; i < n; i++) s[i] = 0.0f;
-        kvec__window_attention(keys, queries, j, 0, rows, n, 1.0f / (float)g, w, s);
+        kvec__window_attention(keys, queries, j, 0, rows, n, 1.0f / (float)g, w, s, NULL);
         for (i = 0; i < n; i++) s[i] /= (float)(rows < N - i ? rows : N - i);
         break;
     }
     case KVEC_POLICY_TOVA: /* this head's share; kvec__score_layer averages over heads */
         for (i = 0; i < n; i++) s[i] = 0.0f;
-        kvec__window_attention(keys, queries, j, queries->n_tokens - 1, 1, n, 1.0f, w, s);
+        kvec__window_attention(keys, queries, j, queries->n_tokens - 1, 1, n, 1.0f, w, s, NULL);
         break;
     case KVEC_POLICY_KNORM:
         for (i = 0; i < n; i++) {
@@ -1905,13 +1980,13 @@ static void kvec__score_head(const kvec__layer_job *job, int64_t j) {
         }
         break;
     case KVEC_POLICY_KEYDIFF:
-        kvec__uniqueness(keys, j, n, w, w->kbar, s);
+        kvec__uniqueness(keys, j, n, 0, w, w->kbar, s);
         break;
     case KVEC_POLICY_CRITICALKV:
         kvec__score_criticalkv(job, j, s);
         break;
     case KVEC_POLICY_LAPROX: /* kvec__score_layer normalises over the layer */
-        kvec__pooled_importance(job, j, c->window, s);
+        kvec__pooled_importance(job, j, c->window, s, NULL);
         kvec__output_norms(layer, j, n, 2, w, w->out_norm);
         for (i = 0; i < n; i++) s[i] *= w->out_norm[i];
         break;
@@ -2037,28 +2112,52 @@ static uint32_t kvec__order_key(float score) {
    positions not excluded (flags[i] & exclude); marks them with bit 0 of
    flags and/or writes them ascending to out. Returns how many it took.
 
-   A radix select on the 32-bit order key: four byte-wide histogram passes
-   find the key of the k-th best; then one ascending scan takes everything
-   above it and the lowest-positioned ties. O(n), no sort, no scratch. */
+   A radix select on the 32-bit order key, most significant digit first
+   (11, 11 and 10 bits): each digit's histogram narrows the key of the k-th
+   best. As soon as the keys still in contention are few (at most
+   KVEC__SELECT_FEW), they are copied to a small stack array and the later
+   digits count only those, so a typical head costs three passes over its
+   scores (first digit, the copy, the final take) instead of five. The final
+   ascending scan takes everything above the k-th best key and the
+   lowest-positioned ties. O(n), no sort, no scratch. */
+#define KVEC__SELECT_FEW 1024
 static int64_t kvec__select_top(const float *scores, int64_t n, uint8_t *flags, uint8_t exclude,
                                 int64_t k, int64_t *out) {
-    uint32_t prefix = 0, mask = 0;
-    int64_t need = k, eligible = 0, taken = 0, i;
-    int shift;
-    for (i = 0; i < n; i++) eligible += !(flags && (flags[i] & exclude));
+    static const int shifts[3] = { 21, 10, 0 }, widths[3] = { 11, 11, 10 };
+    uint32_t prefix = 0, mask = 0, few[KVEC__SELECT_FEW];
+    int64_t need = k, eligible = n, taken = 0, n_few = -1, i; /* n_few < 0: not copied */
+    int digit;
+    if (flags)
+        for (eligible = 0, i = 0; i < n; i++) eligible += !(flags[i] & exclude);
     if (k <= 0) return 0;
     if (k < eligible) {
-        for (shift = 24; shift >= 0; shift -= 8) {
-            int64_t histogram[256] = { 0 };
+        for (digit = 0; digit < 3; digit++) {
+            const int shift = shifts[digit];
+            const uint32_t digit_mask = (1u << widths[digit]) - 1u;
+            int64_t histogram[2048] = { 0 };
             int bucket;
-            for (i = 0; i < n; i++) {
-                uint32_t key = kvec__order_key(scores[i]);
-                if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
-                histogram[(key >> shift) & 0xffu]++;
+            if (n_few >= 0) {
+                for (i = 0; i < n_few; i++)
+                    if ((few[i] & mask) == prefix) histogram[(few[i] >> shift) & digit_mask]++;
+            } else {
+                for (i = 0; i < n; i++) {
+                    const uint32_t key = kvec__order_key(scores[i]);
+                    if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
+                    histogram[(key >> shift) & digit_mask]++;
+                }
             }
-            for (bucket = 255; bucket > 0 && histogram[bucket] < need; bucket--) need -= histogram[bucket];
+            for (bucket = (int)digit_mask; bucket > 0 && histogram[bucket] < need; bucket--)
+                need -= histogram[bucket];
             prefix |= (uint32_t)bucket << shift;
-            mask |= 0xffu << shift;
+            mask |= digit_mask << shift;
+            if (n_few < 0 && digit < 2 && histogram[bucket] <= KVEC__SELECT_FEW) {
+                n_few = 0;
+                for (i = 0; i < n; i++) {
+                    const uint32_t key = kvec__order_key(scores[i]);
+                    if ((flags && (flags[i] & exclude)) || (key & mask) != prefix) continue;
+                    few[n_few++] = key;
+                }
+            }
         }
     } else {
         need = 0; prefix = 0; /* take every eligible position */
@@ -2190,35 +2289,81 @@ static void kvec__select_layer(const kvec_config *c, const float *scores, int64_
 
 /* >>compaction */
 
-/* Rows pos[r] -> r of one head, r ascending. pos is strictly ascending, so
-   pos[r] >= r and a row is always read before anything overwrites it. */
-static void kvec__compact_head(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count) {
-    const int64_t elem = kvec__dtype_size(t->dtype);
-    int64_t r, d;
-    if (t->stride_dim == elem) {
-        const size_t row_bytes = (size_t)(t->head_dim * elem);
-        for (r = 0; r < count; r++)
-            if (pos[r] != r) memcpy(kvec__row(t, r, head), kvec__row(t, pos[r], head), row_bytes);
-    } else {
-        /* Transposed or strided rows: walk dims outermost so a [head][dim][token]
-           layout moves contiguous runs of tokens. */
-        for (d = 0; d < t->head_dim; d++)
-            for (r = 0; r < count; r++)
-                if (pos[r] != r)
-                    memcpy(kvec__row(t, r, head) + d * t->stride_dim,
-                           kvec__row(t, pos[r], head) + d * t->stride_dim, (size_t)elem);
-    }
+/* One row of `bytes` bytes; the usual row sizes as constants, which the
+   compiler turns into a few vector moves instead of a library call. */
+static void kvec__copy_row(char *dst, const char *src, size_t bytes) {
+    if (bytes == 256) memcpy(dst, src, 256);      /* fp16 or bf16, head dim 128 */
+    else if (bytes == 128) memcpy(dst, src, 128); /* fp16 64, fp32 32 */
+    else if (bytes == 512) memcpy(dst, src, 512); /* fp32 128, fp16 256 */
+    else memcpy(dst, src, bytes);
 }
 
+/* Rows pos[r] -> r of one head for a layout whose dims are strided:
+   dims outermost, so a [head][dim][token] layout moves contiguous runs of
+   tokens. pos is strictly ascending, so pos[r] >= r and a row is always
+   read before anything overwrites it. */
+static void kvec__move_strided(const kvec_tensor *t, int64_t head, const int64_t *pos, int64_t count) {
+    const int64_t elem = kvec__dtype_size(t->dtype);
+    int64_t r, d;
+    for (d = 0; d < t->head_dim; d++)
+        for (r = 0; r < count; r++)
+            if (pos[r] != r)
+                memcpy(kvec__row(t, r, head) + d * t->stride_dim, kvec__row(t, pos[r], head) + d * t->stride_dim,
+                       (size_t)elem);
+}
+
+/* Threads kvec may run (1 without OpenMP). */
+static int64_t kvec__max_threads(void) {
+#if defined(_OPENMP) && !defined(KVEC_NO_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Compaction of one layer: rows pos_j[r] -> r of every head j, r ascending
+   per head. Each thread takes a contiguous group of heads and walks it
+   rank-major: rank r of every head of the group, then rank r + 1. In the
+   usual [token][kv_head][dim] layout the rows one rank writes are
+   neighbours in memory, so writes stream and reads sweep the layer once,
+   not once per head; the source rows KVEC__COMPACT_AHEAD ranks on are
+   prefetched, since kept rows are scattered and the hardware prefetcher
+   does not follow them. Safe in any order across heads: a head's rows are
+   its own, and within a head pos[r] >= r, so a row is read before anything
+   overwrites it. The bytes written do not depend on the grouping. Layouts
+   with strided dims take the per-head path above. */
+#define KVEC__COMPACT_AHEAD 2
 static void kvec__compact_layer(kvec_layer *layer, const kvec_plan *plan, int64_t l) {
-    const int64_t Hk = layer->keys.n_heads;
-    int64_t j;
+    const int64_t Hk = layer->keys.n_heads, threads = kvec__max_threads();
+    const int64_t groups = threads < Hk ? (threads > 0 ? threads : 1) : Hk;
+    const kvec_tensor *K = &layer->keys, *V = &layer->values;
+    const int64_t elem_k = kvec__dtype_size(K->dtype), elem_v = kvec__dtype_size(V->dtype);
+    const int rows_k = K->stride_dim == elem_k, rows_v = V->stride_dim == elem_v;
+    const size_t bytes_k = (size_t)(K->head_dim * elem_k), bytes_v = (size_t)(V->head_dim * elem_v);
+    const int64_t *counts = plan->kept_count + l * plan->n_kv_heads;
+    int64_t group;
     KVEC__PARALLEL_FOR
-    for (j = 0; j < Hk; j++) {
-        const int64_t head = l * plan->n_kv_heads + j;
-        const int64_t *pos = plan->kept_positions + head * plan->capacity;
-        kvec__compact_head(&layer->keys, j, pos, plan->kept_count[head]);
-        kvec__compact_head(&layer->values, j, pos, plan->kept_count[head]);
+    for (group = 0; group < groups; group++) {
+        const int64_t j0 = Hk * group / groups, j1 = Hk * (group + 1) / groups;
+        int64_t j, r, most = 0;
+        for (j = j0; j < j1; j++) {
+            const int64_t *pos = plan->kept_positions + (l * plan->n_kv_heads + j) * plan->capacity;
+            most = counts[j] > most ? counts[j] : most;
+            if (!rows_k) kvec__move_strided(K, j, pos, counts[j]);
+            if (!rows_v) kvec__move_strided(V, j, pos, counts[j]);
+        }
+        for (r = 0; r < most && (rows_k || rows_v); r++)
+            for (j = j0; j < j1; j++) {
+                const int64_t *pos = plan->kept_positions + (l * plan->n_kv_heads + j) * plan->capacity;
+                if (r >= counts[j]) continue;
+                if (r + KVEC__COMPACT_AHEAD < counts[j]) {
+                    if (rows_k) kvec__prefetch_row(K, pos[r + KVEC__COMPACT_AHEAD], j);
+                    if (rows_v) kvec__prefetch_row(V, pos[r + KVEC__COMPACT_AHEAD], j);
+                }
+                if (pos[r] == r) continue;
+                if (rows_k) kvec__copy_row(kvec__row(K, r, j), kvec__row(K, pos[r], j), bytes_k);
+                if (rows_v) kvec__copy_row(kvec__row(V, r, j), kvec__row(V, pos[r], j), bytes_v);
+            }
     }
 }
 

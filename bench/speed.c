@@ -8,9 +8,14 @@
    OpenBLAS sgemm for the window-attention arithmetic, memcpy for the bytes
    compaction moves. Nothing here knows what the numbers should be.
 
-       make bench                     # 8K and 32K tokens, every policy
+       make bench                     # 8K and 32K tokens, every policy; 128K for snapkv and kvec
        build/speed --quick            # 8K, one repeat: a smoke run
        build/speed --sizes 8192 --repeats 7 --policies snapkv,kvec
+
+   Where a run times fewer than the model's 32 layers (--layers, the 128K
+   run, and CriticalKV and LaProx, whose output norms cost far more than
+   attention), every time is multiplied by 32 / (layers timed) and the
+   report says so: all layers have the same shape, so each costs the same.
 
    bench/README.md says how to read the output. */
 
@@ -51,12 +56,10 @@ enum {
 /* What kvec.h's window attention (kvec__window_attention) executes, read
    from the implementation: per KV head it takes the g*R query rows as one
    chunk, padded up to a multiple of 2 vector widths (zero rows, still
-   multiplied), and makes two passes over K (docs/SEMANTICS.md: "two passes
-   over K, no R x N buffer"): the first over all N keys for each row's softmax
-   maximum and normaliser, the second over the N - W evictable keys for the
-   probabilities. Both recompute q.k. If the implementation changes, change
-   these; the report prints them. */
-#define SCORE_PASSES_OVER_K 2
+   multiplied), and makes one pass over all N keys: each q.k once, kept
+   (exponentiated) in the scratch until the rows' normalisers are known. If
+   the implementation changes, change these; the report prints them. */
+#define SCORE_PASSES_OVER_K 1
 #ifdef KVEC__LANES
 #define SCORE_ROW_MULTIPLE (2 * KVEC__LANES)
 #else
@@ -74,7 +77,7 @@ static double executed_flops(int64_t rows, int64_t n)
 {
     int64_t chunk = (N_QHEADS / N_KVHEADS) * rows;
     int64_t padded = (chunk + SCORE_ROW_MULTIPLE - 1) / SCORE_ROW_MULTIPLE * SCORE_ROW_MULTIPLE;
-    return 2.0 * N_LAYERS * N_KVHEADS * (double)padded * HEAD_DIM * (double)(n + (n - WINDOW));
+    return 2.0 * N_LAYERS * N_KVHEADS * (double)padded * HEAD_DIM * (double)n * SCORE_PASSES_OVER_K;
 }
 
 #define MAX_REPEATS 100
@@ -83,22 +86,30 @@ static double executed_flops(int64_t rows, int64_t n)
 
 /* >>policies */
 typedef struct bench_policy {
-    const char *name;  /* as on the command line and in the tables */
+    const char *name;   /* as on the command line and in the tables */
     kvec_policy policy;
-    int64_t     rows;  /* query rows its window attention reads; 0 = none */
+    int64_t     rows;   /* query rows its window attention reads; 0 = none */
+    int64_t     layers; /* at most this many layers timed (scaled to 32); 0 = all */
     const char *note;
 } bench_policy;
 
+/* The output projection of the output-aware policies: W_o of Llama-3.1-8B,
+   hidden size E = 4096 rows per query head of 128 dims, fp16, one copy
+   shared by every layer (the time does not depend on its values). */
+enum { OUT_ROWS = 4096 };
+
 static const bench_policy POLICIES[] = {
-    { "kvec",      KVEC_POLICY_KVEC,      WINDOW,  "default terms (uniqueness)" },
-    { "snapkv",    KVEC_POLICY_SNAPKV,    WINDOW,  "" },
-    { "pyramidkv", KVEC_POLICY_PYRAMIDKV, WINDOW,  "pyramid budgets" },
-    { "streaming", KVEC_POLICY_STREAMING, 0,       "4 sinks + most recent" },
-    { "h2o",       KVEC_POLICY_H2O,       N_QROWS, "window queries only (Wq = 32), not the whole prefix" },
-    { "tova",      KVEC_POLICY_TOVA,      1,       "last query row only" },
-    { "knorm",     KVEC_POLICY_KNORM,     0,       "" },
-    { "keydiff",   KVEC_POLICY_KEYDIFF,   0,       "" },
-    { "random",    KVEC_POLICY_RANDOM,    0,       "" },
+    { "kvec",       KVEC_POLICY_KVEC,       WINDOW,  0, "default terms (uniqueness)" },
+    { "snapkv",     KVEC_POLICY_SNAPKV,     WINDOW,  0, "" },
+    { "pyramidkv",  KVEC_POLICY_PYRAMIDKV,  WINDOW,  0, "pyramid budgets" },
+    { "streaming",  KVEC_POLICY_STREAMING,  0,       0, "4 sinks + most recent" },
+    { "h2o",        KVEC_POLICY_H2O,        N_QROWS, 0, "window queries only (Wq = 32), not the whole prefix" },
+    { "tova",       KVEC_POLICY_TOVA,       1,       0, "last query row only" },
+    { "knorm",      KVEC_POLICY_KNORM,      0,       0, "" },
+    { "keydiff",    KVEC_POLICY_KEYDIFF,    0,       0, "" },
+    { "random",     KVEC_POLICY_RANDOM,     0,       0, "" },
+    { "criticalkv", KVEC_POLICY_CRITICALKV, WINDOW,  1, "W_o fp16 [4096][32][128]; ||W_o^h v||_1 per token and query head" },
+    { "laprox",     KVEC_POLICY_LAPROX,     WINDOW,  2, "W_o fp16 [4096][32][128]; Gram W'W per query head, v'Gv per token" },
 };
 enum { N_POLICIES = (int)(sizeof POLICIES / sizeof POLICIES[0]) };
 
@@ -109,17 +120,26 @@ typedef struct options {
     int     repeats;              /* 0 = 5 up to 8K tokens, 3 above */
     int     selected[N_POLICIES]; /* 1 = run this policy */
     int     quick;
+    int64_t layers;               /* layers timed per size (1..32) */
+    int64_t long_n;               /* the long run's tokens, 0 = none */
+    int64_t long_layers;          /* layers timed in the long run */
+    const char *summary;          /* JSON lines for bench/speed_torch.py, or NULL */
 } options;
 
 static void usage(FILE *f)
 {
     int p;
     fprintf(f,
-        "usage: speed [--quick] [--sizes N1,N2,...] [--repeats R] [--policies a,b,...]\n"
-        "  --quick      8192 tokens, 1 repeat (a smoke run); --sizes/--repeats still win\n"
-        "  --sizes      token counts, default 8192,32768\n"
-        "  --repeats    repeats per measurement (1..%d), default 5 up to 8192 tokens, 3 above\n"
-        "  --policies   any of:", MAX_REPEATS);
+        "usage: speed [--quick] [--sizes N1,N2,...] [--repeats R] [--policies a,b,...] [--layers L]\n"
+        "             [--long N] [--long-layers L] [--summary FILE]\n"
+        "  --quick        8192 tokens, 1 repeat, no long run (a smoke run); --sizes/--repeats still win\n"
+        "  --sizes        token counts, default 8192,32768\n"
+        "  --repeats      repeats per measurement (1..%d), default 5 up to 8192 tokens, 3 above\n"
+        "  --layers       layers timed per size (1..%d, default all), times scaled to %d layers\n"
+        "  --long         then snapkv and kvec alone at N tokens, 1 repeat (default 131072; 0: none)\n"
+        "  --long-layers  layers timed in the long run (default 4), times scaled to %d layers\n"
+        "  --summary      write the SnapKV and K-VEC totals per size as JSON lines to FILE\n"
+        "  --policies     any of:", MAX_REPEATS, N_LAYERS, N_LAYERS, N_LAYERS);
     for (p = 0; p < N_POLICIES; p++) fprintf(f, " %s", POLICIES[p].name);
     fprintf(f, " (default all)\n");
 }
@@ -172,6 +192,9 @@ static int parse_options(int argc, char **argv, options *o)
 {
     int i, p, any_policy = 0;
     memset(o, 0, sizeof *o);
+    o->layers = N_LAYERS;
+    o->long_n = -1; /* default below */
+    o->long_layers = 4;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -193,6 +216,26 @@ static int parse_options(int argc, char **argv, options *o)
             if (!parse_list(v, parse_policy, o)) return 0;
             any_policy = 1;
             i++;
+        } else if ((strcmp(a, "--layers") == 0 || strcmp(a, "--long-layers") == 0) && v) {
+            long long layers = atoll(v);
+            if (layers < 1 || layers > N_LAYERS) {
+                fprintf(stderr, "speed: %s must be 1..%d\n", a, N_LAYERS);
+                return 0;
+            }
+            if (strcmp(a, "--layers") == 0) o->layers = layers; else o->long_layers = layers;
+            i++;
+        } else if (strcmp(a, "--long") == 0 && v) {
+            char *end;
+            long long n = strtoll(v, &end, 10);
+            if (*end != '\0' || (n != 0 && n * BUDGET_PCT / 100 < WINDOW)) {
+                fprintf(stderr, "speed: bad --long '%s' (0, or 20%% of N >= window %d)\n", v, WINDOW);
+                return 0;
+            }
+            o->long_n = n;
+            i++;
+        } else if (strcmp(a, "--summary") == 0 && v) {
+            o->summary = v;
+            i++;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             exit(0);
@@ -208,6 +251,7 @@ static int parse_options(int argc, char **argv, options *o)
         if (!o->quick) o->sizes[o->n_sizes++] = 32768;
     }
     if (o->quick && o->repeats == 0) o->repeats = 1;
+    if (o->long_n < 0) o->long_n = o->quick ? 0 : 131072;
     return 1;
 }
 
@@ -295,6 +339,8 @@ static void copy_parallel(void *dst, const void *src, size_t bytes)
 /* >>bench state for one N */
 typedef struct bench {
     int64_t    n, budget;
+    int64_t    n_layers;      /* layers held and timed, of the model's N_LAYERS */
+    uint16_t  *out_proj;      /* [E][H][D] fp16, shared by all layers; NULL unless needed */
     int        repeats, threads;
     size_t     layer_elems;   /* N * Hk * D: K (or V) of one layer */
     size_t     kv_bytes;      /* K and V of all layers, one copy */
@@ -321,44 +367,52 @@ static void *xmalloc(size_t bytes, size_t *total)
     return p;
 }
 
-static void bench_init(bench *b, int64_t n, int repeats)
+static void bench_init(bench *b, int64_t n, int repeats, int64_t n_layers, int output_aware)
 {
     size_t q_elems = (size_t)N_QROWS * N_QHEADS * HEAD_DIM;
     int64_t c, l;
     memset(b, 0, sizeof *b);
     b->n = n;
+    b->n_layers = n_layers;
     b->budget = n * BUDGET_PCT / 100;
     b->repeats = repeats;
     b->threads = omp_get_max_threads();
     b->layer_elems = (size_t)n * N_KVHEADS * HEAD_DIM;
-    b->kv_bytes = 2 * (size_t)N_LAYERS * b->layer_elems * sizeof(uint16_t);
+    b->kv_bytes = 2 * (size_t)n_layers * b->layer_elems * sizeof(uint16_t);
     b->pristine = (uint16_t *)xmalloc(b->kv_bytes, &b->allocated);
     b->work = (uint16_t *)xmalloc(b->kv_bytes, &b->allocated);
-    b->queries = (float *)xmalloc((size_t)N_LAYERS * q_elems * sizeof(float), &b->allocated);
+    b->queries = (float *)xmalloc((size_t)n_layers * q_elems * sizeof(float), &b->allocated);
     b->scores = (float *)xmalloc((size_t)N_KVHEADS * (size_t)n * sizeof(float), &b->allocated);
     memset(b->scores, 0, (size_t)N_KVHEADS * (size_t)n * sizeof(float));
 
     /* One stream per (layer, K or V) and per layer of queries, so the data
        does not depend on how OpenMP splits the loop. */
 #pragma omp parallel for schedule(dynamic)
-    for (c = 0; c < 2 * N_LAYERS; c++) {
+    for (c = 0; c < 2 * n_layers; c++) {
         uint64_t seed = DATA_SEED ^ ((uint64_t)n << 20) ^ (uint64_t)c;
         fill_normal_f16(b->pristine + (size_t)c * b->layer_elems, b->layer_elems, splitmix64(&seed));
     }
     /* q and k are N(0,1) per component, so q.k/sqrt(D) has standard
        deviation 1: the softmax over N keys is neither one-hot nor flat. */
-    for (l = 0; l < N_LAYERS; l++) {
+    for (l = 0; l < n_layers; l++) {
         uint64_t s = DATA_SEED ^ ((uint64_t)n << 20) ^ (uint64_t)(1000 + l);
         size_t i;
         for (i = 0; i < q_elems; i++) b->queries[(size_t)l * q_elems + i] = (float)normal01(&s);
     }
     copy_parallel(b->work, b->pristine, b->kv_bytes);
+    if (output_aware) {
+        const size_t elems = (size_t)OUT_ROWS * N_QHEADS * HEAD_DIM;
+        b->out_proj = (uint16_t *)xmalloc(elems * sizeof(uint16_t), &b->allocated);
+        fill_normal_f16(b->out_proj, elems, DATA_SEED ^ 0x6f7574u);
+    }
 
-    for (l = 0; l < N_LAYERS; l++) {
+    for (l = 0; l < n_layers; l++) {
         b->layers[l].keys = kvec_tensor_contiguous(layer_k(b->work, b, l), KVEC_DTYPE_F16, n, N_KVHEADS, HEAD_DIM);
         b->layers[l].values = kvec_tensor_contiguous(layer_v(b->work, b, l), KVEC_DTYPE_F16, n, N_KVHEADS, HEAD_DIM);
         b->layers[l].queries = kvec_tensor_contiguous(b->queries + (size_t)l * q_elems, KVEC_DTYPE_F32,
                                                       N_QROWS, N_QHEADS, HEAD_DIM);
+        if (b->out_proj)
+            b->layers[l].out_proj = kvec_tensor_contiguous(b->out_proj, KVEC_DTYPE_F16, OUT_ROWS, N_QHEADS, HEAD_DIM);
     }
 }
 
@@ -368,6 +422,7 @@ static void bench_free(bench *b)
     free(b->work);
     free(b->queries);
     free(b->scores);
+    free(b->out_proj);
 }
 
 /* >>checks: a fast wrong answer is not a result */
@@ -383,10 +438,11 @@ static void problem(const char *policy, const char *fmt, int64_t a, int64_t b, i
 
 /* Counts as docs/SEMANTICS.md "Selection" demands: B_l per head (N if
    B_l >= N), ascending, in range, the last W positions always kept. */
-static int check_plan(const bench *b, const char *policy, const kvec_plan *plan, const int64_t *budgets)
+static int check_plan(const bench *b, const char *policy, const kvec_plan *plan, const int64_t *budgets,
+                      int64_t layers)
 {
     int64_t l, j, r;
-    for (l = 0; l < N_LAYERS; l++)
+    for (l = 0; l < layers; l++)
         for (j = 0; j < N_KVHEADS; j++) {
             int64_t count = plan->kept_count[l * N_KVHEADS + j];
             int64_t want = budgets[l] < b->n ? budgets[l] : b->n;
@@ -412,11 +468,11 @@ static int check_plan(const bench *b, const char *policy, const kvec_plan *plan,
 }
 
 /* docs/SEMANTICS.md "Compaction": row r of head j holds original row p_r. */
-static int check_compaction(bench *b, const char *policy, const kvec_plan *plan)
+static int check_compaction(bench *b, const char *policy, const kvec_plan *plan, int64_t layers)
 {
     const size_t row = HEAD_DIM * sizeof(uint16_t), token = (size_t)N_KVHEADS * HEAD_DIM;
     int64_t l, j, r;
-    for (l = 0; l < N_LAYERS; l++)
+    for (l = 0; l < layers; l++)
         for (j = 0; j < N_KVHEADS; j++) {
             int64_t count = plan->kept_count[l * N_KVHEADS + j];
             const int64_t *pos = plan->kept_positions + (l * N_KVHEADS + j) * plan->capacity;
@@ -439,7 +495,8 @@ typedef struct policy_run {
     int         ran;
     kvec_result error;            /* KVEC_OK unless a call failed */
     char        where[96];        /* which call, which layer */
-    int64_t     kept_rows;        /* all layers and heads, from the plan */
+    int64_t     kept_rows;        /* all layers and heads, from the plan (scaled like the times) */
+    int64_t     layers;           /* layers timed; every time is scaled by N_LAYERS / layers */
     size_t      score_scratch, select_scratch;
     double      score[MAX_REPEATS], select[MAX_REPEATS], compact[MAX_REPEATS];
     double      total[MAX_REPEATS], memcpy_ref[MAX_REPEATS];
@@ -475,7 +532,8 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
     TRY(kvec_plan_capacity(&cfg, b->budget, N_LAYERS, b->n, &capacity), "kvec_plan_capacity", -1);
     for (l = 0; l < N_LAYERS; l++)
         TRY(kvec_layer_budget(&cfg, b->budget, l, N_LAYERS, b->n, &budgets[l]), "kvec_layer_budget", l);
-    for (l = 0; l < N_LAYERS; l++) { /* same shape everywhere, but ask for each */
+    out->layers = bp->layers && bp->layers < b->n_layers ? bp->layers : b->n_layers;
+    for (l = 0; l < out->layers; l++) { /* same shape everywhere, but ask for each */
         size_t bytes = 0;
         TRY(kvec_layer_scratch_bytes(&cfg, &b->layers[l], &bytes), "kvec_layer_scratch_bytes", l);
         if (bytes > out->score_scratch) out->score_scratch = bytes;
@@ -493,6 +551,7 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
        out of the first repeat. */
     memset(scratch, 0, scratch_bytes);
     memset(plan.kept_positions, 0, (size_t)N_LAYERS * N_KVHEADS * (size_t)capacity * sizeof(int64_t));
+    memset(plan.kept_count, 0, (size_t)N_LAYERS * N_KVHEADS * sizeof(int64_t)); /* layers not timed keep 0 */
 
     for (rep = 0; rep < b->repeats; rep++) {
         double t_score = 0, t_select = 0, t_compact = 0;
@@ -500,7 +559,7 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
         fprintf(stderr, "  [N=%lld] %-9s repeat %d/%d\n", (long long)b->n, bp->name, rep + 1, b->repeats);
         copy_parallel(b->work, b->pristine, b->kv_bytes); /* compaction is in place */
 
-        for (l = 0; l < N_LAYERS; l++) {
+        for (l = 0; l < out->layers; l++) {
             double t0, t1, t2, t3;
             kvec_result r_score, r_select, r_compact;
             /* Coverage is NULL: only K-VEC's cross-layer term reads it, and
@@ -527,7 +586,8 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
 
         out->kept_rows = 0;
         for (i = 0; i < N_LAYERS * N_KVHEADS; i++) out->kept_rows += plan.kept_count[i];
-        if (rep == 0 && (!check_plan(b, bp->name, &plan, budgets) || !check_compaction(b, bp->name, &plan)))
+        if (rep == 0 && (!check_plan(b, bp->name, &plan, budgets, out->layers) ||
+                         !check_compaction(b, bp->name, &plan, out->layers)))
             fprintf(stderr, "speed: %s: timings below are of a wrong result\n", bp->name);
 
         /* The bytes compaction moves (kept K and V rows), copied once in one
@@ -539,6 +599,14 @@ static void run_policy(bench *b, const bench_policy *bp, policy_run *out)
             copy_parallel(b->work, b->pristine, moved);
             out->memcpy_ref[rep] = omp_get_wtime() - t0;
         }
+    }
+    {   /* to the whole model: every layer has the same shape */
+        const double scale = (double)N_LAYERS / (double)out->layers;
+        for (rep = 0; rep < b->repeats; rep++) {
+            out->score[rep] *= scale; out->select[rep] *= scale; out->compact[rep] *= scale;
+            out->total[rep] *= scale; out->memcpy_ref[rep] *= scale;
+        }
+        out->kept_rows = out->kept_rows * N_LAYERS / out->layers;
     }
     out->ran = 1;
 done:
@@ -572,12 +640,12 @@ static kvec_result run_scoring(bench *b, const bench_policy *bp, int threads, do
         double t = 0;
         fprintf(stderr, "  [N=%lld] %-9s scoring, %d thread%s, repeat %d/%d\n", (long long)b->n, bp->name,
                 threads, threads == 1 ? "" : "s", rep + 1, b->repeats);
-        for (l = 0; l < N_LAYERS && r == KVEC_OK; l++) {
+        for (l = 0; l < b->n_layers && r == KVEC_OK; l++) {
             double t0 = omp_get_wtime();
             r = kvec_score_layer(&cfg, &b->layers[l], l, b->budget, NULL, b->scores, scratch, scratch_bytes);
             t += omp_get_wtime() - t0;
         }
-        times[rep] = t;
+        times[rep] = t * (double)N_LAYERS / (double)b->n_layers;
     }
     omp_set_num_threads(b->threads);
     if (r != KVEC_OK)
@@ -617,7 +685,7 @@ static void run_sgemm(bench *b, int threads, double *times)
         int64_t l, j;
         fprintf(stderr, "  [N=%lld] sgemm, %d thread%s, repeat %d/%d\n", (long long)b->n, threads,
                 threads == 1 ? "" : "s", rep + 1, b->repeats);
-        for (l = 0; l < N_LAYERS; l++) {
+        for (l = 0; l < b->n_layers; l++) {
             const uint16_t *k16 = layer_k(b->pristine, b, l);
             const float *q = b->queries + (size_t)l * q_elems;
             int64_t e, r, h;
@@ -637,7 +705,7 @@ static void run_sgemm(bench *b, int threads, double *times)
                             k32 + (size_t)j * HEAD_DIM, N_KVHEADS * HEAD_DIM, 0.0f, c, (int)b->n);
             t += omp_get_wtime() - t0;
         }
-        times[rep] = t;
+        times[rep] = t * (double)N_LAYERS / (double)b->n_layers;
     }
     openblas_set_num_threads(b->threads);
     free(k32);
@@ -764,6 +832,11 @@ static void print_machine(const options *o)
 #endif
     printf("\n");
     printf("  date       %s\n", date);
+    {   /* other jobs on the machine make every time longer and the ratios noisier */
+        char load[128];
+        first_line("/proc/loadavg", load, sizeof load);
+        printf("  loadavg    %s (/proc/loadavg at the start: 1, 5, 15 min)\n", load);
+    }
     printf("  env       ");
     for (e = 0; e < sizeof env / sizeof env[0]; e++)
         printf(" %s=%s", env[e], getenv(env[e]) ? getenv(env[e]) : "(unset)");
@@ -785,6 +858,8 @@ static void print_machine(const options *o)
     printf("  Every policy runs with a zeroed kvec_config (defaults) except .policy; coverage NULL.\n");
     printf("  h2o gets the window queries only (Wq = %d), not the whole prefix's.\n", N_QROWS);
     printf("  Times are wall-clock (omp_get_wtime), summed over the %d layers of one repeat;\n", N_LAYERS);
+    printf("  where fewer layers are timed (layers 0 .. L-1; the note says L), each time is multiplied\n"
+           "  by %d / L: all layers have the same shape and work.\n", N_LAYERS);
     printf("  each row gives the median over repeats and the min and max.\n");
 }
 
@@ -803,14 +878,16 @@ static int policy_index(const char *name)
     return -1;
 }
 
-static void run_size(const options *o, int64_t n)
+/* One size: every selected policy (selected[p]), n_layers layers held and
+   timed; repeats 0 = the options' choice. */
+static void run_size(const options *o, int64_t n, int64_t n_layers, const int *selected, int repeats_wanted)
 {
     bench b;
     policy_run *runs = (policy_run *)calloc(N_POLICIES, sizeof *runs);
     double sgemm_t[MAX_REPEATS], scale_t[2][3][MAX_REPEATS]; /* [threads 1,2][snapkv,kvec,sgemm] */
     int scale_ok[2] = { 0, 0 }, scores_equal[2] = { -1, -1 };
-    int repeats = o->repeats ? o->repeats : (n <= 8192 ? 5 : 3);
-    int p, k;
+    int repeats = repeats_wanted ? repeats_wanted : o->repeats ? o->repeats : (n <= 8192 ? 5 : 3);
+    int p, k, output_aware = 0;
     int scaled[2] = { policy_index("snapkv"), policy_index("kvec") };
     size_t sgemm_bytes = (size_t)n * N_KVHEADS * HEAD_DIM * sizeof(float) +
                          (size_t)N_QROWS * N_QHEADS * HEAD_DIM * sizeof(float) +
@@ -824,25 +901,28 @@ static void run_size(const options *o, int64_t n)
         exit(1);
     }
     fprintf(stderr, "[N=%lld] filling %.2f GiB of K and V, twice (working + pristine copy)\n", (long long)n,
-            gib(2.0 * 2 * N_LAYERS * (double)n * N_KVHEADS * HEAD_DIM * sizeof(uint16_t)));
-    bench_init(&b, n, repeats);
+            gib(2.0 * 2 * (double)n_layers * (double)n * N_KVHEADS * HEAD_DIM * sizeof(uint16_t)));
+    for (p = 0; p < N_POLICIES; p++)
+        output_aware |= selected[p] && (POLICIES[p].policy == KVEC_POLICY_CRITICALKV ||
+                                        POLICIES[p].policy == KVEC_POLICY_LAPROX);
+    bench_init(&b, n, repeats, n_layers, output_aware);
 
     for (p = 0; p < N_POLICIES; p++)
-        if (o->selected[p]) run_policy(&b, &POLICIES[p], &runs[p]);
+        if (selected[p]) run_policy(&b, &POLICIES[p], &runs[p]);
     /* Thread scaling: scoring alone, 1 and 2 threads, on a restored cache.
        Before any sgemm, whose pthreads spin for a while after each call. */
     copy_parallel(b.work, b.pristine, b.kv_bytes);
     scores_1t = (float *)xmalloc((size_t)N_KVHEADS * (size_t)n * sizeof(float), &b.allocated);
     scores_2t = (float *)xmalloc((size_t)N_KVHEADS * (size_t)n * sizeof(float), &b.allocated);
     for (k = 0; k < 2; k++) {
-        if (scaled[k] < 0 || !o->selected[scaled[k]] || !runs[scaled[k]].ran) continue;
+        if (scaled[k] < 0 || !selected[scaled[k]] || !runs[scaled[k]].ran) continue;
         if (run_scoring(&b, &POLICIES[scaled[k]], 1, scale_t[0][k], scores_1t) == KVEC_OK &&
             run_scoring(&b, &POLICIES[scaled[k]], 2, scale_t[1][k], scores_2t) == KVEC_OK) {
             scale_ok[k] = 1;
             scores_equal[k] = memcmp(scores_1t, scores_2t, (size_t)N_KVHEADS * (size_t)n * sizeof(float)) == 0;
             if (!scores_equal[k]) {
                 problem(POLICIES[scaled[k]].name, "scores of layer %lld differ between 1 and 2 threads",
-                        N_LAYERS - 1, 0, 0, 0);
+                        b.n_layers - 1, 0, 0, 0);
             }
         } else {
             g_problems++;
@@ -856,16 +936,21 @@ static void run_size(const options *o, int64_t n)
     /* ---- report ---- */
     printf("\n==== N = %lld tokens: budget %lld per KV head (%d%%), window %d; %d repeat%s, %d OpenMP threads ====\n",
            (long long)n, (long long)b.budget, BUDGET_PCT, WINDOW, repeats, repeats == 1 ? "" : "s", b.threads);
-    printf("memory: K+V one copy %.2f GiB; held: working + pristine copy + queries + scores %.2f GiB,\n"
+    if (b.n_layers < N_LAYERS)
+        printf("TIMED: layers 0..%lld only (%lld of %d held in memory); every time below is the time of those\n"
+               "       layers x %d/%lld = %.2f, i.e. the whole model's if each layer costs the same\n",
+               (long long)b.n_layers - 1, (long long)b.n_layers, N_LAYERS, N_LAYERS, (long long)b.n_layers,
+               (double)N_LAYERS / (double)b.n_layers);
+    printf("memory: K+V one copy %.2f GiB (%lld layers); held: working + pristine copy + queries + scores %.2f GiB,\n"
            "        sgemm buffers %.2f GiB, per policy plan and scratch (below)\n",
-           gib((double)b.kv_bytes), gib((double)b.allocated), gib((double)sgemm_bytes));
+           gib((double)b.kv_bytes), (long long)b.n_layers, gib((double)b.allocated), gib((double)sgemm_bytes));
 
     printf("\n[1] time over all %d layers, ms (score = kvec_score_layer; select = kvec_select_layer;\n"
            "    compact = kvec_compact_layer; total = score + select + compact, per repeat)\n", N_LAYERS);
     printf("  %-10s %-22s %12s %12s %12s\n", "policy", "step", "median", "min", "max");
     for (p = 0; p < N_POLICIES; p++) {
         const policy_run *r = &runs[p];
-        if (!o->selected[p]) continue;
+        if (!selected[p]) continue;
         if (!r->ran) {
             printf("  %-10s FAILED: %s: %s (%d)\n", POLICIES[p].name, r->where, kvec_result_string(r->error),
                    (int)r->error);
@@ -884,23 +969,27 @@ static void run_size(const options *o, int64_t n)
         printf("  %-10s scratch: score %.1f MiB, select %.1f MiB%s%s\n", "",
                (double)r->score_scratch / 1048576.0, (double)r->select_scratch / 1048576.0,
                POLICIES[p].note[0] ? "; " : "", POLICIES[p].note);
+        if (r->layers < N_LAYERS)
+            printf("  %-10s TIMED on layers 0..%lld only; times x %d/%lld\n", "", (long long)r->layers - 1, N_LAYERS,
+                   (long long)r->layers);
     }
 
     printf("\n[2] compute roofline: window-attention scoring vs OpenBLAS sgemm of the same shape\n");
     printf("  sgemm: per layer and KV head C[%d x N] = Q[%d x %d] * K^T[%d x N], fp32 (K converted from fp16\n"
            "         untimed), %d x %d = %d calls, %d OpenBLAS threads: %.1f GFLOP in %.2f ms [min %.2f, max %.2f]\n"
            "         = %.2f GFLOP/s (median)\n",
-           GROUP * N_QROWS, GROUP * N_QROWS, HEAD_DIM, HEAD_DIM, N_KVHEADS, N_LAYERS, N_KVHEADS * N_LAYERS,
+           GROUP * N_QROWS, GROUP * N_QROWS, HEAD_DIM, HEAD_DIM, N_KVHEADS, (int)b.n_layers, N_KVHEADS * (int)b.n_layers,
            b.threads, useful_sgemm * 1e-9, sg.med * 1e3, sg.min * 1e3, sg.max * 1e3, useful_sgemm * 1e-9 / sg.med);
     printf("  useful FLOPs   = %d layers x %d query heads x R rows x N keys x %d dims x 2 (q.k once per pair;\n"
            "                   the R(R-1)/2 causally masked pairs are counted, < 0.2%% at 8K)\n",
            N_LAYERS, N_QHEADS, HEAD_DIM);
-    printf("  executed FLOPs = %d layers x %d KV heads x pad(%d x R) rows x (N + N-%d) keys x %d dims x 2:\n"
-           "                   %d passes over K (softmax max/sum over all N keys, then probabilities over the\n"
-           "                   N-W evictable ones), rows padded to a multiple of %d as kvec.h does\n",
-           N_LAYERS, N_KVHEADS, GROUP, WINDOW, HEAD_DIM, SCORE_PASSES_OVER_K, SCORE_ROW_MULTIPLE);
-    printf("  not counted: softmax exps, pooling, the NaN/Inf scan of K and queries, K-VEC's two uniqueness\n"
-           "  passes over K (kbar, then cos) -- all inside the score time\n");
+    printf("  executed FLOPs = %d layers x %d KV heads x pad(%d x R) rows x N keys x %d dims x 2 x %d pass over K\n"
+           "                   (each logit computed once and kept until the row's softmax normaliser is\n"
+           "                   known), rows padded to a multiple of %d as kvec.h does\n",
+           N_LAYERS, N_KVHEADS, GROUP, HEAD_DIM, SCORE_PASSES_OVER_K, SCORE_ROW_MULTIPLE);
+    printf("  not counted: softmax exps, the normalisation pass over the kept values, pooling, the NaN/Inf\n"
+           "  scan of K and queries, K-VEC's cosine pass over K (its key direction is summed from the\n"
+           "  attention pass's key tiles), the output norms of criticalkv and laprox -- all inside the score time\n");
     printf("  %-10s %4s %10s %10s %11s %10s %10s %10s %10s\n", "policy", "R", "useful", "executed", "score ms",
            "useful", "executed", "sgemm", "score ms /");
     printf("  %-10s %4s %10s %10s %11s %10s %10s %10s %10s\n", "", "", "GFLOP", "GFLOP", "(median)", "GFLOP/s",
@@ -908,7 +997,7 @@ static void run_size(const options *o, int64_t n)
     for (p = 0; p < N_POLICIES; p++) {
         const policy_run *r = &runs[p];
         double useful, executed, t;
-        if (!o->selected[p] || !r->ran || POLICIES[p].rows == 0) continue;
+        if (!selected[p] || !r->ran || POLICIES[p].rows == 0) continue;
         useful = useful_flops(POLICIES[p].rows, n);
         executed = executed_flops(POLICIES[p].rows, n);
         t = stats_of(r->score, repeats).med;
@@ -934,7 +1023,7 @@ static void run_size(const options *o, int64_t n)
         stats m, sel, cmp, sc_s;
         char mbuf[64];
         int i;
-        if (!o->selected[p] || !r->ran) continue;
+        if (!selected[p] || !r->ran) continue;
         for (i = 0; i < repeats; i++) sc[i] = r->select[i] + r->compact[i];
         m = stats_of(r->memcpy_ref, repeats);
         sel = stats_of(r->select, repeats);
@@ -949,7 +1038,7 @@ static void run_size(const options *o, int64_t n)
     printf("  memcpy GB/s (2 x bytes / median time), per policy's byte count:");
     for (p = 0; p < N_POLICIES; p++) {
         const policy_run *r = &runs[p];
-        if (!o->selected[p] || !r->ran) continue;
+        if (!selected[p] || !r->ran) continue;
         printf(" %s %.2f", POLICIES[p].name,
                2.0 * (double)r->kept_rows * 2 * HEAD_DIM * sizeof(uint16_t) / stats_of(r->memcpy_ref, repeats).med * 1e-9);
     }
@@ -964,7 +1053,7 @@ static void run_size(const options *o, int64_t n)
         stats s1, s2;
         const char *name = k < 2 ? (scaled[k] >= 0 ? POLICIES[scaled[k]].name : "?") : "sgemm";
         if (k < 2 && !scale_ok[k]) {
-            if (scaled[k] >= 0 && o->selected[scaled[k]]) printf("  %-10s FAILED (see stderr)\n", name);
+            if (scaled[k] >= 0 && selected[scaled[k]]) printf("  %-10s FAILED (see stderr)\n", name);
             continue;
         }
         s1 = stats_of(scale_t[0][k], repeats);
@@ -978,7 +1067,7 @@ static void run_size(const options *o, int64_t n)
 
     {
         int ik = policy_index("kvec"), is = policy_index("snapkv");
-        if (o->selected[ik] && o->selected[is] && runs[ik].ran && runs[is].ran) {
+        if (selected[ik] && selected[is] && runs[ik].ran && runs[is].ran) {
             double sck[MAX_REPEATS], scs[MAX_REPEATS];
             int i;
             for (i = 0; i < repeats; i++) {
@@ -989,6 +1078,29 @@ static void run_size(const options *o, int64_t n)
                    stats_of(runs[ik].total, repeats).med / stats_of(runs[is].total, repeats).med,
                    stats_of(runs[ik].score, repeats).med / stats_of(runs[is].score, repeats).med,
                    stats_of(sck, repeats).med / stats_of(scs, repeats).med);
+        }
+        for (p = 0; p < N_POLICIES; p++) /* the output-aware policies against SnapKV */
+            if ((POLICIES[p].policy == KVEC_POLICY_CRITICALKV || POLICIES[p].policy == KVEC_POLICY_LAPROX) &&
+                selected[p] && runs[p].ran && selected[is] && runs[is].ran)
+                printf("    %s / SnapKV, ratio of medians: total %.2f, score %.2f\n", POLICIES[p].name,
+                       stats_of(runs[p].total, repeats).med / stats_of(runs[is].total, repeats).med,
+                       stats_of(runs[p].score, repeats).med / stats_of(runs[is].score, repeats).med);
+        if (o->summary && (selected[is] || selected[ik])) {
+            FILE *f = fopen(o->summary, "a");
+            if (!f) {
+                fprintf(stderr, "speed: cannot write %s\n", o->summary);
+                g_problems++;
+            } else {
+                for (k = 0; k < 2; k++) {
+                    const int q = k == 0 ? is : ik;
+                    if (!selected[q] || !runs[q].ran) continue;
+                    fprintf(f, "{\"tokens\": %lld, \"policy\": \"%s\", \"total_ms\": %.3f, \"score_ms\": %.3f, "
+                               "\"repeats\": %d, \"layers_timed\": %lld, \"threads\": %d}\n",
+                            (long long)n, POLICIES[q].name, stats_of(runs[q].total, repeats).med * 1e3,
+                            stats_of(runs[q].score, repeats).med * 1e3, repeats, (long long)runs[q].layers, b.threads);
+                }
+                fclose(f);
+            }
         }
     }
     fflush(stdout);
@@ -1011,7 +1123,23 @@ int main(int argc, char **argv)
     openblas_set_num_threads(omp_get_max_threads());
     init_normal_table();
     print_machine(&o);
-    for (s = 0; s < o.n_sizes; s++) run_size(&o, o.sizes[s]);
+    if (o.summary) { /* this run's lines only */
+        FILE *f = fopen(o.summary, "w");
+        if (!f) {
+            fprintf(stderr, "speed: cannot write %s\n", o.summary);
+            return 2;
+        }
+        fclose(f);
+    }
+    for (s = 0; s < o.n_sizes; s++) run_size(&o, o.sizes[s], o.layers, o.selected, 0);
+    if (o.long_n > 0) {
+        int long_selected[N_POLICIES] = { 0 };
+        long_selected[policy_index("snapkv")] = 1;
+        long_selected[policy_index("kvec")] = 1;
+        printf("\n==== the long run: SnapKV and K-VEC alone, %lld tokens, 1 repeat, %lld of %d layers timed ====\n",
+               (long long)o.long_n, (long long)o.long_layers, N_LAYERS);
+        run_size(&o, o.long_n, o.long_layers, long_selected, 1);
+    }
     if (g_problems) {
         printf("\n%d PROBLEM%s with kvec's results (details on stderr)\n", g_problems, g_problems == 1 ? "" : "S");
         return 1;
