@@ -73,7 +73,8 @@ static void usage(void) {
             "usage: quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all] [--budgets 0.25,0.5]\n"
             "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--per-task N] [--quick]\n"
             "               [--trace-answer] [--per-sample] [--out RESULT.json]\n"
-            "policies: full %s\n",
+            "policies: full %s\n"
+            "K-VEC options after the name: kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n",
             TEXT_POLICY_NAMES);
 }
 

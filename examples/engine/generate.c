@@ -184,7 +184,8 @@ static void usage(void) {
             "                [--policy NAME|none] [--budget F] [--max-tokens N]\n"
             "       generate --model FILE.gguf --tokenize | --top-logits K   (text on stdin)\n"
             "       generate [--model DIR] [--task NAME] [--length T] [--seed S] [--policy NAME|none] [--budget F]\n"
-            "policies: %s\n",
+            "policies: %s\n"
+            "K-VEC options after the name: kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n",
             TEXT_POLICY_NAMES);
 }
 
