@@ -63,7 +63,8 @@ static void usage(void) {
             "usage: quality --model FILE.gguf --kl SAMPLES.jsonl [--policies all | full,kvec,..] [--budgets 0.1,0.25,0.5]\n"
             "               [--limit N] [--quick] [--out RESULT.json]\n"
             "SAMPLES.jsonl: one {\"text\": \"...\", \"prefix\": P, \"forced\": F} per line\n"
-            "policies: full %s\n",
+            "policies: full %s\n"
+            "K-VEC options after the name: kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n",
             TEXT_POLICY_NAMES);
 }
 

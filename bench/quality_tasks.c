@@ -3,7 +3,7 @@
 
    build/quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all]
                  [--budgets 0.25,0.5] [--settings agnostic,aware,both]
-                 [--max-tokens 32] [--limit N] [--per-task N] [--quick] [--trace-answer]
+                 [--max-tokens 32] [--limit N] [--per-task N] [--quick] [--trace-answer] [--per-sample]
                  [--out RESULT.json]
 
    The task file holds one JSON object per line:
@@ -27,6 +27,8 @@
    space), and per layer the table gives the fraction of KV heads that keep
    every one of them, averaged over the samples where it was found (printed
    as a digit per layer, 0 = none .. 9 = all; "answer_kept" in RESULT.json).
+   --per-sample: also a line `per-sample N SETTING POLICY BUDGET 0|1` for
+   each answer, for paired differences between policies.
    --limit N: the first N samples of the file;
    --per-task N: the first N samples of each task. --quick: --per-task 2,
    and unless given, policies full,kvec,snapkv,keydiff,streaming at budget
@@ -70,8 +72,9 @@ static void usage(void) {
     fprintf(stderr,
             "usage: quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all] [--budgets 0.25,0.5]\n"
             "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--per-task N] [--quick]\n"
-            "               [--trace-answer] [--out RESULT.json]\n"
-            "policies: full %s\n",
+            "               [--trace-answer] [--per-sample] [--out RESULT.json]\n"
+            "policies: full %s\n"
+            "K-VEC options after the name: kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n",
             TEXT_POLICY_NAMES);
 }
 
@@ -89,6 +92,7 @@ void text_write_json_string(FILE *f, const char *text) {
 /* Appends the rows of one policy name (no `all`) at every budget. */
 static int add_policy(const char *name, const char *budgets, text_run *runs, int n_runs, int max_runs) {
     const char *cut = budgets;
+    char error[512];
     text_run probe;
     memset(&probe, 0, sizeof probe);
     snprintf(probe.policy, sizeof probe.policy, "%s", name);
@@ -99,8 +103,12 @@ static int add_policy(const char *name, const char *budgets, text_run *runs, int
         runs[n_runs++] = probe;
         return n_runs;
     }
-    if (strlen(name) >= sizeof probe.policy || text_policy(name, &probe.config)) {
-        fprintf(stderr, "quality: unknown policy '%s' (full %s, or all)\n", name, TEXT_POLICY_NAMES);
+    if (strlen(name) >= sizeof probe.policy) {
+        fprintf(stderr, "quality: policy name too long: '%s'\n", name);
+        return -1;
+    }
+    if (text_policy_parse(name, &probe.config, error, sizeof error)) {
+        fprintf(stderr, "quality: %s (or full, all)\n", error);
         return -1;
     }
     while (*cut) {
@@ -122,7 +130,7 @@ static int add_policy(const char *name, const char *budgets, text_run *runs, int
 /* Calls add_policy for each name of a separated list; returns the row count or -1. */
 static int add_policies(const char *list, char separator, const char *budgets, text_run *runs, int n_runs, int max_runs) {
     while (*list) {
-        char name[64];
+        char name[sizeof ((text_run *)0)->policy];
         size_t n = 0;
         while (list[n] && list[n] != separator) n++;
         if (n >= sizeof name) { fprintf(stderr, "quality: unknown policy '%.*s'\n", (int)n, list); return -1; }
@@ -260,7 +268,7 @@ static int64_t find_answer(const text_model *m, const text_prompt *prompt, const
 int quality_task_file(int argc, char **argv) {
     const char *model_path = NULL, *tasks_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL;
     char settings_list[64] = "agnostic,aware", error[512], reply[MAX_REPLY], *name;
-    int settings[TEXT_MAX_SETTINGS] = {0, 0, 0}, n_runs, i, s, r, k, quick = 0, trace = 0, l;
+    int settings[TEXT_MAX_SETTINGS] = {0, 0, 0}, n_runs, i, s, r, k, quick = 0, trace = 0, per_sample = 0, l;
     static double answer_kept[TEXT_MAX_RUNS][TEXT_MAX_SETTINGS][MAX_LAYERS]; /* --trace-answer: sums over samples */
     int traced[TEXT_MAX_SETTINGS] = {0, 0, 0};                              /* samples where the answer was found */
     unsigned char *kept_mark = NULL;                                         /* [prefix] */
@@ -282,6 +290,7 @@ int quality_task_file(int argc, char **argv) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--quick")) { quick = 1; continue; }
         if (!strcmp(argv[i], "--trace-answer")) { trace = 1; continue; }
+        if (!strcmp(argv[i], "--per-sample")) { per_sample = 1; continue; }
         if (!value) { usage(); return 2; }
         if (!strcmp(argv[i], "--model")) model_path = value;
         else if (!strcmp(argv[i], "--tasks")) tasks_path = value;
@@ -414,6 +423,10 @@ int quality_task_file(int argc, char **argv) {
                 }
                 right = text_contains(reply, tasks[t].answer);
                 runs[r].correct[s] += right;
+                /* --per-sample: one line per answer, for paired differences */
+                if (per_sample)
+                    printf("per-sample %lld %s %s %g %d\n", (long long)t + 1, SETTING_NAMES[s], runs[r].policy,
+                           runs[r].fraction, right);
                 correct_by_kind[r][s][tasks[t].kind] += right;
             }
             text_prompt_free(&prompt);

@@ -12,7 +12,7 @@ enum { TEXT_MAX_RUNS = 64, TEXT_MAX_SETTINGS = 3 };
 
 /* One row of a table: a policy at one budget, or the full cache. */
 typedef struct text_run {
-    char        policy[32];
+    char        policy[96];  /* name, with K-VEC options (text_policy_parse) */
     kvec_config config;
     int         full;                         /* the uncompressed cache */
     double      fraction;                     /* budget: rows kept per KV head / prefix */

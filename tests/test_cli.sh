@@ -76,10 +76,30 @@ refuses "quality: a budget of 1" "budgets must be fractions" "$build/quality" --
 refuses "quality: an unknown setting" "unknown setting" "$build/quality" --model "$model" \
     --tasks examples/demo/lighthouse.jsonl --settings agnostic,sideways
 
+# K-VEC options in a policy name (text_policy_parse): each bad one refused
+# with a message that names what is wrong.
+for bad in "kvec:mu=0|mu must be" "kvec:mu=-1|mu must be" "kvec:mu=x|mu must be" "kvec:beta=2|beta must be" \
+    "kvec:gamma|not key=value" "kvec:colour=red|unknown option" "kvec:terms=uniqueness+sideways|unknown term" \
+    "kvec:terms=none+uniqueness|goes alone" "snapkv:mu=2|K-VEC weight" "snapkv:terms=uniqueness|K-VEC's" \
+    "kvec:budget=wide|unknown budget" "kvec:budget=global:terms=cross-layer|refuses this combination" \
+    "kvec:budget=adaptive:terms=cross-head|refuses this combination"; do
+    refuses "quality: policy option ${bad%%|*}" "${bad#*|}" "$build/quality" --model "$model" \
+        --tasks examples/demo/lighthouse.jsonl --policies "full,${bad%%|*}"
+done
+refuses "generate: a bad policy option" "unknown term" "$build/generate" --model "$model" --policy kvec:terms=all \
+    --question "Who?" --prompt-file examples/demo/lighthouse.txt
+"$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 1 \
+    --policies kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1 --budgets 0.5 --settings agnostic,aware \
+    --max-tokens 8 --per-sample > "$tmp/per-sample.txt" 2> /dev/null
+check "quality --tasks --per-sample: a K-VEC variant by name, one 0/1 line per sample and setting" \
+    $(awk '$1 == "per-sample" {n++; if ($2 != 1 || $4 != "kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1" || \
+($6 != 0 && $6 != 1)) bad = 1} END {exit bad || n != 2}' "$tmp/per-sample.txt"; echo $?)
+
 # Held text: next-token KL to the full cache (build/quality --kl).
 python3 -c "import json; t=open('examples/demo/lighthouse.txt').read(); \
 print(json.dumps({'text': t, 'prefix': 160, 'forced': 8}))" > "$tmp/kl.jsonl"
-"$build/quality" --model "$model" --kl "$tmp/kl.jsonl" --policies full,kvec,snapkv --budgets 0.4,0.99 \
+"$build/quality" --model "$model" --kl "$tmp/kl.jsonl" \
+    --policies full,kvec,snapkv,kvec:mu=1:terms=uniqueness+rank-union,kvec:terms=none --budgets 0.4,0.99 \
     --out "$tmp/kl.json" > "$tmp/kl.txt" 2> /dev/null
 check "quality --kl runs a sample file" $?
 check "quality --kl: RESULT.json: full at KL 0 and top-1 1; KL >= 0, top-1 in [0, 1]; kvec's paired difference 0" \
@@ -87,6 +107,10 @@ check "quality --kl: RESULT.json: full at KL 0 and top-1 1; KL >= 0, top-1 in [0
 assert r['kl']['full']['1.0'] == 0 and r['top1']['full']['1.0'] == 1; \
 assert all(0 <= r['kl'][p][b] and 0 <= r['top1'][p][b] <= 1 for p in ('kvec', 'snapkv') for b in ('0.4', '0.99')); \
 assert r['kl_minus_kvec']['kvec']['0.4'] == 0 and len(r['per_sample_kl']['snapkv']['0.4']) == 1" "$tmp/kl.json" 2> /dev/null; echo $?)
+check "quality --kl: K-VEC options by name: the default spelled out is kvec, terms=none is snapkv" \
+    $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); k=r['per_sample_kl']; \
+assert all(k['kvec:mu=1:terms=uniqueness+rank-union'][b] == k['kvec'][b] and k['kvec:terms=none'][b] == k['snapkv'][b] \
+for b in ('0.4', '0.99'))" "$tmp/kl.json" 2> /dev/null; echo $?)
 check "quality --kl: dropping one token in 160 moves the distributions less than dropping 60%" \
     $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); \
 assert all(r['kl'][p]['0.99'] < r['kl'][p]['0.4'] for p in ('kvec', 'snapkv'))" "$tmp/kl.json" 2> /dev/null; echo $?)

@@ -76,8 +76,8 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     double t0, t_prefill, t_evict = 0, t_answer, bytes_before, bytes_after;
     FILE *in = stdin;
 
-    if (strcmp(policy, "none") && text_policy(policy, &config)) {
-        fprintf(stderr, "generate: unknown policy '%s' (%s, none)\n", policy, TEXT_POLICY_NAMES);
+    if (strcmp(policy, "none") && text_policy_parse(policy, &config, error, sizeof error)) {
+        fprintf(stderr, "generate: %s (or none)\n", error);
         return 2;
     }
     if (prompt_file && !(in = fopen(prompt_file, "rb"))) return fail("cannot open the prompt file", prompt_file);
@@ -184,7 +184,8 @@ static void usage(void) {
             "                [--policy NAME|none] [--budget F] [--max-tokens N]\n"
             "       generate --model FILE.gguf --tokenize | --top-logits K   (text on stdin)\n"
             "       generate [--model DIR] [--task NAME] [--length T] [--seed S] [--policy NAME|none] [--budget F]\n"
-            "policies: %s\n",
+            "policies: %s\n"
+            "K-VEC options after the name: kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n",
             TEXT_POLICY_NAMES);
 }
 

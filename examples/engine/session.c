@@ -192,7 +192,69 @@ const char *const TEXT_POLICY_NAMES =
     "kvec snapkv pyramidkv streaming h2o tova knorm keydiff random criticalkv laprox"
     " adakv kvec-ada snap-global kvec-global laprox-global";
 
-int text_policy(const char *name, kvec_config *config) {
+/* One `key=value` option of a policy name; returns 0, or -1 with a message. */
+static int policy_option(const char *option, kvec_config *config, char *error, size_t error_size) {
+    static const struct { const char *name; uint32_t bit; } terms[] = {
+        {"uniqueness", KVEC_TERM_UNIQUENESS},   {"rank-union", KVEC_TERM_RANK_UNION},
+        {"cross-head", KVEC_TERM_CROSS_HEAD},   {"cross-layer", KVEC_TERM_CROSS_LAYER},
+        {"head-focus", KVEC_TERM_HEAD_FOCUS},   {"none", KVEC_TERM_NONE}};
+    static const struct { const char *name; kvec_budget_mode mode; } modes[] = {
+        {"uniform", KVEC_BUDGET_UNIFORM}, {"pyramid", KVEC_BUDGET_PYRAMID},
+        {"adaptive", KVEC_BUDGET_ADAPTIVE}, {"global", KVEC_BUDGET_GLOBAL}};
+    const char *equals = strchr(option, '='), *value;
+    size_t key_length, i;
+    if (!equals || equals == option || !equals[1])
+        return gguf_error(error, error_size, "option '%s' is not key=value", option);
+    key_length = (size_t)(equals - option);
+    value = equals + 1;
+#define KEY_IS(k) (key_length == strlen(k) && !strncmp(option, k, key_length))
+    if (KEY_IS("mu") || KEY_IS("beta") || KEY_IS("gamma") || KEY_IS("focus")) {
+        char *end;
+        double number = strtod(value, &end);
+        /* Zero means "the default" in kvec_config, so it cannot be asked for
+           here: leave the term out instead. */
+        if (end == value || *end || !(number > 0 && number <= 1e6))
+            return gguf_error(error, error_size, "%.*s must be a number in (0, 1e6]: '%s'", (int)key_length, option,
+                              value);
+        if (KEY_IS("beta") && number > 1) return gguf_error(error, error_size, "beta must be in (0, 1]: '%s'", value);
+        if (config->policy != KVEC_POLICY_KVEC)
+            return gguf_error(error, error_size, "%.*s is a K-VEC weight", (int)key_length, option);
+        if (KEY_IS("mu")) config->terms.mu = (float)number;
+        else if (KEY_IS("beta")) config->terms.beta = (float)number;
+        else if (KEY_IS("gamma")) config->terms.gamma = (float)number;
+        else config->terms.focus_cv = (float)number;
+        return 0;
+    }
+    if (KEY_IS("terms")) { /* names joined by '+' */
+        uint32_t bits = 0;
+        if (config->policy != KVEC_POLICY_KVEC) return gguf_error(error, error_size, "terms are K-VEC's");
+        while (*value) {
+            size_t n = strcspn(value, "+");
+            for (i = 0; i < sizeof terms / sizeof terms[0]; i++)
+                if (n == strlen(terms[i].name) && !strncmp(value, terms[i].name, n)) break;
+            if (i == sizeof terms / sizeof terms[0])
+                return gguf_error(error, error_size,
+                                  "unknown term '%.*s' (uniqueness, rank-union, cross-head, cross-layer, head-focus, "
+                                  "none; joined by +)", (int)n, value);
+            bits |= terms[i].bit;
+            value += value[n] ? n + 1 : n;
+        }
+        if ((bits & KVEC_TERM_NONE) && bits != KVEC_TERM_NONE)
+            return gguf_error(error, error_size, "term 'none' goes alone");
+        config->terms.enabled = bits;
+        return 0;
+    }
+    if (KEY_IS("budget")) {
+        for (i = 0; i < sizeof modes / sizeof modes[0]; i++)
+            if (!strcmp(value, modes[i].name)) { config->budget_mode = modes[i].mode; return 0; }
+        return gguf_error(error, error_size, "unknown budget '%s' (uniform, pyramid, adaptive, global)", value);
+    }
+#undef KEY_IS
+    return gguf_error(error, error_size, "unknown option '%.*s' (mu, beta, gamma, focus, terms, budget)",
+                      (int)key_length, option);
+}
+
+int text_policy_parse(const char *name, kvec_config *config, char *error, size_t error_size) {
     static const struct { const char *name; kvec_policy policy; kvec_budget_mode mode; } known[] = {
         {"kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT},
         {"snapkv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_DEFAULT},
@@ -210,15 +272,37 @@ int text_policy(const char *name, kvec_config *config) {
         {"kvec-ada", KVEC_POLICY_KVEC, KVEC_BUDGET_ADAPTIVE},
         {"snap-global", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
         {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL}};
-    size_t i;
+    char option[64];
+    const char *rest;
+    size_t base_length = strcspn(name, ":"), i;
+    kvec_config resolved;
     memset(config, 0, sizeof *config);
     for (i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (!strcmp(name, known[i].name)) {
-            config->policy = known[i].policy;
-            config->budget_mode = known[i].mode;
-            return 0;
-        }
-    return -1;
+        if (base_length == strlen(known[i].name) && !strncmp(name, known[i].name, base_length)) break;
+    if (i == sizeof known / sizeof known[0])
+        return gguf_error(error, error_size, "unknown policy '%.*s' (%s)", (int)base_length, name, TEXT_POLICY_NAMES);
+    config->policy = known[i].policy;
+    config->budget_mode = known[i].mode;
+    for (rest = name + base_length; *rest == ':'; rest += strlen(option) + 1) {
+        size_t n = strcspn(rest + 1, ":");
+        if (n >= sizeof option) return gguf_error(error, error_size, "option '%.*s' is too long", (int)n, rest + 1);
+        memcpy(option, rest + 1, n);
+        option[n] = '\0';
+        if (policy_option(option, config, error, error_size)) { memset(config, 0, sizeof *config); return -1; }
+    }
+    /* Pairs kvec.h refuses (the cross-head reserve with a pooled budget, the
+       cross-layer term with a model-wide pool) are refused here, by name. */
+    if (kvec_resolve_config(config, &resolved) != KVEC_OK) {
+        memset(config, 0, sizeof *config);
+        return gguf_error(error, error_size, "'%s': kvec refuses this combination (cross-head needs a per-head "
+                          "budget, cross-layer cannot go with budget=global)", name);
+    }
+    return 0;
+}
+
+int text_policy(const char *name, kvec_config *config) {
+    char error[256];
+    return text_policy_parse(name, config, error, sizeof error);
 }
 
 double text_seconds(void) {
