@@ -29,18 +29,18 @@ static int fail(const char *what, const char *detail) {
 /* The JSON object on line `index` (0-based, blank lines skipped) of a
    JSON-lines file; NULL with a message when there is none or it is bad. */
 static json_value *read_line(const char *text, size_t length, int64_t index, char *error, size_t error_size) {
-    size_t at = 0;
+    json_lines lines;
+    json_value *v;
+    char parse_error[160];
     int64_t seen = 0;
-    while (at < length) {
-        size_t end = at;
-        while (end < length && text[end] != '\n') end++;
-        if (strspn(text + at, " \t\r") < end - at) {
-            if (seen == index) return json_parse(text + at, end - at, error, error_size);
-            seen++;
-        }
-        at = end + 1;
+    int got;
+    json_lines_init(&lines, text, length);
+    while ((got = json_lines_next(&lines, &v, parse_error, sizeof parse_error)) > 0) {
+        if (seen++ == index) return v;
+        json_free(v);
     }
-    snprintf(error, error_size, "no line %lld", (long long)index);
+    if (got < 0) snprintf(error, error_size, "line %lld: %s", lines.line, parse_error);
+    else snprintf(error, error_size, "no line %lld", (long long)index);
     return NULL;
 }
 

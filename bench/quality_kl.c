@@ -76,22 +76,21 @@ static int whole_in(const json_value *v, double low, double high) {
 /* Reads the sample file; returns the count, or -1 with a message naming
    the line. */
 static int64_t read_samples(const char *path, kl_sample **samples, char *error, size_t error_size) {
-    size_t length, at = 0;
+    size_t length;
     char *text = json_read_file(path, &length);
-    int64_t n = 0, capacity = 0, line = 0;
+    int64_t n = 0, capacity = 0;
+    json_lines lines;
+    json_value *v;
+    char json_error[160];
+    int got;
     if (!text) return gguf_error(error, error_size, "cannot read the sample file %s", path);
     *samples = NULL;
-    while (at < length) {
-        size_t end = at;
-        json_value *v;
+    json_lines_init(&lines, text, length);
+    while ((got = json_lines_next(&lines, &v, json_error, sizeof json_error)) != 0) {
+        const long long line = lines.line;
         const json_value *body, *prefix, *forced;
-        char json_error[160];
-        while (end < length && text[end] != '\n') end++;
-        line++;
-        v = json_parse(text + at, end - at, json_error, sizeof json_error);
-        if (!v && strspn(text + at, " \t\r") >= end - at) { at = end + 1; continue; } /* a blank line */
-        if (!v) {
-            gguf_error(error, error_size, "%s:%lld: %s", path, (long long)line, json_error);
+        if (got < 0) {
+            gguf_error(error, error_size, "%s:%lld: %s", path, line, json_error);
             goto fail;
         }
         body = json_get(v, "text"), prefix = json_get(v, "prefix"), forced = json_get(v, "forced");
@@ -100,7 +99,7 @@ static int64_t read_samples(const char *path, kl_sample **samples, char *error, 
             gguf_error(error, error_size,
                        "%s:%lld: needs a non-empty string \"text\" (no \\u0000), a whole number \"prefix\" >= 1 "
                        "and a whole number \"forced\" in 1..%d",
-                       path, (long long)line, MAX_FORCED);
+                       path, line, MAX_FORCED);
             json_free(v);
             goto fail;
         }
@@ -119,7 +118,6 @@ static int64_t read_samples(const char *path, kl_sample **samples, char *error, 
         (*samples)[n].forced = (int64_t)forced->number;
         n++;
         json_free(v);
-        at = end + 1;
     }
     free(text);
     if (n == 0) return gguf_error(error, error_size, "%s holds no samples", path);

@@ -167,23 +167,22 @@ static int kind_index(task_kinds *kinds, const char *name) {
 /* Reads the JSON-lines task file into tasks (grown with realloc); returns
    the count, or -1 with a message naming the line. */
 static int64_t read_tasks(const char *path, task **tasks, task_kinds *kinds, char *error, size_t error_size) {
-    size_t length, at = 0;
+    size_t length;
     char *text = json_read_file(path, &length);
-    int64_t n = 0, capacity = 0, line = 0;
+    int64_t n = 0, capacity = 0;
+    json_lines lines;
+    json_value *v;
+    char json_error[160];
+    int got;
     if (!text) return gguf_error(error, error_size, "cannot read the task file %s", path);
     *tasks = NULL;
-    while (at < length) {
-        size_t end = at;
-        json_value *v;
+    json_lines_init(&lines, text, length);
+    while ((got = json_lines_next(&lines, &v, json_error, sizeof json_error)) != 0) {
+        const long long line = lines.line;
         const json_value *fields[3], *kind;
-        char json_error[160];
         int f;
-        while (end < length && text[end] != '\n') end++;
-        line++;
-        v = json_parse(text + at, end - at, json_error, sizeof json_error);
-        if (!v && strspn(text + at, " \t\r") >= end - at) { at = end + 1; continue; } /* a blank line */
-        if (!v) {
-            gguf_error(error, error_size, "%s:%lld: %s", path, (long long)line, json_error);
+        if (got < 0) {
+            gguf_error(error, error_size, "%s:%lld: %s", path, line, json_error);
             goto fail;
         }
         fields[0] = json_get(v, "context"), fields[1] = json_get(v, "question"), fields[2] = json_get(v, "answer");
@@ -191,13 +190,13 @@ static int64_t read_tasks(const char *path, task **tasks, task_kinds *kinds, cha
             if (!fields[f] || fields[f]->type != JSON_STRING || (f == 2 && !fields[f]->string[0]) ||
                 strlen(fields[f]->string) != fields[f]->length) {
                 gguf_error(error, error_size, "%s:%lld: needs string fields \"context\", \"question\" and a non-empty \"answer\", without \\u0000",
-                           path, (long long)line);
+                           path, line);
                 json_free(v);
                 goto fail;
             }
         kind = json_get(v, "task");
         if (kind && (kind->type != JSON_STRING || !kind->string[0] || kind->length >= sizeof kinds->name[0])) {
-            gguf_error(error, error_size, "%s:%lld: \"task\" must be a non-empty string of at most 31 bytes", path, (long long)line);
+            gguf_error(error, error_size, "%s:%lld: \"task\" must be a non-empty string of at most 31 bytes", path, line);
             json_free(v);
             goto fail;
         }
@@ -208,7 +207,7 @@ static int64_t read_tasks(const char *path, task **tasks, task_kinds *kinds, cha
         }
         if (((*tasks)[n].kind = kind_index(kinds, kind ? kind->string : "all")) < 0) {
             json_free(v);
-            gguf_error(error, error_size, "%s:%lld: more than %d task kinds", path, (long long)line, MAX_KINDS);
+            gguf_error(error, error_size, "%s:%lld: more than %d task kinds", path, line, MAX_KINDS);
             goto fail;
         }
         (*tasks)[n].context = (char *)malloc(strlen(fields[0]->string) + 1);
@@ -225,7 +224,6 @@ static int64_t read_tasks(const char *path, task **tasks, task_kinds *kinds, cha
         strcpy((*tasks)[n].answer, fields[2]->string);
         n++;
         json_free(v);
-        at = end + 1;
     }
     free(text);
     if (n == 0) return gguf_error(error, error_size, "%s holds no tasks", path);

@@ -384,8 +384,33 @@ static void test_generator(const char *dir) {
     task_spec_free(&spec);
 }
 
+/* JSON lines: blank lines skipped, line numbers counted, a bad line an
+   error, a last line without a newline read, text past `length` never. */
+static void test_json_lines(void) {
+    const char text[] = "\n{\"a\": 1}\n \t\r\n[2, 3]\nnot json\n\"last\"[9]";
+    json_lines lines;
+    json_value *v = NULL;
+    char error[160];
+    json_lines_init(&lines, text, sizeof text - 1 - 3); /* the trailing [9] is outside */
+    check(json_lines_next(&lines, &v, error, sizeof error) == 1 && lines.line == 2 && v->type == JSON_OBJECT,
+          "json_lines: first value on line 2");
+    json_free(v);
+    check(json_lines_next(&lines, &v, error, sizeof error) == 1 && lines.line == 4 && v->type == JSON_ARRAY &&
+              v->length == 2, "json_lines: blank line 3 skipped");
+    json_free(v);
+    check(json_lines_next(&lines, &v, error, sizeof error) == -1 && lines.line == 5 && !v && error[0],
+          "json_lines: line 5 is an error");
+    check(json_lines_next(&lines, &v, error, sizeof error) == 1 && lines.line == 6 && v->type == JSON_STRING &&
+              !strcmp(v->string, "last"), "json_lines: a last line without a newline");
+    json_free(v);
+    check(json_lines_next(&lines, &v, error, sizeof error) == 0 && !v, "json_lines: then the end");
+    json_lines_init(&lines, text, 0);
+    check(json_lines_next(&lines, &v, error, sizeof error) == 0, "json_lines: empty text");
+}
+
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "bench/models/ref-4l";
+    test_json_lines();
     test_reference_logits(dir);
     test_loader_errors(dir);
     test_decode_and_evict(dir);

@@ -237,6 +237,30 @@ const json_value *json_at(const json_value *array, size_t index) {
     return v;
 }
 
+void json_lines_init(json_lines *lines, const char *text, size_t length) {
+    lines->text = text;
+    lines->length = length;
+    lines->at = 0;
+    lines->line = 0;
+}
+
+int json_lines_next(json_lines *lines, json_value **value, char *error, size_t error_size) {
+    while (lines->at < lines->length) {
+        const char *start = lines->text + lines->at;
+        size_t end = lines->at, width, blank = 0;
+        while (end < lines->length && lines->text[end] != '\n') end++;
+        width = end - lines->at;
+        lines->at = end + 1;
+        lines->line++;
+        *value = json_parse(start, width, error, error_size);
+        if (*value) return 1;
+        while (blank < width && (start[blank] == ' ' || start[blank] == '\t' || start[blank] == '\r')) blank++;
+        if (blank < width) return -1; /* not a blank line: the parse error stands */
+    }
+    *value = NULL;
+    return 0;
+}
+
 char *json_read_file(const char *path, size_t *length) {
     FILE *f = fopen(path, "rb");
     char *data = NULL;

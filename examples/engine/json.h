@@ -36,6 +36,26 @@ void        json_free(json_value *root);
 const json_value *json_get(const json_value *object, const char *key);
 const json_value *json_at(const json_value *array, size_t index);
 
+/* A JSON-lines text (one value per line; blank lines are skipped), read a
+   line at a time:
+
+       json_lines lines;
+       json_lines_init(&lines, text, length);
+       while ((got = json_lines_next(&lines, &value, error, sizeof error)) > 0) {
+           ... use value (lines.line is its line number) ...; json_free(value);
+       }
+
+   json_lines_next returns 1 with the next line's value, 0 at the end, or -1
+   with the line's parse error in error. */
+typedef struct json_lines {
+    const char *text;
+    size_t      length, at;  /* the text, and where the next line starts */
+    long long   line;        /* number of the line read last, from 1 */
+} json_lines;
+
+void json_lines_init(json_lines *lines, const char *text, size_t length);
+int  json_lines_next(json_lines *lines, json_value **value, char *error, size_t error_size);
+
 /* Reads whole files; the caller frees the returned buffer. NULL on failure. */
 char *json_read_file(const char *path, size_t *length);
 
