@@ -482,16 +482,7 @@ int quality_task_file(int argc, char **argv) {
             printf("results in %s\n", out_path);
         }
         printf("\nwall time %.1f s\n", text_seconds() - started);
-        llm_cache_free(&base);
-        llm_cache_free(&work);
-        text_model_free(&m);
-        for (t = 0; t < n_read; t++) { free(tasks[t].context); free(tasks[t].question); free(tasks[t].answer); }
-        free(tasks);
-        free(use);
-        free(base_logits);
-        free(logits);
-        free(kept_mark);
-        return 0;
+        goto done; /* --trace-answer prints no accuracy table */
     }
     /* The table: accuracy +- standard error per row and setting. */
     printf("\n%-14s %7s", "policy", "budget");
@@ -577,6 +568,7 @@ int quality_task_file(int argc, char **argv) {
         fclose(f);
         printf("results in %s\n", out_path);
     }
+done:
     llm_cache_free(&base);
     llm_cache_free(&work);
     text_model_free(&m);
