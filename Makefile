@@ -419,9 +419,11 @@ quality: $(BUILD)/quality
 # The real-text task files for `build/quality --tasks` (docs/REAL_TASKS.md):
 # seed 1 (tuning) and seed 2 (reporting), 10 samples per task, about 1K, 2K
 # and 4K tokens of SmolLM2's tokenizer; past 1K only the tasks SmolLM2 still
-# answers from the full cache (4K: for Qwen2.5). Then the held-text samples
-# of `build/quality --kl`: seed 1 from the tuning half of the prose, seed 2
-# from the report half.
+# answers from the full cache (4K and 8K: for Qwen2.5). Then the held-text
+# samples of `build/quality --kl`: seed 1 from the tuning half of the prose,
+# seed 2 from the report half (the decode file: a 512-token prefix and 1,024
+# forced tokens, for --decode). Seed 3: the fresh samples that decided the
+# default (docs/TUNING.md, round 6).
 .PHONY: tasks
 tasks:
 	python3 bench/make_tasks.py --seed 1 --tokens 1024 --samples 10 --out bench/tasks/seed1-1024.jsonl
@@ -432,6 +434,10 @@ tasks:
 	python3 bench/make_tasks.py --kl --texts tune --seed 1 --prefix 2048 --forced 128 --samples 12 --out bench/tasks/kl-seed1-2048.jsonl
 	python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 2048 --forced 128 --samples 16 --out bench/tasks/kl-seed2-2048.jsonl
 	python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 4096 --forced 128 --samples 8 --out bench/tasks/kl-seed2-4096.jsonl
+	python3 bench/make_tasks.py --seed 2 --tokens 8192 --samples 10 --tasks passkey,needle --out bench/tasks/seed2-8192.jsonl
+	python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 512 --forced 1024 --samples 12 --out bench/tasks/kl-seed2-decode.jsonl
+	python3 bench/make_tasks.py --seed 3 --tokens 1024 --samples 10 --out bench/tasks/seed3-1024.jsonl
+	python3 bench/make_tasks.py --kl --texts report --seed 3 --prefix 2048 --forced 128 --samples 8 --out bench/tasks/kl-seed3-2048.jsonl
 
 # NVIDIA kvpress beside kvec on the same samples (bench/peer_kvpress.py,
 # docs/PEER_KVPRESS.md): PEER_K samples of each task of the seed-2 1K file,

@@ -662,14 +662,19 @@ __global__ void kc_focus_pick(float *scores, int64_t N, const float *wide, int64
     if (mean > 0.0 && std / mean < (double)focus_cv) scores[j * N + i] = wide[j * N + i];
 }
 
-/* The rank union: s = n - min(rank by the combined score, rank by P). */
+/* The rank union: s = n - the depth at which either list reaches the token,
+   min(rank by P / share, rank by the combined score / (1 - share)), scaled
+   by 2 share (1 - share); in double, exactly as kvec__union_score. */
 __global__ void kc_rank_union(float *scores, int64_t N, int64_t n, const int32_t *sorted_positions,
-                              const int32_t *rank_by_attention, int32_t *status) {
+                              const int32_t *rank_by_attention, float attention_share, int32_t *status) {
     KC_STOP_ON_ERROR(status);
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
     if (i >= n) return;
     const int64_t at = sorted_positions[j * n + i], by_attention = rank_by_attention[j * n + at];
-    scores[j * N + at] = (float)(n - (i < by_attention ? i : by_attention));
+    const double share = (double)attention_share;
+    const double depth_a = 2.0 * (double)by_attention * (1.0 - share);
+    const double depth_c = 2.0 * (double)i * share;
+    scores[j * N + at] = (float)((double)n - (depth_a < depth_c ? depth_a : depth_c));
 }
 
 /* NaN or Inf anywhere in a tensor: KVEC_ERROR_NON_FINITE. One thread per
@@ -1485,7 +1490,8 @@ static kvec_result kc_score_layer(const kvec_config *c, const kvec_layer *layer,
                                                         c->terms.gamma, s->status));
         if (rank_union) {
             if ((r = kc_sort_descending(scores, N, Hk, n, s, stream)) != KVEC_OK) return r;
-            KC_LAUNCH(kc_rank_union, per_token, 256, 0, (scores, N, n, s->sort_positions_out, s->rank, s->status));
+            KC_LAUNCH(kc_rank_union, per_token, 256, 0, (scores, N, n, s->sort_positions_out, s->rank,
+                                                          c->terms.attention_share, s->status));
         }
         break;
     }

@@ -2,7 +2,8 @@
    model's next-token distributions on held natural text.
 
    build/quality --model FILE.gguf --kl SAMPLES.jsonl [--policies all | full,kvec,..]
-                 [--budgets 0.1,0.25,0.5] [--limit N] [--quick] [--out RESULT.json]
+                 [--budgets 0.1,0.25,0.5] [--limit N] [--quick] [--decode EVERY]
+                 [--out RESULT.json]
 
    SAMPLES.jsonl holds one JSON object per line:
 
@@ -31,12 +32,24 @@
       values, and for each row the paired difference of per-sample KL
       against kvec at the same budget (when kvec is in the sweep).
 
+   --decode EVERY: eviction during decoding instead of once. Step 4 becomes:
+   the cache of the prefix is brought to floor(f * P) rows per KV head
+   (llm_decode_evict: the window policies score with the prefix's last
+   queries, as at prefill; H2O with the attention it observed while the
+   prefix was prefilled again for it), then the F forced tokens run EVERY at
+   a time, and after each group but the last the cache is brought back to
+   the same number of rows. The cache never holds more than floor(f * P) +
+   EVERY rows per head, however long F is. Every head holds the same count
+   here, so the policies whose budget is not uniform (pyramidkv, adakv,
+   kvec-ada, snap-global, kvec-global, laprox-global, budget=...) are left
+   out, with a note.
+
    --quick: the first 4 samples, and unless given, policies
    full,kvec,snapkv,keydiff,streaming. Defaults: every policy (`all`) at
    budgets 0.1, 0.25 and 0.5.
 
    RESULT.json: {"model", "samples_file", "samples", "prefix": [min, max],
-   "forced": [min, max], "kl" | "kl_stderr" | "top1" | "top1_stderr" |
+   "forced": [min, max], "decode_every" (0 without --decode), "kl" | "kl_stderr" | "top1" | "top1_stderr" |
    "kl_minus_kvec" | "kl_minus_kvec_stderr": {policy: {budget: value}},
    "per_sample_kl" | "per_sample_top1": {policy: {budget: [value per
    sample]}}, "evict_seconds": {policy: {budget: mean}}, "wall_seconds",
@@ -61,8 +74,9 @@ typedef struct kl_sample {
 static void usage(void) {
     fprintf(stderr,
             "usage: quality --model FILE.gguf --kl SAMPLES.jsonl [--policies all | full,kvec,..] [--budgets 0.1,0.25,0.5]\n"
-            "               [--limit N] [--quick] [--out RESULT.json]\n"
+            "               [--limit N] [--quick] [--decode EVERY] [--out RESULT.json]\n"
             "SAMPLES.jsonl: one {\"text\": \"...\", \"prefix\": P, \"forced\": F} per line\n"
+            "--decode EVERY: the cache held at the budget while the forced tokens run, re-evicted every EVERY tokens\n"
             "policies: full %s\n"
             "K-VEC options after the name: kvec:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n",
             TEXT_POLICY_NAMES);
@@ -213,6 +227,71 @@ static int kvec_row(const text_run *runs, int n_runs, int r) {
     return -1;
 }
 
+/* --decode: the F forced tokens after the prefix ids[0 .. P), `every` at a
+   time, with run's cache held at floor(fraction * P) rows per KV head
+   (logits: [F][vocab]). The full cache runs the same groups without
+   eviction, which shows the KL that grouping alone gives (the sums of a
+   group of tokens may run in another order than those of all F at once).
+   Adds the time spent evicting to *evict_seconds. Returns 0, or -1 with a
+   message. */
+static int forced_while_evicting(const text_model *m, const llm_cache *base, llm_cache *work, const int32_t *ids,
+                                 int64_t P, int64_t F, const text_run *run, int64_t every, float *logits,
+                                 double *evict_seconds) {
+    const int64_t budget = (int64_t)(run->fraction * (double)P), V = m->model.config.vocab_size;
+    const int observe = !run->full && run->config.policy == KVEC_POLICY_H2O;
+    int64_t done, step;
+    llm_cache_reset(work); /* also ends the previous run's decoding */
+    if (observe) {
+        /* H2O ranks rows by the attention they received while decoding: let
+           it watch the prefix being prefilled. */
+        if (llm_decode_begin(work, 1) || llm_forward(&m->model, work, ids, P, NULL)) {
+            fprintf(stderr, "quality: %s: the prefix failed\n", run->policy);
+            return -1;
+        }
+    } else {
+        llm_cache_copy(work, base);
+        if (!run->full && llm_decode_begin(work, 0)) {
+            fprintf(stderr, "quality: %s: out of memory for the decoding state\n", run->policy);
+            return -1;
+        }
+    }
+    for (done = 0; done < F; done += step) {
+        step = F - done < every ? F - done : every;
+        if (!run->full) {
+            const double start = text_seconds();
+            const kvec_result status = llm_decode_evict(work, &run->config, budget);
+            *evict_seconds += text_seconds() - start;
+            if (status != KVEC_OK) {
+                fprintf(stderr, "quality: %s at %g: kvec: %s\n", run->policy, run->fraction, kvec_result_string(status));
+                return -1;
+            }
+        }
+        if (llm_forward(&m->model, work, ids + P + done, step, logits + done * V)) {
+            fprintf(stderr, "quality: %s: the forced tokens failed\n", run->policy);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --decode keeps every head at the same length: drops the runs whose budget
+   is not uniform, saying which. Returns the runs left. */
+static int uniform_runs_only(text_run *runs, int n_runs) {
+    int r, kept = 0, dropped = 0;
+    for (r = 0; r < n_runs; r++) {
+        kvec_config resolved;
+        if (!runs[r].full && (kvec_resolve_config(&runs[r].config, &resolved) != KVEC_OK ||
+                              resolved.budget_mode != KVEC_BUDGET_UNIFORM)) {
+            fprintf(stderr, "%s%s at %g", dropped++ ? ", " : "quality: --decode holds every head at one length; left out: ",
+                    runs[r].policy, runs[r].fraction);
+            continue;
+        }
+        runs[kept++] = runs[r];
+    }
+    if (dropped) fprintf(stderr, "\n");
+    return kept;
+}
+
 enum { STAT_KL, STAT_KL_SE, STAT_TOP1, STAT_TOP1_SE, STAT_DKL, STAT_DKL_SE, STAT_EVICT, STAT_COUNT };
 static const char *const STAT_NAMES[STAT_COUNT] = {"kl", "kl_stderr", "top1", "top1_stderr", "kl_minus_kvec",
                                                    "kl_minus_kvec_stderr", "evict_seconds"};
@@ -221,7 +300,7 @@ int quality_kl_file(int argc, char **argv) {
     const char *model_path = NULL, *samples_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL;
     char error[512];
     int n_runs, i, r, quick = 0, k;
-    int64_t limit = 0, n_read, n, t, max_positions = 0, max_forced = 0, capacity = 0, V;
+    int64_t limit = 0, n_read, n, t, max_positions = 0, max_forced = 0, capacity = 0, V, decode_every = 0;
     int64_t prefix_range[2] = {0, 0}, forced_range[2] = {0, 0};
     kl_sample *samples = NULL;
     static text_run runs[TEXT_MAX_RUNS];
@@ -247,6 +326,13 @@ int quality_kl_file(int argc, char **argv) {
             char *end;
             limit = strtoll(value, &end, 10);
             if (*end || end == value || limit < 0) { fprintf(stderr, "quality: --limit needs a count >= 0\n"); return 2; }
+        } else if (!strcmp(argv[i], "--decode")) {
+            char *end;
+            decode_every = strtoll(value, &end, 10);
+            if (*end || end == value || decode_every < 1 || decode_every > MAX_FORCED) {
+                fprintf(stderr, "quality: --decode needs a token count in 1..%d\n", MAX_FORCED);
+                return 2;
+            }
         } else { usage(); return 2; }
         i++;
     }
@@ -254,6 +340,10 @@ int quality_kl_file(int argc, char **argv) {
     if (!policies) policies = quick ? "full,kvec,snapkv,keydiff,streaming" : "all";
     if (!budgets) budgets = "0.1,0.25,0.5";
     if ((n_runs = text_parse_runs(policies, budgets, runs, TEXT_MAX_RUNS)) < 0) return 2;
+    if (decode_every && (n_runs = uniform_runs_only(runs, n_runs)) == 0) {
+        fprintf(stderr, "quality: no policy left for --decode\n");
+        return 2;
+    }
     if ((n_read = read_samples(samples_path, &samples, error, sizeof error)) < 0) { fprintf(stderr, "quality: %s\n", error); return 1; }
     n = n_read;
     if (quick && n > QUICK_SAMPLES) n = QUICK_SAMPLES;
@@ -305,6 +395,9 @@ int quality_kl_file(int argc, char **argv) {
            "tokens); %d rows\n",
            m.name, (long long)n, samples_path, quick ? " (--quick)" : "", (long long)prefix_range[0],
            (long long)prefix_range[1], (long long)forced_range[0], (long long)forced_range[1], n_runs);
+    if (decode_every)
+        printf("eviction during decoding: the cache held at the budget, re-evicted every %lld forced tokens; the full "
+               "cache's row runs the same groups of tokens without eviction\n", (long long)decode_every);
 
     for (t = 0; t < n; t++) {
         const int64_t P = samples[t].prefix, F = samples[t].forced;
@@ -318,6 +411,7 @@ int quality_kl_file(int argc, char **argv) {
         }
         llm_cache_reset(&base);
         if (text_prefill(&m, &base, ids, P, last, NULL)) { fprintf(stderr, "quality: sample %lld: prefill failed\n", (long long)t + 1); return 1; }
+        llm_cache_reset(&work); /* ends a --decode run's decoding */
         llm_cache_copy(&work, &base);
         if (llm_forward(&m.model, &work, ids + P, F, reference)) {
             fprintf(stderr, "quality: sample %lld: the forced tokens failed\n", (long long)t + 1);
@@ -326,6 +420,15 @@ int quality_kl_file(int argc, char **argv) {
         reference_rows(reference, F, V, neg_entropy, top);
         for (r = 0; r < n_runs; r++) {
             double agreement = 1, start;
+            if (decode_every) {
+                if (forced_while_evicting(&m, &base, &work, ids, P, F, &runs[r], decode_every, logits, &evict[r])) {
+                    fprintf(stderr, "quality: sample %lld failed\n", (long long)t + 1);
+                    return 1;
+                }
+                kl[r * n + t] = mean_kl(reference, neg_entropy, top, logits, F, V, row_stats, &agreement);
+                top1[r * n + t] = agreement;
+                continue;
+            }
             if (runs[r].full) { kl[r * n + t] = 0; top1[r * n + t] = 1; continue; }
             llm_cache_copy(&work, &base);
             start = text_seconds();
@@ -385,9 +488,10 @@ int quality_kl_file(int argc, char **argv) {
         text_write_json_string(f, m.name);
         fprintf(f, ",\n  \"samples_file\": ");
         text_write_json_string(f, samples_path);
-        fprintf(f, ",\n  \"samples\": %lld,\n  \"quick\": %s,\n  \"prefix\": [%lld, %lld],\n  \"forced\": [%lld, %lld],\n",
+        fprintf(f, ",\n  \"samples\": %lld,\n  \"quick\": %s,\n  \"prefix\": [%lld, %lld],\n  \"forced\": [%lld, %lld],\n"
+                   "  \"decode_every\": %lld,\n",
                 (long long)n, quick ? "true" : "false", (long long)prefix_range[0], (long long)prefix_range[1],
-                (long long)forced_range[0], (long long)forced_range[1]);
+                (long long)forced_range[0], (long long)forced_range[1], (long long)decode_every);
         for (k = 0; k < STAT_COUNT + 2; k++) {
             int first_policy = 1;
             fprintf(f, "  \"%s\": {", k < STAT_COUNT ? STAT_NAMES[k] : k == STAT_COUNT ? "per_sample_kl" : "per_sample_top1");

@@ -54,6 +54,11 @@ if [ "$which" != qwen ]; then
             --budgets 0.1,0.25,0.5 --limit 8 --out $out/real-smollm2-kl.json
         step real-smollm2-tasks build/quality --model "$M" --tasks bench/tasks/seed2-1024.jsonl --policies all \
             --budgets 0.5 --settings agnostic --per-task 3 --max-tokens 24 --out $out/real-smollm2-tasks.json
+        # Eviction during decoding: a 512-token prefix, then 1,024 forced
+        # tokens with the cache held at the budget, re-evicted every 32.
+        step real-smollm2-kl-decode build/quality --model "$M" --kl bench/tasks/kl-seed2-decode.jsonl --decode 32 \
+            --policies full,kvec,snapkv,h2o,tova,streaming,keydiff,knorm --budgets 0.1,0.25,0.5 --limit 8 \
+            --out $out/real-smollm2-kl-decode.json
     fi
 fi
 if [ "$which" != smollm2 ]; then

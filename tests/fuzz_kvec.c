@@ -209,6 +209,7 @@ static void fz_read_config(fz_input *in, const fz_shape *s, kvec_config *c) {
     c->terms.beta = (float)fz_range(in, 0, 5) * 0.25f;
     c->terms.gamma = (float)fz_range(in, -2, 2);
     c->terms.focus_cv = (float)fz_range(in, 0, 8) * 0.5f;
+    c->terms.attention_share = (float)fz_range(in, -1, 5) * 0.25f;
     c->head_floor = (float)fz_range(in, -2, 5) * 0.25f;
 }
 

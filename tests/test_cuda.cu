@@ -637,6 +637,14 @@ int main(int argc, char **argv) {
             if (shape % 2) { cd.config.policy = KVEC_POLICY_KVEC; cd.config.budget_mode = KVEC_BUDGET_PYRAMID; }
             run_case(cd, m, quick);
         }
+        /* The rank union with an unequal split of the free slots. */
+        cd.config = kvec_config();
+        cd.config.window = W;
+        cd.config.terms.attention_share = shape % 2 ? 0.25f : 0.7f;
+        cd.config.terms.mu = 2.0f;
+        cd.name = "kvec attention share";
+        cd.budget = W + pick(1, N - W);
+        run_case(cd, m, quick);
         free_model(m);
     }
     std::printf("test_cuda: %d checks, %d failed\n", g_checks, g_failures);

@@ -349,14 +349,19 @@ static void naive_scores(const kvec_config *cfg_in, const test_layer *L, int64_t
             if (c.terms.enabled & KVEC_TERM_CROSS_LAYER)
                 for (i = 0; i < n; i++) s[i] += kept_before[i] ? 0.0 : c.terms.gamma;
             if (c.terms.enabled & KVEC_TERM_RANK_UNION) {
-                /* n - min(rank by pool(I), rank by s), ranks 0 = best, ties to the lower position */
+                /* n - 2 min(rank by pool(I) (1 - a), rank by s a), a the attention
+                   share; ranks 0 = best, ties to the lower position */
+                const double a = (double)c.terms.attention_share;
                 for (i = 0; i < n; i++) {
                     int64_t rank_p = 0, rank_s = 0, m;
+                    double depth_p, depth_s;
                     for (m = 0; m < n; m++) {
                         rank_p += tmp[m] > tmp[i] || (tmp[m] == tmp[i] && m < i);
                         rank_s += s[m] > s[i] || (s[m] == s[i] && m < i);
                     }
-                    u[i] = (double)(n - (rank_p < rank_s ? rank_p : rank_s));
+                    depth_p = 2.0 * (double)rank_p * (1.0 - a);
+                    depth_s = 2.0 * (double)rank_s * a;
+                    u[i] = (double)n - (depth_p < depth_s ? depth_p : depth_s);
                 }
                 for (i = 0; i < n; i++) s[i] = u[i];
             }
@@ -531,6 +536,11 @@ static void test_each_score_matches_naive_reference(void) {
             check_scores("K-VEC rank union, mu 1.5", &c, &L, NULL);
             c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION | KVEC_TERM_HEAD_FOCUS;
             check_scores("K-VEC rank union, head focus", &c, &L, NULL);
+            c.terms.enabled = KVEC_TERM_UNIQUENESS | KVEC_TERM_RANK_UNION;
+            c.terms.attention_share = 0.3f;
+            check_scores("K-VEC rank union, attention share 0.3", &c, &L, NULL);
+            c.terms.attention_share = 0.8f;
+            check_scores("K-VEC rank union, attention share 0.8", &c, &L, NULL);
         }
         {
             kvec_config c = policy_config(KVEC_POLICY_KVEC, W);
@@ -1146,6 +1156,14 @@ static void test_shared_pool_errors(void) {
     CHECK(kvec_resolve_config(&r, &r) == KVEC_OK && r.head_floor == -1.0f, "none stays none when resolved again");
     cfg.budget_mode = (kvec_budget_mode)7;
     CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "unknown budget mode");
+    cfg = policy_config(KVEC_POLICY_KVEC, 8);
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_OK && r.terms.attention_share == 0.25f, "union share defaults to 0.25");
+    cfg.terms.attention_share = 1.0f;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "union share 1 is refused");
+    cfg.terms.attention_share = -0.25f;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "negative union share is refused");
+    cfg.terms.attention_share = (float)NAN;
+    CHECK(kvec_resolve_config(&cfg, &r) == KVEC_ERROR_BAD_CONFIG, "NaN union share is refused");
 
     cfg = policy_config(KVEC_POLICY_SNAPKV, 8);
     cfg.budget_mode = KVEC_BUDGET_GLOBAL;

@@ -208,7 +208,7 @@ static int policy_option(const char *option, kvec_config *config, char *error, s
     key_length = (size_t)(equals - option);
     value = equals + 1;
 #define KEY_IS(k) (key_length == strlen(k) && !strncmp(option, k, key_length))
-    if (KEY_IS("mu") || KEY_IS("beta") || KEY_IS("gamma") || KEY_IS("focus")) {
+    if (KEY_IS("mu") || KEY_IS("beta") || KEY_IS("gamma") || KEY_IS("focus") || KEY_IS("share")) {
         char *end;
         double number = strtod(value, &end);
         /* Zero means "the default" in kvec_config, so it cannot be asked for
@@ -217,11 +217,13 @@ static int policy_option(const char *option, kvec_config *config, char *error, s
             return gguf_error(error, error_size, "%.*s must be a number in (0, 1e6]: '%s'", (int)key_length, option,
                               value);
         if (KEY_IS("beta") && number > 1) return gguf_error(error, error_size, "beta must be in (0, 1]: '%s'", value);
+        if (KEY_IS("share") && number >= 1) return gguf_error(error, error_size, "share must be in (0, 1): '%s'", value);
         if (config->policy != KVEC_POLICY_KVEC)
             return gguf_error(error, error_size, "%.*s is a K-VEC weight", (int)key_length, option);
         if (KEY_IS("mu")) config->terms.mu = (float)number;
         else if (KEY_IS("beta")) config->terms.beta = (float)number;
         else if (KEY_IS("gamma")) config->terms.gamma = (float)number;
+        else if (KEY_IS("share")) config->terms.attention_share = (float)number;
         else config->terms.focus_cv = (float)number;
         return 0;
     }
@@ -250,7 +252,7 @@ static int policy_option(const char *option, kvec_config *config, char *error, s
         return gguf_error(error, error_size, "unknown budget '%s' (uniform, pyramid, adaptive, global)", value);
     }
 #undef KEY_IS
-    return gguf_error(error, error_size, "unknown option '%.*s' (mu, beta, gamma, focus, terms, budget)",
+    return gguf_error(error, error_size, "unknown option '%.*s' (mu, beta, gamma, focus, share, terms, budget)",
                       (int)key_length, option);
 }
 
