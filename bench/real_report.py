@@ -3,7 +3,7 @@
 JSON files of `build/quality --kl` and `build/quality --tasks`.
 
     python3 bench/real_report.py bench/results/real-smollm2-kl.json bench/results/real-smollm2-tasks.json \\
-        [--plot bench/results/real-smollm2.png]
+        [--plot bench/results/real-smollm2.png] [--plot-policies kvec,snapkv,...]
 
 KL files: one row per policy, KL +- standard error and top-1 agreement per
 budget, then the paired KL difference against kvec. Task files: accuracy
@@ -78,7 +78,7 @@ def task_tables(r):
     return "\n".join(out)
 
 
-def plot(runs, path):
+def plot(runs, path, only=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,7 +93,7 @@ def plot(runs, path):
     names = []
     for r, key, setting in panels:
         for policy in r[key]:
-            if policy != "full" and policy not in names:
+            if policy != "full" and policy not in names and (not only or policy in only):
                 names.append(policy)
     # one colour and marker per policy, the same in every panel (up to 20 policies)
     colours = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(names)}
@@ -104,6 +104,8 @@ def plot(runs, path):
             if policy == "full":
                 if setting:
                     ax.axhline(by_budget["1.0"], color="black", linestyle="--", linewidth=1, label="full cache")
+                continue
+            if only and policy not in only:
                 continue
             bs = sorted((b for b in by_budget if b != "1.0"), key=float)
             bold = policy == "kvec"
@@ -136,13 +138,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+")
     ap.add_argument("--plot", help="write a PNG (needs matplotlib)")
+    ap.add_argument("--plot-policies", help="comma-separated: only these policies in the plot (default: all)")
     a = ap.parse_args()
     runs = [json.load(open(p)) for p in a.results]
     for r in runs:
         print(kl_tables(r) if "kl" in r else task_tables(r))
         print()
     if a.plot:
-        plot(runs, a.plot)
+        plot(runs, a.plot, a.plot_policies.split(",") if a.plot_policies else None)
 
 
 if __name__ == "__main__":
