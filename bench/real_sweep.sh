@@ -59,6 +59,10 @@ if [ "$which" != qwen ]; then
         step real-smollm2-tasks-n40 build/quality --model "$M" --tasks bench/tasks/seed2-1024.jsonl \
             --policies full,kvec,$old,snapkv,keydiff,streaming,tova,h2o,snap-global --budgets 0.25,0.5 \
             --settings agnostic,aware --out $out/real-smollm2-tasks-n40.json
+        # The question both before and after the context, eight policies.
+        step real-smollm2-tasks-both build/quality --model "$M" --tasks bench/tasks/seed2-1024.jsonl \
+            --policies full,kvec,$old,snapkv,keydiff,tova,h2o,streaming --budgets 0.25,0.5 --settings both \
+            --out $out/real-smollm2-tasks-both.json
         # Every policy and budget mode, question-agnostic at 50%, 12 samples.
         step real-smollm2-tasks build/quality --model "$M" --tasks bench/tasks/seed2-1024.jsonl --policies all \
             --budgets 0.5 --settings agnostic --per-task 3 --max-tokens 24 --out $out/real-smollm2-tasks.json
