@@ -114,6 +114,23 @@ for b in ('0.4', '0.99'))" "$tmp/kl.json" 2> /dev/null; echo $?)
 check "quality --kl: dropping one token in 160 moves the distributions less than dropping 60%" \
     $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); \
 assert all(r['kl'][p]['0.99'] < r['kl'][p]['0.4'] for p in ('kvec', 'snapkv'))" "$tmp/kl.json" 2> /dev/null; echo $?)
+# Eviction during decoding (--decode): the cache held at the budget while
+# the forced tokens run in groups; budgets that are not uniform are left out.
+"$build/quality" --model "$model" --kl "$tmp/kl.jsonl" --decode 4 \
+    --policies full,kvec,kvec:share=0.25,streaming,h2o,pyramidkv --budgets 0.5 \
+    --out "$tmp/kl-decode.json" > "$tmp/kl-decode.txt" 2> "$tmp/kl-decode.err"
+check "quality --kl --decode runs, and says which policies it leaves out" \
+    $([ $? -eq 0 ] && grep -q "left out: pyramidkv" "$tmp/kl-decode.err"; echo $?)
+check "quality --kl --decode: grouping alone moves nothing (full under 1e-6 nats); the default spelled with share=0.25 is kvec" \
+    $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['decode_every'] == 4; \
+assert 0 <= r['kl']['full']['1.0'] < 1e-6 and 'pyramidkv' not in r['kl']; \
+assert r['per_sample_kl']['kvec:share=0.25']['0.5'] == r['per_sample_kl']['kvec']['0.5']; \
+assert all(r['kl'][p]['0.5'] >= 0 for p in ('kvec', 'streaming', 'h2o'))" "$tmp/kl-decode.json" 2> /dev/null; echo $?)
+refuses "quality --kl: --decode 0" "decode" "$build/quality" --model "$model" --kl "$tmp/kl.jsonl" --decode 0
+refuses "quality --kl: --decode with only non-uniform budgets" "no policy left" "$build/quality" --model "$model" \
+    --kl "$tmp/kl.jsonl" --decode 4 --policies pyramidkv,kvec-global --budgets 0.5
+refuses "quality: a rank-union share of 1" "share must be in (0, 1)" "$build/quality" --model "$model" \
+    --kl "$tmp/kl.jsonl" --policies kvec:share=1 --budgets 0.5
 printf '{"text": "Some words.", "prefix": 8}\n' > "$tmp/kl-noforced.jsonl"
 refuses "quality --kl: a sample without forced" "kl-noforced.jsonl:1" "$build/quality" --model "$model" --kl "$tmp/kl-noforced.jsonl"
 printf '{"text": "Some words.", "prefix": 8.5, "forced": 4}\n' > "$tmp/kl-half.jsonl"
