@@ -78,9 +78,8 @@ static void usage(void) {
             "SAMPLES.jsonl: one {\"text\": \"...\", \"prefix\": P, \"forced\": F} per line\n"
             "--decode EVERY: the cache held at the budget while the forced tokens run, re-evicted every EVERY tokens\n"
             "policies: full %s\n"
-            "K-VEC options after the name: kvec:share=0.5:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n"
-            "  (share: attention's share of the rank union, default 0.25; mu, beta, gamma, focus: term weights)\n",
-            TEXT_POLICY_NAMES);
+            "%s",
+            TEXT_POLICY_NAMES, TEXT_POLICY_OPTIONS);
 }
 
 /* A JSON number that is a whole number in [low, high]. */

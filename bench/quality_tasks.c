@@ -74,9 +74,8 @@ static void usage(void) {
             "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--per-task N] [--quick]\n"
             "               [--trace-answer] [--per-sample] [--out RESULT.json]\n"
             "policies: full %s\n"
-            "K-VEC options after the name: kvec:share=0.5:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n"
-            "  (share: attention's share of the rank union, default 0.25; mu, beta, gamma, focus: term weights)\n",
-            TEXT_POLICY_NAMES);
+            "%s",
+            TEXT_POLICY_NAMES, TEXT_POLICY_OPTIONS);
 }
 
 void text_write_json_string(FILE *f, const char *text) {

@@ -185,9 +185,8 @@ static void usage(void) {
             "       generate --model FILE.gguf --tokenize | --top-logits K   (text on stdin)\n"
             "       generate [--model DIR] [--task NAME] [--length T] [--seed S] [--policy NAME|none] [--budget F]\n"
             "policies: %s\n"
-            "K-VEC options after the name: kvec:share=0.5:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n"
-            "  (share: attention's share of the rank union, default 0.25; mu, beta, gamma, focus: term weights)\n",
-            TEXT_POLICY_NAMES);
+            "%s",
+            TEXT_POLICY_NAMES, TEXT_POLICY_OPTIONS);
 }
 
 /* A whole-string number in [low, high], or exit with the flag's name. */

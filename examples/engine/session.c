@@ -192,6 +192,10 @@ const char *const TEXT_POLICY_NAMES =
     "kvec snapkv pyramidkv streaming h2o tova knorm keydiff random criticalkv laprox"
     " adakv kvec-ada snap-global kvec-global laprox-global";
 
+const char *const TEXT_POLICY_OPTIONS =
+    "K-VEC options after the name: kvec:share=0.5:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n"
+    "  (share: attention's share of the rank union, default 0.25; mu, beta, gamma, focus: term weights)\n";
+
 /* One `key=value` option of a policy name; returns 0, or -1 with a message. */
 static int policy_option(const char *option, kvec_config *config, char *error, size_t error_size) {
     static const struct { const char *name; uint32_t bit; } terms[] = {

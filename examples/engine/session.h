@@ -93,14 +93,15 @@ int text_policy(const char *name, kvec_config *config);
 
 /* As text_policy, and the name may carry K-VEC options after colons:
    `kvec:mu=0.5:terms=uniqueness+cross-layer:gamma=1:budget=adaptive`.
-   Options: mu, beta, gamma, focus (terms.focus_cv), numbers > 0 (beta at
-   most 1); terms, names joined by '+' from uniqueness, rank-union,
+   Options: mu, beta, gamma, focus (terms.focus_cv), share
+   (terms.attention_share), numbers > 0 (beta at most 1, share below 1); terms, names joined by '+' from uniqueness, rank-union,
    cross-head, cross-layer, head-focus, or `none` alone (= SnapKV's
    scores); budget, one of uniform, pyramid, adaptive, global. The weights
    and terms need a K-VEC base name. Returns 0, or -1 with a message in
    error for an unknown name, a bad option or a combination kvec refuses. */
 int text_policy_parse(const char *name, kvec_config *config, char *error, size_t error_size);
 extern const char *const TEXT_POLICY_NAMES; /* the names above, for usage lines */
+extern const char *const TEXT_POLICY_OPTIONS; /* text_policy_parse's options, for usage lines */
 
 /* Seconds on a monotonic clock. */
 double text_seconds(void);
