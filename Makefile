@@ -343,11 +343,16 @@ FUZZ_CC      ?= clang
 FUZZ_CXX     ?= clang++
 FUZZ_TIME    ?= 60
 FUZZ_FLAGS    = -std=c99 $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+# The first line of every clang-built target: one line saying what is missing.
+NEED_CLANG    = @command -v $(FUZZ_CC) > /dev/null && command -v $(FUZZ_CXX) > /dev/null || \
+                { echo "$@: needs clang and clang++ with libFuzzer and the sanitizers (Debian: apt-get install clang)"; exit 1; }
 
 $(BUILD)/fuzz_gguf: tests/fuzz_gguf.c $(TOKENIZER_DEP) | $(BUILD)
+	$(NEED_CLANG)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz_gguf.c examples/engine/gguf.c examples/engine/tokenizer.c -lm
 
 $(BUILD)/fuzz_tokenizer: tests/fuzz_tokenizer.c $(TOKENIZER_DEP) | $(BUILD)
+	$(NEED_CLANG)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz_tokenizer.c examples/engine/gguf.c examples/engine/tokenizer.c -lm
 
 fuzz-gguf: $(BUILD)/fuzz_gguf
@@ -369,6 +374,7 @@ fuzz-tokenizer: $(BUILD)/fuzz_tokenizer
 # the seed corpus tests/fuzz_corpus; what it adds goes to $(BUILD)/fuzz_corpus.
 FUZZ_SAN   = -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
 $(BUILD)/fuzz_kvec: tests/fuzz_kvec.c tests/fuzz_cuda_host.h tests/cuda_emulator.h $(CUDA_DEP)
+	$(NEED_CLANG)
 	$(FUZZ_CC) -std=c99 $(WARN) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c tests/fuzz_kvec.c -o $(BUILD)/fuzz_kvec.o
 	$(FUZZ_CXX) -std=c++17 $(WARN) -Wno-pedantic $(FUZZ_SAN) -fsanitize=fuzzer-no-link -x c++ -include tests/cuda_emulator.h \
 	  -include tests/fuzz_cuda_host.h -c kvec_cuda.cu -o $(BUILD)/fuzz_kvec_cuda.o
@@ -385,6 +391,7 @@ fuzz: $(BUILD)/fuzz_kvec
 UBSAN_INT = -fsanitize=integer -fno-sanitize=unsigned-integer-overflow,unsigned-shift-base,implicit-conversion \
             -fno-sanitize-recover=all
 $(BUILD)/test_kvec_ubsan: tests/test_kvec.c kvec.h | $(BUILD)
+	$(NEED_CLANG)
 	$(FUZZ_CC) -std=c99 $(WARN) -O1 -g $(UBSAN_INT) -o $@ tests/test_kvec.c -lm
 
 test-ubsan: $(BUILD)/test_kvec_ubsan
@@ -460,8 +467,10 @@ peer-kvpress: $(BUILD)/peer_dump $(BUILD)/quality
 	$(BUILD)/quality --model $$M --tasks $(PEER_OUT)/seed2-1024.jsonl --budgets 0.1,0.25,0.5 \
 	  --policies full,snapkv,streaming,knorm,tova,keydiff,h2o,kvec --out bench/results/peer-kvec-smollm2-1024.json
 
-# The speed benchmark needs OpenBLAS for its matrix-product reference
-# (Debian: apt-get install libopenblas-dev). `make bench` writes
+# The speed benchmark needs OpenBLAS for its matrix-product reference:
+# scripts/find-openblas.sh uses the system's (Debian: libopenblas-dev) or
+# fetches it from PyPI (scipy-openblas32, sha256-checked, into $(KVEC_CACHE)),
+# or says in one line what to install. `make bench` writes
 # bench/results/speed-cpu-2core.txt: build/speed (8K and 32K, every policy,
 # 8 of the 32 layers timed and scaled; 128K for SnapKV and K-VEC on 2
 # layers, scaled: the machine has 24 GiB, shared), then the PyTorch CPU peer
@@ -470,15 +479,17 @@ peer-kvpress: $(BUILD)/peer_dump $(BUILD)/quality
 BENCH_ARGS ?= --sizes 8192,32768 --layers 8 --long 131072 --long-layers 2
 TORCH_ARGS ?= --tokens 8192,32768,131072 --long-from 32768 --long-layers 4
 BENCH_OUT = bench/results/speed-cpu-2core.txt
-$(BUILD)/speed: bench/speed.c kvec.h | $(BUILD)
-	$(CC) -std=c99 -O3 -march=native $(OPENMP) -o $@ bench/speed.c -lopenblas -lm
+$(BUILD)/speed: bench/speed.c kvec.h scripts/find-openblas.sh | $(BUILD)
+	@blas=$$(scripts/find-openblas.sh $(CC)) && \
+	echo "$(CC) -std=c99 -O3 -march=native $(OPENMP) -o $@ bench/speed.c $$blas -lm" && \
+	$(CC) -std=c99 -O3 -march=native $(OPENMP) -o $@ bench/speed.c $$blas -lm
 
 bench: $(BUILD)/speed
 	$(BUILD)/speed $(BENCH_ARGS) --summary $(BUILD)/speed-summary.jsonl > $(BUILD)/speed.txt
 	@if python3 -c 'import torch' > /dev/null 2>&1; then \
 	  python3 bench/speed_torch.py --device cpu --threads $$(nproc) $(TORCH_ARGS) --kvec-summary $(BUILD)/speed-summary.jsonl \
 	    > $(BUILD)/speed-torch.txt || exit 1; \
-	else echo "speed_torch.py: skipped (PyTorch is not installed: python3 -c 'import torch' failed)" > $(BUILD)/speed-torch.txt; fi
+	else echo "speed_torch.py: skipped, PyTorch is not installed (for the PyTorch row: python3 -m pip install torch, then make bench again)" > $(BUILD)/speed-torch.txt; fi
 	@{ cat $(BUILD)/speed.txt; echo; echo "==== the PyTorch CPU peer (bench/speed_torch.py --device cpu) ===="; \
 	  cat $(BUILD)/speed-torch.txt; } > $(BENCH_OUT)
 	@cat $(BENCH_OUT)

@@ -24,6 +24,16 @@
 #define KVEC_IMPLEMENTATION
 #include "../kvec.h"
 
+/* OpenBLAS from PyPI (scipy-openblas32, fetched by scripts/find-openblas.sh
+   where the system has none) prefixes its symbols with scipy_. */
+#ifdef KVEC_BENCH_SCIPY_OPENBLAS
+#define cblas_sgemm scipy_cblas_sgemm
+#define openblas_set_num_threads scipy_openblas_set_num_threads
+#define openblas_get_num_threads scipy_openblas_get_num_threads
+#define openblas_get_parallel scipy_openblas_get_parallel
+#define openblas_get_config scipy_openblas_get_config
+#define openblas_get_corename scipy_openblas_get_corename
+#endif
 #include <cblas.h>
 #include <omp.h>
 #ifdef __F16C__

@@ -27,6 +27,33 @@ root=$build/llama.cpp
 src=$root/src
 out=$root/build
 
+# Instruction sets: this machine's own, less Intel AMX. ggml's AMX matrix
+# product (reached through the CPU backend's extra buffer types whenever
+# weights are repacked) crashes with SIGSEGV in ggml_backend_amx_mul_mat on
+# some Xeons that have AMX (llama.cpp issue #20824, closed without a fix), so
+# it is compiled out. GGML_NATIVE=ON cannot do that: ggml appends
+# -march=native after CMAKE_C_FLAGS, and GCC expands -march=native into
+# explicit -mamx-* flags, which would win over an earlier -mno-amx-*. So the
+# build is native by our own flags, in an order we control, with ggml's own
+# ISA switches off; the preprocessor is then asked whether AMX-INT8 (the macro
+# that guards ggml's AMX code) is still defined, on this very machine.
+arch_flags="-march=native"
+case "$(uname -m)" in
+    x86_64|amd64) arch_flags="$arch_flags -mno-amx-tile -mno-amx-int8 -mno-amx-bf16" ;;
+esac
+for compiler in "${CC:-cc}:c" "${CXX:-c++}:c++"; do
+    if echo | ${compiler%:*} $arch_flags -x "${compiler##*:}" -dM -E - 2> /dev/null | grep -q '__AMX_INT8__'; then
+        echo "build-llama: ${compiler%:*} still defines __AMX_INT8__ with '$arch_flags': refusing to build ggml's AMX path" >&2
+        exit 1
+    fi
+done
+
+# a build made with other flags (an older version of this script) is redone
+stamp="flags: $arch_flags"
+if [ -f "$out/.built" ] && [ "$(cat "$out/.built")" != "$stamp" ]; then
+    echo "build-llama: $out was built with other flags: rebuilding" >&2
+    rm -f "$out/.built" "$out/CMakeCache.txt"
+fi
 # the patched copy is up to date when it was built with this very patch
 if [ $patched = 1 ] && [ -f "$out/.built" ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
     rm -f "$out/.built"
@@ -76,9 +103,12 @@ if [ $patched = 1 ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
 fi
 
 jobs=$(nproc 2> /dev/null || echo 2)
-echo "build-llama: configuring (CPU only, native, Release)" >&2
+echo "build-llama: configuring (CPU only, Release, $arch_flags)" >&2
 cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    -DGGML_NATIVE=OFF -DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_BMI2=OFF \
+    -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+    -DCMAKE_C_FLAGS="$arch_flags" -DCMAKE_CXX_FLAGS="$arch_flags" \
+    -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_TOOLS=ON > "$root/configure.log" 2>&1 || {
     echo "build-llama: cmake configure failed, see $root/configure.log" >&2; exit 1; }
@@ -87,6 +117,6 @@ targets="llama llama-bench"
 echo "build-llama: building $targets (and ggml) with $jobs jobs (about 15 minutes on 2 cores; log in $root/build.log)" >&2
 cmake --build "$out" -j "$jobs" --target $targets > "$root/build.log" 2>&1 || {
     echo "build-llama: build failed, see $root/build.log" >&2; tail -20 "$root/build.log" >&2; exit 1; }
-touch "$out/.built"
+echo "$stamp" > "$out/.built"
 echo "build-llama: done" >&2
 echo "$out"
