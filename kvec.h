@@ -494,6 +494,41 @@ KVEC_API kvec_result kvec_select(const kvec_config *config, const float *scores,
                                  int64_t budget, kvec_plan *plan,
                                  void *scratch, size_t scratch_bytes);
 
+/* Reconstruction scores (KVzip, question-agnostic). After the prefill the
+   engine runs one more forward pass over the cache: a short prompt asking to
+   repeat the context, then the context itself, chunk by chunk for long ones
+   (each chunk's pass is dropped from the cache before the next). A context
+   token the model attends to while reproducing the text is needed to
+   reproduce it, whatever the question will be. For the pass over chunk
+   [chunk_begin, chunk_end) of layer l, query head h, pass row r:
+
+     A[h, r, i] = softmax over i in S u [chunk_begin, chunk_end) u pass rows 0..r
+                  of q_hr . k_i / sqrt(D)
+     S = the first min(sink_tokens, chunk_begin) positions (attention sinks)
+
+   and context token i of the chunk scores max over r and over the query
+   heads h of its KV head of A[h, r, i]. Keys outside S and the chunk take
+   no part in this softmax (the model saw them; the score does not).
+   kvec_reconstruction_scores writes columns chunk_begin .. chunk_end-1 of
+   scores ([Hk][N], higher = keep; one layer's rows of the [L][Hk][N] array
+   kvec_select takes) and nothing else: positions that no chunk covers (a
+   chat template's header, say) get scores from the engine. Only the
+   layer's keys are read. Scratch (kvec_reconstruction_scratch_bytes)
+   depends on the chunk and the pass, never on N. docs/SEMANTICS.md says
+   what an engine does around it. */
+typedef struct kvec_reconstruction {
+    kvec_tensor queries;  /* [R][H][D]  post-RoPE queries of the pass, row r at position N + r */
+    kvec_tensor keys;     /* [R][Hk][D] the pass's own keys, post-RoPE */
+    int64_t chunk_begin, chunk_end; /* the context positions the pass repeats, 0 <= begin < end <= N,
+                                       end - begin <= R */
+} kvec_reconstruction;
+
+KVEC_API kvec_result kvec_reconstruction_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                       const kvec_reconstruction *pass, size_t *bytes);
+KVEC_API kvec_result kvec_reconstruction_scores(const kvec_config *config, const kvec_layer *layer,
+                                                const kvec_reconstruction *pass, float *scores,
+                                                void *scratch, size_t scratch_bytes);
+
 /* Heads of different lengths (adaptive and global budgets), two ways to
    attend over them. Varlen: head j of layer layer_index holds kept_count
    rows; cu_seqlens ([Hk + 1], int32 as varlen attention kernels take it)
@@ -1556,6 +1591,47 @@ static void kvec__load_key_tile(const kvec_tensor *keys, int64_t head, int64_t f
 
 static double kvec__dot_norm(const float *a, const float *b, int64_t n, double *norm_a);
 
+/* One tile of an online softmax: logits ([count][ROW_CHUNK], key-major) of
+   padded_rows query rows become exp(logit - m) in place, m the row's running
+   maximum after this tile, and the rows' normalisers follow. reach (NULL:
+   every key visible) masks key c out of row x when c > reach[x]; masked
+   entries become 0. ref, when not NULL, receives m per row: the maximum the
+   stored values are relative to. tile_max: [ROW_CHUNK] work memory. */
+static void kvec__softmax_tile(float *logits, int64_t count, int64_t padded_rows, const int32_t *reach,
+                               float *row_max, float *row_sum, float *tile_max, float *ref) {
+    const int64_t RC = KVEC__ROW_CHUNK;
+    int64_t c, x;
+    for (x = 0; x < padded_rows; x++) tile_max[x] = -INFINITY;
+    for (c = 0; c < count; c++) {
+        const float *l = logits + c * RC;
+        if (!reach)
+            for (x = 0; x < padded_rows; x++) tile_max[x] = l[x] > tile_max[x] ? l[x] : tile_max[x];
+        else
+            for (x = 0; x < padded_rows; x++)
+                tile_max[x] = c <= reach[x] && l[x] > tile_max[x] ? l[x] : tile_max[x];
+    }
+    for (x = 0; x < padded_rows; x++) {
+        const float m = tile_max[x] > row_max[x] ? tile_max[x] : row_max[x];
+        row_sum[x] *= kvec__exp(row_max[x] - m);
+        row_max[x] = m;
+        if (ref) ref[x] = m;
+    }
+    for (c = 0; c < count; c++) {
+        float *l = logits + c * RC;
+        if (!reach)
+            for (x = 0; x < padded_rows; x++) {
+                l[x] = kvec__exp(l[x] - row_max[x]);
+                row_sum[x] += l[x];
+            }
+        else
+            for (x = 0; x < padded_rows; x++) {
+                const float e = kvec__exp(l[x] - row_max[x]);
+                l[x] = c <= reach[x] ? e : 0.0f;
+                row_sum[x] += l[x];
+            }
+    }
+}
+
 /* Window attention of one KV head, reduced over its query heads:
 
      sums[i] += weight * sum over rows r, heads h of the group of A[h, r, i],  i < n_out
@@ -1623,38 +1699,10 @@ static int kvec__window_attention(const kvec_tensor *keys, const kvec_tensor *qu
                         for (d = 0; d < D; d++) direction_sum[d] += k[d] * inverse;
                     }
                 }
-            for (x = 0; x < padded_rows; x++) {
+            for (x = 0; x < padded_rows; x++)
                 w->reach[x] = (int32_t)(first_position + (x0 + x) / g - t0); /* last visible c */
-                tile_max[x] = -INFINITY;
-            }
-            for (c = 0; c < count; c++) {
-                const float *l = logits + c * RC;
-                if (all_visible)
-                    for (x = 0; x < padded_rows; x++) tile_max[x] = l[x] > tile_max[x] ? l[x] : tile_max[x];
-                else
-                    for (x = 0; x < padded_rows; x++)
-                        tile_max[x] = c <= w->reach[x] && l[x] > tile_max[x] ? l[x] : tile_max[x];
-            }
-            for (x = 0; x < padded_rows; x++) {
-                const float m = tile_max[x] > w->row_max[x] ? tile_max[x] : w->row_max[x];
-                w->row_sum[x] *= kvec__exp(w->row_max[x] - m);
-                w->row_max[x] = m;
-                ref[x] = m;
-            }
-            for (c = 0; c < count; c++) {
-                float *l = logits + c * RC;
-                if (all_visible)
-                    for (x = 0; x < padded_rows; x++) {
-                        l[x] = kvec__exp(l[x] - w->row_max[x]);
-                        w->row_sum[x] += l[x];
-                    }
-                else
-                    for (x = 0; x < padded_rows; x++) {
-                        const float e = kvec__exp(l[x] - w->row_max[x]);
-                        l[x] = c <= w->reach[x] ? e : 0.0f;
-                        w->row_sum[x] += l[x];
-                    }
-            }
+            kvec__softmax_tile(logits, count, padded_rows, all_visible ? NULL : w->reach, w->row_max,
+                               w->row_sum, tile_max, ref);
         }
         direction_done |= add_direction;
         for (x = 0; x < padded_rows; x++) w->row_sum[x] = x < chunk ? weight / w->row_sum[x] : 0.0f;
@@ -3049,6 +3097,237 @@ KVEC_API kvec_result kvec_evict(kvec_cache *cache, int64_t budget) {
     r = kvec_evict_ex(NULL, cache, budget, NULL, scratch, scratch_bytes);
     KVEC_FREE(scratch);
     return r;
+}
+
+/* >>reconstruction */
+
+/* The sizes of one reconstruction call. */
+typedef struct kvec__recon_dims {
+    int64_t n_kv_heads, group, head_dim;
+    int64_t sinks, chunk, pass_rows; /* S, C = end - begin, R */
+} kvec__recon_dims;
+
+/* Work of one KV head. Its keys in softmax order, as fp32 rows: the sinks,
+   the chunk, the pass (the context's keys are read once, whatever their
+   layout), then, per chunk of query rows, the chunk keys' exp(logit - m)
+   kept until the rows' normalisers are known, as in window attention. */
+typedef struct kvec__recon_work {
+    float   *keys;      /* [S + C + R, padded to 4 per part][D] */
+    float   *queries_t; /* [D][ROW_CHUNK] scaled query rows of one chunk, transposed */
+    float   *logits;    /* [C4][ROW_CHUNK] the chunk keys' exp(logit - running max) */
+    float   *tile_ref;  /* [C/TILE + 1][ROW_CHUNK] running max per tile of the chunk */
+    float   *other;     /* [TILE][ROW_CHUNK] logits of a sink or pass tile (normaliser only) */
+    float   *row_max, *row_sum, *row_scale, *tile_max; /* [ROW_CHUNK] */
+    int32_t *reach;     /* [ROW_CHUNK] last pass key a row sees in the current tile */
+    float   *row;       /* [D] */
+    float   *best;      /* [C] max probability so far */
+} kvec__recon_work;
+
+static int64_t kvec__pad4(int64_t n) { return n < 0 || n > INT64_MAX - 3 ? -1 : (n + 3) / 4 * 4; }
+
+static void kvec__carve_recon(kvec__bump *b, const kvec__recon_dims *d, kvec__recon_work *heads) {
+    const int64_t D = d->head_dim, RC = KVEC__ROW_CHUNK, C = d->chunk;
+    int64_t rows = kvec__pad4(d->sinks), j;
+    if (rows >= 0 && kvec__add_overflows(rows, kvec__pad4(C), &rows)) rows = -1;
+    if (rows >= 0 && kvec__add_overflows(rows, kvec__pad4(d->pass_rows), &rows)) rows = -1;
+    for (j = 0; j < d->n_kv_heads; j++) {
+        kvec__recon_work w;
+        w.keys      = (float *)kvec__take(b, kvec__count(rows, D), sizeof(float));
+        w.queries_t = (float *)kvec__take(b, kvec__count(D, RC), sizeof(float));
+        w.logits    = (float *)kvec__take(b, kvec__count(kvec__pad4(C), RC), sizeof(float));
+        w.tile_ref  = (float *)kvec__take(b, kvec__count(C / KVEC__TILE + 1, RC), sizeof(float));
+        w.other     = (float *)kvec__take(b, KVEC__TILE * RC, sizeof(float));
+        w.row_max   = (float *)kvec__take(b, RC, sizeof(float));
+        w.row_sum   = (float *)kvec__take(b, RC, sizeof(float));
+        w.row_scale = (float *)kvec__take(b, RC, sizeof(float));
+        w.tile_max  = (float *)kvec__take(b, RC, sizeof(float));
+        w.reach     = (int32_t *)kvec__take(b, RC, sizeof(int32_t));
+        w.row       = (float *)kvec__take(b, D, sizeof(float));
+        w.best      = (float *)kvec__take(b, C, sizeof(float));
+        if (heads) heads[j] = w;
+    }
+}
+
+/* Bytes for the work of every KV head, or 0 when that size overflows. */
+static size_t kvec__recon_bytes(const kvec__recon_dims *d) {
+    kvec__bump b;
+    kvec__bump_init(&b, NULL, 0);
+    if (kvec__take(&b, d->n_kv_heads, sizeof(kvec__recon_work)), b.overflow) return 0;
+    kvec__carve_recon(&b, d, NULL);
+    return b.overflow ? 0 : b.used;
+}
+
+/* Checks the call's descriptors and fills the dims. */
+static kvec_result kvec__check_recon(const kvec_config *c, const kvec_layer *layer,
+                                     const kvec_reconstruction *pass, kvec__recon_dims *d) {
+    const kvec_tensor *k, *pq, *pk;
+    kvec_result r;
+    if (!layer || !pass) return KVEC_ERROR_NULL_POINTER;
+    k = &layer->keys; pq = &pass->queries; pk = &pass->keys;
+    if ((r = kvec_validate_tensor(k)) != KVEC_OK) return r;
+    if (!pq->data) return KVEC_ERROR_MISSING_QUERIES;
+    if ((r = kvec_validate_tensor(pq)) != KVEC_OK) return r;
+    if ((r = kvec_validate_tensor(pk)) != KVEC_OK) return r;
+    if (pq->head_dim != k->head_dim || pk->head_dim != k->head_dim || pk->n_heads != k->n_heads ||
+        pq->n_heads % k->n_heads != 0 || pq->n_tokens != pk->n_tokens)
+        return KVEC_ERROR_SHAPE_MISMATCH;
+    if (pass->chunk_begin < 0 || pass->chunk_end <= pass->chunk_begin || pass->chunk_end > k->n_tokens)
+        return KVEC_ERROR_BAD_EXTENT;
+    /* the pass repeats its chunk: it cannot be shorter */
+    if (pass->chunk_end - pass->chunk_begin > pq->n_tokens) return KVEC_ERROR_SHAPE_MISMATCH;
+    if (pq->n_tokens > INT32_MAX || pass->chunk_end - pass->chunk_begin > INT32_MAX)
+        return KVEC_ERROR_SIZE_OVERFLOW; /* reach is int32 */
+    d->n_kv_heads = k->n_heads;
+    d->group = pq->n_heads / k->n_heads;
+    d->head_dim = k->head_dim;
+    d->sinks = c->sink_tokens < pass->chunk_begin ? c->sink_tokens : pass->chunk_begin;
+    d->chunk = pass->chunk_end - pass->chunk_begin;
+    d->pass_rows = pq->n_tokens;
+    return KVEC_OK;
+}
+
+/* Rows [first, first + count) of one head of a view, as fp32 rows from out;
+   rows up to the next multiple of 4 are zero. Returns the padded count. */
+static int64_t kvec__load_rows(const kvec_tensor *t, int64_t head, int64_t first, int64_t count, float *out) {
+    const int64_t D = t->head_dim, padded = kvec__pad4(count);
+    int64_t c;
+    for (c = 0; c < count; c++) {
+        kvec__prefetch_row(t, first + c + 8, head);
+        kvec__load_row(t, first + c, head, out + c * D);
+    }
+    for (; c < padded; c++) memset(out + c * D, 0, (size_t)D * sizeof(float));
+    return padded;
+}
+
+/* One KV head: best[i] = max over the pass rows and the group's query
+   heads of A[h, r, i], for the C chunk keys. */
+static void kvec__recon_head(const kvec_layer *layer, const kvec_reconstruction *pass,
+                             const kvec__recon_dims *dm, int64_t kv_head, kvec__recon_work *w) {
+    const int64_t D = dm->head_dim, g = dm->group, C = dm->chunk, R = dm->pass_rows;
+    const int64_t RC = KVEC__ROW_CHUNK, total = R * g;
+    const float scale = 1.0f / sqrtf((float)D);
+    const float *sink_keys = w->keys, *chunk_keys, *pass_keys;
+    int64_t x0, S4, C4;
+    S4 = kvec__load_rows(&layer->keys, kv_head, 0, dm->sinks, w->keys);
+    chunk_keys = w->keys + S4 * D;
+    C4 = kvec__load_rows(&layer->keys, kv_head, pass->chunk_begin, C, w->keys + S4 * D);
+    pass_keys = chunk_keys + C4 * D;
+    kvec__load_rows(&pass->keys, kv_head, 0, R, w->keys + (S4 + C4) * D);
+    for (x0 = 0; x0 < C; x0++) w->best[x0] = 0.0f;
+    for (x0 = 0; x0 < total; x0 += RC) {
+        const int64_t chunk = total - x0 < RC ? total - x0 : RC;
+        const int64_t padded_rows = (chunk + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
+        const int64_t last_row = (x0 + chunk - 1) / g; /* the last pass row of this chunk */
+        int64_t x, d, c, t0;
+        for (x = 0; x < padded_rows; x++) { /* scaled, transposed; padding rows are zero */
+            if (x < chunk) kvec__load_row(&pass->queries, (x0 + x) / g, kv_head * g + (x0 + x) % g, w->row);
+            for (d = 0; d < D; d++) w->queries_t[d * RC + x] = x < chunk ? w->row[d] * scale : 0.0f;
+            w->row_max[x] = -INFINITY;
+            w->row_sum[x] = 0.0f;
+        }
+        /* The sinks and the chunk: every row sees them all. */
+        for (t0 = 0; t0 < dm->sinks; t0 += KVEC__TILE) {
+            const int64_t count = dm->sinks - t0 < KVEC__TILE ? dm->sinks - t0 : KVEC__TILE;
+            kvec__tile_logits(sink_keys + t0 * D, kvec__pad4(count), w->queries_t, padded_rows, D, w->other);
+            kvec__softmax_tile(w->other, count, padded_rows, NULL, w->row_max, w->row_sum, w->tile_max, NULL);
+        }
+        for (t0 = 0; t0 < C; t0 += KVEC__TILE) {
+            const int64_t count = C - t0 < KVEC__TILE ? C - t0 : KVEC__TILE;
+            float *logits = w->logits + t0 * RC;
+            kvec__tile_logits(chunk_keys + t0 * D, kvec__pad4(count), w->queries_t, padded_rows, D, logits);
+            kvec__softmax_tile(logits, count, padded_rows, NULL, w->row_max, w->row_sum, w->tile_max,
+                               w->tile_ref + t0 / KVEC__TILE * RC);
+        }
+        /* The pass's own keys, causally: row r sees pass keys 0 .. r. */
+        for (t0 = 0; t0 <= last_row; t0 += KVEC__TILE) {
+            const int64_t count = last_row + 1 - t0 < KVEC__TILE ? last_row + 1 - t0 : KVEC__TILE;
+            for (x = 0; x < padded_rows; x++) w->reach[x] = (int32_t)((x0 + x) / g - t0);
+            kvec__tile_logits(pass_keys + t0 * D, kvec__pad4(count), w->queries_t, padded_rows, D, w->other);
+            kvec__softmax_tile(w->other, count, padded_rows, w->reach, w->row_max, w->row_sum, w->tile_max, NULL);
+        }
+        /* Normalised probabilities of the chunk keys; their max over rows. */
+        for (t0 = 0; t0 < C; t0 += KVEC__TILE) {
+            const int64_t count = C - t0 < KVEC__TILE ? C - t0 : KVEC__TILE;
+            const float *ref = w->tile_ref + t0 / KVEC__TILE * RC;
+            for (x = 0; x < chunk; x++)
+                w->row_scale[x] = kvec__exp(ref[x] - w->row_max[x]) / w->row_sum[x];
+            for (c = 0; c < count; c++) {
+                const float *e = w->logits + (t0 + c) * RC;
+                float best = w->best[t0 + c];
+                for (x = 0; x < chunk; x++) {
+                    const float p = e[x] * w->row_scale[x];
+                    best = p > best ? p : best;
+                }
+                w->best[t0 + c] = best;
+            }
+        }
+    }
+}
+
+static void kvec__recon_work_in(void *scratch, size_t scratch_bytes, const kvec__recon_dims *d,
+                                kvec__recon_work **heads) {
+    kvec__bump b;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    *heads = (kvec__recon_work *)kvec__take(&b, d->n_kv_heads, sizeof(kvec__recon_work));
+    kvec__carve_recon(&b, d, *heads);
+}
+
+KVEC_API kvec_result kvec_reconstruction_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                       const kvec_reconstruction *pass, size_t *bytes) {
+    kvec_config c;
+    kvec__recon_dims d;
+    kvec_result r;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kvec__check_recon(&c, layer, pass, &d)) != KVEC_OK) return r;
+    if ((*bytes = kvec__recon_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    return KVEC_OK;
+}
+
+/* Rows [first, first + count) of a view, every head: all finite? */
+static int kvec__rows_finite(const kvec_tensor *t, int64_t first, int64_t count) {
+    int64_t i, h;
+    for (i = first; i < first + count; i++)
+        for (h = 0; h < t->n_heads; h++)
+            if (kvec__row_has_non_finite(t, i, h)) return 0;
+    return 1;
+}
+
+KVEC_API kvec_result kvec_reconstruction_scores(const kvec_config *config, const kvec_layer *layer,
+                                                const kvec_reconstruction *pass, float *scores,
+                                                void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec__recon_dims d;
+    kvec__call_memory m;
+    kvec__recon_work *heads;
+    kvec_result r;
+    size_t needed;
+    int64_t j, i, N;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__check_recon(&c, layer, pass, &d)) != KVEC_OK) return r;
+    if ((needed = kvec__recon_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    N = layer->keys.n_tokens;
+    /* Written: scores and scratch. Read: the context's keys and the pass. */
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&layer->keys, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&pass->queries, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&pass->keys, 0);
+    if (!kvec__call_add(&m, scores, d.n_kv_heads * N, sizeof(float), 1) || /* within K's extents */
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    if (!kvec__rows_finite(&layer->keys, 0, d.sinks) ||
+        !kvec__rows_finite(&layer->keys, pass->chunk_begin, d.chunk) ||
+        !kvec__rows_finite(&pass->queries, 0, d.pass_rows) || !kvec__rows_finite(&pass->keys, 0, d.pass_rows))
+        return KVEC_ERROR_NON_FINITE;
+    kvec__recon_work_in(scratch, scratch_bytes, &d, &heads);
+    KVEC__PARALLEL_FOR
+    for (j = 0; j < d.n_kv_heads; j++) kvec__recon_head(layer, pass, &d, j, &heads[j]);
+    for (j = 0; j < d.n_kv_heads; j++)
+        for (i = 0; i < d.chunk; i++) scores[j * N + pass->chunk_begin + i] = heads[j].best[i];
+    return KVEC_OK;
 }
 
 /* >>decoding */

@@ -655,6 +655,62 @@ static void fz_decode(fz_case *f) {
     }
 }
 
+/* Reconstruction scores over layer 0's keys: a pass of R rows repeating a
+   chunk of the context, shapes and chunk bounds sometimes wrong or hostile.
+   A refusal leaves every buffer as it was; a success writes probabilities
+   (finite, in [0, 1]) into the chunk's columns and nothing else. */
+static void fz_reconstruction(fz_case *f) {
+    fz_memory *m = &f->mem;
+    fz_input *in = f->in;
+    const fz_shape *sh = &f->shape;
+    kvec_layer *layer = &f->layers[0];
+    const int64_t N = sh->N, Hk = sh->Hk;
+    kvec_reconstruction pass;
+    float *scores = (float *)fz_alloc(m, (size_t)(Hk * N) * sizeof(float), 1), *before;
+    size_t needed = 0, given;
+    void *scratch;
+    int64_t i, R = fz_range(in, 1, N + 8);
+    kvec_result r;
+    pass.queries = fz_view(m, sh->q, FZ_TOKEN_MAJOR, 0, R, Hk * sh->g, sh->D);
+    pass.keys = fz_view(m, sh->kv, sh->layout == FZ_KV_INTERLEAVED ? FZ_TOKEN_MAJOR : sh->layout, 0, R, Hk, sh->D);
+    fz_fill(&pass.queries, sh->nan_at == 2 && fz_next() % 3 == 0);
+    fz_fill(&pass.keys, sh->nan_at == 1 && fz_next() % 3 == 0);
+    if (fz_byte(in) % 8) {
+        pass.chunk_begin = fz_range(in, 0, N - 1);
+        pass.chunk_end = fz_byte(in) % 8 ? pass.chunk_begin + fz_range(in, 1, R) : fz_hostile(in);
+    } else {
+        pass.chunk_begin = fz_hostile(in);
+        pass.chunk_end = fz_hostile(in);
+    }
+    switch (fz_byte(in) % 12) {
+    case 0: pass.keys = layer->keys; pass.keys.n_tokens = R < N ? R : N; break; /* reads may share */
+    case 1: pass.queries.data = scores; break;                                 /* written over a read */
+    case 2: pass.keys.n_heads = Hk + 1; break;
+    case 3: pass.queries.head_dim = fz_hostile(in); break;
+    case 4: pass.keys.stride_token = -fz_range(in, 1, 64); break;             /* refused, never followed */
+    default: break;
+    }
+    for (i = 0; i < Hk * N; i++) scores[i] = -1.0f;
+    if (kvec_reconstruction_scratch_bytes(&f->config, layer, &pass, &needed) != KVEC_OK || needed > ((size_t)1 << 26))
+        needed = 256;
+    given = fz_scratch_bytes(in, needed);
+    scratch = fz_alloc(m, given, 0);
+    before = (float *)malloc((size_t)(Hk * N) * sizeof(float));
+    memcpy(before, scores, (size_t)(Hk * N) * sizeof(float));
+    fz_snapshot(m);
+    r = kvec_reconstruction_scores(&f->config, layer, &pass, fz_byte(in) % 16 ? scores : NULL, scratch, given);
+    if (r != KVEC_OK) fz_expect_unchanged(m, r, "kvec_reconstruction_scores");
+    else
+        for (i = 0; i < Hk * N; i++) {
+            const int64_t t = i % N;
+            if (t >= pass.chunk_begin && t < pass.chunk_end)
+                FZ_ASSERT(scores[i] >= 0.0f && scores[i] <= 1.0f, "reconstruction score %g outside [0, 1]", scores[i]);
+            else
+                FZ_ASSERT(scores[i] == before[i], "reconstruction wrote outside its chunk");
+        }
+    free(before);
+}
+
 /* The host side of the device path (tests/fuzz_cuda_host.h: no kernel runs). */
 static void fz_cuda(fz_case *f) {
     fz_memory *m = &f->mem;
@@ -691,7 +747,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     in.data = data; in.size = size; in.at = 0;
     memset(&f, 0, sizeof f);
     f.in = &in;
-    op = fz_byte(&in) % 8;
+    op = fz_byte(&in) % 9;
     fz_read_shape(&in, &f.shape);
     fz_read_config(&in, &f.shape, &f.config);
     fz_rng = (uint64_t)fz_byte(&in) * 0x9e3779b97f4a7c15ull + 1;
@@ -706,6 +762,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 4: fz_select(&f); break;
     case 5: fz_packed(&f); break;
     case 6: fz_decode(&f); break;
+    case 8: fz_reconstruction(&f); break;
     default: if (fz_byte(&in) % 2) fz_cuda(&f); else fz_score_select_layer(&f); break;
     }
     fz_free(&f.mem);

@@ -54,6 +54,24 @@ check "compressed to 50% and answered: budget line" $(echo "$out" | grep -q "kve
 check "compressed: cache memory before and after printed" $(echo "$out" | grep -q "MB after prefill, .* MB after compression"; echo $?)
 check "compressed: the time of each stage printed" $(echo "$out" | grep -q "time: prefill .* eviction .* ms"; echo $?)
 
+# The reconstruction pass (kvzip): the model repeats the document, then the
+# scores select under one model-wide budget.
+out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.txt \
+      --question "What was the name of Agnes Pellow's dog?" --policy kvzip --budget 0.25 --max-tokens 24 2> /dev/null)
+check "kvzip: evicted to 25% (mean over heads) and answered" \
+    $(echo "$out" | grep -q "kvzip: [0-9]* of [0-9]* prompt tokens kept per KV head (the mean over heads)" &&
+      echo "$out" | grep -q "^answer: ."; echo $?)
+check "kvzip: the pass's time printed beside the prefill's" \
+    $(echo "$out" | grep -q "reconstruction pass (kvzip's scores): .* s, .*x the prefill"; echo $?)
+refuses "generate: kvzip on a model without a tokenizer" "needs a .gguf model" "$build/generate" --policy kvzip
+"$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 1 --policies full,kvzip,kvzip:budget=uniform \
+    --budgets 0.25 --settings agnostic --max-tokens 16 --out "$tmp/kvzip.json" > "$tmp/kvzip.txt" 2> /dev/null
+check "quality --tasks: kvzip rows, global and uniform, and the pass's time against the prefill's" \
+    $(grep -q "^kvzip .*25%" "$tmp/kvzip.txt" && grep -q "^kvzip:budget=uniform .*25%" "$tmp/kvzip.txt" &&
+      grep -q "reconstruction passes .* s more, .*x the prefill" "$tmp/kvzip.txt" &&
+      python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['pass_seconds'] > 0 and r['prefill_seconds'] > 0" \
+      "$tmp/kvzip.json" 2> /dev/null; echo $?)
+
 # Your own documents: build/quality on a task file.
 "$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 1 --policies full,kvec \
     --budgets 0.5 --settings aware --max-tokens 16 --out "$tmp/result.json" > "$tmp/quality.txt" 2> /dev/null

@@ -2252,6 +2252,269 @@ static void test_conversions_round_to_nearest_even(void) {
     CHECK(isnan(kvec_f16_to_f32(kvec_f32_to_f16(NAN))) && isnan(kvec_bf16_to_f32(kvec_f32_to_bf16(NAN))), "NaN stays NaN");
 }
 
+/* ---- reconstruction scores --------------------------------------------------- */
+
+/* One reconstruction call's inputs: the context's keys [N][Hk][D], the
+   pass's queries [R][H][D] and keys [R][Hk][D], as doubles and as views. */
+typedef struct test_pass {
+    int64_t N, Hk, H, D, R;
+    double *k, *pq, *pk;
+    unsigned char *kb, *pqb, *pkb;
+    size_t kbytes, pqbytes, pkbytes;
+    kvec_layer layer;
+    kvec_reconstruction pass;
+} test_pass;
+
+/* The keys in the given dtype; key_layout TRANSPOSED_V stores them
+   [head][dim][token], as an engine with transposed keys holds them. */
+static void make_pass(test_pass *t, int64_t N, int64_t Hk, int64_t H, int64_t D, int64_t R,
+                      int64_t begin, int64_t end, kvec_dtype dtype, enum layout key_layout) {
+    int64_t i;
+    memset(t, 0, sizeof *t);
+    t->N = N; t->Hk = Hk; t->H = H; t->D = D; t->R = R;
+    t->k = (double *)malloc((size_t)(N * Hk * D) * sizeof(double));
+    t->pq = (double *)malloc((size_t)(R * H * D) * sizeof(double));
+    t->pk = (double *)malloc((size_t)(R * Hk * D) * sizeof(double));
+    for (i = 0; i < N * Hk * D; i++) t->k[i] = normal();
+    for (i = 0; i < R * H * D; i++) t->pq[i] = 1.5 * normal();
+    for (i = 0; i < R * Hk * D; i++) t->pk[i] = normal();
+    t->layer.keys = make_view(&t->kb, &t->kbytes, dtype, key_layout, key_layout == TRANSPOSED_V, N, Hk, D);
+    t->pass.queries = make_view(&t->pqb, &t->pqbytes, dtype, PADDED, 0, R, H, D);
+    t->pass.keys = make_view(&t->pkb, &t->pkbytes, dtype, key_layout, key_layout == TRANSPOSED_V, R, Hk, D);
+    sync_tensor(&t->layer.keys, t->k);
+    sync_tensor(&t->pass.queries, t->pq);
+    sync_tensor(&t->pass.keys, t->pk);
+    t->pass.chunk_begin = begin;
+    t->pass.chunk_end = end;
+}
+
+static void free_pass(test_pass *t) {
+    free(t->k); free(t->pq); free(t->pk);
+    free(t->kb); free(t->pqb); free(t->pkb);
+}
+
+/* docs/SEMANTICS.md's formula in double precision: scores[j][i] for i in
+   the chunk, explicit softmax rows over the sinks, the chunk and pass rows
+   0 .. r. */
+static void naive_reconstruction(const test_pass *t, int64_t sinks, double *scores) {
+    const int64_t b = t->pass.chunk_begin, e = t->pass.chunk_end, g = t->H / t->Hk, D = t->D;
+    const int64_t S = sinks < b ? sinks : b, n_keys = S + (e - b) + t->R;
+    double *logit = (double *)malloc((size_t)n_keys * sizeof(double));
+    int64_t j, h, r, i, d;
+    for (i = 0; i < t->Hk * t->N; i++) scores[i] = 0.0;
+    for (j = 0; j < t->Hk; j++)
+        for (h = j * g; h < (j + 1) * g; h++)
+            for (r = 0; r < t->R; r++) {
+                const double *q = t->pq + (r * t->H + h) * D;
+                double m = -INFINITY, sum = 0.0;
+                int64_t n = 0;
+                for (i = 0; i < S + (e - b) + r + 1; i++) {
+                    const double *k = i < S ? t->k + (i * t->Hk + j) * D
+                                    : i < S + (e - b) ? t->k + ((b + i - S) * t->Hk + j) * D
+                                    : t->pk + ((i - S - (e - b)) * t->Hk + j) * D;
+                    double dot = 0.0;
+                    for (d = 0; d < D; d++) dot += q[d] * k[d];
+                    logit[n] = dot / sqrt((double)D);
+                    m = logit[n] > m ? logit[n] : m;
+                    n++;
+                }
+                for (i = 0; i < n; i++) sum += exp(logit[i] - m);
+                for (i = 0; i < e - b; i++) {
+                    const double p = exp(logit[S + i] - m) / sum;
+                    double *best = &scores[j * t->N + b + i];
+                    *best = p > *best ? p : *best;
+                }
+            }
+    free(logit);
+}
+
+/* kvec's scores for one pass, columns outside the chunk preset to -7. */
+static kvec_result run_reconstruction(const kvec_config *c, const test_pass *t, float *scores) {
+    size_t bytes = 0;
+    void *scratch;
+    kvec_result r;
+    int64_t i;
+    for (i = 0; i < t->Hk * t->N; i++) scores[i] = -7.0f;
+    if ((r = kvec_reconstruction_scratch_bytes(c, &t->layer, &t->pass, &bytes)) != KVEC_OK) return r;
+    scratch = malloc(bytes);
+    r = kvec_reconstruction_scores(c, &t->layer, &t->pass, scores, scratch, bytes);
+    free(scratch);
+    return r;
+}
+
+static void test_reconstruction_matches_naive_reference(void) {
+    /* N, Hk, H, D, R, begin, end, sinks: one tile and one row chunk; several
+       key tiles, row chunks and sink tiles; a chunk at the end; no sinks
+       (begin 0); a pass longer than its chunk by a prompt. */
+    static const int64_t shapes[][8] = {
+        { 40, 1, 1, 8, 20, 10, 30, 4 },   { 300, 2, 6, 16, 200, 90, 270, 70 },
+        { 130, 3, 9, 8, 150, 0, 130, 4 }, { 97, 2, 4, 12, 61, 41, 97, 2 },
+        { 64, 2, 2, 32, 70, 4, 60, 4 },
+    };
+    static const kvec_dtype dtypes[] = { KVEC_DTYPE_F32, KVEC_DTYPE_F16, KVEC_DTYPE_BF16 };
+    size_t s, t;
+    for (s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (t = 0; t < 3; t++) {
+            const int64_t *x = shapes[s];
+            test_pass p;
+            kvec_config c = { 0 };
+            float *scores = (float *)malloc((size_t)(x[1] * x[0]) * sizeof(float));
+            double *want = (double *)malloc((size_t)(x[1] * x[0]) * sizeof(double));
+            double worst = 0.0;
+            int outside_untouched = 1;
+            int64_t i;
+            kvec_result r;
+            make_pass(&p, x[0], x[1], x[2], x[3], x[4], x[5], x[6], dtypes[t], t == 1 ? TRANSPOSED_V : TOK_HEAD_DIM);
+            c.sink_tokens = x[7];
+            r = run_reconstruction(&c, &p, scores);
+            naive_reconstruction(&p, x[7], want);
+            for (i = 0; i < x[1] * x[0]; i++) {
+                const int64_t pos = i % x[0];
+                if (pos < x[5] || pos >= x[6]) outside_untouched &= scores[i] == -7.0f;
+                else {
+                    const double err = fabs(scores[i] - want[i]) / (want[i] + 1e-6);
+                    worst = err > worst ? err : worst;
+                }
+            }
+            CHECK(r == KVEC_OK, "shape %zu dtype %d: %s", s, (int)dtypes[t], kvec_result_string(r));
+            CHECK(worst < 2e-4, "shape %zu dtype %d: relative error %g against the double reference", s,
+                  (int)dtypes[t], worst);
+            CHECK(outside_untouched, "shape %zu dtype %d: a score outside the chunk was written", s, (int)dtypes[t]);
+            free(scores); free(want); free_pass(&p);
+        }
+}
+
+/* A context key that every query of the pass matches far better than the
+   rest takes nearly all the attention: its score is near 1, the others'
+   near 0. The pass keys compete too: made identical to it, they halve it. */
+static void test_reconstruction_finds_the_attended_key(void) {
+    test_pass p;
+    float scores[2 * 50];
+    int64_t r, h, d;
+    make_pass(&p, 50, 2, 2, 8, 40, 5, 45, KVEC_DTYPE_F32, TOK_HEAD_DIM);
+    for (d = 0; d < 8; d++) p.k[(20 * 2 + 1) * 8 + d] = 0.0;
+    p.k[(20 * 2 + 1) * 8 + 0] = 8.0; /* position 20, KV head 1 */
+    for (r = 0; r < 40; r++)
+        for (h = 0; h < 2; h++)
+            for (d = 0; d < 8; d++) p.pq[(r * 2 + h) * 8 + d] = d == 0 ? 8.0 : 0.0;
+    sync_tensor(&p.layer.keys, p.k);
+    sync_tensor(&p.pass.queries, p.pq);
+    CHECK(run_reconstruction(NULL, &p, scores) == KVEC_OK, "scores");
+    CHECK(scores[50 + 20] > 0.99f, "the attended key scores %g", scores[50 + 20]);
+    CHECK(scores[50 + 21] < 0.01f, "its neighbour scores %g", scores[50 + 21]);
+    for (r = 0; r < 40; r++)
+        for (d = 0; d < 8; d++) p.pk[(r * 2 + 1) * 8 + d] = p.k[(20 * 2 + 1) * 8 + d];
+    sync_tensor(&p.pass.keys, p.pk);
+    CHECK(run_reconstruction(NULL, &p, scores) == KVEC_OK, "scores");
+    CHECK(fabs(scores[50 + 20] - 0.5) < 0.01, "with one equal pass key seen by row 0, the key scores %g (0.5)",
+          scores[50 + 20]);
+    free_pass(&p);
+}
+
+static void test_reconstruction_one_and_two_threads_identical(void) {
+#ifdef TEST_THREADS
+    test_pass p;
+    float a[3 * 200], b[3 * 200];
+    make_pass(&p, 200, 3, 6, 16, 180, 20, 190, KVEC_DTYPE_F16, TRANSPOSED_V);
+    omp_set_num_threads(1);
+    CHECK(run_reconstruction(NULL, &p, a) == KVEC_OK, "one thread");
+    omp_set_num_threads(2);
+    CHECK(run_reconstruction(NULL, &p, b) == KVEC_OK, "two threads");
+    CHECK(memcmp(a, b, sizeof a) == 0, "one and two threads give the same bits");
+    free_pass(&p);
+#endif
+}
+
+/* Every refusal returns its code and writes no score. */
+static void test_reconstruction_errors_touch_nothing(void) {
+    test_pass p;
+    float scores[2 * 60], before[2 * 60];
+    size_t bytes = 0;
+    void *scratch;
+    kvec_reconstruction saved;
+    kvec_result r;
+    int64_t i;
+    make_pass(&p, 60, 2, 4, 8, 30, 10, 30, KVEC_DTYPE_F32, TOK_HEAD_DIM);
+    CHECK(kvec_reconstruction_scratch_bytes(NULL, &p.layer, &p.pass, &bytes) == KVEC_OK, "scratch bytes");
+    scratch = malloc(bytes + 4096);
+    for (i = 0; i < 120; i++) scores[i] = before[i] = (float)i;
+    saved = p.pass;
+#define REFUSED(code, what)                                                                             \
+    do {                                                                                                \
+        r = kvec_reconstruction_scores(NULL, &p.layer, &p.pass, scores, scratch, bytes);                 \
+        CHECK(r == (code), "%s: %s, expected %s", what, kvec_result_string(r), kvec_result_string(code)); \
+        CHECK(memcmp(scores, before, sizeof scores) == 0, "%s: scores written", what);                  \
+        p.pass = saved;                                                                                 \
+    } while (0)
+    p.pass.chunk_end = 10; REFUSED(KVEC_ERROR_BAD_EXTENT, "an empty chunk");
+    p.pass.chunk_begin = -1; REFUSED(KVEC_ERROR_BAD_EXTENT, "a negative begin");
+    p.pass.chunk_end = 61; REFUSED(KVEC_ERROR_BAD_EXTENT, "a chunk past N");
+    p.pass.chunk_begin = 0; p.pass.chunk_end = 40; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "a pass shorter than its chunk");
+    p.pass.keys.n_tokens = 29; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "pass keys and queries of different lengths");
+    p.pass.keys.n_heads = 1; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "pass keys with other heads than the layer's");
+    p.pass.queries.n_heads = 3; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "query heads not a multiple of the KV heads");
+    p.pass.queries.head_dim = 4; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "queries of another head_dim");
+    p.pass.queries.data = NULL; REFUSED(KVEC_ERROR_MISSING_QUERIES, "no queries");
+    p.pass.keys.data = NULL; REFUSED(KVEC_ERROR_NULL_POINTER, "no pass keys");
+    p.pass.keys.dtype = KVEC_DTYPE_UNSET; REFUSED(KVEC_ERROR_BAD_DTYPE, "pass keys without a dtype");
+    p.pass.keys.data = p.layer.keys.data;
+    r = kvec_reconstruction_scores(NULL, &p.layer, &p.pass, scores, scratch, bytes);
+    CHECK(r == KVEC_OK, "pass keys reading the context's memory (reads may share): %s", kvec_result_string(r));
+    p.pass = saved;
+    for (i = 0; i < 120; i++) before[i] = scores[i]; /* that call wrote its chunk */
+    p.pass.keys.data = (char *)scores; REFUSED(KVEC_ERROR_OVERLAP, "pass keys inside the scores");
+    r = kvec_reconstruction_scores(NULL, &p.layer, &p.pass, scores, (char *)p.kb, bytes);
+    CHECK(r == KVEC_ERROR_OVERLAP || r == KVEC_ERROR_SCRATCH_TOO_SMALL, "scratch over the keys: %s", kvec_result_string(r));
+    r = kvec_reconstruction_scores(NULL, &p.layer, &p.pass, scores, scratch, bytes - 1);
+    CHECK(r == KVEC_ERROR_SCRATCH_TOO_SMALL, "scratch one byte short: %s", kvec_result_string(r));
+    r = kvec_reconstruction_scores(NULL, &p.layer, &p.pass, NULL, scratch, bytes);
+    CHECK(r == KVEC_ERROR_NULL_POINTER, "no scores: %s", kvec_result_string(r));
+    r = kvec_reconstruction_scores(NULL, &p.layer, NULL, scores, scratch, bytes);
+    CHECK(r == KVEC_ERROR_NULL_POINTER, "no pass: %s", kvec_result_string(r));
+    {
+        kvec_config bad = { 0 };
+        bad.sink_tokens = -1;
+        r = kvec_reconstruction_scores(&bad, &p.layer, &p.pass, scores, scratch, bytes);
+        CHECK(r == KVEC_ERROR_BAD_CONFIG, "negative sinks: %s", kvec_result_string(r));
+    }
+    /* non-finite values where the softmax reads them, and where it does not */
+    { float *q = (float *)p.pqb; q[5] = NAN; REFUSED(KVEC_ERROR_NON_FINITE, "NaN in a pass query"); q[5] = 0.0f; }
+    { float *k = (float *)p.pkb; k[7] = INFINITY; REFUSED(KVEC_ERROR_NON_FINITE, "Inf in a pass key"); k[7] = 0.0f; }
+    { float *k = (float *)p.kb + (12 * 2 + 1) * 8; k[0] = NAN; REFUSED(KVEC_ERROR_NON_FINITE, "NaN in a chunk key"); k[0] = 0.0f; }
+    { float *k = (float *)p.kb + (2 * 2) * 8; k[0] = NAN; REFUSED(KVEC_ERROR_NON_FINITE, "NaN in a sink key"); k[0] = 0.0f; }
+    {
+        float *k = (float *)p.kb + (50 * 2) * 8;
+        k[0] = NAN;
+        r = kvec_reconstruction_scores(NULL, &p.layer, &p.pass, scores, scratch, bytes);
+        CHECK(r == KVEC_OK, "NaN in a key the softmax does not read (after the chunk): %s", kvec_result_string(r));
+        k[0] = 0.0f;
+    }
+#undef REFUSED
+    free(scratch);
+    free_pass(&p);
+}
+
+/* Scratch depends on the chunk and the pass, never on N. */
+static void test_reconstruction_scratch_is_bounded_by_the_chunk(void) {
+    kvec_layer layer;
+    kvec_reconstruction pass;
+    size_t small = 0, large = 0;
+    memset(&layer, 0, sizeof layer);
+    {
+        float *k = (float *)calloc(3000 * 2 * 16, sizeof(float)), *q = (float *)calloc(300 * 4 * 16, sizeof(float));
+        float *pk = (float *)calloc(300 * 2 * 16, sizeof(float));
+        layer.keys = kvec_tensor_contiguous(k, KVEC_DTYPE_F32, 1000, 2, 16);
+        pass.queries = kvec_tensor_contiguous(q, KVEC_DTYPE_F32, 300, 4, 16);
+        pass.keys = kvec_tensor_contiguous(pk, KVEC_DTYPE_F32, 300, 2, 16);
+        pass.chunk_begin = 500; pass.chunk_end = 756;
+        CHECK(kvec_reconstruction_scratch_bytes(NULL, &layer, &pass, &small) == KVEC_OK, "N = 1000");
+        layer.keys.n_tokens = 3000;
+        CHECK(kvec_reconstruction_scratch_bytes(NULL, &layer, &pass, &large) == KVEC_OK, "N = 3000");
+        CHECK(small == large && small > 0, "scratch %zu at N = 1000, %zu at N = 3000", small, large);
+        free(k); free(q); free(pk);
+    }
+}
+
 int main(int argc, char **argv) {
     g_quiet = argc > 1 && strcmp(argv[1], "--quiet") == 0;
 #define RUN(test) do { if (!g_quiet) printf("%s\n", #test); test(); } while (0)
@@ -2303,6 +2566,11 @@ int main(int argc, char **argv) {
     RUN(test_budget_at_least_n_keeps_everything);
     RUN(test_convenience_evict);
     RUN(test_conversions_round_to_nearest_even);
+    RUN(test_reconstruction_matches_naive_reference);
+    RUN(test_reconstruction_finds_the_attended_key);
+    RUN(test_reconstruction_one_and_two_threads_identical);
+    RUN(test_reconstruction_errors_touch_nothing);
+    RUN(test_reconstruction_scratch_is_bounded_by_the_chunk);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

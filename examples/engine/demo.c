@@ -3,7 +3,7 @@
    cache. What eviction costs, at a glance.
 
    build/demo [--model FILE.gguf] [--document FILE] [--questions FILE]
-              [--policies kvec,snapkv,streaming] [--budgets 0.5,0.25,0.1]
+              [--policies kvec,kvzip,snapkv,streaming] [--budgets 0.5,0.25,0.1]
               [--aware] [--max-tokens N]
 
    The prompt is one ChatML user turn: an instruction, the document, then the
@@ -34,6 +34,7 @@ typedef struct question {
 typedef struct run {
     char        name[40];
     kvec_config config;
+    int         pass;                 /* kvzip: scores from the reconstruction pass */
     double      fraction;             /* 1 = the full cache */
     int         correct;
     double      evict_seconds, answer_seconds, cache_bytes; /* sums over questions */
@@ -87,17 +88,17 @@ static void usage(void) {
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
     const char *questions_path = "examples/demo/questions.tsv";
-    char policies[256] = "kvec,snapkv,streaming", budgets[256] = "0.5,0.25,0.1";
+    char policies[256] = "kvec,kvzip,snapkv,streaming", budgets[256] = "0.5,0.25,0.1";
     char error[512], *document, *questions_text, *name, *cut;
     size_t document_length, questions_length;
     question questions[MAX_QUESTIONS];
     static run runs[MAX_RUNS];
-    int n_questions, n_runs = 1, aware = 0, q, r, i;
+    int n_questions, n_runs = 1, aware = 0, any_pass = 0, q, r, i;
     int64_t max_tokens = 24;
     text_model m;
     llm_cache base, work;
-    float *base_logits, *logits;
-    double start;
+    float *base_logits, *logits, *pass_scores = NULL; /* [L][Hk][prefix], kvzip's */
+    double start, prefill_seconds = 0, pass_seconds = 0;
 
     for (i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
@@ -133,10 +134,12 @@ int main(int argc, char **argv) {
             }
             if (n_runs == MAX_RUNS) { fprintf(stderr, "demo: at most %d policy-budget pairs\n", MAX_RUNS - 1); return 2; }
             memset(x, 0, sizeof *x);
-            if (text_policy(name, &x->config)) {
-                fprintf(stderr, "demo: unknown policy '%s' (%s)\n", name, TEXT_POLICY_NAMES);
+            if (text_policy_parse(name, &x->config, error, sizeof error)) {
+                fprintf(stderr, "demo: %s\n", error);
                 return 2;
             }
+            x->pass = text_policy_needs_pass(name);
+            any_pass |= x->pass;
             snprintf(x->name, sizeof x->name, "%s", name);
             x->fraction = f;
             n_runs++;
@@ -175,6 +178,8 @@ int main(int argc, char **argv) {
         }
         if (q == 0) {
             int64_t capacity = prompt.n_prefix + 512;
+            if (any_pass && text_reconstruction_positions(prompt.n_prefix) > capacity)
+                capacity = text_reconstruction_positions(prompt.n_prefix);
             if (llm_cache_init(&base, &m.model, capacity) || llm_cache_init(&work, &m.model, capacity)) {
                 fprintf(stderr, "demo: out of memory for a cache of %lld positions\n", (long long)capacity);
                 return 1;
@@ -191,14 +196,33 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "demo: prefill failed (the prompt is longer than the cache?)\n");
                 return 1;
             }
-            if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)prompt.n_prefix, text_seconds() - start);
+            prefill_seconds = text_seconds() - start;
+            if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)prompt.n_prefix, prefill_seconds);
+            if (any_pass) { /* kvzip's reconstruction pass, once per prefix */
+                free(pass_scores);
+                if (!(pass_scores = (float *)malloc((size_t)(m.model.config.n_layers * m.model.config.n_kv_heads) *
+                                                    (size_t)prompt.n_prefix * sizeof(float)))) {
+                    fprintf(stderr, "demo: out of memory\n");
+                    return 1;
+                }
+                start = text_seconds();
+                if (text_reconstruction_scores(&m, &base, prompt.prefix, prompt.n_prefix, pass_scores, error, sizeof error)) {
+                    fprintf(stderr, "demo: %s\n", error);
+                    return 1;
+                }
+                pass_seconds = text_seconds() - start;
+                if (q == 0)
+                    printf("reconstruction pass (kvzip's scores): %.2f s more, %.2fx the prefill\n", pass_seconds,
+                           pass_seconds / prefill_seconds);
+            }
         }
         printf("Q%d  %s  (expected: %s)\n", q + 1, questions[q].text, questions[q].answer);
         for (r = 0; r < n_runs; r++) {
             run *x = &runs[r];
             double evict_seconds, t0 = text_seconds();
             int right;
-            if (text_answer(&m, &base, base_logits, &work, logits, x->fraction < 1 ? &x->config : NULL, x->fraction,
+            if (text_answer(&m, &base, base_logits, &work, logits, x->fraction < 1 ? &x->config : NULL,
+                            x->pass ? pass_scores : NULL, x->fraction,
                             prompt.suffix, prompt.n_suffix, max_tokens, x->replies[q], ANSWER_BYTES,
                             &evict_seconds, error, sizeof error)) {
                 fprintf(stderr, "demo: %s at %.0f%%: %s\n", x->name, 100 * x->fraction, error);
@@ -234,8 +258,9 @@ int main(int argc, char **argv) {
     }
     printf("\ncache MB: keys and values as this engine keeps them (fp32), all layers; kept/head: rows\n"
            "per KV head (window of 32 included; the mean over heads); evict ms: kvec's scoring,\n"
-           "selection and compaction; answer ms: reading the question and generating, greedy, at\n"
-           "most %lld tokens. Threads: OMP_NUM_THREADS.\n", (long long)max_tokens);
+           "selection and compaction (kvzip: selection and compaction; its pass is timed above);\n"
+           "answer ms: reading the question and generating, greedy, at most %lld tokens.\n"
+           "Threads: OMP_NUM_THREADS.\n", (long long)max_tokens);
 
     llm_cache_free(&base);
     llm_cache_free(&work);
@@ -244,5 +269,6 @@ int main(int argc, char **argv) {
     free(logits);
     free(document);
     free(questions_text);
+    free(pass_scores);
     return 0;
 }

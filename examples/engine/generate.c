@@ -73,7 +73,9 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     llm_cache cache;
     float *logits;
     kvec_config config;
-    double t0, t_prefill, t_evict = 0, t_answer, bytes_before, bytes_after;
+    double t0, t_prefill, t_evict = 0, t_pass = 0, t_answer, bytes_before, bytes_after;
+    const int pass = text_policy_needs_pass(policy);
+    float *pass_scores = NULL; /* [L][Hk][n], kvzip's */
     FILE *in = stdin;
 
     if (strcmp(policy, "none") && text_policy_parse(policy, &config, error, sizeof error)) {
@@ -118,6 +120,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     }
     if (n < 1) return fail("the prompt is empty", NULL);
     capacity = n + n_question + max_tokens + 1;
+    if (pass && text_reconstruction_positions(n) > capacity) capacity = text_reconstruction_positions(n);
     if (m.model.config.context_length && capacity > m.model.config.context_length) {
         fprintf(stderr, "generate: the prompt (%lld tokens) and %lld new tokens exceed %s's context of %lld positions\n",
                 (long long)(n + n_question), (long long)max_tokens, m.name, (long long)m.model.config.context_length);
@@ -146,13 +149,24 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     }
     bytes_before = (double)text_cache_bytes(&cache);
     kept = n;
+    if (pass) { /* kvzip: the model repeats the prompt once more, with the full cache */
+        if (!(pass_scores = (float *)malloc((size_t)(m.model.config.n_layers * m.model.config.n_kv_heads) * (size_t)n *
+                                            sizeof(float))))
+            return fail("out of memory for the reconstruction scores", NULL);
+        t0 = text_seconds();
+        if (text_reconstruction_scores(&m, &cache, ids, n, pass_scores, error, sizeof error)) return fail(error, NULL);
+        t_pass = text_seconds() - t0;
+    }
     if (strcmp(policy, "none")) {
         kvec_result r;
+        const int64_t budget = (int64_t)(fraction * (double)n);
         t0 = text_seconds();
-        if ((r = llm_evict(&cache, &config, (int64_t)(fraction * (double)n), NULL)) != KVEC_OK)
+        if ((r = pass ? llm_evict_scores(&cache, &config, budget, pass_scores, NULL)
+                      : llm_evict(&cache, &config, budget, NULL)) != KVEC_OK)
             return fail("kvec", kvec_result_string(r));
         t_evict = text_seconds() - t0;
-        kept = cache.length[0];
+        for (kept = 0, i = 0; i < (int64_t)cache.n_layers * cache.n_kv_heads; i++) kept += cache.length[i];
+        kept /= (int64_t)cache.n_layers * cache.n_kv_heads; /* heads differ under shared budgets: the mean */
     }
     bytes_after = (double)text_cache_bytes(&cache);
     t0 = text_seconds();
@@ -162,12 +176,15 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
         return fail("the cache filled up while generating", NULL);
     t_answer = text_seconds() - t0;
     printf("answer: %s\n", answer);
-    printf("policy %s: %lld of %lld prompt tokens kept per KV head\n", policy, (long long)kept, (long long)n);
+    printf("policy %s: %lld of %lld prompt tokens kept per KV head (the mean over heads)\n", policy, (long long)kept,
+           (long long)n);
     printf("cache (K and V, fp32, all layers): %.2f MB after prefill, %.2f MB after compression\n",
             bytes_before / 1e6, bytes_after / 1e6);
     printf("time: prefill %.2f s (%.0f tokens/s), eviction %.1f ms, %s%d new tokens %.2f s\n",
             t_prefill, (double)n / t_prefill, 1e3 * t_evict, n_question ? "question and " : "",
             (int)n_new, t_answer);
+    if (pass)
+        printf("reconstruction pass (kvzip's scores): %.2f s, %.2fx the prefill\n", t_pass, t_pass / t_prefill);
     llm_cache_free(&cache);
     text_model_free(&m);
     if (prompt != text) free(prompt); /* NULL with a question */
@@ -175,6 +192,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     free(ids);
     free(question_ids);
     free(logits);
+    free(pass_scores);
     return 0;
 }
 
@@ -238,6 +256,10 @@ int main(int argc, char **argv) {
         return run_text(model_dir, prompt_file, question, raw, policy, fraction, max_tokens, tokenize, top_logits);
     if (prompt_file || question || raw || tokenize || top_logits) {
         fprintf(stderr, "generate: --prompt-file, --question, --raw, --tokenize and --top-logits need a .gguf model\n");
+        return 2;
+    }
+    if (text_policy_needs_pass(policy)) {
+        fprintf(stderr, "generate: %s asks the model to repeat its text: it needs a .gguf model with its tokenizer\n", policy);
         return 2;
     }
     for (kind = 0; kind < TASK_COUNT && strcmp(task, task_name((task_kind)kind)); kind++) {}

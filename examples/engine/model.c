@@ -1056,6 +1056,71 @@ kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budge
     return KVEC_OK;
 }
 
+kvec_result llm_evict_scores(llm_cache *cache, const kvec_config *config, int64_t budget, const float *scores,
+                             kvec_plan *plan_out) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, N = cache->n_positions;
+    kvec_layer layers[64];
+    kvec_cache view;
+    kvec_plan plan;
+    kvec_result r;
+    int64_t capacity, j;
+    if (L > 64) return KVEC_ERROR_BAD_EXTENT;
+    for (j = 0; j < L * Hk; j++)
+        if (cache->length[j] != N) return KVEC_ERROR_SHAPE_MISMATCH;
+    llm_kvec_layers(cache, layers);
+    view.layers = layers;
+    view.n_layers = L;
+    if ((r = kvec_plan_capacity(config, budget, L, N, &capacity)) != KVEC_OK) return r;
+    if ((r = kvec_memory(cache, kvec_select_scratch_bytes(config, L, Hk, N), capacity, &plan)) != KVEC_OK) return r;
+    /* select everything first, so that a refusal leaves the cache as it was */
+    if ((r = kvec_select(config, scores, L, Hk, N, budget, &plan, cache->kvec_scratch, cache->kvec_scratch_bytes)) != KVEC_OK ||
+        (r = kvec_compact(&view, &plan)) != KVEC_OK)
+        return r;
+    for (j = 0; j < L * Hk; j++) cache->length[j] = plan.kept_count[j];
+    if (plan_out) *plan_out = plan;
+    return KVEC_OK;
+}
+
+int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int32_t *pass, int64_t n_pass,
+                            int64_t chunk_begin, int64_t chunk_end, float *scores) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, H = cache->n_heads, D = cache->head_dim;
+    const int64_t N = cache->n_positions;
+    kvec_layer layers[64];
+    kvec_reconstruction views;
+    size_t bytes;
+    int64_t l, j;
+    int status = 0;
+    if (L > 64 || cache->decoding) return -1;
+    for (j = 0; j < L * Hk; j++)
+        if (cache->length[j] != N) return -1; /* the pass scores a cache no eviction has touched */
+    if (llm_forward(model, cache, pass, n_pass, NULL)) return -1;
+    cache->n_positions = N; /* views of the context: rows 0 .. N-1 */
+    llm_kvec_layers(cache, layers);
+    for (l = 0; l < L && !status; l++) {
+        /* The pass's rows N .. N+n_pass-1: keys in the same [Hk][D][cap]
+           layout, queries from the query log. */
+        views.keys = layers[l].keys;
+        views.keys.data = cache->keys[l] + N;
+        views.keys.n_tokens = n_pass;
+        views.queries = kvec_tensor_contiguous(cache->queries[l] + N * H * D, KVEC_DTYPE_F32, n_pass, H, D);
+        views.chunk_begin = chunk_begin;
+        views.chunk_end = chunk_end;
+        if (kvec_reconstruction_scratch_bytes(NULL, &layers[l], &views, &bytes) != KVEC_OK) { status = -1; break; }
+        if (bytes > cache->kvec_scratch_bytes) {
+            void *grown = realloc(cache->kvec_scratch, bytes);
+            if (!grown) { status = -1; break; }
+            cache->kvec_scratch = grown;
+            cache->kvec_scratch_bytes = bytes;
+        }
+        if (kvec_reconstruction_scores(NULL, &layers[l], &views, scores + l * Hk * N, cache->kvec_scratch,
+                                       cache->kvec_scratch_bytes) != KVEC_OK)
+            status = -1;
+    }
+    /* the pass's rows are dropped: the cache holds the context again */
+    for (j = 0; j < L * Hk; j++) cache->length[j] = N;
+    return status;
+}
+
 int llm_decode_begin(llm_cache *cache, int observe_attention) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, N = cache->n_positions;
     size_t bytes;

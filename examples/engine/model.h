@@ -132,6 +132,24 @@ int llm_forward(const llm_model *model, llm_cache *cache, const int32_t *tokens,
 kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget,
                       kvec_plan *plan);
 
+/* Eviction by scores the engine computed ([n_layers][n_kv_heads][N] fp32,
+   higher = keep; a reconstruction pass's, say): kvec_select under config's
+   budget mode (only window, budget_mode, head_floor and pyramid_beta
+   matter), then kvec_compact. As llm_evict otherwise. */
+kvec_result llm_evict_scores(llm_cache *cache, const kvec_config *config, int64_t budget, const float *scores,
+                             kvec_plan *plan);
+
+/* One reconstruction pass (KVzip) over a prefilled, not yet evicted cache of
+   N positions: pass[0 .. n_pass) runs at positions N .. N+n_pass-1, every
+   layer's context tokens chunk_begin .. chunk_end-1 get their
+   reconstruction scores (kvec_reconstruction_scores, kvec's defaults: 4
+   sinks) in scores ([n_layers][n_kv_heads][N]; other columns untouched),
+   and the pass's rows are dropped: the cache holds N positions again. The
+   cache needs N + n_pass positions of capacity. Returns 0, or -1 (the pass
+   does not fit, a bad token, out of memory). */
+int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int32_t *pass, int64_t n_pass,
+                            int64_t chunk_begin, int64_t chunk_end, float *scores);
+
 /* Eviction while generating. llm_decode_begin starts it on a cache that has
    not been evicted (every head holds every position, possibly none yet);
    with observe_attention, every later llm_forward shows kvec the attention

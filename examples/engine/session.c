@@ -151,14 +151,16 @@ void text_prompt_free(text_prompt *prompt) {
 }
 
 int text_answer(const text_model *m, const llm_cache *base, const float *base_logits, llm_cache *work,
-                float *logits, const kvec_config *config, double fraction, const int32_t *suffix,
-                int64_t n_suffix, int64_t max_new, char *reply, size_t reply_capacity,
+                float *logits, const kvec_config *config, const float *scores, double fraction,
+                const int32_t *suffix, int64_t n_suffix, int64_t max_new, char *reply, size_t reply_capacity,
                 double *evict_seconds, char *error, size_t error_size) {
     double start;
     llm_cache_copy(work, base);
     start = text_seconds();
     if (config) {
-        kvec_result r = llm_evict(work, config, (int64_t)(fraction * (double)base->n_positions), NULL);
+        const int64_t budget = (int64_t)(fraction * (double)base->n_positions);
+        kvec_result r = scores ? llm_evict_scores(work, config, budget, scores, NULL)
+                               : llm_evict(work, config, budget, NULL);
         if (r != KVEC_OK) return gguf_error(error, error_size, "kvec: %s", kvec_result_string(r));
     }
     *evict_seconds = text_seconds() - start;
@@ -190,7 +192,89 @@ int64_t text_cache_bytes(const llm_cache *cache) {
 
 const char *const TEXT_POLICY_NAMES =
     "kvec snapkv pyramidkv streaming h2o tova knorm keydiff random criticalkv laprox"
-    " adakv kvec-ada snap-global kvec-global laprox-global";
+    " adakv kvec-ada snap-global kvec-global laprox-global kvzip";
+
+int text_policy_needs_pass(const char *name) {
+    return strcspn(name, ":") == 5 && !strncmp(name, "kvzip", 5);
+}
+
+int64_t text_user_start(const text_model *m, const int32_t *ids, int64_t n) {
+    const int32_t start = tokenizer_find(&m->tok, "<|im_start|>");
+    int32_t user[2], newline[2];
+    char error[64];
+    int64_t i;
+    /* "user" and "\n" are one token each in both vocabularies; where they
+       are not, no header is recognised and the whole prefix is context */
+    if (start < 0 || tokenizer_encode(&m->tok, "user", 4, 0, user, 2, error, sizeof error) != 1 ||
+        tokenizer_encode(&m->tok, "\n", 1, 0, newline, 2, error, sizeof error) != 1)
+        return 0;
+    for (i = 0; i + 3 <= n; i++)
+        if (ids[i] == start && ids[i + 1] == user[0] && ids[i + 2] == newline[0]) return i + 3;
+    return 0;
+}
+
+/* The repeat prompts (KVzip's wording) and the end of the user turn that
+   precedes the repeated text, as ids; *n_* get their lengths. */
+#define REPEAT_FIRST "\n\nRepeat the previous context exactly."
+#define REPEAT_NEXT  "\n\nRepeat the part of the previous context exactly, starting with"
+#define REPEAT_TAIL  8 /* tokens of the previous chunk quoted before the next */
+
+int64_t text_reconstruction_positions(int64_t n) {
+    const int64_t chunk = n < TEXT_RECONSTRUCTION_CHUNK ? n : TEXT_RECONSTRUCTION_CHUNK;
+    return n + chunk + 64; /* the prompt, the turn's end and the quoted tail take under 64 */
+}
+
+int text_reconstruction_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores,
+                               char *error, size_t error_size) {
+    const int64_t L = m->model.config.n_layers, Hk = m->model.config.n_kv_heads;
+    const int64_t header = text_user_start(m, ids, n);
+    const int chat = header > 0;
+    int32_t *pass = NULL, *first = NULL, *next = NULL, *turn_end = NULL;
+    int64_t n_first, n_next, n_turn_end, begin, i, j;
+    int status = -1;
+    if (cache->n_positions != n) return gguf_error(error, error_size, "the cache does not hold the prompt");
+    if ((n_first = text_encode(m, REPEAT_FIRST, strlen(REPEAT_FIRST), &first, error, error_size)) < 0 ||
+        (n_next = text_encode(m, REPEAT_NEXT, strlen(REPEAT_NEXT), &next, error, error_size)) < 0 ||
+        (n_turn_end = chat ? text_encode(m, "<|im_end|>\n<|im_start|>assistant\n", 33, &turn_end, error, error_size)
+                           : text_encode(m, "\n", 1, &turn_end, error, error_size)) < 0)
+        goto done;
+    if (!(pass = (int32_t *)malloc((size_t)(n_next + REPEAT_TAIL + n_turn_end + TEXT_RECONSTRUCTION_CHUNK) * sizeof(int32_t)))) {
+        gguf_error(error, error_size, "out of memory for the reconstruction pass");
+        goto done;
+    }
+    /* The header before the user's text is not repeated: its first 4
+       tokens (the attention sinks) are kept, the rest scores 0. */
+    for (i = 0; i < L * Hk; i++)
+        for (j = 0; j < header; j++) scores[i * n + j] = j < 4 ? 1.0f : 0.0f;
+    for (begin = header; begin < n; begin += TEXT_RECONSTRUCTION_CHUNK) {
+        const int64_t end = n - begin < TEXT_RECONSTRUCTION_CHUNK ? n : begin + TEXT_RECONSTRUCTION_CHUNK;
+        int64_t used = 0;
+        if (begin == header) {
+            memcpy(pass, first, (size_t)n_first * sizeof(int32_t));
+            used = n_first;
+        } else { /* "... starting with" the last tokens of the chunk before */
+            memcpy(pass, next, (size_t)n_next * sizeof(int32_t));
+            memcpy(pass + n_next, ids + begin - REPEAT_TAIL, REPEAT_TAIL * sizeof(int32_t));
+            used = n_next + REPEAT_TAIL;
+        }
+        memcpy(pass + used, turn_end, (size_t)n_turn_end * sizeof(int32_t));
+        used += n_turn_end;
+        memcpy(pass + used, ids + begin, (size_t)(end - begin) * sizeof(int32_t));
+        used += end - begin;
+        if (llm_reconstruction_pass(&m->model, cache, pass, used, begin, end, scores)) {
+            gguf_error(error, error_size, "the reconstruction pass failed (%lld positions needed, the cache holds %lld)",
+                       (long long)(n + used), (long long)cache->capacity);
+            goto done;
+        }
+    }
+    status = 0;
+done:
+    free(pass);
+    free(first);
+    free(next);
+    free(turn_end);
+    return status;
+}
 
 const char *const TEXT_POLICY_OPTIONS =
     "K-VEC options after the name: kvec:share=0.5:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n"
@@ -277,7 +361,10 @@ int text_policy_parse(const char *name, kvec_config *config, char *error, size_t
         {"adakv", KVEC_POLICY_SNAPKV, KVEC_BUDGET_ADAPTIVE},
         {"kvec-ada", KVEC_POLICY_KVEC, KVEC_BUDGET_ADAPTIVE},
         {"snap-global", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
-        {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL}};
+        {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL},
+        /* scores from the reconstruction pass (text_reconstruction_scores);
+           one budget for the whole model and no per-head floor, as KVzip */
+        {"kvzip", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL}};
     char option[64];
     const char *rest;
     size_t base_length = strcspn(name, ":"), i;
@@ -289,6 +376,7 @@ int text_policy_parse(const char *name, kvec_config *config, char *error, size_t
         return gguf_error(error, error_size, "unknown policy '%.*s' (%s)", (int)base_length, name, TEXT_POLICY_NAMES);
     config->policy = known[i].policy;
     config->budget_mode = known[i].mode;
+    if (text_policy_needs_pass(name)) config->head_floor = -1.0f;
     for (rest = name + base_length; *rest == ':'; rest += strlen(option) + 1) {
         size_t n = strcspn(rest + 1, ":");
         if (n >= sizeof option) return gguf_error(error, error_size, "option '%.*s' is too long", (int)n, rest + 1);

@@ -69,13 +69,37 @@ void text_prompt_free(text_prompt *prompt);
 /* One answer from a prefilled prefix: work = base (same model and
    capacity), compressed to floor(fraction * prefix) rows per KV head with
    config (config NULL: the full cache), then the suffix read and up to
-   max_new tokens generated greedily into reply. base_logits: base's last
+   max_new tokens generated greedily into reply. scores (NULL: config's
+   policy scores the cache) are [L][Hk][prefix] scores to select by instead
+   (text_reconstruction_scores'). base_logits: base's last
    logits ([vocab]); logits: [vocab] work memory. *evict_seconds gets kvec's
    time. Returns 0, or -1 with a message. */
 int text_answer(const text_model *m, const llm_cache *base, const float *base_logits, llm_cache *work,
-                float *logits, const kvec_config *config, double fraction, const int32_t *suffix,
-                int64_t n_suffix, int64_t max_new, char *reply, size_t reply_capacity,
+                float *logits, const kvec_config *config, const float *scores, double fraction,
+                const int32_t *suffix, int64_t n_suffix, int64_t max_new, char *reply, size_t reply_capacity,
                 double *evict_seconds, char *error, size_t error_size);
+
+/* Question-agnostic scores from a reconstruction pass (KVzip; policy name
+   `kvzip`): after the prefill of ids[0 .. n) into cache (not yet evicted),
+   the model is asked to repeat the user's text (everything after the chat
+   header "<|im_start|>user\n"; a prompt without it is repeated whole):
+   "\n\nRepeat the previous context exactly." + end of the user turn + the
+   text, in chunks of TEXT_RECONSTRUCTION_CHUNK tokens, later chunks asked
+   "... starting with" the previous chunk's last 8 tokens. Every context
+   token gets kvec_reconstruction_scores' score; the header's first 4
+   tokens score 1 (kept first), the rest of it 0. scores: [L][Hk][n]. The
+   pass's rows are dropped: the cache holds the prompt again, unevicted.
+   The cache needs text_reconstruction_positions(n) positions. Returns 0, or
+   -1 with a message. Pass the scores to text_answer or llm_evict_scores. */
+#define TEXT_RECONSTRUCTION_CHUNK 2048
+int     text_reconstruction_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n,
+                                   float *scores, char *error, size_t error_size);
+int64_t text_reconstruction_positions(int64_t n);
+/* Whether a policy name (text_policy_parse's) takes its scores from the
+   reconstruction pass. */
+int     text_policy_needs_pass(const char *name);
+/* The index after the first "<|im_start|>user\n" in ids, or 0 (no chat header). */
+int64_t text_user_start(const text_model *m, const int32_t *ids, int64_t n);
 
 /* Whether reply contains answer, ignoring ASCII case: how answers are graded. */
 int text_contains(const char *reply, const char *answer);
