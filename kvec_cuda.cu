@@ -687,6 +687,55 @@ __global__ void kc_check_finite(kc_view t, int32_t *status) {
     if (!isfinite(kc_load(t, e / (H * D), (e / D) % H, e % D))) kc_fail(status, KVEC_ERROR_NON_FINITE);
 }
 
+/* >>reconstruction scores (KVzip)
+
+   Two kernels, one thread per item, keys and queries read through the
+   views (no tiling yet: correct first; the pass is one more prefill, and
+   this is its attention once more). kc_recon_rows: per KV head j and pass
+   row-head x = r*g + h, the softmax's running max and normaliser over the
+   sinks, the chunk and pass keys 0 .. r. kc_recon_keys: per chunk key, the
+   max over x of exp(logit - max_x) / normaliser_x, written to its column.
+   Every probability is computed once per (x, key) in each kernel and the
+   max is exact, so the result does not depend on the launch shape. */
+__device__ float kc_recon_logit(const kc_view &q, int64_t r, int64_t h, const kc_view &k, int64_t t, int64_t j,
+                                float scale) {
+    float acc = 0.0f;
+    for (int64_t d = 0; d < k.head_dim; d++) acc += kc_load(q, r, h, d) * kc_load(k, t, j, d);
+    return acc * scale;
+}
+
+__device__ __forceinline__ void kc_online(float l, float &m, float &sum) {
+    if (l > m) { sum = sum * expf(m - l) + 1.0f; m = l; } /* exp(-inf) = 0 on the first key */
+    else sum += expf(l - m);
+}
+
+__global__ void kc_recon_rows(kc_view keys, kc_view pq, kc_view pk, int64_t sinks, int64_t begin, int64_t chunk,
+                              int64_t g, float scale, float2 *stats, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t j = blockIdx.y, x = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, R = pq.n_tokens;
+    if (x >= R * g) return;
+    const int64_t r = x / g, h = j * g + x % g;
+    float m = -INFINITY, sum = 0.0f;
+    for (int64_t t = 0; t < sinks; t++) kc_online(kc_recon_logit(pq, r, h, keys, t, j, scale), m, sum);
+    for (int64_t t = begin; t < begin + chunk; t++) kc_online(kc_recon_logit(pq, r, h, keys, t, j, scale), m, sum);
+    for (int64_t t = 0; t <= r; t++) kc_online(kc_recon_logit(pq, r, h, pk, t, j, scale), m, sum);
+    stats[j * R * g + x] = make_float2(m, sum);
+}
+
+__global__ void kc_recon_keys(kc_view keys, kc_view pq, int64_t begin, int64_t chunk, int64_t g, float scale,
+                              const float2 *stats, float *scores, int64_t N, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t j = blockIdx.y, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, R = pq.n_tokens;
+    if (i >= chunk) return;
+    float best = 0.0f;
+    for (int64_t x = 0; x < R * g; x++) {
+        const float2 st = stats[j * R * g + x];
+        const float p = expf(kc_recon_logit(pq, x / g, j * g + x % g, keys, begin + i, j, scale) - st.x) / st.y;
+        best = p > best ? p : best;
+    }
+    scores[j * N + begin + i] = best;
+}
+
 /* >>output-aware scores (CriticalKV, LaProx) */
 
 /* ||W_o^h v_i||_p for query head h = blockIdx.y and the tokens of tile
@@ -1746,6 +1795,84 @@ KVEC_CUDA_API kvec_result kvec_cuda_evict(const kvec_config *config, kvec_cache 
             return r;
     }
     return kc_compact_all(cache, plan, s.status, stream);
+}
+
+/* >>host: reconstruction scores */
+
+/* The status word, then [Hk][R*g] (max, normaliser) pairs. */
+static size_t kc_recon_bytes(const kvec__recon_dims *d) {
+    kvec__bump b;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__take(&b, 1, sizeof(int32_t));
+    kvec__take(&b, kvec__count(d->n_kv_heads, kvec__count(d->pass_rows, d->group)), sizeof(float2));
+    return b.overflow ? 0 : b.used;
+}
+
+KVEC_CUDA_API size_t kvec_cuda_reconstruction_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                            const kvec_reconstruction *pass) {
+    kvec_config c;
+    kvec__recon_dims d;
+    if (kvec__resolve(config, &c) != KVEC_OK || kvec__check_recon(&c, layer, pass, &d) != KVEC_OK) return 0;
+    return kc_recon_bytes(&d);
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_reconstruction_scores(const kvec_config *config, const kvec_layer *layer,
+                                                          const kvec_reconstruction *pass, float *scores,
+                                                          void *scratch, size_t scratch_bytes, void *stream_) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    kvec_config c;
+    kvec__recon_dims d;
+    kvec__call_memory m;
+    kvec__bump b;
+    kvec_tensor sink_keys, chunk_keys;
+    int32_t *status;
+    float2 *stats;
+    kvec_result r;
+    size_t needed;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__check_recon(&c, layer, pass, &d)) != KVEC_OK) return r;
+    if ((needed = kc_recon_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if (d.n_kv_heads > 65535) return KVEC_ERROR_BAD_EXTENT; /* one grid row per KV head */
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&layer->keys, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&pass->queries, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&pass->keys, 0);
+    if (!kvec__call_add(&m, scores, d.n_kv_heads * layer->keys.n_tokens, sizeof(float), 1) ||
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    status = (int32_t *)kvec__take(&b, 1, sizeof(int32_t));
+    stats = (float2 *)kvec__take(&b, d.n_kv_heads * d.pass_rows * d.group, sizeof(float2));
+    if (status != kc_status_word(scratch)) return KVEC_ERROR_CUDA; /* the layout every chain shares */
+    KC_CUDA(cudaMemsetAsync(status, 0, sizeof(int32_t), stream));
+    /* what the softmax reads must be finite: the sinks, the chunk, the pass */
+    sink_keys = layer->keys;
+    sink_keys.n_tokens = d.sinks;
+    chunk_keys = layer->keys;
+    chunk_keys.data = (char *)layer->keys.data + pass->chunk_begin * layer->keys.stride_token;
+    chunk_keys.n_tokens = d.chunk;
+    {
+        const kvec_tensor *checked[4] = { &sink_keys, &chunk_keys, &pass->queries, &pass->keys };
+        for (int i = 0; i < 4; i++)
+            if (checked[i]->n_tokens > 0)
+                KC_LAUNCH(kc_check_finite, kc_blocks(checked[i]->n_tokens * checked[i]->n_heads * checked[i]->head_dim, 256),
+                          256, 0, (kc_view_of(*checked[i]), status));
+    }
+    {
+        const float scale = 1.0f / sqrtf((float)d.head_dim);
+        const dim3 rows(kc_blocks(d.pass_rows * d.group, 128), (unsigned)d.n_kv_heads);
+        const dim3 keys(kc_blocks(d.chunk, 128), (unsigned)d.n_kv_heads);
+        KC_LAUNCH(kc_recon_rows, rows, 128, 0,
+                  (kc_view_of(layer->keys), kc_view_of(pass->queries), kc_view_of(pass->keys), d.sinks,
+                   pass->chunk_begin, d.chunk, d.group, scale, stats, status));
+        KC_LAUNCH(kc_recon_keys, keys, 128, 0,
+                  (kc_view_of(layer->keys), kc_view_of(pass->queries), pass->chunk_begin, d.chunk, d.group, scale,
+                   stats, scores, layer->keys.n_tokens, status));
+    }
+    return KVEC_OK;
 }
 
 KVEC_CUDA_API kvec_result kvec_cuda_reset_status(void *scratch, void *stream_) {

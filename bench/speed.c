@@ -134,6 +134,7 @@ typedef struct options {
     int64_t long_n;               /* the long run's tokens, 0 = none */
     int64_t long_layers;          /* layers timed in the long run */
     const char *summary;          /* JSON lines for bench/speed_torch.py, or NULL */
+    int64_t recon_chunk;          /* reconstruction scores: chunk tokens, 0 = not run */
 } options;
 
 static void usage(FILE *f)
@@ -149,6 +150,7 @@ static void usage(FILE *f)
         "  --long         then snapkv and kvec alone at N tokens, 1 repeat (default 131072; 0: none)\n"
         "  --long-layers  layers timed in the long run (default 4), times scaled to %d layers\n"
         "  --summary      write the SnapKV and K-VEC totals per size as JSON lines to FILE\n"
+        "  --reconstruction C  then reconstruction scores of one layer, a C-token chunk (default 2048; 0: none)\n"
         "  --policies     any of:", MAX_REPEATS, N_LAYERS, N_LAYERS, N_LAYERS);
     for (p = 0; p < N_POLICIES; p++) fprintf(f, " %s", POLICIES[p].name);
     fprintf(f, " (default all)\n");
@@ -204,6 +206,7 @@ static int parse_options(int argc, char **argv, options *o)
     memset(o, 0, sizeof *o);
     o->layers = N_LAYERS;
     o->long_n = -1; /* default below */
+    o->recon_chunk = -1;
     o->long_layers = 4;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -243,6 +246,15 @@ static int parse_options(int argc, char **argv, options *o)
             }
             o->long_n = n;
             i++;
+        } else if (strcmp(a, "--reconstruction") == 0 && v) {
+            char *end;
+            long long c = strtoll(v, &end, 10);
+            if (*end != '\0' || c < 0 || c > 65536) {
+                fprintf(stderr, "speed: bad --reconstruction '%s' (0 .. 65536 tokens)\n", v);
+                return 0;
+            }
+            o->recon_chunk = c;
+            i++;
         } else if (strcmp(a, "--summary") == 0 && v) {
             o->summary = v;
             i++;
@@ -262,6 +274,7 @@ static int parse_options(int argc, char **argv, options *o)
     }
     if (o->quick && o->repeats == 0) o->repeats = 1;
     if (o->long_n < 0) o->long_n = o->quick ? 0 : 131072;
+    if (o->recon_chunk < 0) o->recon_chunk = 2048;
     return 1;
 }
 
@@ -723,6 +736,95 @@ static void run_sgemm(bench *b, int threads, double *times)
     free(c);
 }
 
+/* >>reconstruction: kvec_reconstruction_scores on one layer of the
+   Llama-3.1-8B shape, a chunk of C context tokens (fp16 keys of an 8K-token
+   cache, [N][Hk][D]) repeated by a pass of R = C + 16 rows (fp32 queries
+   [R][32][128], fp16 pass keys [R][8][128]), 4 sinks; beside sgemm of the
+   same products: per KV head, Q [g*R x D] times the S + C + R keys. Useful
+   FLOPs: 2D per (query head, row, visible key), row r seeing S + C + r + 1
+   keys; sgemm computes the whole rectangle and is credited with all of it. */
+static void run_reconstruction(int64_t chunk, int repeats)
+{
+    const int64_t N = 8192, S = 4, R = chunk + 16, begin = N - chunk, D = HEAD_DIM, m = GROUP * R;
+    const int64_t n_keys = S + chunk + R;
+    size_t held = 0;
+    uint16_t *k = (uint16_t *)xmalloc((size_t)(N * N_KVHEADS * D) * 2, &held);
+    uint16_t *pk = (uint16_t *)xmalloc((size_t)(R * N_KVHEADS * D) * 2, &held);
+    float *q = (float *)xmalloc((size_t)(R * N_QHEADS * D) * sizeof(float), &held);
+    float *scores = (float *)xmalloc((size_t)(N_KVHEADS * N) * sizeof(float), &held);
+    float *qg = (float *)xmalloc((size_t)(N_KVHEADS * m * D) * sizeof(float), &held);  /* [Hk][g*R][D] */
+    float *k32 = (float *)xmalloc((size_t)(N_KVHEADS * n_keys * D) * sizeof(float), &held); /* [Hk][keys][D] */
+    float *c = (float *)xmalloc((size_t)(m * n_keys) * sizeof(float), &held);
+    kvec_layer layer;
+    kvec_reconstruction pass;
+    size_t scratch_bytes = 0;
+    void *scratch;
+    double kvec_t[MAX_REPEATS], blas_t[MAX_REPEATS], useful, rect;
+    uint64_t seed = DATA_SEED + 7;
+    int64_t i, j, r, h, x;
+    int rep;
+    stats ks, bs;
+    fill_normal_f16(k, (size_t)(N * N_KVHEADS * D), DATA_SEED + 5);
+    fill_normal_f16(pk, (size_t)(R * N_KVHEADS * D), DATA_SEED + 6);
+    for (i = 0; i < R * N_QHEADS * D; i++) q[i] = (float)normal01(&seed);
+    memset(&layer, 0, sizeof layer);
+    layer.keys = kvec_tensor_contiguous(k, KVEC_DTYPE_F16, N, N_KVHEADS, D);
+    pass.queries = kvec_tensor_contiguous(q, KVEC_DTYPE_F32, R, N_QHEADS, D);
+    pass.keys = kvec_tensor_contiguous(pk, KVEC_DTYPE_F16, R, N_KVHEADS, D);
+    pass.chunk_begin = begin;
+    pass.chunk_end = N;
+    if (kvec_reconstruction_scratch_bytes(NULL, &layer, &pass, &scratch_bytes) != KVEC_OK) {
+        problem("reconstruction", "scratch query failed", 0, 0, 0, 0);
+        return;
+    }
+    scratch = xmalloc(scratch_bytes, &held);
+    /* the sgemm operands, regrouped and converted outside the timed region */
+    for (j = 0; j < N_KVHEADS; j++) {
+        for (x = 0; x < n_keys; x++) {
+            const uint16_t *row = x < S ? k + (x * N_KVHEADS + j) * D
+                                : x < S + chunk ? k + ((begin + x - S) * N_KVHEADS + j) * D
+                                : pk + ((x - S - chunk) * N_KVHEADS + j) * D;
+            for (i = 0; i < D; i++) k32[(j * n_keys + x) * D + i] = f16_to_f32(row[i]);
+        }
+        for (r = 0; r < R; r++)
+            for (h = 0; h < GROUP; h++)
+                memcpy(qg + ((size_t)j * (size_t)m + (size_t)(r * GROUP + h)) * (size_t)D,
+                       q + ((size_t)r * N_QHEADS + (size_t)(j * GROUP + h)) * (size_t)D, (size_t)D * sizeof(float));
+    }
+    for (rep = 0; rep < repeats; rep++) {
+        double t0 = omp_get_wtime();
+        fprintf(stderr, "  reconstruction, chunk %lld, repeat %d/%d\n", (long long)chunk, rep + 1, repeats);
+        if (kvec_reconstruction_scores(NULL, &layer, &pass, scores, scratch, scratch_bytes) != KVEC_OK)
+            problem("reconstruction", "kvec_reconstruction_scores failed", 0, 0, 0, 0);
+        kvec_t[rep] = omp_get_wtime() - t0;
+        t0 = omp_get_wtime();
+        for (j = 0; j < N_KVHEADS; j++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n_keys, (int)D, 1.0f,
+                        qg + (size_t)j * (size_t)m * (size_t)D, (int)D, k32 + (size_t)j * (size_t)n_keys * (size_t)D,
+                        (int)D, 0.0f, c, (int)n_keys);
+        blas_t[rep] = omp_get_wtime() - t0;
+    }
+    for (i = 0; i < N_KVHEADS * chunk; i++) { /* the scores are probabilities */
+        const float v = scores[(i / chunk) * N + begin + i % chunk];
+        if (!(v >= 0.0f && v <= 1.0f)) { problem("reconstruction", "score outside [0, 1] at %lld", i, 0, 0, 0); break; }
+    }
+    useful = 2.0 * (double)D * N_QHEADS * ((double)R * (double)(S + chunk) + (double)R * (double)(R + 1) / 2.0);
+    rect = 2.0 * (double)D * N_QHEADS * (double)R * (double)n_keys;
+    ks = stats_of(kvec_t, repeats);
+    bs = stats_of(blas_t, repeats);
+    printf("\n==== reconstruction scores (KVzip): one layer, a %lld-token chunk of an %lld-token fp16 cache, "
+           "a pass of %lld rows, %lld sinks; %d repeat%s ====\n",
+           (long long)chunk, (long long)N, (long long)R, (long long)S, repeats, repeats == 1 ? "" : "s");
+    printf("  kvec_reconstruction_scores  median %8.1f ms [%.1f, %.1f]  useful %.1f GFLOP -> %.1f GFLOP/s\n",
+           1e3 * ks.med, 1e3 * ks.min, 1e3 * ks.max, useful / 1e9, useful / ks.med / 1e9);
+    printf("  sgemm, same products        median %8.1f ms [%.1f, %.1f]  %.1f GFLOP (the whole rectangle) -> %.1f GFLOP/s\n",
+           1e3 * bs.med, 1e3 * bs.min, 1e3 * bs.max, rect / 1e9, rect / bs.med / 1e9);
+    printf("  ratio of useful rates (kvec / sgemm): %.2f   (kvec also converts the keys, takes every softmax,\n"
+           "  and keeps the max over rows; the causal triangle of the pass's own keys is not useful work)\n",
+           (useful / ks.med) / (rect / bs.med));
+    free(k); free(pk); free(q); free(scores); free(qg); free(k32); free(c); free(scratch);
+}
+
 /* >>machine */
 static void cpuinfo_field(const char *key, char *out, size_t out_size)
 {
@@ -1150,6 +1252,7 @@ int main(int argc, char **argv)
                (long long)o.long_n, (long long)o.long_layers, N_LAYERS);
         run_size(&o, o.long_n, o.long_layers, long_selected, 1);
     }
+    if (o.recon_chunk > 0) run_reconstruction(o.recon_chunk, o.repeats ? o.repeats : 3);
     if (g_problems) {
         printf("\n%d PROBLEM%s with kvec's results (details on stderr)\n", g_problems, g_problems == 1 ? "" : "S");
         return 1;

@@ -553,6 +553,83 @@ static void test_errors() {
 
 /* >>main */
 
+/* >>reconstruction scores: the device's against the CPU's, for shapes that
+   cross several of the CPU's row blocks and key tiles, in every dtype and
+   layout; columns outside the chunk untouched; a NaN in a pass query found
+   on the device, the scores then left as they were; a host refusal. */
+static void test_reconstruction(bool quick) {
+    static const int64_t shapes[][8] = { /* N, Hk, g, D, R, begin, end, sinks */
+        { 40, 1, 1, 8, 24, 10, 30, 4 },  { 200, 2, 3, 16, 150, 40, 190, 4 },
+        { 96, 3, 2, 24, 100, 0, 96, 4 }, { 300, 2, 4, 64, 180, 120, 290, 70 },
+    };
+    const int n_shapes = quick ? 3 : 4;
+    for (int s = 0; s < n_shapes; s++) {
+        const int64_t *x = shapes[s];
+        const int64_t N = x[0], Hk = x[1], g = x[2], D = x[3], R = x[4];
+        const kvec_dtype dtype = (kvec_dtype)(1 + s % 3);
+        tensor keys, pq, pk;
+        make_tensor(keys, dtype, N, Hk, D, s % LAYOUT_COUNT, 1.0f);
+        make_tensor(pq, dtype, R, Hk * g, D, LAYOUT_TOKEN_MAJOR, 1.5f);
+        make_tensor(pk, dtype, R, Hk, D, (s + 1) % LAYOUT_COUNT, 1.0f);
+        kvec_config c = {};
+        c.sink_tokens = x[7];
+        kvec_layer host_layer = {}, device_layer = {};
+        host_layer.keys = keys.view;
+        device_layer.keys = keys.device_view;
+        kvec_reconstruction host_pass = { pq.view, pk.view, x[5], x[6] };
+        kvec_reconstruction device_pass = { pq.device_view, pk.device_view, x[5], x[6] };
+        std::vector<float> cpu((size_t)(Hk * N), -7.0f), gpu((size_t)(Hk * N), -7.0f);
+        size_t cpu_bytes = 0;
+        CHECK(kvec_reconstruction_scratch_bytes(&c, &host_layer, &host_pass, &cpu_bytes) == KVEC_OK, "cpu scratch");
+        std::vector<unsigned char> cpu_scratch(cpu_bytes);
+        CHECK(kvec_reconstruction_scores(&c, &host_layer, &host_pass, cpu.data(), cpu_scratch.data(), cpu_bytes) == KVEC_OK,
+              "cpu scores");
+        const size_t bytes = kvec_cuda_reconstruction_scratch_bytes(&c, &device_layer, &device_pass);
+        void *scratch = nullptr;
+        float *device_scores = nullptr;
+        CHECK(bytes > 0, "device scratch");
+        CUDA_OK(cudaMalloc(&scratch, bytes));
+        CUDA_OK(cudaMalloc((void **)&device_scores, gpu.size() * sizeof(float)));
+        CUDA_OK(cudaMemcpy(device_scores, gpu.data(), gpu.size() * sizeof(float), cudaMemcpyHostToDevice));
+        kvec_result r = kvec_cuda_reconstruction_scores(&c, &device_layer, &device_pass, device_scores, scratch, bytes, NULL);
+        kvec_result status = KVEC_ERROR_CUDA;
+        CHECK(r == KVEC_OK, "shape %d: %s", s, kvec_result_string(r));
+        CHECK(kvec_cuda_status(scratch, NULL, &status) == KVEC_OK && status == KVEC_OK, "shape %d: status %d", s, (int)status);
+        CUDA_OK(cudaMemcpy(gpu.data(), device_scores, gpu.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        double worst = 0.0;
+        bool outside = true;
+        for (int64_t i = 0; i < Hk * N; i++) {
+            const int64_t t = i % N;
+            if (t < x[5] || t >= x[6]) outside &= gpu[(size_t)i] == -7.0f;
+            else worst = std::fmax(worst, std::fabs(gpu[(size_t)i] - cpu[(size_t)i]) / (cpu[(size_t)i] + 1e-6));
+        }
+        CHECK(worst < 1e-4, "shape %d (%s): device scores differ from the CPU's by %g relative", s, dtype_name(dtype), worst);
+        CHECK(outside, "shape %d: a column outside the chunk was written", s);
+        /* NaN in a pass query: found on the device, nothing written */
+        std::vector<unsigned char> poisoned = pq.host;
+        store(dtype, poisoned.data() + pq.view.stride_token * (R / 2), NAN);
+        CUDA_OK(cudaMemcpy(pq.device, poisoned.data(), poisoned.size(), cudaMemcpyHostToDevice));
+        std::vector<float> before = gpu;
+        r = kvec_cuda_reconstruction_scores(&c, &device_layer, &device_pass, device_scores, scratch, bytes, NULL);
+        CHECK(r == KVEC_OK && kvec_cuda_status(scratch, NULL, &status) == KVEC_OK && status == KVEC_ERROR_NON_FINITE,
+              "shape %d: NaN in a pass query: %s / status %s", s, kvec_result_string(r), kvec_result_string(status));
+        CUDA_OK(cudaMemcpy(gpu.data(), device_scores, gpu.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        CHECK(gpu == before, "shape %d: scores written after a NaN", s);
+        /* refused on the host: a pass shorter than its chunk */
+        kvec_reconstruction short_pass = device_pass;
+        short_pass.chunk_begin = 0;
+        short_pass.chunk_end = N < R + 1 ? N : R + 1;
+        if (short_pass.chunk_end > R) {
+            r = kvec_cuda_reconstruction_scores(&c, &device_layer, &short_pass, device_scores, scratch, bytes, NULL);
+            CHECK(r == KVEC_ERROR_SHAPE_MISMATCH, "shape %d: a pass shorter than its chunk: %s", s, kvec_result_string(r));
+        }
+        cudaFree(scratch);
+        cudaFree(device_scores);
+        free_tensor(keys); free_tensor(pq); free_tensor(pk);
+    }
+    std::printf("test_cuda: reconstruction scores compared with the CPU's on %d shapes\n", n_shapes);
+}
+
 int main(int argc, char **argv) {
     int devices = 0;
     /* --quick: four small shapes (make test-all's sanitizer build); --smoke:
@@ -569,6 +646,7 @@ int main(int argc, char **argv) {
     std::printf("test_cuda: kernels emulated on the CPU (tests/cuda_emulator.h)\n");
 #endif
     test_errors();
+    test_reconstruction(quick);
 
     const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_PYRAMIDKV, KVEC_POLICY_H2O,
                                      KVEC_POLICY_TOVA, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF,

@@ -7,7 +7,9 @@
               [--aware] [--max-tokens N]
 
    The prompt is one ChatML user turn: an instruction, the document, then the
-   question. Question-agnostic (the default): the document alone is prefilled
+   question. kvzip's rows take their scores from one more pass in which the
+   model repeats the document (text_reconstruction_scores); its time is
+   printed beside the prefill's. Question-agnostic (the default): the document alone is prefilled
    and compressed, then the question is read from the compressed cache, as
    when one cached document serves many questions. --aware: the question is
    prefilled with the document and compressed with it (SnapKV's setting:

@@ -1028,31 +1028,44 @@ static kvec_result kvec_memory(llm_cache *cache, size_t scratch_bytes, int64_t c
     return KVEC_OK;
 }
 
-kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget, kvec_plan *plan_out) {
+/* kvec's view of a cache every head of which still holds the whole prefix:
+   what llm_evict, llm_evict_scores and the reconstruction pass start from. */
+static kvec_result unevicted_view(const llm_cache *cache, kvec_layer *layers, kvec_cache *view) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, N = cache->n_positions;
+    int64_t j;
+    if (L > 64) return KVEC_ERROR_BAD_EXTENT;
+    for (j = 0; j < L * Hk; j++)
+        if (cache->length[j] != N) return KVEC_ERROR_SHAPE_MISMATCH;
+    llm_kvec_layers(cache, layers);
+    view->layers = layers;
+    view->n_layers = L;
+    return KVEC_OK;
+}
+
+/* Rows 0 .. kept-1 of every head now hold the kept tokens. */
+static void take_plan(llm_cache *cache, const kvec_plan *plan, kvec_plan *plan_out) {
+    int64_t j;
+    for (j = 0; j < (int64_t)cache->n_layers * cache->n_kv_heads; j++) cache->length[j] = plan->kept_count[j];
+    if (plan_out) *plan_out = *plan;
+}
+
+kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budget, kvec_plan *plan_out) {
+    const int64_t L = cache->n_layers, N = cache->n_positions;
     kvec_config defaults;
     kvec_layer layers[64];
     kvec_cache view;
     kvec_plan plan;
     kvec_result r;
     size_t scratch_bytes;
-    int64_t capacity, j;
+    int64_t capacity;
     if (!config) { memset(&defaults, 0, sizeof defaults); config = &defaults; }
-    if (L > 64) return KVEC_ERROR_BAD_EXTENT;
-    /* kvec compresses a prefix that every head still holds in full. */
-    for (j = 0; j < L * Hk; j++)
-        if (cache->length[j] != N) return KVEC_ERROR_SHAPE_MISMATCH;
-    llm_kvec_layers(cache, layers);
-    view.layers = layers;
-    view.n_layers = L;
+    if ((r = unevicted_view(cache, layers, &view)) != KVEC_OK) return r;
     if ((r = kvec_scratch_bytes(config, &view, 1, &scratch_bytes)) != KVEC_OK) return r;
     if ((r = kvec_plan_capacity(config, budget, L, N, &capacity)) != KVEC_OK) return r;
     if ((r = kvec_memory(cache, scratch_bytes, capacity, &plan)) != KVEC_OK) return r;
     r = kvec_evict_ex(config, &view, budget, &plan, cache->kvec_scratch, cache->kvec_scratch_bytes);
     if (r != KVEC_OK) return r;
-    /* Rows 0 .. kept-1 of every head now hold the kept tokens. */
-    for (j = 0; j < L * Hk; j++) cache->length[j] = plan.kept_count[j];
-    if (plan_out) *plan_out = plan;
+    take_plan(cache, &plan, plan_out);
     return KVEC_OK;
 }
 
@@ -1063,21 +1076,15 @@ kvec_result llm_evict_scores(llm_cache *cache, const kvec_config *config, int64_
     kvec_cache view;
     kvec_plan plan;
     kvec_result r;
-    int64_t capacity, j;
-    if (L > 64) return KVEC_ERROR_BAD_EXTENT;
-    for (j = 0; j < L * Hk; j++)
-        if (cache->length[j] != N) return KVEC_ERROR_SHAPE_MISMATCH;
-    llm_kvec_layers(cache, layers);
-    view.layers = layers;
-    view.n_layers = L;
+    int64_t capacity;
+    if ((r = unevicted_view(cache, layers, &view)) != KVEC_OK) return r;
     if ((r = kvec_plan_capacity(config, budget, L, N, &capacity)) != KVEC_OK) return r;
     if ((r = kvec_memory(cache, kvec_select_scratch_bytes(config, L, Hk, N), capacity, &plan)) != KVEC_OK) return r;
     /* select everything first, so that a refusal leaves the cache as it was */
     if ((r = kvec_select(config, scores, L, Hk, N, budget, &plan, cache->kvec_scratch, cache->kvec_scratch_bytes)) != KVEC_OK ||
         (r = kvec_compact(&view, &plan)) != KVEC_OK)
         return r;
-    for (j = 0; j < L * Hk; j++) cache->length[j] = plan.kept_count[j];
-    if (plan_out) *plan_out = plan;
+    take_plan(cache, &plan, plan_out);
     return KVEC_OK;
 }
 
@@ -1086,16 +1093,15 @@ int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int3
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, H = cache->n_heads, D = cache->head_dim;
     const int64_t N = cache->n_positions;
     kvec_layer layers[64];
+    kvec_cache view;
     kvec_reconstruction views;
     size_t bytes;
     int64_t l, j;
     int status = 0;
-    if (L > 64 || cache->decoding) return -1;
-    for (j = 0; j < L * Hk; j++)
-        if (cache->length[j] != N) return -1; /* the pass scores a cache no eviction has touched */
+    /* the pass scores a cache no eviction has touched */
+    if (cache->decoding || unevicted_view(cache, layers, &view) != KVEC_OK) return -1;
     if (llm_forward(model, cache, pass, n_pass, NULL)) return -1;
-    cache->n_positions = N; /* views of the context: rows 0 .. N-1 */
-    llm_kvec_layers(cache, layers);
+    /* layers[] views the context, rows 0 .. N-1, whatever the pass appended */
     for (l = 0; l < L && !status; l++) {
         /* The pass's rows N .. N+n_pass-1: keys in the same [Hk][D][cap]
            layout, queries from the query log. */
@@ -1117,6 +1123,7 @@ int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int3
             status = -1;
     }
     /* the pass's rows are dropped: the cache holds the context again */
+    cache->n_positions = N;
     for (j = 0; j < L * Hk; j++) cache->length[j] = N;
     return status;
 }
