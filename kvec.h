@@ -3169,7 +3169,7 @@ static void kvec__carve_recon(kvec__bump *b, const kvec__recon_dims *d, kvec__re
 static size_t kvec__recon_bytes(const kvec__recon_dims *d) {
     kvec__bump b;
     kvec__bump_init(&b, NULL, 0);
-    if (kvec__take(&b, d->n_kv_heads, sizeof(kvec__recon_work)), b.overflow) return 0;
+    kvec__take(&b, d->n_kv_heads, sizeof(kvec__recon_work));
     kvec__carve_recon(&b, d, NULL);
     return b.overflow ? 0 : b.used;
 }
@@ -3224,13 +3224,13 @@ static void kvec__recon_head(const kvec_layer *layer, const kvec_reconstruction 
     const int64_t RC = KVEC__ROW_CHUNK, total = R * g;
     const float scale = 1.0f / sqrtf((float)D);
     const float *sink_keys = w->keys, *chunk_keys, *pass_keys;
-    int64_t x0, S4, C4;
+    int64_t x0, i, S4, C4;
     S4 = kvec__load_rows(&layer->keys, kv_head, 0, dm->sinks, w->keys);
     chunk_keys = w->keys + S4 * D;
     C4 = kvec__load_rows(&layer->keys, kv_head, pass->chunk_begin, C, w->keys + S4 * D);
     pass_keys = chunk_keys + C4 * D;
     kvec__load_rows(&pass->keys, kv_head, 0, R, w->keys + (S4 + C4) * D);
-    for (x0 = 0; x0 < C; x0++) w->best[x0] = 0.0f;
+    for (i = 0; i < C; i++) w->best[i] = 0.0f;
     for (x0 = 0; x0 < total; x0 += RC) {
         const int64_t chunk = total - x0 < RC ? total - x0 : RC;
         const int64_t padded_rows = (chunk + 2 * KVEC__LANES - 1) / (2 * KVEC__LANES) * (2 * KVEC__LANES);
