@@ -200,7 +200,9 @@ ERRORS
    Finite: the keys always (every policy and budget); the queries when a
    layer is scored by a policy that reads them; values and out_proj when
    CriticalKV or LaProx score a layer (the only policies that read values
-   as numbers; the others move them as bytes, unchecked).
+   as numbers; the others move them as bytes, unchecked); for
+   kvec_reconstruction_scores, the sink and chunk keys and the pass's
+   queries and keys (the context's other keys are not read).
 
    Overlap rule (KVEC_ERROR_OVERLAP): nothing a call writes may share a
    byte with anything else it reads or writes: keys and values of every
