@@ -213,8 +213,8 @@ int64_t text_user_start(const text_model *m, const int32_t *ids, int64_t n) {
     return 0;
 }
 
-/* The repeat prompts (KVzip's wording) and the end of the user turn that
-   precedes the repeated text, as ids; *n_* get their lengths. */
+/* KVzip's repeat prompts: the first chunk's, and the later chunks', which
+   quote the last REPEAT_TAIL tokens of the chunk before. */
 #define REPEAT_FIRST "\n\nRepeat the previous context exactly."
 #define REPEAT_NEXT  "\n\nRepeat the part of the previous context exactly, starting with"
 #define REPEAT_TAIL  8 /* tokens of the previous chunk quoted before the next */
