@@ -1,4 +1,4 @@
-/* kvec.h - KV-cache eviction for LLM inference engines - v0.5.0 - MIT license (end of file)
+/* kvec.h - KV-cache eviction for LLM inference engines - v0.6.0 - MIT license (end of file)
 
    One header. In exactly one C or C++ file of your program:
 
@@ -125,6 +125,18 @@ POLICIES (kvec_config.policy; scores per KV head, higher = keep)
    most attention it received while being reproduced. These scores go to
    kvec_select (KVzip uses one global budget), then kvec_compact.
 
+   Expected attention (kvpress's ExpectedAttentionPress,
+   kvec_expected_attention_scores): question-agnostic with no extra pass.
+   The engine adds each prefill chunk's queries to running statistics
+   (kvec_query_stats_add, one per layer); the queries still to come are
+   modelled as a Gaussian with their mean and covariance, rotated to the
+   next positions, and each key scores the attention it would expect,
+   times its value's norm.
+
+   Coverage over given scores (kvec_coverage_scores): K-VEC's uniqueness
+   term applied to any of the above, in log space, so that global budgets
+   still compare heads.
+
    I = window attention importance, U = -cos(k_i, kbar) (key uniqueness),
    z = per-head z-score over evictable tokens. The formulas and the evidence
    behind the defaults are in docs/ALGORITHMS.md.
@@ -202,7 +214,11 @@ ERRORS
    CriticalKV or LaProx score a layer (the only policies that read values
    as numbers; the others move them as bytes, unchecked); for
    kvec_reconstruction_scores, the sink and chunk keys and the pass's
-   queries and keys (the context's other keys are not read).
+   queries and keys (the context's other keys are not read); for
+   kvec_expected_attention_scores, keys and values past the sinks and the
+   statistics' sums; for kvec_query_stats_add, the queries; for
+   kvec_coverage_scores, every key, and its scores must be >= 0 or +inf
+   (KVEC_ERROR_BAD_SCORES otherwise).
 
    Overlap rule (KVEC_ERROR_OVERLAP): nothing a call writes may share a
    byte with anything else it reads or writes: keys and values of every
@@ -225,7 +241,9 @@ CUDA
    link it); its functions, kvec_cuda_*, are declared below (>>cuda api)
    whatever KVEC_STATIC says, and take the same cache, config and plan
    with device pointers inside. Uniform and pyramid budgets, every policy,
-   every K-VEC term.
+   every K-VEC term, reconstruction scores. Expected attention and the
+   coverage over given scores are host only: they run once per prefill on
+   small statistics, and their scores go to kvec_cuda_select like any.
 
 NON-GOALS
 
@@ -243,7 +261,7 @@ NON-GOALS
 #include <stdint.h>
 
 #define KVEC_VERSION_MAJOR 0
-#define KVEC_VERSION_MINOR 5
+#define KVEC_VERSION_MINOR 6
 #define KVEC_VERSION_PATCH 0
 
 #if defined(KVEC_STATIC) && (defined(__GNUC__) || defined(__clang__))
@@ -281,7 +299,8 @@ typedef enum kvec_result {
     KVEC_ERROR_OVERLAP            = -18, /* memory a call writes overlaps what else it reads or writes */
     KVEC_ERROR_MISSING_OUT_PROJ   = -19, /* output-aware policy, no layer.out_proj */
     KVEC_ERROR_STATE_MISMATCH     = -20, /* decode state full, not this cache's, or not one init made */
-    KVEC_ERROR_CUDA               = -21  /* kvec_cuda.cu: a CUDA call or launch failed */
+    KVEC_ERROR_CUDA               = -21, /* kvec_cuda.cu: a CUDA call or launch failed */
+    KVEC_ERROR_BAD_SCORES         = -22  /* scores in: negative or NaN where masses are required */
 } kvec_result;
 
 KVEC_API const char *kvec_result_string(kvec_result result);
@@ -537,6 +556,89 @@ KVEC_API kvec_result kvec_reconstruction_scores(const kvec_config *config, const
                                                 const kvec_reconstruction *pass, float *scores,
                                                 void *scratch, size_t scratch_bytes);
 
+/* Expected attention (kvpress's ExpectedAttentionPress, question-agnostic,
+   no extra pass). The queries still to come are modelled as a Gaussian
+   fitted to the queries seen so far: mean mu_h and covariance Sigma_h of
+   query head h before RoPE, then rotated by the mean of the RoPE rotations
+   of the next n_future positions (Rbar). Under that model the expected
+   logit of key k is
+
+     z_h(k) = (Rbar mu_h) . k / sqrt(D) + k' (Rbar Sigma_h Rbar') k / (2 D)
+
+   (the log of E[exp(q.k / sqrt(D))] for a Gaussian q), and token i of KV
+   head j scores
+
+     mean over the query heads h of its group of softmax_i(z_h(k_i)) * ||v_i||
+
+   over the positions from sink_tokens on; the first sink_tokens positions
+   score +inf (always kept). What the engine hands over, per layer: the
+   running sums of its queries (kvec_query_stats_add, called on each prefill
+   chunk's post-RoPE queries: kvec undoes the rotation itself, so the
+   engine's query log or its attention input serves as it is), the RoPE it
+   uses (kvec_rope) and the position of the next query.
+
+   kvec_query_stats: caller memory of kvec_query_stats_bytes, one per layer;
+   sums in double so that long prefills do not lose precision. kvpress
+   leaves the first 4 positions (attention sinks, outlying queries) out of
+   the statistics: an engine does the same by passing rows from there on. */
+typedef struct kvec_rope {
+    double  theta;       /* base of the frequencies theta^(-2i/dims): 10000, 1e6, ... (> 1) */
+    int64_t dims;        /* rotated dimensions, even, <= D; 0 = D (the rest pass unrotated) */
+    int     interleaved; /* 0: rotate-half, dimension i pairs with i + dims/2 (Hugging Face,
+                            llama.cpp's NEOX mode); 1: 2i pairs with 2i + 1 (llama.cpp's normal mode) */
+} kvec_rope;
+
+typedef struct kvec_query_stats {
+    double  *sum;      /* [H][D]    sum of the un-rotated queries */
+    double  *outer;    /* [H][D][D] sum of their outer products; the upper triangle (column >= row) */
+    double  *work;     /* [H][D]    one un-rotated row per head, while adding */
+    float   *load;     /* [H][D]    one row as fp32, while adding */
+    int64_t  n_heads, head_dim;
+    int64_t  count;    /* positions added */
+} kvec_query_stats;
+
+KVEC_API kvec_result kvec_query_stats_bytes(int64_t n_heads, int64_t head_dim, size_t *bytes);
+KVEC_API kvec_result kvec_query_stats_init(kvec_query_stats *stats, void *memory, size_t memory_bytes,
+                                           int64_t n_heads, int64_t head_dim);
+/* Adds queries ([T][H][D], post-RoPE, row t at position first_position + t). */
+KVEC_API kvec_result kvec_query_stats_add(kvec_query_stats *stats, const kvec_tensor *queries,
+                                          int64_t first_position, const kvec_rope *rope);
+
+typedef struct kvec_expected_attention {
+    const kvec_query_stats *stats; /* the layer's queries so far (count >= 1) */
+    kvec_rope rope;                /* the model's rotation, as for kvec_query_stats_add */
+    int64_t   first_position;      /* position of the first query to come (N after a prefill of N) */
+    int64_t   n_future;            /* positions averaged over; 0 = 512 (kvpress's default) */
+} kvec_expected_attention;
+
+/* scores ([Hk][N], every column written) for the layer's keys and values.
+   Scratch: kvec_expected_attention_scratch_bytes. The scores go to
+   kvec_select (kvpress keeps the same count per head: a uniform budget). */
+KVEC_API kvec_result kvec_expected_attention_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                           const kvec_expected_attention *expected, size_t *bytes);
+KVEC_API kvec_result kvec_expected_attention_scores(const kvec_config *config, const kvec_layer *layer,
+                                                    const kvec_expected_attention *expected, float *scores,
+                                                    void *scratch, size_t scratch_bytes);
+
+/* K-VEC's coverage over scores from elsewhere (reconstruction, expected
+   attention, an engine's own): scores ([Hk][N], one layer, probabilities or
+   other non-negative masses, +inf = always keep) are rewritten, for the
+   evictable positions i < N - window, as
+
+     s_i <- ln(max(s_i, 1e-30)) + mu * z(U_i),  U_i = -cos(k_i, kbar)
+
+   (kbar the head's mean key direction, z the z-score over the evictable
+   positions; +inf stays). The log keeps the scores' scale across heads and
+   layers, so a global budget still compares them; mu (config terms.mu)
+   moves a token by mu standard deviations of uniqueness, a factor e^mu on
+   its score. Window positions are not touched. A negative or NaN score is
+   KVEC_ERROR_BAD_SCORES, nothing written. Scratch:
+   kvec_coverage_scores_scratch_bytes. */
+KVEC_API kvec_result kvec_coverage_scores_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                        size_t *bytes);
+KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_layer *layer, float *scores,
+                                          void *scratch, size_t scratch_bytes);
+
 /* Heads of different lengths (adaptive and global budgets), two ways to
    attend over them. Varlen: head j of layer layer_index holds kept_count
    rows; cu_seqlens ([Hk + 1], int32 as varlen attention kernels take it)
@@ -775,6 +877,7 @@ KVEC_API const char *kvec_result_string(kvec_result result) {
     case KVEC_ERROR_MISSING_OUT_PROJ:    return "the policy reads the output projection (layer.out_proj) and none was given";
     case KVEC_ERROR_STATE_MISMATCH:      return "decode state full (evict first), its layers, heads or rows differ from the cache, or it is not a state kvec_decode_init made";
     case KVEC_ERROR_CUDA:                return "a CUDA runtime call or kernel launch failed (cudaPeekAtLastError says which)";
+    case KVEC_ERROR_BAD_SCORES:          return "a score given in is negative or NaN where non-negative masses are required";
     }
     return "unknown kvec_result";
 }
@@ -3349,6 +3452,443 @@ KVEC_API kvec_result kvec_reconstruction_scores(const kvec_config *config, const
     return KVEC_OK;
 }
 
+/* >>expected attention */
+
+/* The rope's dims resolved against head_dim D: 0 when the rope is invalid. */
+static int64_t kvec__rope_dims(const kvec_rope *rope, int64_t D) {
+    const int64_t dims = rope->dims == 0 ? D : rope->dims;
+    if (!(rope->theta > 1.0) || rope->theta > 1e300) return 0; /* NaN fails too */
+    if (rope->interleaved != 0 && rope->interleaved != 1) return 0;
+    if (dims < 2 || dims > D || dims % 2 != 0) return 0;
+    return dims;
+}
+
+/* Dimensions a and b of rotation pair i. */
+static void kvec__rope_pair(const kvec_rope *rope, int64_t dims, int64_t i, int64_t *a, int64_t *b) {
+    if (rope->interleaved) { *a = 2 * i; *b = 2 * i + 1; }
+    else                   { *a = i;     *b = i + dims / 2; }
+}
+
+/* Frequency of pair i: theta^(-2i/dims), in double. */
+static double kvec__rope_frequency(const kvec_rope *rope, int64_t dims, int64_t i) {
+    return pow(rope->theta, -2.0 * (double)i / (double)dims);
+}
+
+static kvec_result kvec__check_stats(const kvec_query_stats *s) {
+    if (!s || !s->sum || !s->outer || !s->work || !s->load) return KVEC_ERROR_NULL_POINTER;
+    if (s->n_heads <= 0 || s->head_dim <= 0 || s->count < 0) return KVEC_ERROR_BAD_EXTENT;
+    if (kvec__count(kvec__count(s->n_heads, s->head_dim), s->head_dim) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    return KVEC_OK;
+}
+
+/* The stats' arrays in memory (or measured with memory NULL). */
+static void kvec__carve_stats(kvec__bump *b, int64_t H, int64_t D, kvec_query_stats *s) {
+    s->sum   = (double *)kvec__take(b, kvec__count(H, D), sizeof(double));
+    s->outer = (double *)kvec__take(b, kvec__count(kvec__count(H, D), D), sizeof(double));
+    s->work  = (double *)kvec__take(b, kvec__count(H, D), sizeof(double));
+    s->load  = (float *)kvec__take(b, kvec__count(H, D), sizeof(float));
+}
+
+KVEC_API kvec_result kvec_query_stats_bytes(int64_t n_heads, int64_t head_dim, size_t *bytes) {
+    kvec__bump b;
+    kvec_query_stats arrays;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if (n_heads <= 0 || head_dim <= 0) return KVEC_ERROR_BAD_EXTENT;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__carve_stats(&b, n_heads, head_dim, &arrays);
+    if (b.overflow || kvec__count(kvec__count(n_heads, head_dim), head_dim) < 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    *bytes = b.used;
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_query_stats_init(kvec_query_stats *stats, void *memory, size_t memory_bytes,
+                                           int64_t n_heads, int64_t head_dim) {
+    size_t needed;
+    kvec_result r;
+    kvec__bump b;
+    if (!stats || !memory) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec_query_stats_bytes(n_heads, head_dim, &needed)) != KVEC_OK) return r;
+    if (memory_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__bump_init(&b, memory, memory_bytes);
+    kvec__carve_stats(&b, n_heads, head_dim, stats);
+    memset(stats->sum, 0, (size_t)(n_heads * head_dim) * sizeof(double));
+    memset(stats->outer, 0, (size_t)(n_heads * head_dim * head_dim) * sizeof(double));
+    stats->n_heads = n_heads;
+    stats->head_dim = head_dim;
+    stats->count = 0;
+    return KVEC_OK;
+}
+
+/* The regions of a stats' arrays; `written` for the sums. */
+static int kvec__stats_regions(kvec__call_memory *m, const kvec_query_stats *s, int sums_written, int work) {
+    const int64_t HD = s->n_heads * s->head_dim;
+    return kvec__call_add(m, s->sum, HD, sizeof(double), sums_written) &&
+           kvec__call_add(m, s->outer, HD * s->head_dim, sizeof(double), sums_written) &&
+           (!work || (kvec__call_add(m, s->work, HD, sizeof(double), 1) &&
+                      kvec__call_add(m, s->load, HD, sizeof(float), 1)));
+}
+
+KVEC_API kvec_result kvec_query_stats_add(kvec_query_stats *stats, const kvec_tensor *queries,
+                                          int64_t first_position, const kvec_rope *rope) {
+    kvec__call_memory m;
+    kvec_result r;
+    int64_t H, D, T, dims, count, last, h;
+    int finite = 1;
+    if (!queries || !rope) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__check_stats(stats)) != KVEC_OK) return r;
+    if ((r = kvec_validate_tensor(queries)) != KVEC_OK) return r;
+    H = stats->n_heads; D = stats->head_dim; T = queries->n_tokens;
+    if (queries->n_heads != H || queries->head_dim != D) return KVEC_ERROR_SHAPE_MISMATCH;
+    if (!(dims = kvec__rope_dims(rope, D))) return KVEC_ERROR_BAD_CONFIG;
+    if (first_position < 0) return KVEC_ERROR_BAD_EXTENT;
+    if (kvec__add_overflows(first_position, T, &last) || kvec__add_overflows(stats->count, T, &count))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(queries, 0);
+    if (!kvec__stats_regions(&m, stats, 1, 1)) return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    for (h = 0; h < H && finite; h++) {
+        int64_t t;
+        for (t = 0; t < T && finite; t++) finite = !kvec__row_has_non_finite(queries, t, h);
+    }
+    if (!finite) return KVEC_ERROR_NON_FINITE;
+    KVEC__PARALLEL_FOR
+    for (h = 0; h < H; h++) {
+        double *u = stats->work + h * D, *sum = stats->sum + h * D, *outer = stats->outer + h * D * D;
+        float *row = stats->load + h * D;
+        int64_t t, i, d, e;
+        for (t = 0; t < T; t++) {
+            const double position = (double)(first_position + t);
+            kvec__load_row(queries, t, h, row);
+            for (d = 0; d < D; d++) u[d] = row[d];
+            for (i = 0; i < dims / 2; i++) { /* undo the rotation by angle position * w_i */
+                const double angle = position * kvec__rope_frequency(rope, dims, i);
+                const double c = cos(angle), s = sin(angle);
+                int64_t a, b;
+                kvec__rope_pair(rope, dims, i, &a, &b);
+                u[a] = c * row[a] + s * row[b];
+                u[b] = c * row[b] - s * row[a];
+            }
+            for (d = 0; d < D; d++) {
+                const double ud = u[d];
+                double *out = outer + d * D;
+                sum[d] += ud;
+                for (e = d; e < D; e++) out[e] += ud * u[e];
+            }
+        }
+    }
+    stats->count = count;
+    return KVEC_OK;
+}
+
+typedef struct kvec__expected_dims {
+    int64_t n_tokens, n_kv_heads, group, head_dim, value_dim, rope_dims, sinks, n_future;
+} kvec__expected_dims;
+
+typedef struct kvec__expected_work {
+    double *mean;     /* [D] */
+    double *cov;      /* [D][D] */
+    float  *mean_q;   /* [g][D]    Rbar mu / sqrt(D) */
+    float  *cov_q;    /* [g][D][D] Rbar Sigma Rbar' / (2D) */
+    float  *key;      /* [D] */
+    float  *product;  /* [D] */
+    float  *value;    /* [Dv] */
+    float  *logits;   /* [g][N] */
+} kvec__expected_work;
+
+static kvec_result kvec__check_expected(const kvec_config *c, const kvec_layer *layer,
+                                        const kvec_expected_attention *ea, kvec__expected_dims *d) {
+    const kvec_tensor *k, *v;
+    kvec_result r;
+    if (!layer || !ea) return KVEC_ERROR_NULL_POINTER;
+    k = &layer->keys; v = &layer->values;
+    if ((r = kvec_validate_tensor(k)) != KVEC_OK) return r;
+    if ((r = kvec_validate_tensor(v)) != KVEC_OK) return r;
+    if ((r = kvec__check_stats(ea->stats)) != KVEC_OK) return r;
+    if (v->n_tokens != k->n_tokens || v->n_heads != k->n_heads) return KVEC_ERROR_SHAPE_MISMATCH;
+    if (ea->stats->head_dim != k->head_dim || ea->stats->n_heads % k->n_heads != 0)
+        return KVEC_ERROR_SHAPE_MISMATCH;
+    if (ea->stats->count < 1) return KVEC_ERROR_MISSING_QUERIES;
+    if (!(d->rope_dims = kvec__rope_dims(&ea->rope, k->head_dim))) return KVEC_ERROR_BAD_CONFIG;
+    if (ea->first_position < 0 || ea->n_future < 0) return KVEC_ERROR_BAD_EXTENT;
+    d->n_future = ea->n_future == 0 ? 512 : ea->n_future;
+    if (ea->first_position > INT64_MAX - d->n_future) return KVEC_ERROR_SIZE_OVERFLOW;
+    d->n_tokens = k->n_tokens;
+    d->n_kv_heads = k->n_heads;
+    d->group = ea->stats->n_heads / k->n_heads;
+    d->head_dim = k->head_dim;
+    d->value_dim = v->head_dim;
+    d->sinks = c->sink_tokens < k->n_tokens ? c->sink_tokens : k->n_tokens;
+    return KVEC_OK;
+}
+
+/* Rbar's pairs ([dims/2] cosines, then sines) and each KV head's work. */
+static void kvec__carve_expected(kvec__bump *b, const kvec__expected_dims *d, double **rotation,
+                                 kvec__expected_work *heads) {
+    const int64_t D = d->head_dim, g = d->group;
+    int64_t j;
+    *rotation = (double *)kvec__take(b, d->rope_dims, sizeof(double));
+    for (j = 0; j < d->n_kv_heads; j++) {
+        kvec__expected_work w;
+        w.mean    = (double *)kvec__take(b, D, sizeof(double));
+        w.cov     = (double *)kvec__take(b, kvec__count(D, D), sizeof(double));
+        w.mean_q  = (float *)kvec__take(b, kvec__count(g, D), sizeof(float));
+        w.cov_q   = (float *)kvec__take(b, kvec__count(kvec__count(g, D), D), sizeof(float));
+        w.key     = (float *)kvec__take(b, D, sizeof(float));
+        w.product = (float *)kvec__take(b, D, sizeof(float));
+        w.value   = (float *)kvec__take(b, d->value_dim, sizeof(float));
+        w.logits  = (float *)kvec__take(b, kvec__count(g, d->n_tokens), sizeof(float));
+        if (heads) heads[j] = w;
+    }
+}
+
+static size_t kvec__expected_bytes(const kvec__expected_dims *d) {
+    kvec__bump b;
+    double *rotation;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__take(&b, d->n_kv_heads, sizeof(kvec__expected_work));
+    kvec__carve_expected(&b, d, &rotation, NULL);
+    return b.overflow ? 0 : b.used;
+}
+
+KVEC_API kvec_result kvec_expected_attention_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                           const kvec_expected_attention *expected, size_t *bytes) {
+    kvec_config c;
+    kvec__expected_dims d;
+    kvec_result r;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kvec__check_expected(&c, layer, expected, &d)) != KVEC_OK) return r;
+    if ((*bytes = kvec__expected_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    return KVEC_OK;
+}
+
+/* M <- Rbar M (rows) or M Rbar' (columns), Rbar = [[c, -s], [s, c]] on each pair. */
+static void kvec__rotate_pairs(double *m, int64_t D, const kvec_rope *rope, int64_t dims,
+                               const double *rotation, int columns) {
+    int64_t i, x;
+    for (i = 0; i < dims / 2; i++) {
+        const double c = rotation[i], s = rotation[dims / 2 + i];
+        int64_t a, b;
+        kvec__rope_pair(rope, dims, i, &a, &b);
+        for (x = 0; x < D; x++) {
+            double *pa = columns ? m + x * D + a : m + a * D + x;
+            double *pb = columns ? m + x * D + b : m + b * D + x;
+            const double va = *pa, vb = *pb;
+            *pa = c * va - s * vb;
+            *pb = s * va + c * vb;
+        }
+    }
+}
+
+/* a.b: fp32 products in KVEC__LANES partial sums of a fixed order, as
+   kvec__dot_norm, without the norm. */
+static double kvec__dot(const float *a, const float *b, int64_t n) {
+    float dot[KVEC__LANES] = { 0 };
+    double total = 0.0;
+    int64_t d;
+    int j;
+    for (d = 0; d + KVEC__LANES <= n; d += KVEC__LANES)
+        for (j = 0; j < KVEC__LANES; j++) dot[j] += a[d + j] * b[d + j];
+    for (j = 0; d < n; d++, j++) dot[j] += a[d] * b[d];
+    for (j = 0; j < KVEC__LANES; j++) total += dot[j];
+    return total;
+}
+
+/* One KV head: the expected attention of its group, times ||v||. */
+static void kvec__expected_head(const kvec_layer *layer, const kvec_expected_attention *ea,
+                                const kvec__expected_dims *dm, const double *rotation, int64_t j,
+                                kvec__expected_work *w, float *scores) {
+    const kvec_query_stats *st = ea->stats;
+    const int64_t D = dm->head_dim, g = dm->group, N = dm->n_tokens, S = dm->sinks;
+    const double inv_count = 1.0 / (double)st->count;
+    int64_t x, i, d, e;
+    for (x = 0; x < g; x++) { /* mean and covariance of query head h, rotated by Rbar */
+        const int64_t h = j * g + x;
+        const double *sum = st->sum + h * D, *outer = st->outer + h * D * D;
+        for (d = 0; d < D; d++) w->mean[d] = sum[d] * inv_count;
+        for (d = 0; d < D; d++)
+            for (e = d; e < D; e++)
+                w->cov[d * D + e] = w->cov[e * D + d] = outer[d * D + e] * inv_count - w->mean[d] * w->mean[e];
+        kvec__rotate_pairs(w->mean, 1, &ea->rope, dm->rope_dims, rotation, 0);
+        kvec__rotate_pairs(w->cov, D, &ea->rope, dm->rope_dims, rotation, 0);
+        kvec__rotate_pairs(w->cov, D, &ea->rope, dm->rope_dims, rotation, 1);
+        for (d = 0; d < D; d++) w->mean_q[x * D + d] = (float)(w->mean[d] / sqrt((double)D));
+        for (d = 0; d < D * D; d++) w->cov_q[x * D * D + d] = (float)(w->cov[d] / (2.0 * (double)D));
+    }
+    for (i = S; i < N; i++) { /* z_h(k_i) for every query head of the group */
+        kvec__load_row(&layer->keys, i, j, w->key);
+        for (x = 0; x < g; x++) {
+            const float *cov = w->cov_q + x * D * D;
+            for (d = 0; d < D; d++) w->product[d] = (float)kvec__dot(cov + d * D, w->key, D);
+            w->logits[x * N + i] = (float)(kvec__dot(w->mean_q + x * D, w->key, D) + kvec__dot(w->product, w->key, D));
+        }
+    }
+    for (i = 0; i < N; i++) scores[j * N + i] = i < S ? INFINITY : 0.0f;
+    for (x = 0; x < g; x++) { /* softmax over positions S .. N-1, averaged over the group */
+        const float *z = w->logits + x * N;
+        double max = -INFINITY, total = 0.0;
+        for (i = S; i < N; i++) max = z[i] > max ? z[i] : max;
+        for (i = S; i < N; i++) total += exp((double)z[i] - max);
+        for (i = S; i < N; i++) scores[j * N + i] += (float)(exp((double)z[i] - max) / total / (double)g);
+    }
+    for (i = S; i < N; i++) {
+        double norm;
+        kvec__load_row(&layer->values, i, j, w->value);
+        kvec__dot_norm(w->value, w->value, dm->value_dim, &norm);
+        scores[j * N + i] = (float)((double)scores[j * N + i] * norm);
+    }
+}
+
+/* Every sum of the stats finite (the upper triangle of the outer sums)? */
+static int kvec__stats_finite(const kvec_query_stats *s) {
+    const int64_t H = s->n_heads, D = s->head_dim;
+    int64_t x, d, e;
+    for (x = 0; x < H * D; x++)
+        if (!isfinite(s->sum[x])) return 0;
+    for (x = 0; x < H; x++)
+        for (d = 0; d < D; d++)
+            for (e = d; e < D; e++)
+                if (!isfinite(s->outer[(x * D + d) * D + e])) return 0;
+    return 1;
+}
+
+KVEC_API kvec_result kvec_expected_attention_scores(const kvec_config *config, const kvec_layer *layer,
+                                                    const kvec_expected_attention *expected, float *scores,
+                                                    void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec__expected_dims d;
+    kvec__call_memory m;
+    kvec__expected_work *heads;
+    kvec__bump b;
+    kvec_result r;
+    double *rotation;
+    size_t needed;
+    int64_t j, i, p;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__check_expected(&c, layer, expected, &d)) != KVEC_OK) return r;
+    if ((needed = kvec__expected_bytes(&d)) == 0) return KVEC_ERROR_SIZE_OVERFLOW;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    /* Written: scores and scratch. Read: keys, values, the stats' sums. */
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&layer->keys, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&layer->values, 0);
+    if (!kvec__stats_regions(&m, expected->stats, 0, 0) ||
+        !kvec__call_add(&m, scores, d.n_kv_heads * d.n_tokens, sizeof(float), 1) || /* within K's extents */
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    if (!kvec__rows_finite(&layer->keys, d.sinks, d.n_tokens - d.sinks) ||
+        !kvec__rows_finite(&layer->values, d.sinks, d.n_tokens - d.sinks) || !kvec__stats_finite(expected->stats))
+        return KVEC_ERROR_NON_FINITE;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    heads = (kvec__expected_work *)kvec__take(&b, d.n_kv_heads, sizeof(kvec__expected_work));
+    kvec__carve_expected(&b, &d, &rotation, heads);
+    for (i = 0; i < d.rope_dims / 2; i++) { /* Rbar: the mean rotation over the future positions */
+        const double w = kvec__rope_frequency(&expected->rope, d.rope_dims, i);
+        double cs = 0.0, sn = 0.0;
+        for (p = 0; p < d.n_future; p++) {
+            const double angle = (double)(expected->first_position + p) * w;
+            cs += cos(angle);
+            sn += sin(angle);
+        }
+        rotation[i] = cs / (double)d.n_future;
+        rotation[d.rope_dims / 2 + i] = sn / (double)d.n_future;
+    }
+    KVEC__PARALLEL_FOR
+    for (j = 0; j < d.n_kv_heads; j++) kvec__expected_head(layer, expected, &d, rotation, j, &heads[j], scores);
+    return KVEC_OK;
+}
+
+/* >>coverage over given scores */
+
+typedef struct kvec__given_work {
+    kvec__head_work head;  /* row, dim_acc, kbar: what kvec__uniqueness uses */
+    float          *uniqueness; /* [N] */
+} kvec__given_work;
+
+static void kvec__carve_given(kvec__bump *b, int64_t Hk, int64_t N, int64_t D, kvec__given_work *heads) {
+    int64_t j;
+    for (j = 0; j < Hk; j++) {
+        kvec__given_work w;
+        memset(&w, 0, sizeof w);
+        w.head.row     = (float *)kvec__take(b, D, sizeof(float));
+        w.head.dim_acc = (double *)kvec__take(b, D, sizeof(double));
+        w.head.kbar    = (float *)kvec__take(b, D, sizeof(float));
+        w.uniqueness   = (float *)kvec__take(b, N, sizeof(float));
+        if (heads) heads[j] = w;
+    }
+}
+
+static size_t kvec__given_bytes(int64_t Hk, int64_t N, int64_t D) {
+    kvec__bump b;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__take(&b, Hk, sizeof(kvec__given_work));
+    kvec__carve_given(&b, Hk, N, D, NULL);
+    return b.overflow ? 0 : b.used;
+}
+
+KVEC_API kvec_result kvec_coverage_scores_scratch_bytes(const kvec_config *config, const kvec_layer *layer,
+                                                        size_t *bytes) {
+    kvec_config c;
+    kvec_result r;
+    if (!bytes || !layer) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
+    if ((r = kvec_validate_tensor(&layer->keys)) != KVEC_OK) return r;
+    *bytes = kvec__given_bytes(layer->keys.n_heads, layer->keys.n_tokens, layer->keys.head_dim);
+    return *bytes == 0 ? KVEC_ERROR_SIZE_OVERFLOW : KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_layer *layer, float *scores,
+                                          void *scratch, size_t scratch_bytes) {
+    kvec_config c;
+    kvec__call_memory m;
+    kvec__given_work *heads;
+    kvec__bump b;
+    kvec_result r;
+    size_t needed;
+    int64_t Hk, N, n, j, i;
+    int finite = 1;
+    if ((r = kvec_coverage_scores_scratch_bytes(config, layer, &needed)) != KVEC_OK) return r;
+    if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    kvec__resolve(config, &c); /* checked above */
+    Hk = layer->keys.n_heads; N = layer->keys.n_tokens;
+    n = N > c.window ? N - c.window : 0;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(&layer->keys, 0);
+    if (!kvec__call_add(&m, scores, Hk * N, sizeof(float), 1) || !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    for (j = 0; j < Hk; j++)
+        for (i = 0; i < n; i++)
+            if (!(scores[j * N + i] >= 0.0f)) return KVEC_ERROR_BAD_SCORES; /* NaN fails too */
+    for (j = 0; j < Hk && finite; j++) { /* every key feeds the mean direction */
+        for (i = 0; i < N && finite; i++) finite = !kvec__row_has_non_finite(&layer->keys, i, j);
+    }
+    if (!finite) return KVEC_ERROR_NON_FINITE;
+    if (n == 0) return KVEC_OK;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    heads = (kvec__given_work *)kvec__take(&b, Hk, sizeof(kvec__given_work));
+    kvec__carve_given(&b, Hk, N, layer->keys.head_dim, heads);
+    KVEC__PARALLEL_FOR
+    for (j = 0; j < Hk; j++) {
+        kvec__given_work *w = &heads[j];
+        float *s = scores + j * N;
+        double mean_u, std_u;
+        int64_t t;
+        kvec__uniqueness(&layer->keys, j, n, 0, &w->head, w->head.kbar, w->uniqueness);
+        kvec__moments(w->uniqueness, n, &mean_u, &std_u);
+        for (t = 0; t < n; t++) {
+            if (isinf(s[t])) continue; /* always kept stays so */
+            s[t] = (float)(log(s[t] > 1e-30f ? (double)s[t] : 1e-30) +
+                           (double)c.terms.mu * ((w->uniqueness[t] - mean_u) / (std_u + KVEC__Z_EPS)));
+        }
+    }
+    return KVEC_OK;
+}
+
 /* >>decoding */
 
 /* The state's arrays in its memory: positions, attention, retention. */
@@ -3640,6 +4180,10 @@ KVEC_API kvec_result kvec_decode_evict(const kvec_config *config, kvec_decode_st
 
 /*
 HISTORY
+   0.6.0  expected attention (kvec_query_stats_*, kvec_expected_attention_*:
+          scores from running statistics of the prefill's queries, no
+          extra pass) and K-VEC's coverage over given scores
+          (kvec_coverage_scores); KVEC_ERROR_BAD_SCORES. Host only.
    0.5.0  reconstruction scores (KVzip): kvec_reconstruction_scores and
           kvec_reconstruction_scratch_bytes score the context by the
           attention of a pass that repeats it; select with kvec_select.

@@ -277,12 +277,13 @@ static int forced_while_evicting(const text_model *m, const llm_cache *base, llm
 /* --decode keeps every head at the same length: drops the runs whose budget
    is not uniform, saying which. Returns the runs left. */
 /* --decode: rows whose heads keep one length and that re-score the held
-   rows themselves (the reconstruction pass scores a prefix once). */
+   rows themselves (the reconstruction pass and expected attention score a
+   prefix once). */
 static int uniform_runs_only(text_run *runs, int n_runs) {
     int r, kept = 0, dropped = 0;
     for (r = 0; r < n_runs; r++) {
         kvec_config resolved;
-        if (!runs[r].full && (runs[r].pass || kvec_resolve_config(&runs[r].config, &resolved) != KVEC_OK ||
+        if (!runs[r].full && (runs[r].sources || kvec_resolve_config(&runs[r].config, &resolved) != KVEC_OK ||
                               resolved.budget_mode != KVEC_BUDGET_UNIFORM)) {
             fprintf(stderr, "%s%s at %g", dropped++ ? ", " : "quality: --decode holds every head at one length; left out: ",
                     runs[r].policy, runs[r].fraction);
@@ -309,8 +310,9 @@ int quality_kl_file(int argc, char **argv) {
     double *kl = NULL, *top1 = NULL, *evict = NULL, *row_stats = NULL, *neg_entropy = NULL, *diff = NULL;
     double stats[TEXT_MAX_RUNS][STAT_COUNT];
     int64_t *top = NULL;
-    float *reference = NULL, *logits = NULL, *last = NULL, *pass_scores = NULL; /* [L][Hk][P] for kvzip */
-    int any_pass = 0;
+    float *reference = NULL, *logits = NULL, *last = NULL;
+    text_scores given; /* the kvzip and expected rows' scores, one computation per prefix */
+    int sources = 0;
     text_model m;
     llm_cache base, work;
     double started = text_seconds();
@@ -343,7 +345,8 @@ int quality_kl_file(int argc, char **argv) {
     if (!policies) policies = quick ? "full,kvec,snapkv,keydiff,streaming" : "all";
     if (!budgets) budgets = "0.1,0.25,0.5";
     if ((n_runs = text_parse_runs(policies, budgets, runs, TEXT_MAX_RUNS)) < 0) return 2;
-    for (r = 0; r < n_runs; r++) any_pass |= runs[r].pass;
+    for (r = 0; r < n_runs; r++) sources |= runs[r].sources;
+    memset(&given, 0, sizeof given);
     if (decode_every && (n_runs = uniform_runs_only(runs, n_runs)) == 0) {
         fprintf(stderr, "quality: no policy left for --decode\n");
         return 2;
@@ -354,8 +357,7 @@ int quality_kl_file(int argc, char **argv) {
     if (limit && limit < n) n = limit;
     for (t = 0; t < n; t++) {
         int64_t need = samples[t].prefix + samples[t].forced;
-        if (any_pass && text_reconstruction_positions(samples[t].prefix) > need)
-            need = text_reconstruction_positions(samples[t].prefix);
+        if (text_scores_positions(sources, samples[t].prefix) > need) need = text_scores_positions(sources, samples[t].prefix);
         if (need > max_positions) max_positions = need;
         if (samples[t].forced > max_forced) max_forced = samples[t].forced;
         if (!t || samples[t].prefix < prefix_range[0]) prefix_range[0] = samples[t].prefix;
@@ -417,15 +419,10 @@ int quality_kl_file(int argc, char **argv) {
         }
         llm_cache_reset(&base);
         if (text_prefill(&m, &base, ids, P, last, NULL)) { fprintf(stderr, "quality: sample %lld: prefill failed\n", (long long)t + 1); return 1; }
-        if (any_pass && !decode_every) { /* one pass per prefix serves every budget */
-            float *grown = (float *)realloc(pass_scores, (size_t)(m.model.config.n_layers * m.model.config.n_kv_heads * P) *
-                                                             sizeof(float));
-            if (!grown) { fprintf(stderr, "quality: out of memory\n"); return 1; }
-            pass_scores = grown;
-            if (text_reconstruction_scores(&m, &base, ids, P, pass_scores, error, sizeof error)) {
-                fprintf(stderr, "quality: sample %lld: %s\n", (long long)t + 1, error);
-                return 1;
-            }
+        if (sources && !decode_every && /* once per prefix, for every budget */
+            text_scores_compute(&m, &base, ids, P, sources, &given, error, sizeof error)) {
+            fprintf(stderr, "quality: sample %lld: %s\n", (long long)t + 1, error);
+            return 1;
         }
         llm_cache_reset(&work); /* ends a --decode run's decoding */
         llm_cache_copy(&work, &base);
@@ -450,8 +447,9 @@ int quality_kl_file(int argc, char **argv) {
             start = text_seconds();
             {
                 const int64_t budget = (int64_t)(runs[r].fraction * (double)P);
-                kvec_result status = runs[r].pass ? llm_evict_scores(&work, &runs[r].config, budget, pass_scores, NULL)
-                                                  : llm_evict(&work, &runs[r].config, budget, NULL);
+                kvec_result status = runs[r].sources ? llm_evict_scores(&work, &runs[r].config, budget,
+                                                                        text_scores_of(&given, runs[r].policy), NULL)
+                                                     : llm_evict(&work, &runs[r].config, budget, NULL);
                 if (status != KVEC_OK) {
                     fprintf(stderr, "quality: sample %lld, %s at %g: kvec: %s\n", (long long)t + 1, runs[r].policy,
                             runs[r].fraction, kvec_result_string(status));
@@ -555,6 +553,6 @@ int quality_kl_file(int argc, char **argv) {
     free(last);
     free(reference);
     free(logits);
-    free(pass_scores);
+    text_scores_free(&given);
     return 0;
 }

@@ -111,7 +111,7 @@ static int add_policy(const char *name, const char *budgets, text_run *runs, int
         fprintf(stderr, "quality: %s (or full, all)\n", error);
         return -1;
     }
-    probe.pass = text_policy_needs_pass(name);
+    probe.sources = text_policy_scores(name);
     while (*cut) {
         char *end;
         double fraction = strtod(cut, &end);
@@ -281,9 +281,10 @@ int quality_task_file(int argc, char **argv) {
     text_model m;
     llm_cache base, work;
     int64_t capacity = 0;
-    float *base_logits, *logits, *pass_scores = NULL; /* [L][Hk][prefix] for the kvzip rows */
-    double started = text_seconds(), evict_seconds, prefill_seconds = 0, pass_seconds = 0;
-    int any_pass = 0;
+    float *base_logits, *logits;
+    text_scores given; /* the kvzip and expected rows' scores, one computation per prompt */
+    double started = text_seconds(), evict_seconds, prefill_seconds = 0;
+    int sources = 0;
     FILE *f;
 
     for (i = 1; i < argc; i++) {
@@ -318,7 +319,8 @@ int quality_task_file(int argc, char **argv) {
     if (!policies) policies = quick ? "full,kvec,snapkv,keydiff,streaming" : "full,snapkv,kvec";
     if (!budgets) budgets = quick ? "0.5" : "0.25,0.5";
     if ((n_runs = text_parse_runs(policies, budgets, runs, TEXT_MAX_RUNS)) < 0) return 2;
-    for (r = 0; r < n_runs; r++) any_pass |= runs[r].pass;
+    for (r = 0; r < n_runs; r++) sources |= runs[r].sources;
+    memset(&given, 0, sizeof given);
 
     memset(&kinds, 0, sizeof kinds);
     memset(correct_by_kind, 0, sizeof correct_by_kind);
@@ -363,8 +365,7 @@ int quality_task_file(int argc, char **argv) {
             }
             free(instruction);
             need = prompt.n_prefix + prompt.n_suffix + max_tokens + 1;
-            if (any_pass && text_reconstruction_positions(prompt.n_prefix) > need)
-                need = text_reconstruction_positions(prompt.n_prefix);
+            if (text_scores_positions(sources, prompt.n_prefix) > need) need = text_scores_positions(sources, prompt.n_prefix);
             if (m.model.config.context_length && need > m.model.config.context_length) {
                 fprintf(stderr, "quality: sample %lld needs %lld positions, past %s's context of %lld\n", (long long)t + 1,
                         (long long)need, m.name, (long long)m.model.config.context_length);
@@ -386,18 +387,10 @@ int quality_task_file(int argc, char **argv) {
                 return 1;
             }
             prefill_seconds += text_seconds();
-            if (any_pass) { /* one pass per prompt serves every budget */
-                const size_t entries = (size_t)m.model.config.n_layers * (size_t)m.model.config.n_kv_heads *
-                                       (size_t)prompt.n_prefix;
-                float *grown = (float *)realloc(pass_scores, entries * sizeof(float));
-                if (!grown) { fprintf(stderr, "quality: out of memory\n"); return 1; }
-                pass_scores = grown;
-                pass_seconds -= text_seconds();
-                if (text_reconstruction_scores(&m, &base, prompt.prefix, prompt.n_prefix, pass_scores, error, sizeof error)) {
-                    fprintf(stderr, "quality: sample %lld: %s\n", (long long)t + 1, error);
-                    return 1;
-                }
-                pass_seconds += text_seconds();
+            if (sources && text_scores_compute(&m, &base, prompt.prefix, prompt.n_prefix, sources, &given, error,
+                                               sizeof error)) { /* once per prompt, for every budget */
+                fprintf(stderr, "quality: sample %lld: %s\n", (long long)t + 1, error);
+                return 1;
             }
             if (trace) { /* which layers keep the answer, no decoding */
                 int64_t answer_tokens = 0, at = find_answer(&m, &prompt, tasks[t].answer, &answer_tokens);
@@ -412,9 +405,9 @@ int quality_task_file(int argc, char **argv) {
                     int64_t h, j;
                     if (runs[r].full) { for (l = 0; l < m.model.config.n_layers; l++) answer_kept[r][s][l] += 1; continue; }
                     llm_cache_copy(&work, &base);
-                    status = runs[r].pass
+                    status = runs[r].sources
                                  ? llm_evict_scores(&work, &runs[r].config, (int64_t)(runs[r].fraction * (double)prompt.n_prefix),
-                                                    pass_scores, &plan)
+                                                    text_scores_of(&given, runs[r].policy), &plan)
                                  : llm_evict(&work, &runs[r].config, (int64_t)(runs[r].fraction * (double)prompt.n_prefix), &plan);
                     if (status != KVEC_OK) { fprintf(stderr, "quality: kvec: %s\n", kvec_result_string(status)); return 1; }
                     for (l = 0; l < plan.n_layers; l++) {
@@ -436,7 +429,7 @@ int quality_task_file(int argc, char **argv) {
             for (r = 0; r < n_runs; r++) {
                 int right;
                 if (text_answer(&m, &base, base_logits, &work, logits, runs[r].full ? NULL : &runs[r].config,
-                                runs[r].pass ? pass_scores : NULL, runs[r].fraction, prompt.suffix, prompt.n_suffix, max_tokens, reply, sizeof reply,
+                                text_scores_of(&given, runs[r].policy), runs[r].fraction, prompt.suffix, prompt.n_suffix, max_tokens, reply, sizeof reply,
                                 &evict_seconds, error, sizeof error)) {
                     fprintf(stderr, "quality: sample %lld, %s at %g: %s\n", (long long)t + 1, runs[r].policy,
                             runs[r].fraction, error);
@@ -541,9 +534,12 @@ int quality_task_file(int argc, char **argv) {
     }
     printf("\n%lld samples, wall time %.1f s, CPU time %.1f s (all threads); +- is the standard error sqrt(p(1-p)/n)\n",
            (long long)to_do, text_seconds() - started, (double)clock() / CLOCKS_PER_SEC);
-    if (any_pass)
+    if (sources & TEXT_SCORES_PASS)
         printf("prefill %.1f s in all; the reconstruction passes (kvzip's scores, one per prompt) %.1f s more, %.2fx the prefill\n",
-               prefill_seconds, pass_seconds, pass_seconds / prefill_seconds);
+               prefill_seconds, given.pass_seconds, given.pass_seconds / prefill_seconds);
+    if (sources & TEXT_SCORES_EXPECTED)
+        printf("expected attention (statistics and scores, once per prompt) %.1f s, %.3fx the prefill\n",
+               given.expected_seconds, given.expected_seconds / prefill_seconds);
 
     if (out_path) {
         static const char *const TABLES[3] = {"results", "stderr", "correct"};
@@ -589,7 +585,8 @@ int quality_task_file(int argc, char **argv) {
             if (kind >= 0) fprintf(f, "}}%s\n", kind + 1 < kinds.count ? "," : "\n  },");
             else fprintf(f, "\n  },\n");
         }
-        fprintf(f, "  \"prefill_seconds\": %.2f,\n  \"pass_seconds\": %.2f,\n", prefill_seconds, pass_seconds);
+        fprintf(f, "  \"prefill_seconds\": %.2f,\n  \"pass_seconds\": %.2f,\n  \"expected_seconds\": %.2f,\n",
+                prefill_seconds, given.pass_seconds, given.expected_seconds);
         fprintf(f, "  \"wall_seconds\": %.1f,\n  \"cpu_seconds\": %.1f\n}\n", text_seconds() - started,
                 (double)clock() / CLOCKS_PER_SEC);
         fclose(f);
@@ -605,6 +602,6 @@ done:
     free(base_logits);
     free(logits);
     free(kept_mark);
-    free(pass_scores);
+    text_scores_free(&given);
     return 0;
 }

@@ -15,7 +15,7 @@ typedef struct text_run {
     char        policy[96];  /* name, with K-VEC options (text_policy_parse) */
     kvec_config config;
     int         full;                         /* the uncompressed cache */
-    int         pass;                         /* scores from the reconstruction pass (kvzip) */
+    int         sources;                      /* TEXT_SCORES_*: scores from the pass or expected attention */
     double      fraction;                     /* budget: rows kept per KV head / prefix */
     int         correct[TEXT_MAX_SETTINGS];   /* --tasks: correct samples by setting */
 } text_run;

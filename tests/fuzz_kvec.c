@@ -717,6 +717,99 @@ static void fz_reconstruction(fz_case *f) {
     free(before);
 }
 
+/* Expected attention over layer 0: query statistics added from a few
+   chunks of queries (post-RoPE, hostile positions and rope settings at
+   times), then scores. A refusal leaves every buffer as it was (the stats'
+   sums included); a success writes every column, +inf for the sinks and
+   finite, non-negative values elsewhere. */
+static void fz_expected(fz_case *f) {
+    fz_memory *m = &f->mem;
+    fz_input *in = f->in;
+    const fz_shape *sh = &f->shape;
+    kvec_layer *layer = &f->layers[0];
+    const int64_t N = sh->N, Hk = sh->Hk, H = Hk * sh->g;
+    kvec_query_stats stats;
+    kvec_expected_attention ea;
+    float *scores = (float *)fz_alloc(m, (size_t)(Hk * N) * sizeof(float), 1);
+    size_t stats_bytes = 0, needed = 0, given;
+    void *memory, *scratch;
+    int64_t i, chunks = fz_range(in, 0, 3), position = 0;
+    kvec_result r;
+    if (kvec_query_stats_bytes(H, sh->D, &stats_bytes) != KVEC_OK) return;
+    memory = fz_alloc(m, stats_bytes, 1);
+    if (kvec_query_stats_init(&stats, memory, stats_bytes, H, sh->D) != KVEC_OK) abort();
+    ea.stats = &stats;
+    ea.rope.theta = fz_byte(in) % 8 ? 10000.0 + fz_range(in, 0, 1000000) : (double)fz_hostile(in);
+    ea.rope.dims = fz_byte(in) % 4 ? 0 : fz_range(in, -2, sh->D + 2);
+    ea.rope.interleaved = (int)fz_range(in, 0, 2) % (fz_byte(in) % 8 ? 2 : 3);
+    for (i = 0; i < chunks; i++) {
+        const int64_t rows = fz_range(in, 1, 40);
+        kvec_tensor q = fz_view(m, sh->q, fz_byte(in) % 2 ? FZ_TOKEN_MAJOR : FZ_PADDED, 0, rows, H, sh->D);
+        const int64_t first = fz_byte(in) % 8 ? position : fz_hostile(in);
+        fz_fill(&q, sh->nan_at == 2 && fz_next() % 3 == 0);
+        if (fz_byte(in) % 16 == 0) q.n_heads = H + 1;
+        fz_snapshot(m);
+        r = kvec_query_stats_add(&stats, &q, first, &ea.rope);
+        if (r != KVEC_OK) fz_expect_unchanged(m, r, "kvec_query_stats_add");
+        position += rows;
+    }
+    ea.first_position = fz_byte(in) % 8 ? position : fz_hostile(in);
+    ea.n_future = fz_byte(in) % 8 ? fz_range(in, 0, 600) : fz_hostile(in);
+    if (fz_byte(in) % 8 == 0) ea.rope.theta = NAN;
+    if (kvec_expected_attention_scratch_bytes(&f->config, layer, &ea, &needed) != KVEC_OK || needed > ((size_t)1 << 26))
+        needed = 256;
+    given = fz_scratch_bytes(in, needed);
+    scratch = fz_alloc(m, given, 0);
+    for (i = 0; i < Hk * N; i++) scores[i] = -1.0f;
+    fz_snapshot(m);
+    r = kvec_expected_attention_scores(&f->config, layer, &ea, fz_byte(in) % 16 ? scores : (float *)memory, scratch,
+                                       given);
+    if (r != KVEC_OK) fz_expect_unchanged(m, r, "kvec_expected_attention_scores");
+    else
+        for (i = 0; i < Hk * N; i++)
+            FZ_ASSERT(scores[i] >= 0.0f && !isnan(scores[i]), "expected attention score %g", scores[i]);
+}
+
+/* K-VEC's coverage over given scores of layer 0: non-negative masses, +inf
+   at times, a negative or NaN one sometimes. A refusal leaves every buffer
+   as it was; a success leaves the window's columns and the +inf ones as
+   they were. */
+static void fz_coverage_scores(fz_case *f) {
+    fz_memory *m = &f->mem;
+    fz_input *in = f->in;
+    kvec_layer *layer = &f->layers[0];
+    const int64_t N = f->shape.N, Hk = f->shape.Hk;
+    float *scores = (float *)fz_alloc(m, (size_t)(Hk * N) * sizeof(float), 1), *before;
+    size_t needed = 0, given;
+    void *scratch;
+    int64_t i;
+    kvec_result r;
+    for (i = 0; i < Hk * N; i++) {
+        const unsigned kind = fz_byte(in) % 32;
+        scores[i] = kind == 0 ? INFINITY : kind == 1 ? 0.0f : kind == 2 && fz_byte(in) % 4 == 0 ? -1.0f
+                  : kind == 3 && fz_byte(in) % 4 == 0 ? NAN : (float)(fz_next() % 1000) / 997.0f;
+    }
+    if (kvec_coverage_scores_scratch_bytes(&f->config, layer, &needed) != KVEC_OK || needed > ((size_t)1 << 26))
+        needed = 256;
+    given = fz_scratch_bytes(in, needed);
+    scratch = fz_alloc(m, given, 0);
+    before = (float *)malloc((size_t)(Hk * N) * sizeof(float));
+    memcpy(before, scores, (size_t)(Hk * N) * sizeof(float));
+    fz_snapshot(m);
+    r = kvec_coverage_scores(&f->config, layer, fz_byte(in) % 16 ? scores : (float *)layer->keys.data, scratch, given);
+    if (r != KVEC_OK) fz_expect_unchanged(m, r, "kvec_coverage_scores");
+    else {
+        kvec_config c;
+        FZ_ASSERT(kvec_resolve_config(&f->config, &c) == KVEC_OK, "a config the call took");
+        for (i = 0; i < Hk * N; i++)
+            if (i % N >= N - c.window || isinf(before[i]))
+                FZ_ASSERT(scores[i] == before[i] || (isnan(scores[i]) && isnan(before[i])), "coverage changed a kept score");
+            else
+                FZ_ASSERT(!isnan(scores[i]), "coverage wrote NaN");
+    }
+    free(before);
+}
+
 /* The host side of the device path (tests/fuzz_cuda_host.h: no kernel runs). */
 static void fz_cuda(fz_case *f) {
     fz_memory *m = &f->mem;
@@ -753,7 +846,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     in.data = data; in.size = size; in.at = 0;
     memset(&f, 0, sizeof f);
     f.in = &in;
-    op = fz_byte(&in) % 9;
+    op = fz_byte(&in) % 11;
     fz_read_shape(&in, &f.shape);
     fz_read_config(&in, &f.shape, &f.config);
     fz_rng = (uint64_t)fz_byte(&in) * 0x9e3779b97f4a7c15ull + 1;
@@ -769,6 +862,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 5: fz_packed(&f); break;
     case 6: fz_decode(&f); break;
     case 8: fz_reconstruction(&f); break;
+    case 9: fz_expected(&f); break;
+    case 10: fz_coverage_scores(&f); break;
     default: if (fz_byte(&in) % 2) fz_cuda(&f); else fz_score_select_layer(&f); break;
     }
     fz_free(&f.mem);

@@ -64,6 +64,25 @@ check "kvzip: evicted to 25% (mean over heads) and answered" \
 check "kvzip: the pass's time printed beside the prefill's" \
     $(echo "$out" | grep -q "reconstruction pass (kvzip's scores): .* s, .*x the prefill"; echo $?)
 refuses "generate: kvzip on a model without a tokenizer" "needs a .gguf model" "$build/generate" --policy kvzip
+refuses "generate: expected attention on a model without a tokenizer" "needs a .gguf model" "$build/generate" --policy expected
+
+# Expected attention (statistics of the prompt's queries) and K-VEC's
+# coverage over the pass's scores.
+out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.txt \
+      --question "What was the name of Agnes Pellow's dog?" --policy expected --budget 0.25 --max-tokens 8 2> /dev/null)
+check "expected: evicted to 25% and its time printed beside the prefill's" \
+    $(echo "$out" | grep -q "expected: [0-9]* of [0-9]* prompt tokens kept per KV head" &&
+      echo "$out" | grep -q "expected attention (query statistics and scores): .* s, .*x the prefill"; echo $?)
+out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.txt \
+      --question "What was the name of Agnes Pellow's dog?" --policy kvzip-kvec:mu=0.5 --budget 0.25 --max-tokens 8 2> /dev/null)
+check "kvzip-kvec:mu=0.5: evicted to 25%" \
+    $(echo "$out" | grep -q "kvzip-kvec:mu=0.5: [0-9]* of [0-9]* prompt tokens kept per KV head"; echo $?)
+refuses "generate: a rank union over given scores" "only mu and budget apply" \
+    "$build/generate" --model "$model" --policy kvzip-kvec:terms=rank-union --prompt-file examples/demo/lighthouse.txt
+refuses "generate: a share over given scores" "only mu and budget apply" \
+    "$build/generate" --model "$model" --policy expected-kvec:share=0.5 --prompt-file examples/demo/lighthouse.txt
+refuses "generate: mu on expected attention without K-VEC" "K-VEC weight" \
+    "$build/generate" --model "$model" --policy expected:mu=2 --prompt-file examples/demo/lighthouse.txt
 "$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 1 --policies full,kvzip,kvzip:budget=uniform \
     --budgets 0.25 --settings agnostic --max-tokens 16 --out "$tmp/kvzip.json" > "$tmp/kvzip.txt" 2> /dev/null
 check "quality --tasks: kvzip rows, global and uniform, and the pass's time against the prefill's" \

@@ -2171,10 +2171,10 @@ static void test_which_tensors_must_be_finite(void) {
 
 static void test_result_strings_are_distinct(void) {
     int a, b, ok = 1;
-    for (a = 0; a >= -21; a--) {
+    for (a = 0; a >= -22; a--) {
         const char *s = kvec_result_string((kvec_result)a);
         ok &= s && s[0] && strcmp(s, "unknown kvec_result") != 0;
-        for (b = a - 1; b >= -21; b--) ok &= strcmp(s, kvec_result_string((kvec_result)b)) != 0;
+        for (b = a - 1; b >= -22; b--) ok &= strcmp(s, kvec_result_string((kvec_result)b)) != 0;
     }
     CHECK(ok, "every result code has its own description");
     CHECK(strcmp(kvec_result_string((kvec_result)-99), "unknown kvec_result") == 0, "unknown codes are named as such");
@@ -2494,6 +2494,387 @@ static void test_reconstruction_errors_touch_nothing(void) {
     free_pass(&p);
 }
 
+/* ---- expected attention and coverage over given scores -------------------- */
+
+/* A layer for expected attention: keys [N][Hk][D] and values [N][Hk][Dv]
+   in a dtype, and T queries ([T][H][D], fp32) drawn around a mean
+   direction, stored post-RoPE (rotated at positions first .. first+T-1)
+   while q keeps them before the rotation. */
+typedef struct test_expected {
+    int64_t N, Hk, H, D, Dv, T, first;
+    double *k, *v, *q;
+    unsigned char *kb, *vb;
+    size_t kbytes, vbytes;
+    float *q_post;
+    kvec_layer layer;
+    kvec_rope rope;
+} test_expected;
+
+static void rope_rotate(const kvec_rope *rope, int64_t D, double position, const double *in, double *out, int sign) {
+    const int64_t dims = rope->dims ? rope->dims : D;
+    int64_t i;
+    memcpy(out, in, (size_t)D * sizeof(double));
+    for (i = 0; i < dims / 2; i++) {
+        const int64_t a = rope->interleaved ? 2 * i : i, b = rope->interleaved ? 2 * i + 1 : i + dims / 2;
+        const double angle = sign * position * pow(rope->theta, -2.0 * (double)i / (double)dims);
+        out[a] = in[a] * cos(angle) - in[b] * sin(angle);
+        out[b] = in[b] * cos(angle) + in[a] * sin(angle);
+    }
+}
+
+static void make_expected(test_expected *t, int64_t N, int64_t Hk, int64_t H, int64_t D, int64_t Dv, int64_t T,
+                          int64_t first, kvec_dtype dtype, int interleaved, int64_t rope_dims) {
+    int64_t i, h, d;
+    memset(t, 0, sizeof *t);
+    t->N = N; t->Hk = Hk; t->H = H; t->D = D; t->Dv = Dv; t->T = T; t->first = first;
+    t->rope.theta = 10000.0; t->rope.interleaved = interleaved; t->rope.dims = rope_dims;
+    t->k = (double *)malloc((size_t)(N * Hk * D) * sizeof(double));
+    t->v = (double *)malloc((size_t)(N * Hk * Dv) * sizeof(double));
+    t->q = (double *)malloc((size_t)(T * H * D) * sizeof(double));
+    t->q_post = (float *)malloc((size_t)(T * H * D) * sizeof(float));
+    for (i = 0; i < N * Hk * D; i++) t->k[i] = normal();
+    for (i = 0; i < N * Hk * Dv; i++) t->v[i] = normal();
+    for (i = 0; i < T; i++)
+        for (h = 0; h < H; h++) {
+            double post[64];
+            double *q = t->q + (i * H + h) * D;
+            for (d = 0; d < D; d++) q[d] = (d % 3 == h % 3 ? 1.0 : 0.0) + 0.7 * normal();
+            rope_rotate(&t->rope, D, (double)(first + i), q, post, 1);
+            for (d = 0; d < D; d++) t->q_post[(i * H + h) * D + d] = (float)post[d];
+            for (d = 0; d < D; d++) q[d] = t->q_post[(i * H + h) * D + d]; /* what kvec reads, un-rotated below */
+            rope_rotate(&t->rope, D, (double)(first + i), q, post, -1);
+            memcpy(q, post, (size_t)D * sizeof(double));
+        }
+    t->layer.keys = make_view(&t->kb, &t->kbytes, dtype, TOK_HEAD_DIM, 0, N, Hk, D);
+    t->layer.values = make_view(&t->vb, &t->vbytes, dtype, TRANSPOSED_V, 1, N, Hk, Dv);
+    sync_tensor(&t->layer.keys, t->k);
+    sync_tensor(&t->layer.values, t->v);
+}
+
+static void free_expected(test_expected *t) {
+    free(t->k); free(t->v); free(t->q); free(t->q_post); free(t->kb); free(t->vb);
+}
+
+/* docs/SEMANTICS.md's expected attention in double: the mean and the
+   covariance of the un-rotated queries, rotated by the mean rotation of
+   positions future_first .. +n_future-1 (built as explicit D x D matrices),
+   softmax over positions sinks .. N-1, mean over the group, times ||v||. */
+static void naive_expected(const test_expected *t, int64_t sinks, int64_t future_first, int64_t n_future,
+                           double *scores) {
+    const int64_t D = t->D, g = t->H / t->Hk, N = t->N;
+    double *R = (double *)calloc((size_t)(D * D), sizeof(double)), *mu = (double *)malloc((size_t)D * sizeof(double));
+    double *cov = (double *)malloc((size_t)(D * D) * sizeof(double)), *tmp = (double *)malloc((size_t)(D * D) * sizeof(double));
+    double *mr = (double *)malloc((size_t)D * sizeof(double)), *cr = (double *)malloc((size_t)(D * D) * sizeof(double));
+    double *z = (double *)malloc((size_t)N * sizeof(double)), unit[64], col[64];
+    int64_t p, j, x, i, d, e, f;
+    for (p = 0; p < n_future; p++) /* column e of R(p) is R(p) applied to unit vector e */
+        for (e = 0; e < D; e++) {
+            for (d = 0; d < D; d++) unit[d] = d == e;
+            rope_rotate(&t->rope, D, (double)(future_first + p), unit, col, 1);
+            for (d = 0; d < D; d++) R[d * D + e] += col[d] / (double)n_future;
+        }
+    for (i = 0; i < t->Hk * N; i++) scores[i] = i % N < sinks ? INFINITY : 0.0;
+    for (j = 0; j < t->Hk; j++)
+        for (x = 0; x < g; x++) {
+            const int64_t h = j * g + x;
+            double max = -INFINITY, total = 0.0;
+            for (d = 0; d < D; d++) {
+                mu[d] = 0.0;
+                for (i = 0; i < t->T; i++) mu[d] += t->q[(i * t->H + h) * D + d] / (double)t->T;
+            }
+            for (d = 0; d < D; d++)
+                for (e = 0; e < D; e++) {
+                    cov[d * D + e] = 0.0;
+                    for (i = 0; i < t->T; i++)
+                        cov[d * D + e] += (t->q[(i * t->H + h) * D + d] - mu[d]) * (t->q[(i * t->H + h) * D + e] - mu[e]) / (double)t->T;
+                }
+            for (d = 0; d < D; d++) {
+                mr[d] = 0.0;
+                for (e = 0; e < D; e++) mr[d] += R[d * D + e] * mu[e];
+            }
+            for (d = 0; d < D; d++)
+                for (e = 0; e < D; e++) {
+                    tmp[d * D + e] = 0.0;
+                    for (f = 0; f < D; f++) tmp[d * D + e] += R[d * D + f] * cov[f * D + e];
+                }
+            for (d = 0; d < D; d++)
+                for (e = 0; e < D; e++) {
+                    cr[d * D + e] = 0.0;
+                    for (f = 0; f < D; f++) cr[d * D + e] += tmp[d * D + f] * R[e * D + f];
+                }
+            for (i = sinks; i < N; i++) {
+                const double *k = t->k + (i * t->Hk + j) * D;
+                double lin = 0.0, quad = 0.0;
+                for (d = 0; d < D; d++) {
+                    lin += mr[d] * k[d];
+                    for (e = 0; e < D; e++) quad += k[d] * cr[d * D + e] * k[e];
+                }
+                z[i] = lin / sqrt((double)D) + quad / (2.0 * (double)D);
+                max = z[i] > max ? z[i] : max;
+            }
+            for (i = sinks; i < N; i++) total += exp(z[i] - max);
+            for (i = sinks; i < N; i++) scores[j * N + i] += exp(z[i] - max) / total / (double)g;
+        }
+    for (j = 0; j < t->Hk; j++)
+        for (i = sinks; i < N; i++) {
+            double norm = 0.0;
+            for (d = 0; d < t->Dv; d++) norm += t->v[(i * t->Hk + j) * t->Dv + d] * t->v[(i * t->Hk + j) * t->Dv + d];
+            scores[j * N + i] *= sqrt(norm);
+        }
+    free(R); free(mu); free(cov); free(tmp); free(mr); free(cr); free(z);
+}
+
+/* Statistics of rows [from, T) added in `parts` calls; then kvec's scores. */
+static kvec_result run_expected(const kvec_config *c, const test_expected *t, int64_t from, int parts,
+                                int64_t future_first, int64_t n_future, float *scores) {
+    kvec_query_stats stats;
+    kvec_expected_attention ea;
+    size_t bytes = 0, scratch_bytes = 0;
+    void *memory, *scratch;
+    kvec_result r;
+    int part;
+    if ((r = kvec_query_stats_bytes(t->H, t->D, &bytes)) != KVEC_OK) return r;
+    memory = malloc(bytes);
+    if ((r = kvec_query_stats_init(&stats, memory, bytes, t->H, t->D)) != KVEC_OK) { free(memory); return r; }
+    for (part = 0; part < parts; part++) {
+        const int64_t begin = from + (t->T - from) * part / parts, end = from + (t->T - from) * (part + 1) / parts;
+        kvec_tensor q = kvec_tensor_contiguous(t->q_post + begin * t->H * t->D, KVEC_DTYPE_F32, end - begin, t->H, t->D);
+        if (end > begin && (r = kvec_query_stats_add(&stats, &q, t->first + begin, &t->rope)) != KVEC_OK) {
+            free(memory);
+            return r;
+        }
+    }
+    ea.stats = &stats; ea.rope = t->rope; ea.first_position = future_first; ea.n_future = n_future;
+    if ((r = kvec_expected_attention_scratch_bytes(c, &t->layer, &ea, &scratch_bytes)) == KVEC_OK) {
+        scratch = malloc(scratch_bytes);
+        r = kvec_expected_attention_scores(c, &t->layer, &ea, scores, scratch, scratch_bytes);
+        free(scratch);
+    }
+    free(memory);
+    return r;
+}
+
+static void test_expected_attention_matches_naive_reference(void) {
+    /* N, Hk, H, D, Dv, T, first position, interleaved, rope dims, sinks, n_future */
+    static const int64_t shapes[][11] = {
+        { 40, 1, 1, 8, 8, 30, 0, 0, 0, 4, 16 },     { 120, 2, 6, 16, 12, 100, 0, 1, 0, 4, 64 },
+        { 90, 3, 3, 12, 12, 50, 7, 0, 8, 0, 1 },    { 70, 2, 4, 32, 16, 90, 100, 1, 16, 10, 512 },
+    };
+    static const kvec_dtype dtypes[] = { KVEC_DTYPE_F32, KVEC_DTYPE_F16, KVEC_DTYPE_BF16 };
+    size_t s, u;
+    for (s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (u = 0; u < 3; u++) {
+            const int64_t *x = shapes[s];
+            test_expected t;
+            kvec_config c = { 0 };
+            float *scores = (float *)malloc((size_t)(x[1] * x[0]) * sizeof(float));
+            double *want = (double *)malloc((size_t)(x[1] * x[0]) * sizeof(double));
+            double worst = 0.0;
+            int sinks_kept = 1;
+            int64_t i;
+            kvec_result r;
+            make_expected(&t, x[0], x[1], x[2], x[3], x[4], x[5], x[6], dtypes[u], (int)x[7], x[8]);
+            c.sink_tokens = x[9]; /* 0: the default, 4 */
+            r = run_expected(&c, &t, 0, 1, x[6] + x[5], x[10], scores);
+            naive_expected(&t, x[9] ? x[9] : 4, x[6] + x[5], x[10], want);
+            for (i = 0; i < x[1] * x[0]; i++) {
+                if (isinf(want[i])) sinks_kept &= isinf(scores[i]) && scores[i] > 0;
+                else {
+                    const double err = fabs(scores[i] - want[i]) / (want[i] + 1e-6);
+                    worst = err > worst ? err : worst;
+                }
+            }
+            CHECK(r == KVEC_OK, "shape %zu dtype %d: %s", s, (int)dtypes[u], kvec_result_string(r));
+            CHECK(worst < 1e-3, "shape %zu dtype %d: relative error %g against the double reference", s,
+                  (int)dtypes[u], worst);
+            CHECK(sinks_kept, "shape %zu dtype %d: the sinks score +inf", s, (int)dtypes[u]);
+            free(scores); free(want); free_expected(&t);
+        }
+}
+
+/* The statistics are sums: added in one call or in several, from the query
+   log or from prefill chunks, they are the same bits. A key along the
+   queries' mean direction scores above the rest. */
+static void test_expected_attention_statistics_and_a_planted_key(void) {
+    test_expected t;
+    float one[2 * 80], three[2 * 80];
+    int64_t d, i;
+    make_expected(&t, 80, 2, 4, 16, 16, 60, 0, KVEC_DTYPE_F32, 0, 0);
+    CHECK(run_expected(NULL, &t, 4, 1, 60, 0, one) == KVEC_OK, "one call");
+    CHECK(run_expected(NULL, &t, 4, 3, 60, 0, three) == KVEC_OK, "three calls");
+    CHECK(memcmp(one, three, sizeof one) == 0, "statistics added in one call or three give the same bits");
+    /* KV head 0 serves query heads 0 and 1, whose means lean on d % 3 == 0 and 1 */
+    for (d = 0; d < 16; d++) t.k[(50 * 2 + 0) * 16 + d] = d % 3 != 2 ? 3.0 : 0.0;
+    sync_tensor(&t.layer.keys, t.k);
+    CHECK(run_expected(NULL, &t, 4, 1, 60, 1, one) == KVEC_OK, "scores");
+    {
+        double share_50 = one[50], rest = 0.0;
+        for (i = 4; i < 80; i++) rest += one[i];
+        CHECK(share_50 > 0.2 * rest, "the key along the mean query holds %g of the head's %g", share_50, rest);
+    }
+    free_expected(&t);
+}
+
+static void test_expected_attention_one_and_two_threads_identical(void) {
+#ifdef TEST_THREADS
+    test_expected t;
+    float a[3 * 150], b[3 * 150];
+    make_expected(&t, 150, 3, 6, 16, 16, 140, 0, KVEC_DTYPE_F16, 1, 0);
+    omp_set_num_threads(1);
+    CHECK(run_expected(NULL, &t, 4, 2, 140, 0, a) == KVEC_OK, "one thread");
+    omp_set_num_threads(2);
+    CHECK(run_expected(NULL, &t, 4, 2, 140, 0, b) == KVEC_OK, "two threads");
+    CHECK(memcmp(a, b, sizeof a) == 0, "one and two threads give the same bits");
+    free_expected(&t);
+#endif
+}
+
+/* Every refusal returns its code and writes nothing: no score, no sum. */
+static void test_expected_attention_errors_touch_nothing(void) {
+    test_expected t;
+    kvec_query_stats stats;
+    kvec_expected_attention ea, saved;
+    kvec_layer saved_layer;
+    kvec_tensor q;
+    float scores[2 * 50], before[2 * 50];
+    size_t bytes = 0, scratch_bytes = 0;
+    unsigned char *memory, *stats_before;
+    void *scratch;
+    kvec_result r;
+    int64_t i;
+    make_expected(&t, 50, 2, 4, 8, 8, 40, 0, KVEC_DTYPE_F32, 0, 0);
+    CHECK(kvec_query_stats_bytes(4, 8, &bytes) == KVEC_OK, "stats bytes");
+    memory = (unsigned char *)malloc(bytes);
+    stats_before = (unsigned char *)malloc(bytes);
+    CHECK(kvec_query_stats_init(&stats, memory, bytes, 4, 8) == KVEC_OK, "stats init");
+    q = kvec_tensor_contiguous(t.q_post, KVEC_DTYPE_F32, 40, 4, 8);
+    CHECK(kvec_query_stats_add(&stats, &q, 0, &t.rope) == KVEC_OK, "stats add");
+    ea.stats = &stats; ea.rope = t.rope; ea.first_position = 40; ea.n_future = 0;
+    CHECK(kvec_expected_attention_scratch_bytes(NULL, &t.layer, &ea, &scratch_bytes) == KVEC_OK, "scratch bytes");
+    scratch = malloc(scratch_bytes + 4096);
+    for (i = 0; i < 100; i++) scores[i] = before[i] = (float)i;
+    saved = ea; saved_layer = t.layer;
+#define REFUSED(code, what)                                                                             \
+    do {                                                                                                \
+        r = kvec_expected_attention_scores(NULL, &t.layer, &ea, scores, scratch, scratch_bytes);         \
+        CHECK(r == (code), "%s: %s, expected %s", what, kvec_result_string(r), kvec_result_string(code)); \
+        CHECK(memcmp(scores, before, sizeof scores) == 0, "%s: scores written", what);                  \
+        ea = saved; t.layer = saved_layer;                                                              \
+    } while (0)
+    ea.rope.theta = 1.0; REFUSED(KVEC_ERROR_BAD_CONFIG, "theta 1");
+    ea.rope.theta = NAN; REFUSED(KVEC_ERROR_BAD_CONFIG, "theta NaN");
+    ea.rope.dims = 7; REFUSED(KVEC_ERROR_BAD_CONFIG, "odd rope dims");
+    ea.rope.dims = 10; REFUSED(KVEC_ERROR_BAD_CONFIG, "rope dims above head_dim");
+    ea.rope.interleaved = 2; REFUSED(KVEC_ERROR_BAD_CONFIG, "an unknown pairing");
+    ea.first_position = -1; REFUSED(KVEC_ERROR_BAD_EXTENT, "a negative position");
+    ea.n_future = -5; REFUSED(KVEC_ERROR_BAD_EXTENT, "negative future positions");
+    ea.first_position = INT64_MAX - 3; REFUSED(KVEC_ERROR_SIZE_OVERFLOW, "positions past int64");
+    ea.stats = NULL; REFUSED(KVEC_ERROR_NULL_POINTER, "no stats");
+    t.layer.values.n_tokens = 49; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "values shorter than keys");
+    t.layer.values.data = NULL; REFUSED(KVEC_ERROR_NULL_POINTER, "no values");
+    t.layer.keys.head_dim = 4; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "keys of another head_dim than the stats");
+    stats.n_heads = 3; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "query heads not a multiple of the KV heads"); stats.n_heads = 4;
+    stats.count = 0; REFUSED(KVEC_ERROR_MISSING_QUERIES, "no query seen"); stats.count = 40;
+    stats.sum[3] = NAN; REFUSED(KVEC_ERROR_NON_FINITE, "NaN in the sums"); stats.sum[3] = 0.0;
+    { float *k = (float *)t.kb + (20 * 2 + 1) * 8; k[2] = INFINITY; REFUSED(KVEC_ERROR_NON_FINITE, "Inf in a key"); k[2] = 0.0f; }
+    r = kvec_expected_attention_scores(NULL, &t.layer, &ea, scores, scratch, scratch_bytes - 1);
+    CHECK(r == KVEC_ERROR_SCRATCH_TOO_SMALL && !memcmp(scores, before, sizeof scores), "scratch one byte short: %s",
+          kvec_result_string(r));
+    r = kvec_expected_attention_scores(NULL, &t.layer, &ea, (float *)stats.sum, scratch, scratch_bytes);
+    CHECK(r == KVEC_ERROR_OVERLAP, "scores over the stats: %s", kvec_result_string(r));
+    r = kvec_expected_attention_scores(NULL, &t.layer, &ea, scores, t.kb, scratch_bytes);
+    CHECK(r == KVEC_ERROR_OVERLAP || r == KVEC_ERROR_SCRATCH_TOO_SMALL, "scratch over the keys: %s", kvec_result_string(r));
+#undef REFUSED
+    /* adding: bad input leaves the sums as they were */
+    memcpy(stats_before, memory, bytes);
+    {
+        kvec_rope bad = t.rope;
+        int64_t count = stats.count;
+        bad.dims = 3;
+        CHECK(kvec_query_stats_add(&stats, &q, 0, &bad) == KVEC_ERROR_BAD_CONFIG, "odd rope dims refused");
+        q.n_heads = 2;
+        CHECK(kvec_query_stats_add(&stats, &q, 0, &t.rope) == KVEC_ERROR_SHAPE_MISMATCH, "queries of other heads refused");
+        q.n_heads = 4;
+        CHECK(kvec_query_stats_add(&stats, &q, -1, &t.rope) == KVEC_ERROR_BAD_EXTENT, "a negative position refused");
+        CHECK(kvec_query_stats_add(&stats, &q, INT64_MAX - 10, &t.rope) == KVEC_ERROR_SIZE_OVERFLOW,
+              "positions past int64 refused");
+        t.q_post[17] = NAN;
+        CHECK(kvec_query_stats_add(&stats, &q, 0, &t.rope) == KVEC_ERROR_NON_FINITE, "a NaN query refused");
+        t.q_post[17] = 0.0f;
+        {
+            kvec_tensor inside = kvec_tensor_contiguous(stats.sum, KVEC_DTYPE_F32, 2, 4, 8);
+            CHECK(kvec_query_stats_add(&stats, &inside, 0, &t.rope) == KVEC_ERROR_OVERLAP, "queries inside the sums refused");
+        }
+        CHECK(memcmp(stats_before, memory, bytes) == 0 && stats.count == count, "no refusal touched the sums");
+        CHECK(kvec_query_stats_init(&stats, memory, bytes - 1, 4, 8) == KVEC_ERROR_SCRATCH_TOO_SMALL, "init: memory short");
+        CHECK(kvec_query_stats_init(&stats, memory, bytes, 0, 8) == KVEC_ERROR_BAD_EXTENT, "init: no heads");
+        CHECK(kvec_query_stats_bytes(INT64_MAX / 2, 1 << 20, &bytes) == KVEC_ERROR_SIZE_OVERFLOW, "bytes: overflow");
+    }
+    free(scratch); free(memory); free(stats_before); free_expected(&t);
+}
+
+/* K-VEC's coverage over given scores: ln(s) + mu z(U) on the evictable
+   positions, against the formula in double; +inf and the window stay. */
+static void test_coverage_over_given_scores(void) {
+    test_expected t;
+    kvec_config c = { 0 };
+    float scores[2 * 60], before[2 * 60];
+    double kbar[8], u[60];
+    size_t bytes = 0;
+    void *scratch;
+    int64_t j, i, d, N = 60, W = 8;
+    double worst = 0.0;
+    make_expected(&t, 60, 2, 2, 8, 8, 4, 0, KVEC_DTYPE_BF16, 0, 0);
+    c.window = W; c.terms.mu = 0.5f;
+    for (i = 0; i < 2 * N; i++) scores[i] = before[i] = (float)(0.001 + uniform());
+    scores[3] = before[3] = INFINITY;
+    scores[N + 7] = before[N + 7] = 0.0f;
+    CHECK(kvec_coverage_scores_scratch_bytes(&c, &t.layer, &bytes) == KVEC_OK, "scratch bytes");
+    scratch = malloc(bytes);
+    CHECK(kvec_coverage_scores(&c, &t.layer, scores, scratch, bytes) == KVEC_OK, "coverage scores");
+    for (j = 0; j < 2; j++) {
+        double mean = 0.0, var = 0.0, kn = 0.0;
+        for (d = 0; d < 8; d++) kbar[d] = 0.0;
+        for (i = 0; i < N; i++) {
+            const double *k = t.k + (i * 2 + j) * 8;
+            double n2 = 0.0;
+            for (d = 0; d < 8; d++) n2 += k[d] * k[d];
+            for (d = 0; d < 8; d++) kbar[d] += k[d] / sqrt(n2) / (double)N;
+        }
+        for (d = 0; d < 8; d++) kn += kbar[d] * kbar[d];
+        for (i = 0; i < N - W; i++) {
+            const double *k = t.k + (i * 2 + j) * 8;
+            double dot = 0.0, n2 = 0.0;
+            for (d = 0; d < 8; d++) { dot += k[d] * kbar[d]; n2 += k[d] * k[d]; }
+            u[i] = -dot / sqrt(n2 * kn);
+            mean += u[i] / (double)(N - W);
+        }
+        for (i = 0; i < N - W; i++) var += (u[i] - mean) * (u[i] - mean) / (double)(N - W);
+        for (i = 0; i < N; i++) {
+            const float got = scores[j * N + i], was = before[j * N + i];
+            double want;
+            if (i >= N - W || isinf(was)) { CHECK(got == was, "head %lld position %lld left as it was", (long long)j, (long long)i); continue; }
+            want = log(was > 1e-30 ? was : 1e-30) + 0.5 * (u[i] - mean) / (sqrt(var) + 1e-6);
+            worst = fabs(got - want) > worst ? fabs(got - want) : worst;
+        }
+    }
+    CHECK(worst < 1e-4, "ln(s) + mu z(U) within %g of the double formula", worst);
+    for (i = 0; i < 2 * N; i++) scores[i] = before[i];
+    scores[N + 20] = -0.5f;
+    memcpy(before, scores, sizeof scores);
+    CHECK(kvec_coverage_scores(&c, &t.layer, scores, scratch, bytes) == KVEC_ERROR_BAD_SCORES &&
+          !memcmp(scores, before, sizeof scores), "a negative score is refused, nothing written");
+    scores[N + 20] = NAN; memcpy(before, scores, sizeof scores);
+    CHECK(kvec_coverage_scores(&c, &t.layer, scores, scratch, bytes) == KVEC_ERROR_BAD_SCORES &&
+          !memcmp(scores, before, sizeof scores), "a NaN score is refused, nothing written");
+    scores[N + 20] = 1.0f; memcpy(before, scores, sizeof scores);
+    CHECK(kvec_coverage_scores(&c, &t.layer, scores, scratch, bytes - 1) == KVEC_ERROR_SCRATCH_TOO_SMALL &&
+          !memcmp(scores, before, sizeof scores), "scratch one byte short");
+    CHECK(kvec_coverage_scores(&c, &t.layer, (float *)t.kb, scratch, bytes) == KVEC_ERROR_OVERLAP, "scores over the keys");
+    CHECK(kvec_coverage_scores(&c, &t.layer, NULL, scratch, bytes) == KVEC_ERROR_NULL_POINTER, "no scores");
+    free(scratch); free_expected(&t);
+}
+
 /* Scratch depends on the chunk and the pass, never on N. */
 static void test_reconstruction_scratch_is_bounded_by_the_chunk(void) {
     kvec_layer layer;
@@ -2571,6 +2952,11 @@ int main(int argc, char **argv) {
     RUN(test_reconstruction_one_and_two_threads_identical);
     RUN(test_reconstruction_errors_touch_nothing);
     RUN(test_reconstruction_scratch_is_bounded_by_the_chunk);
+    RUN(test_expected_attention_matches_naive_reference);
+    RUN(test_expected_attention_statistics_and_a_planted_key);
+    RUN(test_expected_attention_one_and_two_threads_identical);
+    RUN(test_expected_attention_errors_touch_nothing);
+    RUN(test_coverage_over_given_scores);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

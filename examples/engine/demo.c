@@ -36,7 +36,7 @@ typedef struct question {
 typedef struct run {
     char        name[40];
     kvec_config config;
-    int         pass;                 /* kvzip: scores from the reconstruction pass */
+    int         sources;              /* TEXT_SCORES_*: where its scores come from */
     double      fraction;             /* 1 = the full cache */
     int         correct;
     double      evict_seconds, answer_seconds, cache_bytes; /* sums over questions */
@@ -95,12 +95,13 @@ int main(int argc, char **argv) {
     size_t document_length, questions_length;
     question questions[MAX_QUESTIONS];
     static run runs[MAX_RUNS];
-    int n_questions, n_runs = 1, aware = 0, any_pass = 0, q, r, i;
+    int n_questions, n_runs = 1, aware = 0, sources = 0, q, r, i;
     int64_t max_tokens = 24;
     text_model m;
     llm_cache base, work;
-    float *base_logits, *logits, *pass_scores = NULL; /* [L][Hk][prefix], kvzip's */
-    double start, prefill_seconds = 0, pass_seconds = 0;
+    float *base_logits, *logits;
+    text_scores given; /* kvzip's and expected attention's scores, once per prefix */
+    double start, prefill_seconds = 0;
 
     for (i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
@@ -121,6 +122,7 @@ int main(int argc, char **argv) {
     }
     if (max_tokens < 1 || max_tokens > 256) { fprintf(stderr, "demo: --max-tokens must be 1..256\n"); return 2; }
 
+    memset(&given, 0, sizeof given);
     /* The table's rows: the full cache, then each policy at each budget. */
     memset(&runs[0], 0, sizeof runs[0]);
     snprintf(runs[0].name, sizeof runs[0].name, "full cache");
@@ -140,8 +142,8 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "demo: %s\n", error);
                 return 2;
             }
-            x->pass = text_policy_needs_pass(name);
-            any_pass |= x->pass;
+            x->sources = text_policy_scores(name);
+            sources |= x->sources;
             snprintf(x->name, sizeof x->name, "%s", name);
             x->fraction = f;
             n_runs++;
@@ -180,8 +182,8 @@ int main(int argc, char **argv) {
         }
         if (q == 0) {
             int64_t capacity = prompt.n_prefix + 512;
-            if (any_pass && text_reconstruction_positions(prompt.n_prefix) > capacity)
-                capacity = text_reconstruction_positions(prompt.n_prefix);
+            if (text_scores_positions(sources, prompt.n_prefix) > capacity)
+                capacity = text_scores_positions(sources, prompt.n_prefix);
             if (llm_cache_init(&base, &m.model, capacity) || llm_cache_init(&work, &m.model, capacity)) {
                 fprintf(stderr, "demo: out of memory for a cache of %lld positions\n", (long long)capacity);
                 return 1;
@@ -200,22 +202,18 @@ int main(int argc, char **argv) {
             }
             prefill_seconds = text_seconds() - start;
             if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)prompt.n_prefix, prefill_seconds);
-            if (any_pass) { /* kvzip's reconstruction pass, once per prefix */
-                free(pass_scores);
-                if (!(pass_scores = (float *)malloc((size_t)(m.model.config.n_layers * m.model.config.n_kv_heads) *
-                                                    (size_t)prompt.n_prefix * sizeof(float)))) {
-                    fprintf(stderr, "demo: out of memory\n");
-                    return 1;
-                }
-                start = text_seconds();
-                if (text_reconstruction_scores(&m, &base, prompt.prefix, prompt.n_prefix, pass_scores, error, sizeof error)) {
+            if (sources) { /* kvzip's reconstruction pass, expected attention: once per prefix */
+                given.pass_seconds = given.expected_seconds = 0;
+                if (text_scores_compute(&m, &base, prompt.prefix, prompt.n_prefix, sources, &given, error, sizeof error)) {
                     fprintf(stderr, "demo: %s\n", error);
                     return 1;
                 }
-                pass_seconds = text_seconds() - start;
-                if (q == 0)
-                    printf("reconstruction pass (kvzip's scores): %.2f s more, %.2fx the prefill\n", pass_seconds,
-                           pass_seconds / prefill_seconds);
+                if (q == 0 && (sources & TEXT_SCORES_PASS))
+                    printf("reconstruction pass (kvzip's scores): %.2f s more, %.2fx the prefill\n", given.pass_seconds,
+                           given.pass_seconds / prefill_seconds);
+                if (q == 0 && (sources & TEXT_SCORES_EXPECTED))
+                    printf("expected attention (query statistics and scores): %.2f s more, %.2fx the prefill\n",
+                           given.expected_seconds, given.expected_seconds / prefill_seconds);
             }
         }
         printf("Q%d  %s  (expected: %s)\n", q + 1, questions[q].text, questions[q].answer);
@@ -224,7 +222,7 @@ int main(int argc, char **argv) {
             double evict_seconds, t0 = text_seconds();
             int right;
             if (text_answer(&m, &base, base_logits, &work, logits, x->fraction < 1 ? &x->config : NULL,
-                            x->pass ? pass_scores : NULL, x->fraction,
+                            text_scores_of(&given, x->name), x->fraction,
                             prompt.suffix, prompt.n_suffix, max_tokens, x->replies[q], ANSWER_BYTES,
                             &evict_seconds, error, sizeof error)) {
                 fprintf(stderr, "demo: %s at %.0f%%: %s\n", x->name, 100 * x->fraction, error);
@@ -271,6 +269,6 @@ int main(int argc, char **argv) {
     free(logits);
     free(document);
     free(questions_text);
-    free(pass_scores);
+    text_scores_free(&given);
     return 0;
 }

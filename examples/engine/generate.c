@@ -73,9 +73,9 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     llm_cache cache;
     float *logits;
     kvec_config config;
-    double t0, t_prefill, t_evict = 0, t_pass = 0, t_answer, bytes_before, bytes_after;
-    const int pass = text_policy_needs_pass(policy);
-    float *pass_scores = NULL; /* [L][Hk][n], kvzip's */
+    double t0, t_prefill, t_evict = 0, t_answer, bytes_before, bytes_after;
+    const int sources = strcmp(policy, "none") ? text_policy_scores(policy) : TEXT_SCORES_SELF;
+    text_scores given; /* kvzip's and expected attention's scores, when the policy takes them */
     FILE *in = stdin;
 
     if (strcmp(policy, "none") && text_policy_parse(policy, &config, error, sizeof error)) {
@@ -120,7 +120,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     }
     if (n < 1) return fail("the prompt is empty", NULL);
     capacity = n + n_question + max_tokens + 1;
-    if (pass && text_reconstruction_positions(n) > capacity) capacity = text_reconstruction_positions(n);
+    if (text_scores_positions(sources, n) > capacity) capacity = text_scores_positions(sources, n);
     if (m.model.config.context_length && capacity > m.model.config.context_length) {
         fprintf(stderr, "generate: the prompt (%lld tokens) and %lld new tokens exceed %s's context of %lld positions\n",
                 (long long)(n + n_question), (long long)max_tokens, m.name, (long long)m.model.config.context_length);
@@ -149,20 +149,16 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     }
     bytes_before = (double)text_cache_bytes(&cache);
     kept = n;
-    if (pass) { /* kvzip: the model repeats the prompt once more, with the full cache */
-        if (!(pass_scores = (float *)malloc((size_t)(m.model.config.n_layers * m.model.config.n_kv_heads) * (size_t)n *
-                                            sizeof(float))))
-            return fail("out of memory for the reconstruction scores", NULL);
-        t0 = text_seconds();
-        if (text_reconstruction_scores(&m, &cache, ids, n, pass_scores, error, sizeof error)) return fail(error, NULL);
-        t_pass = text_seconds() - t0;
-    }
+    memset(&given, 0, sizeof given);
+    /* kvzip: the model repeats the prompt once more, with the full cache;
+       expected: statistics of the prompt's queries */
+    if (sources && text_scores_compute(&m, &cache, ids, n, sources, &given, error, sizeof error)) return fail(error, NULL);
     if (strcmp(policy, "none")) {
         kvec_result r;
         const int64_t budget = (int64_t)(fraction * (double)n);
         t0 = text_seconds();
-        if ((r = pass ? llm_evict_scores(&cache, &config, budget, pass_scores, NULL)
-                      : llm_evict(&cache, &config, budget, NULL)) != KVEC_OK)
+        if ((r = sources ? llm_evict_scores(&cache, &config, budget, text_scores_of(&given, policy), NULL)
+                         : llm_evict(&cache, &config, budget, NULL)) != KVEC_OK)
             return fail("kvec", kvec_result_string(r));
         t_evict = text_seconds() - t0;
         for (kept = 0, i = 0; i < (int64_t)cache.n_layers * cache.n_kv_heads; i++) kept += cache.length[i];
@@ -183,8 +179,12 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     printf("time: prefill %.2f s (%.0f tokens/s), eviction %.1f ms, %s%d new tokens %.2f s\n",
             t_prefill, (double)n / t_prefill, 1e3 * t_evict, n_question ? "question and " : "",
             (int)n_new, t_answer);
-    if (pass)
-        printf("reconstruction pass (kvzip's scores): %.2f s, %.2fx the prefill\n", t_pass, t_pass / t_prefill);
+    if (sources & TEXT_SCORES_PASS)
+        printf("reconstruction pass (kvzip's scores): %.2f s, %.2fx the prefill\n", given.pass_seconds,
+               given.pass_seconds / t_prefill);
+    if (sources & TEXT_SCORES_EXPECTED)
+        printf("expected attention (query statistics and scores): %.2f s, %.2fx the prefill\n", given.expected_seconds,
+               given.expected_seconds / t_prefill);
     llm_cache_free(&cache);
     text_model_free(&m);
     if (prompt != text) free(prompt); /* NULL with a question */
@@ -192,7 +192,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     free(ids);
     free(question_ids);
     free(logits);
-    free(pass_scores);
+    text_scores_free(&given);
     return 0;
 }
 
@@ -258,8 +258,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "generate: --prompt-file, --question, --raw, --tokenize and --top-logits need a .gguf model\n");
         return 2;
     }
-    if (text_policy_needs_pass(policy)) {
-        fprintf(stderr, "generate: %s asks the model to repeat its text: it needs a .gguf model with its tokenizer\n", policy);
+    if (strcmp(policy, "none") && text_policy_scores(policy) != TEXT_SCORES_SELF) {
+        fprintf(stderr, "generate: %s takes its scores from the reconstruction pass or the query statistics of a text "
+                "prompt: it needs a .gguf model with its tokenizer\n", policy);
         return 2;
     }
     for (kind = 0; kind < TASK_COUNT && strcmp(task, task_name((task_kind)kind)); kind++) {}

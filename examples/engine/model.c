@@ -1077,15 +1077,81 @@ kvec_result llm_evict_scores(llm_cache *cache, const kvec_config *config, int64_
     kvec_plan plan;
     kvec_result r;
     int64_t capacity;
+    float *adjusted = NULL; /* [L][Hk][N] K-VEC's coverage over the scores */
+    int64_t l;
+    size_t bytes, select_bytes;
     if ((r = unevicted_view(cache, layers, &view)) != KVEC_OK) return r;
     if ((r = kvec_plan_capacity(config, budget, L, N, &capacity)) != KVEC_OK) return r;
-    if ((r = kvec_memory(cache, kvec_select_scratch_bytes(config, L, Hk, N), capacity, &plan)) != KVEC_OK) return r;
+    select_bytes = kvec_select_scratch_bytes(config, L, Hk, N);
+    if (config->policy == KVEC_POLICY_KVEC) { /* the scratch serves the coverage terms first */
+        if ((r = kvec_coverage_scores_scratch_bytes(config, &layers[0], &bytes)) != KVEC_OK) return r;
+        if (bytes > select_bytes) select_bytes = bytes;
+    }
+    if ((r = kvec_memory(cache, select_bytes, capacity, &plan)) != KVEC_OK) return r;
+    if (config->policy == KVEC_POLICY_KVEC) {
+        if (!(adjusted = (float *)malloc((size_t)(L * Hk * N) * sizeof(float)))) return KVEC_ERROR_OUT_OF_MEMORY;
+        memcpy(adjusted, scores, (size_t)(L * Hk * N) * sizeof(float));
+        for (l = 0; l < L; l++)
+            if ((r = kvec_coverage_scores(config, &layers[l], adjusted + l * Hk * N, cache->kvec_scratch,
+                                          cache->kvec_scratch_bytes)) != KVEC_OK) {
+                free(adjusted);
+                return r;
+            }
+        scores = adjusted;
+    }
     /* select everything first, so that a refusal leaves the cache as it was */
-    if ((r = kvec_select(config, scores, L, Hk, N, budget, &plan, cache->kvec_scratch, cache->kvec_scratch_bytes)) != KVEC_OK ||
-        (r = kvec_compact(&view, &plan)) != KVEC_OK)
-        return r;
+    if ((r = kvec_select(config, scores, L, Hk, N, budget, &plan, cache->kvec_scratch, cache->kvec_scratch_bytes)) == KVEC_OK)
+        r = kvec_compact(&view, &plan);
+    free(adjusted);
+    if (r != KVEC_OK) return r;
     take_plan(cache, &plan, plan_out);
     return KVEC_OK;
+}
+
+#define EXPECTED_SKIPPED 4 /* first positions left out of the query statistics */
+
+int llm_expected_scores(const llm_model *model, llm_cache *cache, float *scores) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, H = cache->n_heads, D = cache->head_dim;
+    const int64_t N = cache->n_positions, skipped = N > EXPECTED_SKIPPED ? EXPECTED_SKIPPED : 0;
+    kvec_layer layers[64];
+    kvec_cache view;
+    kvec_query_stats stats;
+    kvec_expected_attention expected;
+    size_t stats_bytes, bytes;
+    void *stats_memory;
+    int64_t l;
+    int status = 0;
+    if (cache->decoding || N < 1 || unevicted_view(cache, layers, &view) != KVEC_OK) return -1;
+    if (kvec_query_stats_bytes(H, D, &stats_bytes) != KVEC_OK || !(stats_memory = malloc(stats_bytes))) return -1;
+    expected.stats = &stats;
+    expected.rope.theta = model->config.rope_theta;
+    expected.rope.dims = 0;        /* every dimension rotates */
+    expected.rope.interleaved = 0; /* rotate-half, as rope() */
+    expected.first_position = N;
+    expected.n_future = 0;         /* kvpress's 512 */
+    for (l = 0; l < L && !status; l++) {
+        /* The query log holds every position's post-RoPE query; the first
+           few (the sinks' outlying queries) stay out, as in kvpress. */
+        const kvec_tensor queries = kvec_tensor_contiguous(cache->queries[l] + skipped * H * D, KVEC_DTYPE_F32,
+                                                           N - skipped, H, D);
+        if (kvec_query_stats_init(&stats, stats_memory, stats_bytes, H, D) != KVEC_OK ||
+            kvec_query_stats_add(&stats, &queries, skipped, &expected.rope) != KVEC_OK ||
+            kvec_expected_attention_scratch_bytes(NULL, &layers[l], &expected, &bytes) != KVEC_OK) {
+            status = -1;
+            break;
+        }
+        if (bytes > cache->kvec_scratch_bytes) {
+            void *grown = realloc(cache->kvec_scratch, bytes);
+            if (!grown) { status = -1; break; }
+            cache->kvec_scratch = grown;
+            cache->kvec_scratch_bytes = bytes;
+        }
+        if (kvec_expected_attention_scores(NULL, &layers[l], &expected, scores + l * Hk * N, cache->kvec_scratch,
+                                           cache->kvec_scratch_bytes) != KVEC_OK)
+            status = -1;
+    }
+    free(stats_memory);
+    return status;
 }
 
 int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int32_t *pass, int64_t n_pass,

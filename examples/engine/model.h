@@ -135,7 +135,9 @@ kvec_result llm_evict(llm_cache *cache, const kvec_config *config, int64_t budge
 /* Eviction by scores the engine computed ([n_layers][n_kv_heads][N] fp32,
    higher = keep; a reconstruction pass's, say): kvec_select under config's
    budget mode (only window, budget_mode, head_floor and pyramid_beta
-   matter), then kvec_compact. As llm_evict otherwise. */
+   matter), then kvec_compact. With config->policy KVEC_POLICY_KVEC, K-VEC's
+   coverage (kvec_coverage_scores: ln s + mu z(uniqueness)) is applied to a
+   copy of the scores first. As llm_evict otherwise. */
 kvec_result llm_evict_scores(llm_cache *cache, const kvec_config *config, int64_t budget, const float *scores,
                              kvec_plan *plan);
 
@@ -149,6 +151,13 @@ kvec_result llm_evict_scores(llm_cache *cache, const kvec_config *config, int64_
    does not fit, a bad token, out of memory). */
 int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int32_t *pass, int64_t n_pass,
                             int64_t chunk_begin, int64_t chunk_end, float *scores);
+
+/* Expected attention (kvec_expected_attention_scores, kvpress's defaults:
+   512 future positions, 4 sinks) for every layer of a prefilled, not yet
+   evicted cache of N > 4 positions, from the statistics of the query log's
+   positions 4 .. N-1, into scores ([n_layers][n_kv_heads][N]). Returns 0,
+   or -1 (evicted, too short, out of memory). */
+int llm_expected_scores(const llm_model *model, llm_cache *cache, float *scores);
 
 /* Eviction while generating. llm_decode_begin starts it on a cache that has
    not been evicted (every head holds every position, possibly none yet);

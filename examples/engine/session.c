@@ -192,10 +192,68 @@ int64_t text_cache_bytes(const llm_cache *cache) {
 
 const char *const TEXT_POLICY_NAMES =
     "kvec snapkv pyramidkv streaming h2o tova knorm keydiff random criticalkv laprox"
-    " adakv kvec-ada snap-global kvec-global laprox-global kvzip";
+    " adakv kvec-ada snap-global kvec-global laprox-global kvzip kvzip-kvec expected expected-kvec";
 
-int text_policy_needs_pass(const char *name) {
-    return strcspn(name, ":") == 5 && !strncmp(name, "kvzip", 5);
+/* Whether the base of a policy name (before any ':') is `base`. */
+static int base_is(const char *name, const char *base) {
+    const size_t n = strcspn(name, ":");
+    return n == strlen(base) && !strncmp(name, base, n);
+}
+
+int text_policy_scores(const char *name) {
+    if (base_is(name, "kvzip") || base_is(name, "kvzip-kvec")) return TEXT_SCORES_PASS;
+    if (base_is(name, "expected") || base_is(name, "expected-kvec")) return TEXT_SCORES_EXPECTED;
+    return TEXT_SCORES_SELF;
+}
+
+int64_t text_scores_positions(int sources, int64_t n) {
+    return (sources & TEXT_SCORES_PASS) ? text_reconstruction_positions(n) : n;
+}
+
+/* *array grown to hold `entries` floats. */
+static int scores_array(float **array, int64_t entries, int64_t *have) {
+    float *grown;
+    if (*array && entries <= *have) return 0;
+    if (!(grown = (float *)realloc(*array, (size_t)entries * sizeof(float)))) return -1;
+    *array = grown;
+    return 0;
+}
+
+int text_scores_compute(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, int sources,
+                        text_scores *s, char *error, size_t error_size) {
+    const int64_t entries = (int64_t)m->model.config.n_layers * m->model.config.n_kv_heads * n;
+    int64_t have = s->entries;
+    double started;
+    if (((sources & TEXT_SCORES_PASS) && scores_array(&s->pass, entries, &have)) ||
+        ((sources & TEXT_SCORES_EXPECTED) && scores_array(&s->expected, entries, &have)))
+        return gguf_error(error, error_size, "out of memory for the scores of %lld positions", (long long)n);
+    if (entries > s->entries) s->entries = entries; /* every array asked for now holds as much */
+    if (sources & TEXT_SCORES_PASS) {
+        started = text_seconds();
+        if (text_reconstruction_scores(m, cache, ids, n, s->pass, error, error_size)) return -1;
+        s->pass_seconds += text_seconds() - started;
+    }
+    if (sources & TEXT_SCORES_EXPECTED) {
+        started = text_seconds();
+        if (llm_expected_scores(&m->model, cache, s->expected))
+            return gguf_error(error, error_size, "expected attention failed (an evicted cache, or out of memory)");
+        s->expected_seconds += text_seconds() - started;
+    }
+    return 0;
+}
+
+const float *text_scores_of(const text_scores *s, const char *policy) {
+    switch (text_policy_scores(policy)) {
+    case TEXT_SCORES_PASS: return s->pass;
+    case TEXT_SCORES_EXPECTED: return s->expected;
+    default: return NULL;
+    }
+}
+
+void text_scores_free(text_scores *s) {
+    free(s->pass);
+    free(s->expected);
+    memset(s, 0, sizeof *s);
 }
 
 int64_t text_user_start(const text_model *m, const int32_t *ids, int64_t n) {
@@ -364,7 +422,11 @@ int text_policy_parse(const char *name, kvec_config *config, char *error, size_t
         {"kvec-global", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL},
         /* scores from the reconstruction pass (text_reconstruction_scores);
            one budget for the whole model and no per-head floor, as KVzip */
-        {"kvzip", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL}};
+        {"kvzip", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
+        {"kvzip-kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL},
+        /* expected attention, one budget per head as kvpress */
+        {"expected", KVEC_POLICY_SNAPKV, KVEC_BUDGET_DEFAULT},
+        {"expected-kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT}};
     char option[64];
     const char *rest;
     size_t base_length = strcspn(name, ":"), i;
@@ -376,13 +438,23 @@ int text_policy_parse(const char *name, kvec_config *config, char *error, size_t
         return gguf_error(error, error_size, "unknown policy '%.*s' (%s)", (int)base_length, name, TEXT_POLICY_NAMES);
     config->policy = known[i].policy;
     config->budget_mode = known[i].mode;
-    if (text_policy_needs_pass(name)) config->head_floor = -1.0f;
+    if (text_policy_scores(name) == TEXT_SCORES_PASS) config->head_floor = -1.0f;
+    /* over given scores K-VEC has one term, uniqueness (kvec_coverage_scores) */
+    if (text_policy_scores(name) != TEXT_SCORES_SELF && config->policy == KVEC_POLICY_KVEC)
+        config->terms.enabled = KVEC_TERM_UNIQUENESS;
     for (rest = name + base_length; *rest == ':'; rest += strlen(option) + 1) {
         size_t n = strcspn(rest + 1, ":");
         if (n >= sizeof option) return gguf_error(error, error_size, "option '%.*s' is too long", (int)n, rest + 1);
         memcpy(option, rest + 1, n);
         option[n] = '\0';
         if (policy_option(option, config, error, error_size)) { memset(config, 0, sizeof *config); return -1; }
+    }
+    if (text_policy_scores(name) != TEXT_SCORES_SELF &&
+        ((config->policy == KVEC_POLICY_KVEC && config->terms.enabled != KVEC_TERM_UNIQUENESS) ||
+         config->terms.beta != 0 || config->terms.gamma != 0 || config->terms.focus_cv != 0 ||
+         config->terms.attention_share != 0)) {
+        memset(config, 0, sizeof *config);
+        return gguf_error(error, error_size, "'%s': over given scores only mu and budget apply", name);
     }
     /* Pairs kvec.h refuses (the cross-head reserve with a pooled budget, the
        cross-layer term with a model-wide pool) are refused here, by name. */

@@ -95,9 +95,34 @@ int text_answer(const text_model *m, const llm_cache *base, const float *base_lo
 int     text_reconstruction_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n,
                                    float *scores, char *error, size_t error_size);
 int64_t text_reconstruction_positions(int64_t n);
-/* Whether a policy name (text_policy_parse's) takes its scores from the
-   reconstruction pass. */
-int     text_policy_needs_pass(const char *name);
+
+/* Where a policy (text_policy_parse's name) gets its scores: from kvec
+   scoring the cache itself (TEXT_SCORES_SELF), from the reconstruction pass
+   (kvzip, kvzip-kvec), or from expected attention over the query log
+   (expected, expected-kvec). */
+enum { TEXT_SCORES_SELF = 0, TEXT_SCORES_PASS = 1, TEXT_SCORES_EXPECTED = 2 };
+int text_policy_scores(const char *name);
+
+/* The scores of the policies that do not score the cache themselves, for one
+   prefix, computed once and shared by every budget and policy that reads
+   them. sources: TEXT_SCORES_* bits (OR of text_policy_scores over the
+   policies in use). text_scores_compute runs on a prefilled cache of n
+   positions that no eviction has touched (the pass needs
+   text_scores_positions(sources, n) of capacity) and leaves it so; each
+   computation's seconds are added to pass_seconds / expected_seconds.
+   text_scores_of gives the [L][Hk][n] scores a policy selects by, or NULL
+   for a policy that scores the cache itself. Returns 0, or -1 with a
+   message. */
+typedef struct text_scores {
+    float  *pass, *expected; /* [L][Hk][n] each, when their source was asked for */
+    int64_t entries;         /* floats each array holds */
+    double  pass_seconds, expected_seconds;
+} text_scores;
+int64_t      text_scores_positions(int sources, int64_t n);
+int          text_scores_compute(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, int sources,
+                                 text_scores *scores, char *error, size_t error_size);
+const float *text_scores_of(const text_scores *scores, const char *policy);
+void         text_scores_free(text_scores *scores);
 /* The index after the first "<|im_start|>user\n" in ids, or 0 (no chat header). */
 int64_t text_user_start(const text_model *m, const int32_t *ids, int64_t n);
 
@@ -111,8 +136,12 @@ int64_t text_cache_bytes(const llm_cache *cache);
 /* Sets config (zeroed first) to the policy named `name`: kvec, snapkv,
    pyramidkv, streaming, h2o, tova, knorm, keydiff, random, criticalkv,
    laprox, and the budget modes adakv (SnapKV scores, Ada-KV's per-layer
-   pool), kvec-ada, snap-global, kvec-global, laprox-global. Returns 0, or -1
-   for an unknown name. */
+   pool), kvec-ada, snap-global, kvec-global, laprox-global; with scores
+   from elsewhere (text_policy_scores): kvzip (one budget for the model, no
+   per-head floor), expected (uniform, as kvpress), and kvzip-kvec,
+   expected-kvec: the same scores under K-VEC's coverage term
+   (kvec_coverage_scores, mu 1 unless :mu= says). Returns 0, or -1 for an
+   unknown name. */
 int text_policy(const char *name, kvec_config *config);
 
 /* As text_policy, and the name may carry K-VEC options after colons:
