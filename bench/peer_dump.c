@@ -11,7 +11,8 @@
    build/peer_dump --model FILE.gguf --tasks FILE --sample I --setting agnostic|aware
                    --policy NAME --budget F --kept OUT.json
        Prefills sample I (0-based) in that setting, compresses it with the
-       policy to floor(F * prefix) rows per KV head as build/quality does, and
+       policy to floor(F * prefix) rows per KV head as build/quality does (the
+       policies with scores from elsewhere, kvzip and expected, included), and
        writes {"policy", "budget", "n_prefix", "n_layers", "n_kv_heads",
        "kept": [layer][kv head][positions, ascending]} to OUT.json. */
 #include "../examples/engine/json.h"
@@ -138,7 +139,9 @@ int main(int argc, char **argv) {
         kvec_plan plan;
         kvec_result r;
         float *logits;
-        int64_t l, j, k;
+        text_scores given;
+        int64_t l, j, k, budget_rows;
+        int sources;
         FILE *out;
         if (!line) return fail(error, NULL);
         if (!policy || text_policy(policy, &config)) return fail("--policy must name a policy", TEXT_POLICY_NAMES);
@@ -151,12 +154,19 @@ int main(int argc, char **argv) {
         if (text_question_prompt(&m, TEXT_INSTRUCTION, context, strlen(context), question, !strcmp(setting, "aware"), 0,
                                  &prompt, error, sizeof error))
             return fail(error, NULL);
-        if (llm_cache_init(&cache, &m.model, prompt.n_prefix + 1) ||
+        sources = text_policy_scores(policy);
+        memset(&given, 0, sizeof given);
+        if (llm_cache_init(&cache, &m.model, text_scores_positions(sources, prompt.n_prefix) + 1) ||
             !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))))
             return fail("out of memory", NULL);
         if (text_prefill(&m, &cache, prompt.prefix, prompt.n_prefix, logits, NULL)) return fail("prefill failed", NULL);
+        /* kvzip's pass, expected attention: the scores build/quality selects by */
+        if (sources && text_scores_compute(&m, &cache, prompt.prefix, prompt.n_prefix, sources, &given, error, sizeof error))
+            return fail(error, NULL);
         /* the budget exactly as text_answer computes it */
-        if ((r = llm_evict(&cache, &config, (int64_t)(budget * (double)prompt.n_prefix), &plan)) != KVEC_OK)
+        budget_rows = (int64_t)(budget * (double)prompt.n_prefix);
+        if ((r = sources ? llm_evict_scores(&cache, &config, budget_rows, text_scores_of(&given, policy), &plan)
+                         : llm_evict(&cache, &config, budget_rows, &plan)) != KVEC_OK)
             return fail("kvec", kvec_result_string(r));
         if (!(out = fopen(kept_path, "w"))) return fail("cannot write", kept_path);
         fprintf(out, "{\"policy\": \"%s\", \"setting\": \"%s\", \"budget\": %g, \"n_prefix\": %lld, \"n_layers\": %lld, "
@@ -179,6 +189,7 @@ int main(int argc, char **argv) {
         llm_cache_free(&cache);
         text_prompt_free(&prompt);
         free(logits);
+        text_scores_free(&given);
         json_free(line);
     }
     text_model_free(&m);
