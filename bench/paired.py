@@ -14,6 +14,7 @@ setting per file); a sample seen twice for one row must agree.
 """
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 
@@ -29,8 +30,13 @@ def load(paths):
         values[key][policy][sample] = value
 
     for path in paths:
-        with open(path) as f:
-            text = f.read()
+        with open(path, newline="") as f:
+            # build/quality's progress line ("\rsample 3/40, 12 s, about 90 s
+            # left ", the last one ended by a newline) goes to stderr; in a
+            # capture of both streams it lands inside the per-sample lines,
+            # and is taken out
+            text = re.sub(r"\rsample (\d+)/\1, \d+ s, about \d+ s left \n", "", f.read())
+            text = re.sub(r"\rsample \d+/\d+, \d+ s, about \d+ s left ", "", text)
         if text.lstrip().startswith("{"):
             result = json.loads(text)
             for metric, field in (("kl", "per_sample_kl"), ("top1", "per_sample_top1")):

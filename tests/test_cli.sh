@@ -119,7 +119,8 @@ for bad in "kvec:mu=0|mu must be" "kvec:mu=-1|mu must be" "kvec:mu=x|mu must be"
     "kvec:gamma|not key=value" "kvec:colour=red|unknown option" "kvec:terms=uniqueness+sideways|unknown term" \
     "kvec:terms=none+uniqueness|goes alone" "snapkv:mu=2|K-VEC weight" "snapkv:terms=uniqueness|K-VEC's" \
     "kvec:budget=wide|unknown budget" "kvec:budget=global:terms=cross-layer|refuses this combination" \
-    "kvec:budget=adaptive:terms=cross-head|refuses this combination"; do
+    "kvec:budget=adaptive:terms=cross-head|refuses this combination" "kvzip:window=0|whole number" \
+    "snapkv:window=5000|whole number" "kvzip:window=8.5|whole number" "kvzip-kvec:beta=0.5|only mu and budget"; do
     refuses "quality: policy option ${bad%%|*}" "${bad#*|}" "$build/quality" --model "$model" \
         --tasks examples/demo/lighthouse.jsonl --policies "full,${bad%%|*}"
 done

@@ -258,14 +258,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "generate: --prompt-file, --question, --raw, --tokenize and --top-logits need a .gguf model\n");
         return 2;
     }
+    if (strcmp(policy, "none") && text_policy_parse(policy, &config, error, sizeof error)) {
+        fprintf(stderr, "generate: %s (or none)\n", error);
+        return 2;
+    }
     if (strcmp(policy, "none") && text_policy_scores(policy) != TEXT_SCORES_SELF) {
         fprintf(stderr, "generate: %s takes its scores from the reconstruction pass or the query statistics of a text "
                 "prompt: it needs a .gguf model with its tokenizer\n", policy);
         return 2;
     }
     for (kind = 0; kind < TASK_COUNT && strcmp(task, task_name((task_kind)kind)); kind++) {}
-    if (kind == TASK_COUNT || (strcmp(policy, "none") && text_policy(policy, &config))) {
-        fprintf(stderr, "generate: unknown task or policy\n");
+    if (kind == TASK_COUNT) {
+        fprintf(stderr, "generate: unknown task '%s'\n", task);
         return 2;
     }
 

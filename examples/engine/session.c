@@ -336,7 +336,8 @@ done:
 
 const char *const TEXT_POLICY_OPTIONS =
     "K-VEC options after the name: kvec:share=0.5:mu=2:terms=uniqueness+rank-union+cross-layer:gamma=1:budget=adaptive\n"
-    "  (share: attention's share of the rank union, default 0.25; mu, beta, gamma, focus: term weights)\n";
+    "  (share: attention's share of the rank union, default 0.25; mu, beta, gamma, focus: term weights)\n"
+    "Any policy: budget=uniform|pyramid|adaptive|global, window=N (the last N positions always kept, default 32)\n";
 
 /* One `key=value` option of a policy name; returns 0, or -1 with a message. */
 static int policy_option(const char *option, kvec_config *config, char *error, size_t error_size) {
@@ -392,13 +393,21 @@ static int policy_option(const char *option, kvec_config *config, char *error, s
         config->terms.enabled = bits;
         return 0;
     }
+    if (KEY_IS("window")) { /* the last positions always kept (and, for attention policies, the query rows) */
+        char *end;
+        long long rows = strtoll(value, &end, 10);
+        if (end == value || *end || rows < 1 || rows > 4096)
+            return gguf_error(error, error_size, "window must be a whole number of positions in 1..4096: '%s'", value);
+        config->window = (int64_t)rows;
+        return 0;
+    }
     if (KEY_IS("budget")) {
         for (i = 0; i < sizeof modes / sizeof modes[0]; i++)
             if (!strcmp(value, modes[i].name)) { config->budget_mode = modes[i].mode; return 0; }
         return gguf_error(error, error_size, "unknown budget '%s' (uniform, pyramid, adaptive, global)", value);
     }
 #undef KEY_IS
-    return gguf_error(error, error_size, "unknown option '%.*s' (mu, beta, gamma, focus, share, terms, budget)",
+    return gguf_error(error, error_size, "unknown option '%.*s' (mu, beta, gamma, focus, share, terms, budget, window)",
                       (int)key_length, option);
 }
 

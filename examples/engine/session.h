@@ -149,7 +149,8 @@ int text_policy(const char *name, kvec_config *config);
    Options: mu, beta, gamma, focus (terms.focus_cv), share
    (terms.attention_share), numbers > 0 (beta at most 1, share below 1); terms, names joined by '+' from uniqueness, rank-union,
    cross-head, cross-layer, head-focus, or `none` alone (= SnapKV's
-   scores); budget, one of uniform, pyramid, adaptive, global. The weights
+   scores); budget, one of uniform, pyramid, adaptive, global; window, the
+   last positions always kept (1..4096, default 32). The weights
    and terms need a K-VEC base name. Returns 0, or -1 with a message in
    error for an unknown name, a bad option or a combination kvec refuses. */
 int text_policy_parse(const char *name, kvec_config *config, char *error, size_t error_size);
