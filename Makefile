@@ -450,12 +450,16 @@ tasks:
 # NVIDIA kvpress beside kvec on the same samples (bench/peer_kvpress.py,
 # docs/PEER_KVPRESS.md): PEER_K samples of each task of the seed-2 1K file,
 # kvpress's presses and kvec's policies at 10%, 25% and 50%, both settings.
-# Needs python3 with kvpress (pip install kvpress==0.5.5; the script says
-# what is missing). build/peer_dump gives it the C engine's prompt ids and
-# the positions a kvec policy keeps. Slow on 2 cores: about 2 minutes per
-# sample for kvpress.
+# Needs a python with kvpress (pip install kvpress==0.5.5; the script says
+# what is missing): PEER_PY, python3 unless set (e.g. a venv's python).
+# build/peer_dump gives it the C engine's prompt ids, which kvpress runs on,
+# and the positions a kvec policy keeps. Slow on 2 cores: about 2 minutes
+# per sample for kvpress. KVzipPress (--presses kvzip,...) is not in this
+# target: docs/PEER_KVPRESS.md has its command (about 40 s per sample, one
+# setting, one thread).
 .PHONY: peer-kvpress
 PEER_K    ?= 3
+PEER_PY   ?= python3
 PEER_OUT   = $(BUILD)/peer
 $(BUILD)/peer_dump: bench/peer_dump.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ bench/peer_dump.c $(ENGINE) -lm
@@ -463,7 +467,7 @@ $(BUILD)/peer_dump: bench/peer_dump.c $(ENGINE_DEP) | $(BUILD)
 peer-kvpress: $(BUILD)/peer_dump $(BUILD)/quality
 	@mkdir -p $(PEER_OUT)
 	M=$$(scripts/fetch-model.sh smollm2 | tail -n 1) && \
-	python3 bench/peer_kvpress.py --model $$M --tasks bench/tasks/seed2-1024.jsonl --per-task $(PEER_K) \
+	$(PEER_PY) bench/peer_kvpress.py --model $$M --tasks bench/tasks/seed2-1024.jsonl --per-task $(PEER_K) \
 	  --subset-out $(PEER_OUT)/seed2-1024.jsonl --out bench/results/peer-kvpress-smollm2-1024.json && \
 	$(BUILD)/quality --model $$M --tasks $(PEER_OUT)/seed2-1024.jsonl --budgets 0.1,0.25,0.5 \
 	  --policies full,snapkv,streaming,knorm,tova,keydiff,h2o,kvec --out bench/results/peer-kvec-smollm2-1024.json
