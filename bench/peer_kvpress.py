@@ -90,6 +90,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -907,8 +908,12 @@ def read_per_sample(path):
     """build/quality --per-sample output (or this script's): the task file its
     first line names, and {(policy, setting, budget): {N: 0|1}}."""
     tasks, flags = None, {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", newline="") as f:
+        # build/quality's progress line (stderr) inside a capture of both
+        # streams is taken out, as bench/paired.py does
+        text = re.sub(r"\rsample (\d+)/\1, \d+ s, about \d+ s left \n", "", f.read())
+        text = re.sub(r"\rsample \d+/\d+, \d+ s, about \d+ s left ", "", text)
+        for line in text.split("\n"):
             if tasks is None and " samples of " in line:
                 tasks = line.split(" samples of ", 1)[1].split(";", 1)[0].strip()
             words = line.split()
