@@ -3764,7 +3764,7 @@ KVEC_API kvec_result kvec_expected_attention_scores(const kvec_config *config, c
     kvec_result r;
     double *rotation;
     size_t needed;
-    int64_t j, i, p;
+    int64_t j, i;
     if ((r = kvec__resolve(config, &c)) != KVEC_OK) return r;
     if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__check_expected(&c, layer, expected, &d)) != KVEC_OK) return r;
@@ -3785,16 +3785,17 @@ KVEC_API kvec_result kvec_expected_attention_scores(const kvec_config *config, c
     kvec__bump_init(&b, scratch, scratch_bytes);
     heads = (kvec__expected_work *)kvec__take(&b, d.n_kv_heads, sizeof(kvec__expected_work));
     kvec__carve_expected(&b, &d, &rotation, heads);
-    for (i = 0; i < d.rope_dims / 2; i++) { /* Rbar: the mean rotation over the future positions */
+    for (i = 0; i < d.rope_dims / 2; i++) {
+        /* Rbar: the mean rotation over positions P .. P+F-1, in closed form
+           (so that a huge F costs no more than a small one): the mean of
+           e^(i p w) over them is e^(i w (P + (F-1)/2)) sin(F w / 2) / (F sin(w / 2));
+           w is in (0, 1], so sin(w / 2) > 0. */
         const double w = kvec__rope_frequency(&expected->rope, d.rope_dims, i);
-        double cs = 0.0, sn = 0.0;
-        for (p = 0; p < d.n_future; p++) {
-            const double angle = (double)(expected->first_position + p) * w;
-            cs += cos(angle);
-            sn += sin(angle);
-        }
-        rotation[i] = cs / (double)d.n_future;
-        rotation[d.rope_dims / 2 + i] = sn / (double)d.n_future;
+        const double F = (double)d.n_future;
+        const double centre = w * ((double)expected->first_position + (F - 1.0) / 2.0);
+        const double shrink = sin(F * w / 2.0) / (F * sin(w / 2.0));
+        rotation[i] = cos(centre) * shrink;
+        rotation[d.rope_dims / 2 + i] = sin(centre) * shrink;
     }
     KVEC__PARALLEL_FOR
     for (j = 0; j < d.n_kv_heads; j++) kvec__expected_head(layer, expected, &d, rotation, j, &heads[j], scores);

@@ -2706,6 +2706,9 @@ static void test_expected_attention_statistics_and_a_planted_key(void) {
     /* KV head 0 serves query heads 0 and 1, whose means lean on d % 3 == 0 and 1 */
     for (d = 0; d < 16; d++) t.k[(50 * 2 + 0) * 16 + d] = d % 3 != 2 ? 3.0 : 0.0;
     sync_tensor(&t.layer.keys, t.k);
+    /* the mean rotation is closed-form: 2^60 future positions cost what 512 do */
+    CHECK(run_expected(NULL, &t, 4, 1, 60, (int64_t)1 << 60, three) == KVEC_OK && isfinite(three[2 * 80 - 1]),
+          "2^60 future positions: scored, finite");
     CHECK(run_expected(NULL, &t, 4, 1, 60, 1, one) == KVEC_OK, "scores");
     {
         double share_50 = one[50], rest = 0.0;
