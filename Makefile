@@ -191,18 +191,21 @@ llama:
 # builds the example, its measurement and its test into $(LLAMA_OUT);
 # `make llama-measure` runs the measurement (a few minutes on 2 cores);
 # `make test-llama` runs the test, or says why it skipped (no llama.cpp
-# build, no model).
+# build, no model). `make test-llama-rpc` runs it on caches in device
+# memory: two rpc-server processes on 127.0.0.1 hold the layers (llama.cpp's
+# RPC backend, its multi-machine path), checked against the host.
 LLAMA_DIR   = $(BUILD)/llama.cpp
 LLAMA_OUT   = $(BUILD)/llama-example
 LLAMA_LIBS  = $(LLAMA_DIR)/build/src/libllama.a $(LLAMA_DIR)/build/ggml/src/libggml.a \
-              $(LLAMA_DIR)/build/ggml/src/libggml-cpu.a $(LLAMA_DIR)/build/ggml/src/libggml-base.a
+              $(LLAMA_DIR)/build/ggml/src/libggml-cpu.a $(LLAMA_DIR)/build/ggml/src/ggml-rpc/libggml-rpc.a \
+              $(LLAMA_DIR)/build/ggml/src/libggml-base.a
 LLAMA_CC    = $(CC) -std=c11 $(WARN) -O2 -g $(OPENMP) -isystem $(LLAMA_DIR)/src/include -isystem $(LLAMA_DIR)/src/ggml/include
 LLAMA_HDR   = examples/llama.cpp/kvec_llama.h examples/llama.cpp/util.h kvec.h
 LLAMA_OBJ   = $(LLAMA_OUT)/kvec_llama.o $(LLAMA_OUT)/util.o
 LLAMA_MODEL ?= $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 LLAMA_BINS  = $(LLAMA_OUT)/kvec-llama $(LLAMA_OUT)/kvec-llama-measure $(LLAMA_OUT)/test_llama
 
-.PHONY: llama-example llama-measure test-llama
+.PHONY: llama-example llama-measure test-llama test-llama-rpc
 
 $(LLAMA_OUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_LIBS)
 	@mkdir -p $(LLAMA_OUT)
@@ -231,6 +234,13 @@ test-llama:
 	elif [ ! -f $(LLAMA_MODEL) ]; then echo "test-llama: skipped (no model at $(LLAMA_MODEL): make model)"; \
 	else $(MAKE) --no-print-directory llama-example && $(LLAMA_OUT)/test_llama --model $(LLAMA_MODEL); fi
 
+test-llama-rpc:
+	@if [ ! -x $(LLAMA_DIR)/build/bin/ggml-rpc-server ]; then echo "test-llama-rpc: skipped (llama.cpp and its ggml-rpc-server are not built: make llama)"; \
+	elif [ ! -f $(LLAMA_MODEL) ]; then echo "test-llama-rpc: skipped (no model at $(LLAMA_MODEL): make model)"; \
+	else $(MAKE) --no-print-directory llama-example && \
+	    scripts/with-rpc-servers.sh $(LLAMA_DIR)/build/bin/ggml-rpc-server 2 \
+	        sh -c '$(LLAMA_OUT)/test_llama --model $(LLAMA_MODEL) --rpc "$$RPC_ENDPOINTS"'; fi
+
 # The same programs against a second llama.cpp build with
 # examples/llama.cpp/kvec-per-head.patch applied (per-head cache lengths:
 # pyramid, adaptive and global budgets), built by `make llama-patched` into
@@ -240,7 +250,8 @@ test-llama:
 LLAMA_PDIR  = $(BUILD)/llama.cpp-patched
 LLAMA_POUT  = $(BUILD)/llama-example-patched
 LLAMA_PLIBS = $(LLAMA_PDIR)/build/src/libllama.a $(LLAMA_PDIR)/build/ggml/src/libggml.a \
-              $(LLAMA_PDIR)/build/ggml/src/libggml-cpu.a $(LLAMA_PDIR)/build/ggml/src/libggml-base.a
+              $(LLAMA_PDIR)/build/ggml/src/libggml-cpu.a $(LLAMA_PDIR)/build/ggml/src/ggml-rpc/libggml-rpc.a \
+              $(LLAMA_PDIR)/build/ggml/src/libggml-base.a
 LLAMA_PCC   = $(CC) -std=c11 $(WARN) -O2 -g $(OPENMP) -DKVEC_LLAMA_PER_HEAD \
               -isystem $(LLAMA_PDIR)/src/include -isystem $(LLAMA_PDIR)/src/ggml/include
 LLAMA_PBINS = $(LLAMA_POUT)/kvec-llama $(LLAMA_POUT)/kvec-llama-measure $(LLAMA_POUT)/test_llama

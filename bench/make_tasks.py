@@ -255,6 +255,9 @@ def main():
     ap.add_argument("--texts", choices=sorted(KL_TEXTS), default="tune", help="--kl: which half of the prose")
     ap.add_argument("--prefix", type=int, default=2048, help="--kl: tokens prefilled and compressed")
     ap.add_argument("--forced", type=int, default=128, help="--kl: tokens teacher-forced after compression")
+    ap.add_argument("--interleave", action="store_true",
+                    help="order the samples task by task in turn (first of each task, then second, ...), so that "
+                         "the first N of a long run (--limit, --skip) cover every task")
     ap.add_argument("--check-model", help="a GGUF: print each context's token count (build/generate --tokenize)")
     a = ap.parse_args()
     if a.kl:
@@ -281,6 +284,8 @@ def main():
     if a.tokens < 128 or a.samples < 1:
         sys.exit("make_tasks: --tokens >= 128, --samples >= 1")
     rows = make(a.seed, a.tokens, a.samples, tasks)
+    if a.interleave:  # same samples, only the order changes
+        rows.sort(key=lambda r: (r["index"], tasks.index(r["task"])))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w", encoding="utf-8") as f:
         for r in rows:

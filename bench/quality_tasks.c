@@ -3,7 +3,7 @@
 
    build/quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all]
                  [--budgets 0.25,0.5] [--settings agnostic,aware,both]
-                 [--max-tokens 32] [--limit N] [--per-task N] [--quick] [--trace-answer] [--per-sample]
+                 [--max-tokens 32] [--limit N] [--skip N] [--per-task N] [--quick] [--trace-answer] [--per-sample]
                  [--out RESULT.json]
 
    The task file holds one JSON object per line:
@@ -29,7 +29,9 @@
    as a digit per layer, 0 = none .. 9 = all; "answer_kept" in RESULT.json).
    --per-sample: also a line `per-sample N SETTING POLICY BUDGET 0|1` for
    each answer, for paired differences between policies.
-   --limit N: the first N samples of the file;
+   --limit N: the first N samples of the file; --skip N: leave out the
+   first N of those (a long run split in parts keeps the file's sample
+   numbers, so the parts' per-sample lines join);
    --per-task N: the first N samples of each task. --quick: --per-task 2,
    and unless given, policies full,kvec,snapkv,keydiff,streaming at budget
    0.5.
@@ -71,7 +73,7 @@ typedef struct task_kinds {
 static void usage(void) {
     fprintf(stderr,
             "usage: quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all] [--budgets 0.25,0.5]\n"
-            "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--per-task N] [--quick]\n"
+            "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--skip N] [--per-task N] [--quick]\n"
             "               [--trace-answer] [--per-sample] [--out RESULT.json]\n"
             "policies: full %s\n"
             "%s",
@@ -271,12 +273,12 @@ int quality_task_file(int argc, char **argv) {
     static double answer_kept[TEXT_MAX_RUNS][TEXT_MAX_SETTINGS][MAX_LAYERS]; /* --trace-answer: sums over samples */
     int traced[TEXT_MAX_SETTINGS] = {0, 0, 0};                              /* samples where the answer was found */
     unsigned char *kept_mark = NULL;                                         /* [prefix] */
-    int64_t max_tokens = 32, limit = 0, per_task = 0, n_read, n_tasks, t, done = 0, to_do;
+    int64_t max_tokens = 32, limit = 0, skip = 0, per_task = 0, n_read, n_tasks, t, done = 0, to_do;
     task *tasks = NULL;
     task_kinds kinds;
     static text_run runs[TEXT_MAX_RUNS];
     static int correct_by_kind[TEXT_MAX_RUNS][TEXT_MAX_SETTINGS][MAX_KINDS];
-    int samples_by_kind[MAX_KINDS];
+    int samples_by_kind[MAX_KINDS], seen_by_kind[MAX_KINDS];
     char *use = NULL;            /* [n_tasks] whether --quick keeps the sample */
     text_model m;
     llm_cache base, work;
@@ -301,13 +303,14 @@ int quality_task_file(int argc, char **argv) {
         else if (!strcmp(argv[i], "--settings")) snprintf(settings_list, sizeof settings_list, "%s", value);
         else if (!strcmp(argv[i], "--max-tokens")) max_tokens = atoll(value);
         else if (!strcmp(argv[i], "--limit")) limit = atoll(value);
+        else if (!strcmp(argv[i], "--skip")) skip = atoll(value);
         else if (!strcmp(argv[i], "--per-task")) per_task = atoll(value);
         else { usage(); return 2; }
         i++;
     }
     if (!model_path || !tasks_path) { fprintf(stderr, "quality: --model FILE.gguf and --tasks FILE are both needed\n"); return 2; }
-    if (max_tokens < 1 || max_tokens > 256 || limit < 0 || per_task < 0) {
-        fprintf(stderr, "quality: --max-tokens 1..256, --limit >= 0, --per-task >= 0\n");
+    if (max_tokens < 1 || max_tokens > 256 || limit < 0 || skip < 0 || per_task < 0) {
+        fprintf(stderr, "quality: --max-tokens 1..256, --limit >= 0, --skip >= 0, --per-task >= 0\n");
         return 2;
     }
     if (quick && !per_task) per_task = 2;
@@ -325,14 +328,18 @@ int quality_task_file(int argc, char **argv) {
     memset(&kinds, 0, sizeof kinds);
     memset(correct_by_kind, 0, sizeof correct_by_kind);
     memset(samples_by_kind, 0, sizeof samples_by_kind);
+    memset(seen_by_kind, 0, sizeof seen_by_kind);
     if ((n_read = read_tasks(tasks_path, &tasks, &kinds, error, sizeof error)) < 0) { fprintf(stderr, "quality: %s\n", error); return 1; }
     n_tasks = limit && limit < n_read ? limit : n_read;
     if (!(use = (char *)calloc((size_t)n_tasks, 1))) { fprintf(stderr, "quality: out of memory\n"); return 1; }
     for (t = 0, to_do = 0; t < n_tasks; t++) { /* --per-task: the first N samples of each kind */
-        use[t] = !per_task || samples_by_kind[tasks[t].kind] < per_task;
+        use[t] = !per_task || seen_by_kind[tasks[t].kind] < per_task;
+        seen_by_kind[tasks[t].kind] += use[t];
+        if (t < skip) use[t] = 0; /* chosen as without --skip, then left out */
         samples_by_kind[tasks[t].kind] += use[t];
         to_do += use[t];
     }
+    if (!to_do) { fprintf(stderr, "quality: no samples left to run (--limit, --skip, --per-task)\n"); return 2; }
     if (text_model_load(&m, model_path, error, sizeof error)) { fprintf(stderr, "quality: %s\n", error); return 1; }
     if (m.model.config.n_layers > MAX_LAYERS) { fprintf(stderr, "quality: more than %d layers\n", MAX_LAYERS); return 1; }
     if (!(base_logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))) ||

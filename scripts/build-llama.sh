@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetches llama.cpp's source from the PyPI sdist of llama-cpp-python (pinned,
-# sha256-checked), and builds its CPU libraries (ggml, llama) and llama-bench
-# into build/llama.cpp. Nothing of llama.cpp is committed. A second run finds
-# the build and does nothing.
+# sha256-checked), and builds its CPU libraries (ggml with its RPC backend,
+# llama), llama-bench and ggml-rpc-server (llama.cpp's rpc-server) into
+# build/llama.cpp. Nothing of llama.cpp is committed. A second run finds the
+# build and does nothing.
 #
 #   scripts/build-llama.sh [BUILD_DIR]             (default build)
 #   scripts/build-llama.sh --patched [BUILD_DIR]
@@ -49,7 +50,7 @@ for compiler in "${CC:-cc}:c" "${CXX:-c++}:c++"; do
 done
 
 # a build made with other flags (an older version of this script) is redone
-stamp="flags: $arch_flags"
+stamp="flags: $arch_flags; rpc"
 if [ -f "$out/.built" ] && [ "$(cat "$out/.built")" != "$stamp" ]; then
     echo "build-llama: $out was built with other flags: rebuilding" >&2
     rm -f "$out/.built" "$out/CMakeCache.txt"
@@ -103,16 +104,16 @@ if [ $patched = 1 ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
 fi
 
 jobs=$(nproc 2> /dev/null || echo 2)
-echo "build-llama: configuring (CPU only, Release, $arch_flags)" >&2
+echo "build-llama: configuring (CPU and RPC backends, Release, $arch_flags)" >&2
 cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=OFF -DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_BMI2=OFF \
     -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
     -DCMAKE_C_FLAGS="$arch_flags" -DCMAKE_CXX_FLAGS="$arch_flags" \
-    -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    -DGGML_OPENMP=ON -DGGML_RPC=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_TOOLS=ON > "$root/configure.log" 2>&1 || {
     echo "build-llama: cmake configure failed, see $root/configure.log" >&2; exit 1; }
-targets="llama llama-bench"
+targets="llama llama-bench ggml-rpc-server"
 [ $patched = 1 ] && targets=llama
 echo "build-llama: building $targets (and ggml) with $jobs jobs (about 15 minutes on 2 cores; log in $root/build.log)" >&2
 cmake --build "$out" -j "$jobs" --target $targets > "$root/build.log" 2>&1 || {

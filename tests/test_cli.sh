@@ -91,6 +91,16 @@ check "quality --tasks: kvzip rows, global and uniform, and the pass's time agai
       python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['pass_seconds'] > 0 and r['prefill_seconds'] > 0" \
       "$tmp/kvzip.json" 2> /dev/null; echo $?)
 
+# A long run in parts: --skip keeps the file's sample numbers.
+"$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 3 --skip 2 --policies full \
+    --settings agnostic --max-tokens 8 --per-sample > "$tmp/skip.txt" 2> /dev/null
+check "quality --tasks --skip 2 --limit 3: sample 3 alone, numbered as in the file" \
+    $(grep -q "^per-sample 3 agnostic full " "$tmp/skip.txt" && [ "$(grep -c '^per-sample' "$tmp/skip.txt")" = 1 ]; echo $?)
+refuses "quality --tasks: --skip past every sample" "no samples left" \
+    "$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 2 --skip 2
+refuses "quality --tasks: a negative --skip" "skip" \
+    "$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --skip -1
+
 # Your own documents: build/quality on a task file.
 "$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 1 --policies full,kvec \
     --budgets 0.5 --settings aware --max-tokens 16 --out "$tmp/result.json" > "$tmp/quality.txt" 2> /dev/null

@@ -56,11 +56,15 @@ int kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t win
     kl->k = (struct ggml_tensor **)calloc((size_t)kl->n_layers, sizeof *kl->k);
     kl->v = (struct ggml_tensor **)calloc((size_t)kl->n_layers, sizeof *kl->v);
     kl->rows_seen = (int64_t *)calloc((size_t)kl->n_layers, sizeof *kl->rows_seen);
-    if (!kl->k || !kl->v || !kl->rows_seen) return kvl_fail(kl, "out of memory");
+    kl->cells = (kvec_llama_cells *)calloc((size_t)kl->n_layers, sizeof *kl->cells);
+    if (!kl->k || !kl->v || !kl->rows_seen || !kl->cells) return kvl_fail(kl, "out of memory");
     return 0;
 }
 
 void kvec_llama_free(kvec_llama *kl) {
+    int64_t l;
+    for (l = 0; kl->cells && l < kl->n_layers; l++) free(kl->cells[l].copy);
+    free(kl->cells);
     free(kl->k);
     free(kl->v);
     free(kl->rows_seen);
@@ -222,8 +226,9 @@ static int kvl_check_common(kvec_llama *kl, struct llama_context *ctx, int64_t f
                             (long long)l, (long long)k->ne[0], (long long)v->ne[0],
                             (long long)kl->n_kv_heads, (long long)kl->head_dim);
         if (k->ne[2] != 1 || v->ne[2] != 1) return kvl_fail(kl, "the cache has several streams: one sequence only");
-        if (!k->buffer || !v->buffer || !ggml_backend_buffer_is_host(k->buffer) || !ggml_backend_buffer_is_host(v->buffer))
-            return kvl_fail(kl, "the cache is in device memory (GPU offload): this helper evicts host buffers only");
+        if (!k->buffer || !v->buffer) return kvl_fail(kl, "layer %lld: the cache tensors have no buffer", (long long)l);
+        if (k->nb[1] != (size_t)width * ggml_type_size(k->type) || v->nb[1] != (size_t)width * ggml_type_size(v->type))
+            return kvl_fail(kl, "layer %lld: the cache rows are not contiguous", (long long)l);
         if (kl->rows_seen[l] != kl->window)
             return kvl_fail(kl, "layer %lld: %lld of the last %lld queries were captured",
                             (long long)l, (long long)kl->rows_seen[l], (long long)kl->window);
@@ -241,39 +246,110 @@ int kvec_llama_check(kvec_llama *kl, struct llama_context *ctx) {
     return 0;
 }
 
+/* ---- the cells an eviction works on, in host memory ---- */
+
+/* Points kl->cells[l] at cells [first, first + count) of layer l: the cache
+   tensors themselves when they are in host memory, else the layer's host
+   copy, read here. The cache is [cells][Hk*D] (K, and V with flash
+   attention) or, for a transposed V, [Hk*D][cells]: one contiguous read per
+   tensor, or one per V row. */
+static int kvl_read_cells(kvec_llama *kl, int64_t l, int64_t first, int64_t count) {
+    const struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
+    kvec_llama_cells *c = &kl->cells[l];
+    const int64_t width = kl->n_kv_heads * kl->head_dim, kv_size = k->ne[1];
+    const int64_t ek = (int64_t)ggml_type_size(k->type), ev = (int64_t)ggml_type_size(v->type);
+    size_t k_bytes, v_bytes;
+    int64_t i;
+    if (first < 0 || count <= 0 || count > kv_size - first || v->ne[1] != kv_size)
+        return kvl_fail(kl, "layer %lld: cells %lld..%lld are not in the cache of %lld cells", (long long)l,
+                        (long long)first, (long long)(first + count - 1), (long long)kv_size);
+    c->first = first;
+    c->count = count;
+    c->k_elem = ek;
+    if (ggml_backend_buffer_is_host(k->buffer) && ggml_backend_buffer_is_host(v->buffer)) {
+        c->k = (char *)k->data + first * (int64_t)k->nb[1];
+        c->k_cell = (int64_t)k->nb[1];
+        if (!kl->v_trans) {
+            c->v = (char *)v->data + first * (int64_t)v->nb[1];
+            c->v_cell = (int64_t)v->nb[1];
+            c->v_elem = ev;
+        } else {
+            c->v = (char *)v->data + first * ev;
+            c->v_cell = ev;
+            c->v_elem = kv_size * ev;
+        }
+        return 0;
+    }
+    /* device memory: [count][Hk*D] of K, then V in the cache's own layout */
+    k_bytes = (size_t)count * (size_t)(width * ek);
+    v_bytes = (size_t)count * (size_t)(width * ev);
+    if (k_bytes + v_bytes > c->copy_bytes) {
+        char *grown = (char *)realloc(c->copy, k_bytes + v_bytes);
+        if (!grown) return kvl_fail(kl, "out of memory (a host copy of %zu bytes for layer %lld)", k_bytes + v_bytes, (long long)l);
+        c->copy = grown;
+        c->copy_bytes = k_bytes + v_bytes;
+    }
+    c->k = c->copy;
+    c->k_cell = width * ek;
+    c->v = c->copy + k_bytes;
+    ggml_backend_tensor_get(k, c->k, (size_t)first * k->nb[1], k_bytes);
+    if (!kl->v_trans) {
+        c->v_cell = width * ev;
+        c->v_elem = ev;
+        ggml_backend_tensor_get(v, c->v, (size_t)first * v->nb[1], v_bytes);
+    } else {
+        c->v_cell = ev;
+        c->v_elem = count * ev;
+        for (i = 0; i < width; i++)
+            ggml_backend_tensor_get(v, c->v + i * count * ev, (size_t)((i * kv_size + first) * ev), (size_t)(count * ev));
+    }
+    return 0;
+}
+
+/* Writes cells [from, from + n) of layer l's host copy back to the device
+   (nothing to do for a cache in host memory). */
+static void kvl_write_cells(kvec_llama *kl, int64_t l, int64_t from, int64_t n) {
+    struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
+    const kvec_llama_cells *c = &kl->cells[l];
+    const int64_t width = kl->n_kv_heads * kl->head_dim, kv_size = k->ne[1], ev = (int64_t)ggml_type_size(v->type);
+    int64_t i;
+    if (!c->copy || c->k != c->copy || n <= 0) return;
+    ggml_backend_tensor_set(k, c->k + (from - c->first) * c->k_cell, (size_t)from * k->nb[1], (size_t)(n * c->k_cell));
+    if (!kl->v_trans) {
+        ggml_backend_tensor_set(v, c->v + (from - c->first) * c->v_cell, (size_t)from * v->nb[1], (size_t)(n * c->v_cell));
+        return;
+    }
+    for (i = 0; i < width; i++)
+        ggml_backend_tensor_set(v, c->v + i * c->v_elem + (from - c->first) * ev, (size_t)((i * kv_size + from) * ev),
+                                (size_t)(n * ev));
+}
+
 int kvec_llama_views(kvec_llama *kl, kvec_layer *layers) {
     int64_t l, c0 = kl->cell_of_pos[0], N = kl->n_prefix, D = kl->head_dim;
     for (l = 0; l < kl->n_layers; l++) {
-        struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
-        int64_t ek = (int64_t)ggml_type_size(k->type), ev = (int64_t)ggml_type_size(v->type);
+        const kvec_llama_cells *c = &kl->cells[l];
         kvec_layer *L = &layers[l];
+        if (kvl_read_cells(kl, l, c0, N)) return -1;
         memset(L, 0, sizeof *L);
-        kvl_dtype(k->type, &L->keys.dtype);
-        kvl_dtype(v->type, &L->values.dtype);
-        /* K: cell rows of [Hk][D] */
-        L->keys.data = (char *)k->data + c0 * (int64_t)k->nb[1];
+        kvl_dtype(kl->k[l]->type, &L->keys.dtype);
+        kvl_dtype(kl->v[l]->type, &L->values.dtype);
+        L->keys.data = c->k;
         L->keys.n_tokens = N; L->keys.n_heads = kl->n_kv_heads; L->keys.head_dim = D;
-        L->keys.stride_token = (int64_t)k->nb[1]; L->keys.stride_head = D * ek; L->keys.stride_dim = ek;
+        L->keys.stride_token = c->k_cell; L->keys.stride_head = D * c->k_elem; L->keys.stride_dim = c->k_elem;
+        L->values.data = c->v;
         L->values.n_tokens = N; L->values.n_heads = kl->n_kv_heads; L->values.head_dim = D;
-        if (!kl->v_trans) {
-            L->values.data = (char *)v->data + c0 * (int64_t)v->nb[1];
-            L->values.stride_token = (int64_t)v->nb[1]; L->values.stride_head = D * ev; L->values.stride_dim = ev;
-        } else {
-            /* [Hk*D][kv_size]: a cell is one column */
-            int64_t kv_size = v->ne[1];
-            L->values.data = (char *)v->data + c0 * ev;
-            L->values.stride_token = ev; L->values.stride_head = D * kv_size * ev; L->values.stride_dim = kv_size * ev;
-        }
+        L->values.stride_token = c->v_cell; L->values.stride_head = D * c->v_elem; L->values.stride_dim = c->v_elem;
         L->queries = kvec_tensor_contiguous(kl->queries + l * kl->window * kl->n_heads * D, KVEC_DTYPE_F32,
                                             kl->window, kl->n_heads, D);
     }
     return 0;
 }
 
-int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
-                    int64_t budget, kvec_plan *plan) {
+/* Scores and selects over layers[] (views of the prefix cells); with read,
+   the views are made here, after the refusals. */
+static int kvl_plan(kvec_llama *kl, const kvec_config *config, int64_t budget, kvec_plan *plan,
+                    kvec_layer *layers, int read) {
     kvec_config resolved, cfg;
-    kvec_layer *layers;
     kvec_coverage coverage;
     size_t score_bytes = 0, select_bytes, b;
     void *scratch = NULL, *select_scratch = NULL;
@@ -282,7 +358,6 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
     int64_t l, N = kl->n_prefix, layer_budget;
     kvec_result r;
     int rc = -1, global;
-    (void)ctx;
     if (config) cfg = *config; else memset(&cfg, 0, sizeof cfg);
     if (!cfg.window) cfg.window = kl->window;
     if ((r = kvec_resolve_config(&cfg, &resolved)) != KVEC_OK) return kvl_fail(kl, "kvec config: %s", kvec_result_string(r));
@@ -298,8 +373,7 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
 #endif
     if (resolved.policy == KVEC_POLICY_CRITICALKV || resolved.policy == KVEC_POLICY_LAPROX)
         return kvl_fail(kl, "%s reads W_o, which llama.cpp holds quantised: not supported here", kvec_policy_name(resolved.policy));
-    if (!(layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers))) return kvl_fail(kl, "out of memory");
-    kvec_llama_views(kl, layers);
+    if (read && kvec_llama_views(kl, layers)) return -1;
     for (l = 0; l < kl->n_layers; l++) {
         if ((r = kvec_layer_scratch_bytes(&cfg, &layers[l], &b)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(r)); goto done; }
         if (b > score_bytes) score_bytes = b;
@@ -340,11 +414,21 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
     }
     rc = 0;
 done:
-    free(layers);
     free(scratch);
     free(select_scratch);
     free(coverage_memory);
     free(scores);
+    return rc;
+}
+
+int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                    int64_t budget, kvec_plan *plan) {
+    kvec_layer *layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers);
+    int rc;
+    (void)ctx;
+    if (!layers) return kvl_fail(kl, "out of memory");
+    rc = kvl_plan(kl, config, budget, plan, layers, 1);
+    free(layers);
     return rc;
 }
 
@@ -357,30 +441,37 @@ static void kvl_move(const kvec_tensor *t, int64_t head, int64_t from, int64_t t
     for (d = 0; d < t->head_dim; d++) memcpy(dst + d * t->stride_dim, src + d * t->stride_dim, (size_t)esz);
 }
 
-int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan) {
+/* Applies a plan to layers[] (views of the prefix cells; with read, made
+   here after the refusals, before anything changes). */
+static int kvl_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan, kvec_layer *layers, int read) {
     int64_t N = kl->n_prefix, Hk = kl->n_kv_heads, B = 0, l, j, r;
     int uniform = 1;
-    kvec_layer *layers;
-    if (kl->n_layers <= 0 || !plan->kept_count || !plan->kept_positions)
-        return kvl_fail(kl, "no layers, or an empty plan");
-    /* B: the longest head; every head's count must be a valid length */
+    if (kl->n_layers <= 0 || !plan->kept_count || !plan->kept_positions || plan->n_layers != kl->n_layers ||
+        plan->n_kv_heads != Hk)
+        return kvl_fail(kl, "an empty plan, or one for other head counts");
+    /* B: the longest head; every head's count must be a valid length, its
+       positions ascending prefix positions (the moves below rely on it) */
     for (l = 0; l < kl->n_layers; l++)
         for (j = 0; j < Hk; j++) {
+            const int64_t *kept = plan->kept_positions + (l * Hk + j) * plan->capacity;
             int64_t c = plan->kept_count[l * Hk + j];
             if (c <= 0 || c > N || c > plan->capacity)
                 return kvl_fail(kl, "layer %lld head %lld: plan keeps %lld of %lld", (long long)l, (long long)j,
                                 (long long)c, (long long)N);
+            for (r = 0; r < c; r++)
+                if (kept[r] < (r ? kept[r - 1] + 1 : 0) || kept[r] >= N)
+                    return kvl_fail(kl, "layer %lld head %lld: the plan's positions are not ascending positions of the prefix",
+                                    (long long)l, (long long)j);
             if (c > B) B = c;
             if (c != plan->kept_count[0]) uniform = 0;
         }
-    if (!(layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers))) return kvl_fail(kl, "out of memory");
 #ifndef KVEC_LLAMA_PER_HEAD
-    if (!uniform) {
-        free(layers);
+    if (!uniform)
         return kvl_fail(kl, "the plan gives heads different lengths: stock llama.cpp needs uniform plans "
                             "(examples/llama.cpp/kvec-per-head.patch adds per-head lengths)");
-    }
-#else
+#endif
+    if (read && !(B == N && uniform) && kvec_llama_views(kl, layers)) return -1;
+#ifdef KVEC_LLAMA_PER_HEAD
     {
         /* a head keeping c < B will see positions N-c .. only (the cells of
            N-B .. N-c-1 will hold other heads' rows); a uniform plan lifts
@@ -388,23 +479,17 @@ int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
         llama_pos *pos_min = NULL;
         int32_t set;
         if (!uniform) {
-            if (!(pos_min = (llama_pos *)malloc((size_t)(kl->n_layers * Hk) * sizeof *pos_min))) {
-                free(layers);
+            if (!(pos_min = (llama_pos *)malloc((size_t)(kl->n_layers * Hk) * sizeof *pos_min)))
                 return kvl_fail(kl, "out of memory");
-            }
             for (j = 0; j < kl->n_layers * Hk; j++) pos_min[j] = (llama_pos)(N - plan->kept_count[j]);
         }
         set = llama_memory_set_head_pos_min(llama_get_memory(ctx), pos_min, (int32_t)(kl->n_layers * Hk));
         free(pos_min);
-        if (set != 0) {
-            free(layers);
-            return kvl_fail(kl, "llama_memory_set_head_pos_min refused the head limits (%d)", (int)set);
-        }
+        if (set != 0) return kvl_fail(kl, "llama_memory_set_head_pos_min refused the head limits (%d)", (int)set);
         kl->head_limits = !uniform;
     }
 #endif
-    if (B == N && uniform) { free(layers); return 0; }
-    kvec_llama_views(kl, layers);
+    if (B == N && uniform) return 0;
     /* kvec_compact would pack each head at the front; llama.cpp needs the
        kept rows at the tail (positions N-c .. N-1 for a head keeping c), so
        the plan is applied straight there. Row r goes to N-c+r >= its source
@@ -422,16 +507,27 @@ int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
                 kvl_move(&L->values, j, kept[r], N - c + r, ev);
             }
         }
+        /* a cache in device memory gets back the cells that changed */
+        kvl_write_cells(kl, l, kl->cell_of_pos[0] + N - B, B);
     }
-    free(layers);
     if (B < N && !llama_memory_seq_rm(llama_get_memory(ctx), 0, 0, (llama_pos)(N - B)))
         return kvl_fail(kl, "llama_memory_seq_rm refused to remove positions 0..%lld", (long long)(N - B - 1));
     return 0;
 }
 
+int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan) {
+    kvec_layer *layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers);
+    int rc;
+    if (!layers) return kvl_fail(kl, "out of memory");
+    rc = kvl_apply(kl, ctx, plan, layers, 1);
+    free(layers);
+    return rc;
+}
+
 int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
                      int64_t budget, kvec_llama_stats *stats) {
     kvec_plan plan;
+    kvec_layer *layers;
     int64_t N = kl->n_prefix, cap = budget < N ? budget : N, h;
     double t0 = kvl_ms(), t1;
     int rc;
@@ -443,13 +539,15 @@ int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_confi
     plan.capacity = cap;
     plan.kept_count = (int64_t *)malloc((size_t)(kl->n_layers * kl->n_kv_heads) * sizeof(int64_t));
     plan.kept_positions = (int64_t *)malloc((size_t)(kl->n_layers * kl->n_kv_heads * cap) * sizeof(int64_t));
-    if (!plan.kept_count || !plan.kept_positions) {
-        free(plan.kept_count); free(plan.kept_positions);
+    layers = (kvec_layer *)calloc((size_t)kl->n_layers, sizeof *layers);
+    if (!plan.kept_count || !plan.kept_positions || !layers) {
+        free(plan.kept_count); free(plan.kept_positions); free(layers);
         return kvl_fail(kl, "out of memory");
     }
-    rc = kvec_llama_plan(kl, ctx, config, budget, &plan);
+    /* one read of a device cache serves the plan and the moves */
+    rc = kvl_plan(kl, config, budget, &plan, layers, 1);
     t1 = kvl_ms();
-    if (rc == 0) rc = kvec_llama_apply(kl, ctx, &plan);
+    if (rc == 0) rc = kvl_apply(kl, ctx, &plan, layers, 0);
     if (stats) {
         stats->plan_ms = t1 - t0;
         stats->move_ms = kvl_ms() - t1;
@@ -466,6 +564,7 @@ int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_confi
     }
     free(plan.kept_count);
     free(plan.kept_positions);
+    free(layers);
     return rc;
 }
 
@@ -522,29 +621,29 @@ int kvec_llama_continue(kvec_llama *kl, int64_t p_end) {
     return 0;
 }
 
-/* Head j's D elements of a cell, between a cache tensor ([cells][Hk*D], or
-   transposed [Hk*D][cells]) and a row of a contiguous [n][Hk*D] buffer of the
-   same element type. to_cache: buffer -> cache, else cache -> buffer. */
-static void kvl_copy_head(const struct ggml_tensor *t, int trans, int64_t cell, int64_t head, int64_t D,
+/* Head j's D elements of a cell, between layer cells (kvl_read_cells) and a
+   row of a contiguous [n][Hk*D] buffer of the same element type (esz bytes).
+   to_cache: buffer -> cells, else cells -> buffer. */
+static void kvl_copy_head(const kvec_llama_cells *c, int is_v, int64_t cell, int64_t head, int64_t D, int64_t esz,
                           char *row, int to_cache) {
-    const int64_t esz = (int64_t)ggml_type_size(t->type);
-    char *base = (char *)t->data, *buf = row + head * D * esz;
+    const int64_t cell_bytes = is_v ? c->v_cell : c->k_cell, elem_bytes = is_v ? c->v_elem : c->k_elem;
+    char *at = (is_v ? c->v : c->k) + (cell - c->first) * cell_bytes + head * D * elem_bytes, *buf = row + head * D * esz;
     int64_t d;
-    if (!trans) {
-        char *at = base + cell * (int64_t)t->nb[1] + head * D * esz;
+    if (elem_bytes == esz) {
         if (to_cache) memcpy(at, buf, (size_t)(D * esz)); else memcpy(buf, at, (size_t)(D * esz));
         return;
     }
     for (d = 0; d < D; d++) {
-        char *at = base + ((head * D + d) * t->ne[1] + cell) * esz;
-        if (to_cache) memcpy(at, buf + d * esz, (size_t)esz); else memcpy(buf + d * esz, at, (size_t)esz);
+        if (to_cache) memcpy(at + d * elem_bytes, buf + d * esz, (size_t)esz);
+        else memcpy(buf + d * esz, at + d * elem_bytes, (size_t)esz);
     }
 }
 
 int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config, int64_t budget,
                        kvec_llama_stats *stats) {
     llama_memory_t mem = llama_get_memory(ctx);
-    int64_t N = kl->n_prefix, P0, n, B, l, j, r, p, i, Hk = kl->n_kv_heads, D = kl->head_dim, width = Hk * D;
+    int64_t N = kl->n_prefix, P0, n, B, l, j, r, p, i, Hk = kl->n_kv_heads, D = kl->head_dim, width = Hk * D, esz;
+    int64_t cell_lo, cell_hi, dest_lo, dest_hi;
     kvec_config resolved, cfg;
     kvec_coverage coverage;
     kvec_plan plan;
@@ -581,7 +680,8 @@ int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_con
     if (B == n) return 0;
 
     /* one layer at a time: its held rows gathered in position order */
-    row_bytes = (size_t)width * ggml_type_size(kl->k[0]->type);
+    esz = (int64_t)ggml_type_size(kl->k[0]->type);
+    row_bytes = (size_t)(width * esz);
     if (ggml_type_size(kl->v[0]->type) != ggml_type_size(kl->k[0]->type))
         return kvl_fail(kl, "K and V caches of different element types are not supported here");
     memset(&layer, 0, sizeof layer);
@@ -607,12 +707,27 @@ int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_con
     if (!keys || !values || !scratch || !select_scratch || !coverage_memory || !scores || !plan.kept_count ||
         !plan.kept_positions) { kvl_fail(kl, "out of memory"); goto done; }
     if ((res = kvec_coverage_init(&coverage, coverage_memory, (size_t)n, n)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(res)); goto done; }
+    /* the held cells span lo..hi; the kept rows go to the cells of N-B .. N-1 */
+    cell_lo = cell_hi = kl->cell_of_pos[P0];
+    for (p = P0; p < N; p++) {
+        if (kl->cell_of_pos[p] < cell_lo) cell_lo = kl->cell_of_pos[p];
+        if (kl->cell_of_pos[p] > cell_hi) cell_hi = kl->cell_of_pos[p];
+    }
+    dest_lo = dest_hi = kl->cell_of_pos[N - B];
+    for (p = N - B; p < N; p++) {
+        if (kl->cell_of_pos[p] < dest_lo) dest_lo = kl->cell_of_pos[p];
+        if (kl->cell_of_pos[p] > dest_hi) dest_hi = kl->cell_of_pos[p];
+    }
+    /* every layer read before any is rewritten (a device cache's copies) */
+    for (l = 0; l < kl->n_layers; l++)
+        if (kvl_read_cells(kl, l, cell_lo, cell_hi - cell_lo + 1)) goto done;
     for (l = 0; l < kl->n_layers; l++) {
+        const kvec_llama_cells *cells = &kl->cells[l];
         const int64_t *kept;
         for (i = 0; i < n; i++)
             for (j = 0; j < Hk; j++) {
-                kvl_copy_head(kl->k[l], 0, kl->cell_of_pos[P0 + i], j, D, keys + (size_t)i * row_bytes, 0);
-                kvl_copy_head(kl->v[l], kl->v_trans, kl->cell_of_pos[P0 + i], j, D, values + (size_t)i * row_bytes, 0);
+                kvl_copy_head(cells, 0, kl->cell_of_pos[P0 + i], j, D, esz, keys + (size_t)i * row_bytes, 0);
+                kvl_copy_head(cells, 1, kl->cell_of_pos[P0 + i], j, D, esz, values + (size_t)i * row_bytes, 0);
             }
         layer.queries = kvec_tensor_contiguous(kl->queries + l * kl->window * kl->n_heads * D, KVEC_DTYPE_F32,
                                                kl->window, kl->n_heads, D);
@@ -631,10 +746,11 @@ int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_con
             for (r = 0; r < B; r++) {
                 int64_t cell = kl->cell_of_pos[N - B + r];
                 if (kept[r] == n - B + r) continue;
-                kvl_copy_head(kl->k[l], 0, cell, j, D, keys + (size_t)kept[r] * row_bytes, 1);
-                kvl_copy_head(kl->v[l], kl->v_trans, cell, j, D, values + (size_t)kept[r] * row_bytes, 1);
+                kvl_copy_head(cells, 0, cell, j, D, esz, keys + (size_t)kept[r] * row_bytes, 1);
+                kvl_copy_head(cells, 1, cell, j, D, esz, values + (size_t)kept[r] * row_bytes, 1);
             }
         }
+        kvl_write_cells(kl, l, dest_lo, dest_hi - dest_lo + 1);
     }
     if (!llama_memory_seq_rm(mem, 0, (llama_pos)P0, (llama_pos)(N - B))) {
         kvl_fail(kl, "llama_memory_seq_rm refused to remove positions %lld..%lld", (long long)P0, (long long)(N - B - 1));

@@ -41,11 +41,18 @@
    each head, the cells below its own c. Without the define such plans are
    refused.
 
+   Caches in any backend: a layer whose cache is in device memory (layers
+   offloaded to a GPU, or to another machine through the RPC backend) is
+   read into a host copy of the prefix cells with ggml_backend_tensor_get
+   (one call per tensor, or one per V row when V is transposed), scored and
+   compacted there, and only the cells that changed (the last B) are written
+   back with ggml_backend_tensor_set. Layers in host memory are used in
+   place, so mixed placements work.
+
    Refused, with a message: recurrent and hybrid models, sliding-window
    attention (SWA, iSWA), MLA and other caches whose K rows are not Hk*D, a
-   cache type kvec cannot read (quantised: q8_0, q4_0, ...), cache buffers
-   not in host memory (GPU offload), more than one sequence, and a prefix
-   whose cells are not in position order. */
+   cache type kvec cannot read (quantised: q8_0, q4_0, ...), more than one
+   sequence, and a prefix whose cells are not in position order. */
 #ifndef KVEC_LLAMA_H
 #define KVEC_LLAMA_H
 
@@ -59,6 +66,21 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Layer cells [first, first + count) as this helper reads and writes them:
+   the cache tensors themselves when their buffer is host memory, else a host
+   copy read with ggml_backend_tensor_get and written back with
+   ggml_backend_tensor_set (CUDA, Vulkan, Metal, RPC: any backend). Element d
+   of KV head h of cell c is at
+       k + (c - first) * k_cell + (h * D + d) * k_elem     (K)
+       v + (c - first) * v_cell + (h * D + d) * v_elem     (V, either layout) */
+typedef struct kvec_llama_cells {
+    char   *k, *v;
+    int64_t k_cell, k_elem, v_cell, v_elem;   /* bytes */
+    int64_t first, count;
+    char   *copy;              /* the host copy (NULL: the cache's own memory) */
+    size_t  copy_bytes;        /* its capacity, reused by the next eviction */
+} kvec_llama_cells;
 
 typedef struct kvec_llama {
     /* the model */
@@ -80,6 +102,9 @@ typedef struct kvec_llama {
     int64_t *cell_of_pos;      /* [N] cell of each prefix position, -1 unseen */
 
     int     head_limits;       /* the last eviction gave heads different lengths (patched llama.cpp) */
+
+    /* the cells an eviction reads and writes, per layer, in host memory */
+    struct kvec_llama_cells *cells;  /* [n_layers] */
 
     char    error[256];        /* why the last call failed */
 } kvec_llama;
@@ -108,7 +133,9 @@ int  kvec_llama_begin(kvec_llama *kl, int64_t n_prefix);
 int  kvec_llama_check(kvec_llama *kl, struct llama_context *ctx);
 
 /* The cache as kvec sees it: layers[l] viewing the N prefix cells (and the
-   captured queries). layers is [n_layers]. */
+   captured queries). layers is [n_layers]. A layer in device memory is
+   viewed in a host copy read by this call (kvec_llama_apply writes what it
+   moves back to the device). Returns 0, or -1 with kl->error. */
 int  kvec_llama_views(kvec_llama *kl, kvec_layer *layers);
 
 /* What each KV head would keep (plan capacity >= budget), nothing moved. */

@@ -31,14 +31,20 @@ static void usage(void) {
             "usage: kvec-llama --model FILE.gguf [--document FILE] [--question TEXT]\n"
             "                  [--policy NAME] [--budget F | --keep N] [--flash-attn on|off]\n"
             "                  [--threads N] [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]\n"
-            "                  [--budget-mode uniform|pyramid|adaptive|global]\n");
+            "                  [--budget-mode uniform|pyramid|adaptive|global]\n"
+            "                  [--gpu-layers N] [--rpc HOST:PORT[,HOST:PORT...]]\n"
+            "  --gpu-layers N: the last N layers (and their caches) on the build's GPU or RPC devices\n"
+            "  --rpc: layers on rpc-servers (llama.cpp's RPC backend); --gpu-layers defaults to all\n");
 }
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
     const char *question = "Who kept the light on Gull Point for thirty-one years?";
     double fraction = 0.5, t0, prefill_ms;
-    int64_t keep = 0, n_predict = 32, n_threads = 2, n, budget, i, pos;
+    int64_t keep = 0, n_predict = 32, n_threads = 2, n, budget, i, pos, gpu_layers = -1, device_layers = 0;
+    const char *rpc = NULL;
+    ggml_backend_dev_t rpc_devices[9];
+    char error[256];
     int full = 0, rc = 1;
     kvec_config config;
     enum llama_flash_attn_type flash = LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -73,6 +79,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--cache-type")) {
             if (util_cache_type(value, &cache_type)) { usage(); return 2; }
         } else if (!strcmp(argv[i], "--n-predict")) n_predict = atoll(value);
+        else if (!strcmp(argv[i], "--gpu-layers")) gpu_layers = atoll(value);
+        else if (!strcmp(argv[i], "--rpc")) rpc = value;
         else if (!strcmp(argv[i], "--budget-mode")) {
             if (!strcmp(value, "uniform")) config.budget_mode = KVEC_BUDGET_UNIFORM;
             else if (!strcmp(value, "pyramid")) config.budget_mode = KVEC_BUDGET_PYRAMID;
@@ -87,7 +95,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kvec-llama: --model FILE.gguf is required (`make model` fetches SmolLM2 and prints its path)\n");
         return 2;
     }
-    if (!(fraction > 0 && fraction <= 1) || keep < 0 || n_threads < 1 || n_predict < 1 || n_predict > 1024) {
+    if (!(fraction > 0 && fraction <= 1) || keep < 0 || n_threads < 1 || n_predict < 1 || n_predict > 1024 ||
+        gpu_layers < -1 || gpu_layers > 100000) {
         usage();
         return 2;
     }
@@ -96,7 +105,15 @@ int main(int argc, char **argv) {
     util_threads(n_threads);
     llama_backend_init();
     mparams = llama_model_default_params();
-    mparams.n_gpu_layers = 0; /* the helper evicts host buffers */
+    if (rpc) {
+        if (util_add_rpc_servers(rpc, rpc_devices, 8, error, sizeof error) < 0) {
+            fprintf(stderr, "kvec-llama: --rpc: %s\n", error);
+            goto done;
+        }
+        mparams.devices = rpc_devices;
+    }
+    /* every layer on the devices with --rpc, else none unless asked */
+    mparams.n_gpu_layers = (int32_t)(gpu_layers >= 0 ? gpu_layers : rpc ? 999 : 0);
     if (!(model = llama_model_load_from_file(model_path, mparams))) {
         fprintf(stderr, "kvec-llama: cannot load %s\n", model_path);
         goto done;
@@ -140,6 +157,11 @@ int main(int argc, char **argv) {
     printf("prompt %lld tokens, prefill %.0f ms (%lld threads, flash attention %s, V %s)\n", (long long)n,
            prefill_ms, (long long)n_threads, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
            kl.v_trans == 1 ? "transposed [Hk*D][cells]" : "[cells][Hk*D]");
+    for (i = 0; i < kl.n_layers; i++)
+        device_layers += kl.k[i] && kl.k[i]->buffer && !ggml_backend_buffer_is_host(kl.k[i]->buffer);
+    if (device_layers)
+        printf("cache: %lld of %lld layers in device memory (read and written back through ggml_backend_tensor_get/set)\n",
+               (long long)device_layers, (long long)kl.n_layers);
     if (full) {
         if (kvec_llama_check(&kl, ctx)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
         printf("full cache: %lld cells per KV head\n", (long long)n);

@@ -1,6 +1,6 @@
 /* test_llama.c - kvec inside llama.cpp, on a real model (make test-llama).
 
-   test_llama --model FILE.gguf [--document FILE] [--threads N]
+   test_llama --model FILE.gguf [--document FILE] [--threads N] [--rpc HOST:PORT[,HOST:PORT]]
 
    Properties checked, with flash attention off (V transposed) and on:
    - a 50% per-head eviction of a real-text prefix leaves llama.cpp a
@@ -21,6 +21,15 @@
    - the llama.cpp linked has no AMX-INT8 code (ggml_cpu_has_amx_int8() is
      0): scripts/build-llama.sh compiles ggml's AMX path out, which crashes
      on some Xeons (docs/LLAMA_CPP.md), so no test here can reach it.
+
+   With --rpc (make test-llama-rpc, which starts two rpc-server processes
+   on 127.0.0.1), only this, with flash attention off and on: the caches in
+   device memory of llama.cpp's RPC backend (every layer on one server, half
+   the layers on it and half on the host, the layers over two servers) go
+   through the same 50% eviction and re-eviction as a host cache. Each
+   placement keeps exactly the host's positions, and its logits after both
+   match the host's within REMOTE_KL (the server runs the same CPU kernels;
+   what each run measured is printed).
 
    Built against llama.cpp with kvec-per-head.patch (make test-llama-patch,
    KVEC_LLAMA_PER_HEAD defined), with flash attention off and on:
@@ -54,6 +63,7 @@
 #include "util.h"
 
 #include <ggml-cpu.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -345,6 +355,159 @@ static int dump_logits(struct llama_model *model, const llama_token *tokens, int
     return rc;
 }
 
+/* ---- caches in device memory: llama.cpp's RPC backend ---- */
+
+/* What one model gives for the same prefix: the plan of a 50% eviction, the
+   continuation's logits after it, and after a re-eviction during decoding. */
+typedef struct placement_run {
+    kvec_plan plan;
+    float *logits;            /* [CONT][n_vocab] after the eviction */
+    float *logits_again;      /* [CONT][n_vocab] after the re-eviction */
+    int64_t device_layers;    /* layers whose cache is not in host memory */
+    int n_places;             /* distinct buffers (devices) holding the caches, up to 4 */
+    int ok;
+} placement_run;
+
+static void placement_free(placement_run *run) {
+    free(run->plan.kept_count);
+    free(run->plan.kept_positions);
+    free(run->logits);
+    free(run->logits_again);
+    memset(run, 0, sizeof *run);
+}
+
+static int copy_logits(struct llama_context *ctx, float *out, int64_t n_vocab) {
+    int64_t t;
+    for (t = 0; t < CONT; t++) {
+        const float *row = llama_get_logits_ith(ctx, (int32_t)t);
+        if (!row) return -1;
+        memcpy(out + t * n_vocab, row, (size_t)n_vocab * sizeof *out);
+    }
+    return 0;
+}
+
+static placement_run run_placement(struct llama_model *model, const llama_token *tokens, int64_t threads,
+                                   enum llama_flash_attn_type flash) {
+    const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model)), N = PREFIX, B = PREFIX / 2;
+    placement_run run;
+    kvec_llama kl;
+    struct llama_context *ctx = NULL;
+    const char *places[4];
+    int64_t l;
+    memset(&run, 0, sizeof run);
+    if (kvec_llama_init(&kl, model, 32)) { printf("  kvec_llama_init: %s\n", kl.error); return run; }
+    run.plan.n_layers = kl.n_layers;
+    run.plan.n_kv_heads = kl.n_kv_heads;
+    run.plan.capacity = B;
+    run.plan.kept_count = (int64_t *)calloc((size_t)(kl.n_layers * kl.n_kv_heads), sizeof(int64_t));
+    run.plan.kept_positions = (int64_t *)calloc((size_t)(kl.n_layers * kl.n_kv_heads * B), sizeof(int64_t));
+    run.logits = (float *)malloc((size_t)(CONT * n_vocab) * sizeof(float));
+    run.logits_again = (float *)malloc((size_t)(CONT * n_vocab) * sizeof(float));
+    ctx = make_context(model, &kl, threads, flash, GGML_TYPE_F16, 1);
+    if (!ctx || !run.plan.kept_count || !run.plan.kept_positions || !run.logits || !run.logits_again) goto done;
+    /* the plan, then the eviction (which reads the cache again), then the continuation */
+    if (kvec_llama_begin(&kl, N) || util_decode(ctx, tokens, N, 0, 0) || kvec_llama_check(&kl, ctx) ||
+        kvec_llama_plan(&kl, ctx, NULL, B, &run.plan)) goto done;
+    for (l = 0; l < kl.n_layers; l++) {
+        const char *place = ggml_backend_buffer_name(kl.k[l]->buffer);
+        int seen = 0, i;
+        run.device_layers += !ggml_backend_buffer_is_host(kl.k[l]->buffer) || !ggml_backend_buffer_is_host(kl.v[l]->buffer);
+        for (i = 0; i < run.n_places; i++) seen |= !strcmp(places[i], place);
+        if (!seen && run.n_places < 4) places[run.n_places++] = place;
+    }
+    if (kvec_llama_evict(&kl, ctx, NULL, B, NULL) || util_decode(ctx, tokens + N, CONT, N, 1) ||
+        copy_logits(ctx, run.logits, n_vocab)) goto done;
+    /* eviction during decoding: evict at N, decode CONT, evict again to B */
+    llama_memory_clear(llama_get_memory(ctx), true);
+    if (kvec_llama_begin(&kl, N) || util_decode(ctx, tokens, N, 0, 0) || kvec_llama_evict(&kl, ctx, NULL, B, NULL) ||
+        kvec_llama_continue(&kl, N + CONT) || util_decode(ctx, tokens + N, CONT, N, 0) ||
+        kvec_llama_reevict(&kl, ctx, NULL, B, NULL) || util_decode(ctx, tokens + N + CONT, CONT, N + CONT, 1) ||
+        copy_logits(ctx, run.logits_again, n_vocab)) goto done;
+    run.ok = 1;
+done:
+    if (!run.ok && kl.error[0]) printf("  kvec_llama: %s\n", kl.error);
+    if (ctx) llama_free(ctx);
+    kvec_llama_free(&kl);
+    return run;
+}
+
+/* Mean KL between two [CONT][n_vocab] logit sets, and the largest |difference|. */
+static double logits_kl(const float *a, const float *b, int64_t n_vocab, double *max_diff) {
+    double kl = 0;
+    int64_t i;
+    *max_diff = 0;
+    for (i = 0; i < CONT * n_vocab; i++)
+        if (fabs((double)a[i] - b[i]) > *max_diff) *max_diff = fabs((double)a[i] - b[i]);
+    for (i = 0; i < CONT; i++) kl += util_kl(a + i * n_vocab, b + i * n_vocab, n_vocab, NULL) / CONT;
+    return kl;
+}
+
+/* The same eviction on caches held by rpc-server processes (every layer on
+   one server, half the layers on it and half on the host, or the layers
+   spread over two servers) selects what the host selects, and the logits
+   after it match the host's within REMOTE_KL. */
+#define REMOTE_KL 1e-6
+static void run_remote(const char *model_path, struct llama_model *host_model, const llama_token *tokens,
+                       int64_t threads, const char *endpoints) {
+    ggml_backend_dev_t devices[3] = {NULL, NULL, NULL};
+    const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(host_model));
+    const int32_t n_layers = llama_model_n_layer(host_model);
+    int n_devices, f, k;
+    char what[320], error[256];
+    if ((n_devices = util_add_rpc_servers(endpoints, devices, 2, error, sizeof error)) < 0) {
+        snprintf(what, sizeof what, "RPC: the servers at %s answer (%s)", endpoints, error);
+        check(0, what);
+        return;
+    }
+    for (f = 0; f < 2; f++) {
+        const enum llama_flash_attn_type flash = f ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        const char *fa = f ? "flash attention on" : "flash attention off";
+        placement_run host = run_placement(host_model, tokens, threads, flash);
+        check(host.ok && host.device_layers == 0, "RPC: the host run evicts, its cache in host memory");
+        for (k = 0; k < 3; k++) {
+            static const char *names[3] = {"every layer on rpc-server 1", "half the layers on rpc-server 1",
+                                           "the layers over two rpc-servers"};
+            struct llama_model_params mparams = llama_model_default_params();
+            ggml_backend_dev_t use[3] = {devices[0], k == 2 ? devices[1] : NULL, NULL};
+            struct llama_model *model;
+            placement_run remote;
+            double kl, kl_again, diff, diff_again;
+            if (k == 2 && n_devices < 2) { printf("skip: %s (one endpoint given)\n", names[k]); continue; }
+            mparams.devices = use;
+            mparams.n_gpu_layers = k == 1 ? n_layers / 2 : 999;
+            if (!(model = llama_model_load_from_file(model_path, mparams))) {
+                snprintf(what, sizeof what, "RPC, %s: the model loads", names[k]);
+                check(0, what);
+                continue;
+            }
+            remote = run_placement(model, tokens, threads, flash);
+            snprintf(what, sizeof what, "RPC, %s, %s: the eviction runs, %lld of %d layers' caches in device memory, "
+                     "in %d place%s", names[k], fa, (long long)remote.device_layers, n_layers, remote.n_places,
+                     remote.n_places == 1 ? "" : "s");
+            check(remote.ok && host.ok &&
+                  (k == 1 ? remote.device_layers > 0 && remote.device_layers < n_layers && remote.n_places == 2
+                          : remote.device_layers == n_layers && remote.n_places == (k == 2 ? 2 : 1)), what);
+            if (remote.ok && host.ok) {
+                int same = !memcmp(remote.plan.kept_count, host.plan.kept_count,
+                                   (size_t)(n_layers * host.plan.n_kv_heads) * sizeof(int64_t)) &&
+                           !memcmp(remote.plan.kept_positions, host.plan.kept_positions,
+                                   (size_t)(n_layers * host.plan.n_kv_heads * host.plan.capacity) * sizeof(int64_t));
+                snprintf(what, sizeof what, "RPC, %s, %s: the kept positions are the host's", names[k], fa);
+                check(same, what);
+                kl = logits_kl(host.logits, remote.logits, n_vocab, &diff);
+                kl_again = logits_kl(host.logits_again, remote.logits_again, n_vocab, &diff_again);
+                snprintf(what, sizeof what, "RPC, %s, %s: logits after the eviction match the host's "
+                         "(KL %.2g, max |diff| %.2g), and after the re-eviction (KL %.2g, max |diff| %.2g); bound KL %.0e",
+                         names[k], fa, kl, diff, kl_again, diff_again, REMOTE_KL);
+                check(kl < REMOTE_KL && kl_again < REMOTE_KL, what);
+            }
+            placement_free(&remote);
+            llama_model_free(model);
+        }
+        placement_free(&host);
+    }
+}
+
 static void run_refusals(struct llama_model *model, const llama_token *tokens, int64_t threads) {
     kvec_llama kl;
     struct llama_context *ctx;
@@ -393,6 +556,7 @@ static void run_refusals(struct llama_model *model, const llama_token *tokens, i
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt", *dump_path = NULL, *stock_logits = NULL;
+    const char *rpc = NULL;
     int64_t threads = 1, n;
     int i;
     struct llama_model_params mparams;
@@ -406,6 +570,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads")) threads = atoll(argv[i + 1]);
         else if (!strcmp(argv[i], "--dump-logits")) dump_path = argv[i + 1];
         else if (!strcmp(argv[i], "--stock-logits")) stock_logits = argv[i + 1];
+        else if (!strcmp(argv[i], "--rpc")) rpc = argv[i + 1];
         else { fprintf(stderr, "test_llama: unknown option %s\n", argv[i]); return 2; }
     }
     if (i < argc) { fprintf(stderr, "test_llama: %s needs a value\n", argv[i]); return 2; }
@@ -431,14 +596,20 @@ int main(int argc, char **argv) {
         return rc;
     }
 #ifdef KVEC_LLAMA_PER_HEAD
-    run_patch(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED, stock_logits);
-    run_patch(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_ENABLED, stock_logits);
+    if (!rpc) {
+        run_patch(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED, stock_logits);
+        run_patch(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_ENABLED, stock_logits);
+    }
 #else
     (void)stock_logits;
 #endif
-    run_flash(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED);
-    run_flash(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_ENABLED);
-    run_refusals(model, tokens, threads);
+    if (rpc) {
+        run_remote(model_path, model, tokens, threads, rpc);
+    } else {
+        run_flash(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED);
+        run_flash(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_ENABLED);
+        run_refusals(model, tokens, threads);
+    }
     free(tokens);
     free(text);
     llama_model_free(model);

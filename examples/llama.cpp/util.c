@@ -166,3 +166,48 @@ static void util_log(enum ggml_log_level level, const char *text, void *user_dat
 void util_quiet_logs(void) {
     llama_log_set(util_log, NULL);
 }
+
+int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int cap, char *error, size_t error_cap) {
+    typedef ggml_backend_reg_t (*add_server_fn)(const char *endpoint);
+    ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
+    void *symbol = rpc ? ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_add_server") : NULL;
+    add_server_fn add_server = NULL;
+    char endpoint[256];
+    const char *at = endpoints, *comma;
+    int n = 0;
+    /* ISO C has no cast from an object pointer to a function pointer; POSIX
+       (dlsym) guarantees that the two have the same representation */
+    if (symbol) memcpy(&add_server, &symbol, sizeof add_server);
+    if (!add_server) {
+        snprintf(error, error_cap, "this llama.cpp was built without its RPC backend (GGML_RPC=ON)");
+        return -1;
+    }
+    while (*at) {
+        ggml_backend_reg_t server;
+        size_t length;
+        comma = strchr(at, ',');
+        length = comma ? (size_t)(comma - at) : strlen(at);
+        if (length == 0 || length >= sizeof endpoint) {
+            snprintf(error, error_cap, "bad RPC endpoint list '%s' (HOST:PORT[,HOST:PORT...])", endpoints);
+            return -1;
+        }
+        if (n == cap) {
+            snprintf(error, error_cap, "more than %d RPC endpoints", cap);
+            return -1;
+        }
+        memcpy(endpoint, at, length);
+        endpoint[length] = '\0';
+        if (!(server = add_server(endpoint)) || ggml_backend_reg_dev_count(server) < 1) {
+            snprintf(error, error_cap, "no rpc-server answers at %s", endpoint);
+            return -1;
+        }
+        devices[n++] = ggml_backend_reg_dev_get(server, 0);
+        at += length + (comma != NULL);
+    }
+    if (n == 0) {
+        snprintf(error, error_cap, "empty RPC endpoint list");
+        return -1;
+    }
+    if (n < cap) devices[n] = NULL;
+    return n;
+}
