@@ -261,6 +261,22 @@ LLAMA_PBINS = $(LLAMA_POUT)/kvec-llama $(LLAMA_POUT)/kvec-llama-measure $(LLAMA_
 llama-patched:
 	@scripts/build-llama.sh --patched $(BUILD)
 
+# llama-server with --kv-evict (examples/llama.cpp/kvec-server.patch), built
+# in the patched copy by `make llama-patched`. `make test-llama-server`
+# starts it on 127.0.0.1 with SmolLM2 and asks it about a document, with the
+# cache evicted to 50%, on the host and with the layers on an rpc-server
+# (about 4 minutes on 2 cores), and checks its refusals.
+LLAMA_SERVER = $(LLAMA_PDIR)/build/bin/llama-server
+.PHONY: llama-server test-llama-server
+llama-server: llama-patched
+
+test-llama-server:
+	@if [ ! -x $(LLAMA_SERVER) ]; then echo "test-llama-server: skipped (the patched llama-server is not built: make llama-server)"; \
+	elif [ ! -f $(LLAMA_MODEL) ]; then echo "test-llama-server: skipped (no model at $(LLAMA_MODEL): make model)"; \
+	else rpc=; if [ -x $(LLAMA_DIR)/build/bin/ggml-rpc-server ]; then rpc="--rpc-server $(LLAMA_DIR)/build/bin/ggml-rpc-server"; \
+	    else echo "test-llama-server: no rpc-server (make llama): the RPC case is skipped"; fi; \
+	    python3 tests/test_llama_server.py --server $(LLAMA_SERVER) --model $(LLAMA_MODEL) $$rpc; fi
+
 $(LLAMA_POUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_PLIBS)
 	@mkdir -p $(LLAMA_POUT)
 	$(LLAMA_PCC) -c $< -o $@

@@ -3533,7 +3533,6 @@ KVEC_API kvec_result kvec_query_stats_add(kvec_query_stats *stats, const kvec_te
     kvec__call_memory m;
     kvec_result r;
     int64_t H, D, T, dims, count, last, h;
-    int finite = 1;
     if (!queries || !rope) return KVEC_ERROR_NULL_POINTER;
     if ((r = kvec__check_stats(stats)) != KVEC_OK) return r;
     if ((r = kvec_validate_tensor(queries)) != KVEC_OK) return r;
@@ -3547,11 +3546,7 @@ KVEC_API kvec_result kvec_query_stats_add(kvec_query_stats *stats, const kvec_te
     m.extra[m.n_extra++] = kvec__tensor_region(queries, 0);
     if (!kvec__stats_regions(&m, stats, 1, 1)) return KVEC_ERROR_SIZE_OVERFLOW;
     if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
-    for (h = 0; h < H && finite; h++) {
-        int64_t t;
-        for (t = 0; t < T && finite; t++) finite = !kvec__row_has_non_finite(queries, t, h);
-    }
-    if (!finite) return KVEC_ERROR_NON_FINITE;
+    if (!kvec__rows_finite(queries, 0, T)) return KVEC_ERROR_NON_FINITE;
     KVEC__PARALLEL_FOR
     for (h = 0; h < H; h++) {
         double *u = stats->work + h * D, *sum = stats->sum + h * D, *outer = stats->outer + h * D * D;
@@ -3850,7 +3845,6 @@ KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_
     kvec_result r;
     size_t needed;
     int64_t Hk, N, n, j, i;
-    int finite = 1;
     if ((r = kvec_coverage_scores_scratch_bytes(config, layer, &needed)) != KVEC_OK) return r;
     if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
@@ -3865,10 +3859,7 @@ KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_
     for (j = 0; j < Hk; j++)
         for (i = 0; i < n; i++)
             if (!(scores[j * N + i] >= 0.0f)) return KVEC_ERROR_BAD_SCORES; /* NaN fails too */
-    for (j = 0; j < Hk && finite; j++) { /* every key feeds the mean direction */
-        for (i = 0; i < N && finite; i++) finite = !kvec__row_has_non_finite(&layer->keys, i, j);
-    }
-    if (!finite) return KVEC_ERROR_NON_FINITE;
+    if (!kvec__rows_finite(&layer->keys, 0, N)) return KVEC_ERROR_NON_FINITE; /* every key feeds the mean direction */
     if (n == 0) return KVEC_OK;
     kvec__bump_init(&b, scratch, scratch_bytes);
     heads = (kvec__given_work *)kvec__take(&b, Hk, sizeof(kvec__given_work));

@@ -453,6 +453,8 @@ int quality_task_file(int argc, char **argv) {
             text_prompt_free(&prompt);
         }
         done++;
+        /* a run stopped early keeps the per-sample lines of every finished sample */
+        if (per_sample) fflush(stdout);
         {
             double elapsed = text_seconds() - started;
             fprintf(stderr, "\rsample %lld/%lld, %.0f s, about %.0f s left ", (long long)done, (long long)to_do, elapsed,

@@ -9,10 +9,13 @@
 #   scripts/build-llama.sh --patched [BUILD_DIR]
 #
 # --patched builds a second copy, with examples/llama.cpp/kvec-per-head.patch
-# applied, into BUILD_DIR/llama.cpp-patched (libraries only; the stock build
-# is left as it is, and its downloaded sdist reused). When the patch file
-# changes, the old patch is reversed and the new one applied, so that only
-# the files they touch recompile.
+# and kvec-server.patch applied, into BUILD_DIR/llama.cpp-patched: the
+# libraries and llama-server with --kv-evict (compiled with this checkout's
+# examples/llama.cpp/kvec_server.c; the web UI's assets are left out, as
+# they would be downloaded). The stock build is left as it is, and its
+# downloaded sdist reused. When a patch file changes, the old patches are
+# reversed and the new ones applied, so that only the files they touch
+# recompile.
 #
 # Prints the build directory as its last line.
 set -euo pipefail
@@ -22,7 +25,8 @@ sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 patched=0
 if [ "${1:-}" = --patched ]; then patched=1; shift; fi
 build=${1:-build}
-patch_file=$(cd "$(dirname "$0")/.." && pwd)/examples/llama.cpp/kvec-per-head.patch
+repo=$(cd "$(dirname "$0")/.." && pwd)
+patch_files="$repo/examples/llama.cpp/kvec-per-head.patch $repo/examples/llama.cpp/kvec-server.patch"
 root=$build/llama.cpp
 [ $patched = 1 ] && root=$build/llama.cpp-patched
 src=$root/src
@@ -51,12 +55,21 @@ done
 
 # a build made with other flags (an older version of this script) is redone
 stamp="flags: $arch_flags; rpc"
+[ $patched = 1 ] && stamp="$stamp; server, kvec at $repo"
+server_flags=
+[ $patched = 1 ] && server_flags="-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_APP=OFF -DKVEC_DIR=$repo -DKVEC_PER_HEAD=ON"
 if [ -f "$out/.built" ] && [ "$(cat "$out/.built")" != "$stamp" ]; then
     echo "build-llama: $out was built with other flags: rebuilding" >&2
     rm -f "$out/.built" "$out/CMakeCache.txt"
 fi
-# the patched copy is up to date when it was built with this very patch
-if [ $patched = 1 ] && [ -f "$out/.built" ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
+# the patched copy is up to date when it was built with these very patches
+# (a copy of each patch as applied is kept in $root/applied)
+applied_dir=$root/applied
+patches_current() {
+    local p
+    for p in $patch_files; do cmp -s "$p" "$applied_dir/$(basename "$p")" || return 1; done
+}
+if [ $patched = 1 ] && [ -f "$out/.built" ] && ! patches_current; then
     rm -f "$out/.built"
 fi
 if [ -f "$out/.built" ]; then
@@ -87,20 +100,32 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
     echo "build-llama: unpacking vendor/llama.cpp into $src" >&2
     rm -rf "$src" && mkdir -p "$src"
     tar xzf "$sdist" -C "$src" --strip-components=3 "llama_cpp_python-$version/vendor/llama.cpp"
-    rm -f "$root/applied.patch"
+    rm -rf "$applied_dir" "$root/applied.patch"
 fi
-if [ $patched = 1 ] && ! cmp -s "$patch_file" "$root/applied.patch"; then
+if [ $patched = 1 ] && ! patches_current; then
     command -v patch > /dev/null || { echo "build-llama: patch is missing (apt-get install patch)" >&2; exit 1; }
+    # an older version of this script kept one copy of the per-head patch
     if [ -f "$root/applied.patch" ]; then
-        echo "build-llama: the patch changed: reversing the one applied" >&2
+        echo "build-llama: reversing the patch applied by an older build-llama.sh" >&2
         patch -d "$src" -p1 -R --quiet < "$root/applied.patch" || {
             echo "build-llama: cannot reverse the old patch: remove $root and run again" >&2; exit 1; }
         rm -f "$root/applied.patch"
     fi
-    echo "build-llama: applying $patch_file" >&2
-    patch -d "$src" -p1 --quiet --forward < "$patch_file" || {
-        echo "build-llama: $patch_file does not apply to llama-cpp-python $version: remove $root and run again" >&2; exit 1; }
-    cp "$patch_file" "$root/applied.patch"
+    mkdir -p "$applied_dir"
+    for patch_file in $patch_files; do
+        copy=$applied_dir/$(basename "$patch_file")
+        cmp -s "$patch_file" "$copy" && continue
+        if [ -f "$copy" ]; then
+            echo "build-llama: $(basename "$patch_file") changed: reversing the one applied" >&2
+            patch -d "$src" -p1 -R --quiet < "$copy" || {
+                echo "build-llama: cannot reverse the old $(basename "$patch_file"): remove $root and run again" >&2; exit 1; }
+            rm -f "$copy"
+        fi
+        echo "build-llama: applying $patch_file" >&2
+        patch -d "$src" -p1 --quiet --forward < "$patch_file" || {
+            echo "build-llama: $patch_file does not apply to llama-cpp-python $version: remove $root and run again" >&2; exit 1; }
+        cp "$patch_file" "$copy"
+    done
 fi
 
 jobs=$(nproc 2> /dev/null || echo 2)
@@ -111,10 +136,10 @@ cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DCMAKE_C_FLAGS="$arch_flags" -DCMAKE_CXX_FLAGS="$arch_flags" \
     -DGGML_OPENMP=ON -DGGML_RPC=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_TOOLS=ON > "$root/configure.log" 2>&1 || {
+    -DLLAMA_BUILD_TOOLS=ON $server_flags > "$root/configure.log" 2>&1 || {
     echo "build-llama: cmake configure failed, see $root/configure.log" >&2; exit 1; }
 targets="llama llama-bench ggml-rpc-server"
-[ $patched = 1 ] && targets=llama
+[ $patched = 1 ] && targets="llama llama-server"
 echo "build-llama: building $targets (and ggml) with $jobs jobs (about 15 minutes on 2 cores; log in $root/build.log)" >&2
 cmake --build "$out" -j "$jobs" --target $targets > "$root/build.log" 2>&1 || {
     echo "build-llama: build failed, see $root/build.log" >&2; tail -20 "$root/build.log" >&2; exit 1; }

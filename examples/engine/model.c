@@ -1005,15 +1005,20 @@ void llm_kvec_layers(const llm_cache *cache, kvec_layer *layers) {
     }
 }
 
+/* kvec's scratch, at least `bytes`, grown on demand and kept for the next call. */
+static int grow_scratch(llm_cache *cache, size_t bytes) {
+    void *grown;
+    if (bytes <= cache->kvec_scratch_bytes) return 0;
+    if (!(grown = realloc(cache->kvec_scratch, bytes))) return -1;
+    cache->kvec_scratch = grown;
+    cache->kvec_scratch_bytes = bytes;
+    return 0;
+}
+
 /* kvec's scratch and a plan of `capacity` positions per head, grown on demand. */
 static kvec_result kvec_memory(llm_cache *cache, size_t scratch_bytes, int64_t capacity, kvec_plan *plan) {
     const int64_t heads = (int64_t)cache->n_layers * cache->n_kv_heads;
-    if (scratch_bytes > cache->kvec_scratch_bytes) {
-        void *grown = realloc(cache->kvec_scratch, scratch_bytes);
-        if (!grown) return KVEC_ERROR_OUT_OF_MEMORY;
-        cache->kvec_scratch = grown;
-        cache->kvec_scratch_bytes = scratch_bytes;
-    }
+    if (grow_scratch(cache, scratch_bytes)) return KVEC_ERROR_OUT_OF_MEMORY;
     if ((size_t)(heads * (capacity + 1)) > cache->plan_entries) {
         int64_t *grown = (int64_t *)realloc(cache->plan_memory, (size_t)(heads * (capacity + 1)) * sizeof(int64_t));
         if (!grown) return KVEC_ERROR_OUT_OF_MEMORY;
@@ -1140,12 +1145,7 @@ int llm_expected_scores(const llm_model *model, llm_cache *cache, float *scores)
             status = -1;
             break;
         }
-        if (bytes > cache->kvec_scratch_bytes) {
-            void *grown = realloc(cache->kvec_scratch, bytes);
-            if (!grown) { status = -1; break; }
-            cache->kvec_scratch = grown;
-            cache->kvec_scratch_bytes = bytes;
-        }
+        if (grow_scratch(cache, bytes)) { status = -1; break; }
         if (kvec_expected_attention_scores(NULL, &layers[l], &expected, scores + l * Hk * N, cache->kvec_scratch,
                                            cache->kvec_scratch_bytes) != KVEC_OK)
             status = -1;
@@ -1178,12 +1178,7 @@ int llm_reconstruction_pass(const llm_model *model, llm_cache *cache, const int3
         views.chunk_begin = chunk_begin;
         views.chunk_end = chunk_end;
         if (kvec_reconstruction_scratch_bytes(NULL, &layers[l], &views, &bytes) != KVEC_OK) { status = -1; break; }
-        if (bytes > cache->kvec_scratch_bytes) {
-            void *grown = realloc(cache->kvec_scratch, bytes);
-            if (!grown) { status = -1; break; }
-            cache->kvec_scratch = grown;
-            cache->kvec_scratch_bytes = bytes;
-        }
+        if (grow_scratch(cache, bytes)) { status = -1; break; }
         if (kvec_reconstruction_scores(NULL, &layers[l], &views, scores + l * Hk * N, cache->kvec_scratch,
                                        cache->kvec_scratch_bytes) != KVEC_OK)
             status = -1;

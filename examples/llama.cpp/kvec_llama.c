@@ -36,6 +36,16 @@ static int64_t kvl_layer_of(const char *name, const char *prefix) {
     return *end == '\0' ? (int64_t)il : -1;
 }
 
+int kvec_llama_policy(const char *name, kvec_policy *policy) {
+    static const char *const names[KVEC_POLICY_COUNT_] = {
+        NULL, "kvec", "snapkv", "pyramidkv", "streaming", "h2o", "tova", "knorm", "keydiff", "random",
+        "criticalkv", "laprox"};
+    int p;
+    for (p = 1; p < KVEC_POLICY_COUNT_; p++)
+        if (names[p] && !strcmp(name, names[p])) { *policy = (kvec_policy)p; return 0; }
+    return -1;
+}
+
 int kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t window) {
     memset(kl, 0, sizeof *kl);
     kl->v_trans = -1;

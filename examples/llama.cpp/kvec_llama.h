@@ -116,6 +116,10 @@ typedef struct kvec_llama_stats {
     int64_t kept_max;          /* the longest head (= kept under a uniform budget) */
 } kvec_llama_stats;
 
+/* kvec, snapkv, pyramidkv, streaming, h2o, tova, knorm, keydiff, random,
+   criticalkv, laprox -> the policy; -1 for anything else. */
+int  kvec_llama_policy(const char *name, kvec_policy *policy);
+
 /* Refusals that depend on the model only. Returns 0, or -1 with kl->error. */
 int  kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t window);
 void kvec_llama_free(kvec_llama *kl);

@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--document")) document_path = value;
         else if (!strcmp(argv[i], "--question")) question = value;
         else if (!strcmp(argv[i], "--policy")) {
-            if (util_policy(value, &config.policy)) { fprintf(stderr, "kvec-llama: unknown policy %s\n", value); return 2; }
+            if (kvec_llama_policy(value, &config.policy)) { fprintf(stderr, "kvec-llama: unknown policy %s\n", value); return 2; }
         } else if (!strcmp(argv[i], "--budget")) fraction = atof(value);
         else if (!strcmp(argv[i], "--keep")) keep = atoll(value);
         else if (!strcmp(argv[i], "--flash-attn")) {

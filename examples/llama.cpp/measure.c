@@ -241,7 +241,7 @@ static int measure_decoding(struct llama_model *model, run *r, char **prompts, i
     memset(kl_sum, 0, sizeof kl_sum); memset(kl_sq, 0, sizeof kl_sq); memset(agree, 0, sizeof agree); memset(steps, 0, sizeof steps);
     memset(evict_ms, 0, sizeof evict_ms); memset(evictions, 0, sizeof evictions);
     for (i = 0; i < n_policies && n_routes < MAX_METHODS - 3; i++) {
-        if (util_policy(policies[i], &policy[n_routes])) { fprintf(stderr, "measure: unknown policy %s\n", policies[i]); return 2; }
+        if (kvec_llama_policy(policies[i], &policy[n_routes])) { fprintf(stderr, "measure: unknown policy %s\n", policies[i]); return 2; }
         kind[n_routes] = DEC_KVEC;
         snprintf(names[n_routes], sizeof names[0], "kvec per head, %s, every %lld", kvec_policy_name(policy[n_routes]), (long long)interval);
         n_routes++;
@@ -465,7 +465,7 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "measure: unknown budget mode %s (uniform, pyramid, adaptive, global)\n", modes[mo]); return 2; }
         for (i = 0; i < n_policies; i++) {
             method *m = &methods[n_methods++];
-            if (util_policy(items[i], &m->policy)) { fprintf(stderr, "measure: unknown policy %s\n", items[i]); return 2; }
+            if (kvec_llama_policy(items[i], &m->policy)) { fprintf(stderr, "measure: unknown policy %s\n", items[i]); return 2; }
             m->route = ROUTE_PER_HEAD;
             m->mode = mode;
             snprintf(m->name, sizeof m->name, "kvec per head, %s%s%s", kvec_policy_name(m->policy),

@@ -17,7 +17,8 @@
      sequence back to B positions (the last B), and the next CONT tokens
      stay under KL_BOUND against the full cache (a bound measured for one
      eviction; what this run measured is printed);
-   - the refusals: a quantised KV cache, two sequences, a non-uniform budget;
+   - the refusals: a quantised KV cache, two sequences, a non-uniform budget,
+     a plan whose positions are not ascending positions of the prefix;
    - the llama.cpp linked has no AMX-INT8 code (ggml_cpu_has_amx_int8() is
      0): scripts/build-llama.sh compiles ggml's AMX path out, which crashes
      on some Xeons (docs/LLAMA_CPP.md), so no test here can reach it.
@@ -533,6 +534,41 @@ static void run_refusals(struct llama_model *model, const llama_token *tokens, i
     refused = ctx && kvec_llama_evict(&kl, ctx, NULL, 48, NULL) != 0 && strstr(kl.error, "one sequence");
     check(refused, "a context for two sequences is refused");
     if (ctx) llama_free(ctx);
+    kvec_llama_free(&kl);
+
+    /* a plan whose positions are not ascending prefix positions: refused
+       before anything moves (the moves to the tail rely on the order) */
+    kvec_llama_init(&kl, model, 32);
+    ctx = make_context(model, &kl, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED, GGML_TYPE_F16, 1);
+    kvec_llama_begin(&kl, 64);
+    util_decode(ctx, tokens, 64, 0, 0);
+    {
+        kvec_plan plan;
+        int64_t h, r;
+        plan.n_layers = kl.n_layers;
+        plan.n_kv_heads = kl.n_kv_heads;
+        plan.capacity = 48;
+        plan.kept_count = (int64_t *)malloc((size_t)(kl.n_layers * kl.n_kv_heads) * sizeof(int64_t));
+        plan.kept_positions = (int64_t *)malloc((size_t)(kl.n_layers * kl.n_kv_heads * 48) * sizeof(int64_t));
+        refused = plan.kept_count && plan.kept_positions && kvec_llama_check(&kl, ctx) == 0;
+        if (refused) {
+            for (h = 0; h < kl.n_layers * kl.n_kv_heads; h++) {
+                plan.kept_count[h] = 48;
+                for (r = 0; r < 48; r++) plan.kept_positions[h * 48 + r] = 16 + r;
+            }
+            plan.kept_positions[5 * 48 + 10] = 70; /* past the prefix of 64 */
+            refused = kvec_llama_apply(&kl, ctx, &plan) != 0 && strstr(kl.error, "ascending") &&
+                      llama_memory_seq_pos_min(llama_get_memory(ctx), 0) == 0;
+            plan.kept_positions[5 * 48 + 10] = 26;
+            plan.kept_positions[7 * 48 + 3] = plan.kept_positions[7 * 48 + 2]; /* a repeat */
+            refused = refused && kvec_llama_apply(&kl, ctx, &plan) != 0 &&
+                      llama_memory_seq_pos_min(llama_get_memory(ctx), 0) == 0;
+        }
+        check(refused, "a plan with a position past the prefix, or a repeated one, is refused, the cache untouched");
+        free(plan.kept_count);
+        free(plan.kept_positions);
+    }
+    llama_free(ctx);
     kvec_llama_free(&kl);
 
 #ifndef KVEC_LLAMA_PER_HEAD

@@ -124,16 +124,6 @@ void util_append_piece(const struct llama_vocab *vocab, llama_token token, char 
     out[used + (size_t)n] = '\0';
 }
 
-int util_policy(const char *name, kvec_policy *policy) {
-    static const char *const names[KVEC_POLICY_COUNT_] = {
-        NULL, "kvec", "snapkv", "pyramidkv", "streaming", "h2o", "tova", "knorm", "keydiff", "random",
-        "criticalkv", "laprox"};
-    int p;
-    for (p = 1; p < KVEC_POLICY_COUNT_; p++)
-        if (names[p] && !strcmp(name, names[p])) { *policy = (kvec_policy)p; return 0; }
-    return -1;
-}
-
 int util_flash_attn(const char *value, enum llama_flash_attn_type *type) {
     if (!strcmp(value, "on")) { *type = LLAMA_FLASH_ATTN_TYPE_ENABLED; return 0; }
     if (!strcmp(value, "off")) { *type = LLAMA_FLASH_ATTN_TYPE_DISABLED; return 0; }

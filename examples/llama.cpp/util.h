@@ -38,10 +38,6 @@ double util_kl(const float *logits_p, const float *logits_q, int64_t n_vocab, in
 /* A token's text appended to out (out_cap bytes, kept NUL-terminated). */
 void util_append_piece(const struct llama_vocab *vocab, llama_token token, char *out, size_t out_cap);
 
-/* kvec, snapkv, pyramidkv, streaming, h2o, tova, knorm, keydiff, random,
-   criticalkv, laprox -> the policy; -1 for anything else. */
-int util_policy(const char *name, kvec_policy *policy);
-
 /* "on" / "off" -> the flash attention setting; -1 for anything else. */
 int util_flash_attn(const char *value, enum llama_flash_attn_type *type);
 

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""test_llama_server.py - llama-server with --kv-evict (make test-llama-server).
+
+    tests/test_llama_server.py --server BUILD/llama-server --model FILE.gguf
+                               [--rpc-server BUILD/ggml-rpc-server] [--threads N]
+
+Starts the patched llama-server (examples/llama.cpp/kvec-server.patch) on
+127.0.0.1 with SmolLM2 and checks what a user would see:
+
+- a chat completion whose prompt is a document and a question gets the
+  document's answer with the cache evicted to 50% after the prompt, and
+  /slots reports the slot holding half of the prompt's cells per KV head;
+- a second request reads its prompt from position 0 again (no prefix
+  reused from the evicted sequence) and is evicted in turn;
+- two requests sent at once are both answered (one slot: the second waits);
+- a global budget (heads of different lengths, with the per-head patch)
+  answers, and so does the next request after it;
+- with --rpc-server: the same request with every layer on an rpc-server
+  (llama.cpp's RPC backend) gets the same answer and the same eviction;
+- bad --kv-evict values and options the patch cannot serve: the server
+  exits at start with a non-zero status and a message naming the problem.
+
+Only the Python standard library. Each server's log is kept in a temporary
+folder and its tail printed when a check fails.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+DOCUMENT = "examples/demo/lighthouse.txt"
+QUESTION = "Who kept the light on Gull Point for thirty-one years?"
+ANSWER = "Pellow"
+INSTRUCTION = "Read the document below, then answer the question after it in a few words.\n\n"
+
+passed = failed = 0
+
+
+def check(ok, what, log=None):
+    global passed, failed
+    print(("pass: " if ok else "FAIL: ") + what, flush=True)
+    if ok:
+        passed += 1
+        return
+    failed += 1
+    if log and os.path.exists(log):
+        with open(log, errors="replace") as f:
+            tail = f.read().splitlines()[-15:]
+        print("    server log, last lines:\n" + "\n".join("    " + line for line in tail))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port, path, body=None, timeout=600):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class Server:
+    """One llama-server process; stopped when the block ends."""
+
+    def __init__(self, args, logdir, name):
+        self.port = free_port()
+        self.log = os.path.join(logdir, name + ".log")
+        self.cmd = args + ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with status {self.proc.returncode} (log {self.log})")
+            try:
+                if request(self.port, "/health", timeout=5).get("status") == "ok":
+                    return self
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"llama-server did not become ready in 300 s (log {self.log})")
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def ask(port, document, question=QUESTION):
+    body = {"messages": [{"role": "user", "content": INSTRUCTION + document + "\n\nQuestion: " + question}],
+            "temperature": 0, "max_tokens": 32}
+    reply = request(port, "/v1/chat/completions", body)
+    return reply["choices"][0]["message"]["content"], reply
+
+
+def slot_eviction(port):
+    slots = request(port, "/slots")
+    return slots[0].get("kv_evict") if slots else None
+
+
+def evicted_to_half(ev, what, log):
+    ok = ev is not None and ev["cells_per_head"] == ev["prompt_tokens"] // 2 and ev["prompt_tokens"] > 1000
+    check(ok, f"{what}: /slots reports {ev and ev['cells_per_head']} of {ev and ev['prompt_tokens']} cells per KV head "
+              f"held after the prompt (50%), eviction {ev and round(ev['ms'], 1)} ms", log)
+
+
+def start_refused(server, model, extra, text, logdir, name):
+    """The server must exit at start, non-zero, with text in its output."""
+    log = os.path.join(logdir, name + ".log")
+    cmd = [server, "-m", model, "--host", "127.0.0.1", "--port", str(free_port())] + extra
+    try:
+        run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        out = run.stdout.decode(errors="replace")
+        status = run.returncode
+    except subprocess.TimeoutExpired:
+        out, status = "(still running after 120 s)", 0
+    with open(log, "w") as f:
+        f.write(out)
+    last = [line for line in out.splitlines() if "kv-evict" in line][-1:] or out.splitlines()[-1:]
+    check(status != 0 and text.lower() in out.lower(),
+          f"refused at start: {' '.join(extra)} (status {status}; says: {last[0].strip() if last else ''})", log)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--rpc-server")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    for path in [a.server, a.model, DOCUMENT] + ([a.rpc_server] if a.rpc_server else []):
+        if not os.path.exists(path):
+            sys.exit(f"test_llama_server: {path} not found")
+    with open(DOCUMENT) as f:
+        document = f.read()
+    logdir = tempfile.mkdtemp(prefix="kvec-llama-server-")
+    base = [a.server, "-m", a.model, "-c", "4096", "-np", "1", "-t", str(a.threads), "-tb", str(a.threads)]
+    started = time.time()
+
+    # bad values and options the patch cannot serve: refused before the model loads
+    for extra, text, name in [
+            (["--kv-evict", "bogus"], "POLICY:BUDGET", "bad-format"),
+            (["--kv-evict", "nosuch:0.5"], "unknown policy", "bad-policy"),
+            (["--kv-evict", "kvec:0"], "above 0", "budget-zero"),
+            (["--kv-evict", "kvec:1.5"], "more than the whole prompt", "budget-over"),
+            (["--kv-evict", "kvec:16"], "below the window", "budget-window"),
+            (["--kv-evict", "kvec:0.5:sideways"], "unknown budget mode", "bad-mode"),
+            (["--kv-evict", "kvec:0.5", "-np", "2"], "one slot", "two-slots"),
+            (["--kv-evict", "kvec:0.5", "--context-shift"], "context-shift", "ctx-shift"),
+            (["--kv-evict", "kvec:0.5", "--cache-reuse", "256"], "cache-reuse", "cache-reuse"),
+            (["--kv-evict", "kvec:0.5", "-ctk", "q8_0"], "q8_0", "quantised")]:
+        start_refused(a.server, a.model, extra, text, logdir, name)
+
+    # eviction at 50% on the host
+    with Server(base + ["--kv-evict", "kvec:0.5"], logdir, "kvec-50") as srv:
+        answer, reply = ask(srv.port, document)
+        check(ANSWER.lower() in answer.lower(), f"50% K-VEC: the answer names the keeper ({answer.strip()!r})", srv.log)
+        evicted_to_half(slot_eviction(srv.port), "50% K-VEC", srv.log)
+        answer2, reply2 = ask(srv.port, document, "What colour was the lighthouse painted?")
+        timings = reply2.get("timings", {})
+        check(timings.get("cache_n", -1) == 0 and timings.get("prompt_n", 0) == reply2["usage"]["prompt_tokens"],
+              f"a second request reads its whole prompt again (cache_n {timings.get('cache_n')}, "
+              f"prompt_n {timings.get('prompt_n')}) and is answered ({answer2.strip()!r})", srv.log)
+        evicted_to_half(slot_eviction(srv.port), "the second request", srv.log)
+        answers = [None, None]
+
+        def worker(i):
+            try:
+                answers[i] = ask(srv.port, document)[0]
+            except Exception as e:  # reported by the check below
+                answers[i] = f"error: {e}"
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(all(x and ANSWER.lower() in x.lower() for x in answers),
+              f"two requests at once on one slot are both answered ({[x.strip() if x else x for x in answers]})",
+              srv.log)
+        check(srv.proc.poll() is None, "the server is still running", srv.log)
+
+    # a global budget (heads of different lengths, the per-head patch): the
+    # limits one prompt leaves must not mask the next prompt
+    with Server(base + ["--kv-evict", "kvec:0.5:global"], logdir, "kvec-50-global") as srv:
+        answer, _ = ask(srv.port, document)
+        ev = slot_eviction(srv.port)
+        check(ANSWER.lower() in answer.lower() and ev is not None and ev["cells_per_head"] >= ev["prompt_tokens"] // 2,
+              f"50% K-VEC, global budget: the answer names the keeper ({answer.strip()!r}); the longest head keeps "
+              f"{ev and ev['cells_per_head']} of {ev and ev['prompt_tokens']} cells", srv.log)
+        answer2, _ = ask(srv.port, document, "What colour was the lighthouse painted?")
+        check("white" in answer2.lower(),
+              f"global budget, a second request after heads of different lengths: answered ({answer2.strip()!r})",
+              srv.log)
+
+    # the same with every layer on an rpc-server
+    if a.rpc_server:
+        rpc_port = free_port()
+        rpc_log = os.path.join(logdir, "rpc-server.log")
+        rpc = subprocess.Popen([a.rpc_server, "-H", "127.0.0.1", "-p", str(rpc_port), "-t", str(a.threads)],
+                               stdout=open(rpc_log, "w"), stderr=subprocess.STDOUT)
+        try:
+            for _ in range(300):
+                try:
+                    socket.create_connection(("127.0.0.1", rpc_port), 0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            # -lv 4: the log then says where the weights and the KV cache went
+            with Server(base + ["--kv-evict", "kvec:0.5", "--rpc", f"127.0.0.1:{rpc_port}", "-ngl", "99", "-lv", "4"],
+                        logdir, "kvec-50-rpc") as srv:
+                answer, _ = ask(srv.port, document)
+                check(ANSWER.lower() in answer.lower(),
+                      f"RPC, every layer on an rpc-server, 50% K-VEC: the answer names the keeper ({answer.strip()!r})",
+                      srv.log)
+                evicted_to_half(slot_eviction(srv.port), "RPC", srv.log)
+                with open(srv.log, errors="replace") as f:
+                    kv_lines = [line.strip() for line in f if "llama_kv_cache:" in line and "KV buffer size" in line]
+                check(len(kv_lines) == 1 and "RPC" in kv_lines[0],
+                      f"RPC: the whole KV cache is in the rpc-server's memory "
+                      f"({kv_lines[0].split('llama_kv_cache:')[1].strip() if kv_lines else 'no KV buffer line in the log'})",
+                      srv.log)
+        finally:
+            rpc.terminate()
+            rpc.wait()
+    else:
+        print("skip: RPC (no --rpc-server)")
+
+    print(f"test_llama_server: {passed} passed, {failed} failed in {time.time() - started:.0f} s (logs in {logdir})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
