@@ -26,6 +26,7 @@ folder and its tail printed when a check fails.
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -232,6 +233,12 @@ def main():
                 evicted_to_half(slot_eviction(srv.port), "RPC", srv.log)
                 with open(srv.log, errors="replace") as f:
                     kv_lines = [line.strip() for line in f if "llama_kv_cache:" in line and "KV buffer size" in line]
+                with open(srv.log, errors="replace") as f:
+                    moved = [line.strip() for line in f if "--kv-evict: kept" in line]
+                n_moved = re.search(r"(\d+) layers' rows moved inside device buffers", moved[-1]) if moved else None
+                check(n_moved is not None and int(n_moved.group(1)) > 0,
+                      f"RPC: the kept rows moved inside the rpc-server's buffers "
+                      f"({moved[-1].split('--kv-evict: ')[1] if moved else 'no eviction line in the log'})", srv.log)
                 check(len(kv_lines) == 1 and "RPC" in kv_lines[0],
                       f"RPC: the whole KV cache is in the rpc-server's memory "
                       f"({kv_lines[0].split('llama_kv_cache:')[1].strip() if kv_lines else 'no KV buffer line in the log'})",

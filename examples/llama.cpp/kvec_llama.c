@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 199309L
 #include "kvec_llama.h"
 
+#include "ggml-alloc.h"
 #include "ggml-backend.h"
 
 #include <stdarg.h>
@@ -270,6 +271,7 @@ static int kvl_read_cells(kvec_llama *kl, int64_t l, int64_t first, int64_t coun
     const int64_t ek = (int64_t)ggml_type_size(k->type), ev = (int64_t)ggml_type_size(v->type);
     size_t k_bytes, v_bytes;
     int64_t i;
+    int span;
     if (first < 0 || count <= 0 || count > kv_size - first || v->ne[1] != kv_size)
         return kvl_fail(kl, "layer %lld: cells %lld..%lld are not in the cache of %lld cells", (long long)l,
                         (long long)first, (long long)(first + count - 1), (long long)kv_size);
@@ -290,9 +292,14 @@ static int kvl_read_cells(kvec_llama *kl, int64_t l, int64_t first, int64_t coun
         }
         return 0;
     }
-    /* device memory: [count][Hk*D] of K, then V in the cache's own layout */
+    /* device memory: [count][Hk*D] of K, then V in the cache's own layout.
+       A transposed V is read in one call when the span from the first row's
+       first cell to the last row's last cell is at most twice the cells
+       wanted (a context not much longer than the prefix), else row by row. */
     k_bytes = (size_t)count * (size_t)(width * ek);
     v_bytes = (size_t)count * (size_t)(width * ev);
+    span = kl->v_trans && (width - 1) * kv_size + count <= 2 * width * count;
+    if (span) v_bytes = (size_t)((width - 1) * kv_size + count) * (size_t)ev;
     if (k_bytes + v_bytes > c->copy_bytes) {
         char *grown = (char *)realloc(c->copy, k_bytes + v_bytes);
         if (!grown) return kvl_fail(kl, "out of memory (a host copy of %zu bytes for layer %lld)", k_bytes + v_bytes, (long long)l);
@@ -307,6 +314,10 @@ static int kvl_read_cells(kvec_llama *kl, int64_t l, int64_t first, int64_t coun
         c->v_cell = width * ev;
         c->v_elem = ev;
         ggml_backend_tensor_get(v, c->v, (size_t)first * v->nb[1], v_bytes);
+    } else if (span) {
+        c->v_cell = ev;
+        c->v_elem = kv_size * ev;
+        ggml_backend_tensor_get(v, c->v, (size_t)(first * ev), v_bytes);
     } else {
         c->v_cell = ev;
         c->v_elem = count * ev;
@@ -451,11 +462,124 @@ static void kvl_move(const kvec_tensor *t, int64_t head, int64_t from, int64_t t
     for (d = 0; d < t->head_dim; d++) memcpy(dst + d * t->stride_dim, src + d * t->stride_dim, (size_t)esz);
 }
 
+/* ---- the kept rows moved inside a device buffer ---- */
+
+/* The backend that runs graphs on one device, initialised once per eviction. */
+typedef struct kvl_device {
+    ggml_backend_dev_t dev;
+    ggml_backend_t backend;
+    ggml_gallocr_t alloc;
+} kvl_device;
+
+static void kvl_device_free(kvl_device *d) {
+    if (d->alloc) ggml_gallocr_free(d->alloc);
+    if (d->backend) ggml_backend_free(d->backend);
+    memset(d, 0, sizeof *d);
+}
+
+/* Head j's plan applied to one cache tensor of layer l, as graph nodes:
+   GET_ROWS of the kept cells from a view of the prefix cells, SET_ROWS of
+   them into the last cells. A transposed V ([Hk*D][cells]) is gathered from
+   a contiguous transpose of the head's prefix cells and copied back. */
+static struct ggml_tensor *kvl_move_nodes(struct ggml_context *ctx, struct ggml_tensor *cache, int trans,
+                                          int64_t c0, int64_t N, int64_t j, int64_t D, struct ggml_tensor *from,
+                                          struct ggml_tensor *to) {
+    const size_t esz = ggml_type_size(cache->type);
+    const int64_t kv_size = cache->ne[1];
+    struct ggml_tensor *cells, *rows;
+    if (!trans) {
+        /* [D][N]: head j's D values of each prefix cell (rows cache->nb[1] apart) */
+        cells = ggml_view_2d(ctx, cache, D, N, cache->nb[1], (size_t)c0 * cache->nb[1] + (size_t)(j * D) * esz);
+        rows = ggml_get_rows(ctx, cells, from);
+        return ggml_set_rows(ctx, cells, rows, to);
+    }
+    /* [N][D] view (cells contiguous, dims kv_size apart), made [D][N] contiguous */
+    cells = ggml_view_2d(ctx, cache, N, D, (size_t)kv_size * esz, ((size_t)(j * D) * (size_t)kv_size + (size_t)c0) * esz);
+    rows = ggml_cont(ctx, ggml_transpose(ctx, cells));
+    rows = ggml_set_rows(ctx, rows, ggml_get_rows(ctx, rows, from), to);
+    return ggml_cpy(ctx, ggml_transpose(ctx, rows), cells);
+}
+
+/* Layer l's plan applied inside its device buffer: one graph, run on the
+   buffer's device, holding every head's moves of K and V; only the indices
+   cross the bus. Returns 0 when moved, 1 when the device cannot run the
+   graph (nothing changed: the caller moves the rows on the host), -1 when
+   the graph failed to run. */
+static int kvl_move_on_device(kvec_llama *kl, int64_t l, const kvec_plan *plan, kvl_device *device) {
+    struct ggml_tensor *k = kl->k[l], *v = kl->v[l];
+    const int64_t N = kl->n_prefix, c0 = kl->cell_of_pos[0], Hk = kl->n_kv_heads, D = kl->head_dim;
+    const size_t graph_size = (size_t)(24 * Hk + 16);
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(k->buffer));
+    struct ggml_init_params params;
+    struct ggml_context *ctx;
+    struct ggml_cgraph *graph;
+    struct ggml_tensor **from, **to;
+    int32_t *from_cells = NULL;
+    int64_t *to_cells = NULL, j, r, i;
+    int rc = 1;
+    if (!dev || ggml_backend_buft_get_device(ggml_backend_buffer_get_type(v->buffer)) != dev) return 1;
+    if (device->dev != dev) {
+        kvl_device_free(device);
+        device->dev = dev;
+        if (!(device->backend = ggml_backend_dev_init(dev, NULL)) ||
+            !(device->alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(device->backend)))) {
+            kvl_device_free(device);
+            return 1;
+        }
+    }
+    params.mem_size = ggml_tensor_overhead() * graph_size + ggml_graph_overhead_custom(graph_size, false);
+    params.mem_buffer = NULL;
+    params.no_alloc = true;
+    if (!(ctx = ggml_init(params))) return 1;
+    graph = ggml_new_graph_custom(ctx, graph_size, false);
+    from = (struct ggml_tensor **)calloc((size_t)Hk, sizeof *from);
+    to = (struct ggml_tensor **)calloc((size_t)Hk, sizeof *to);
+    from_cells = (int32_t *)malloc((size_t)plan->capacity * sizeof *from_cells);
+    to_cells = (int64_t *)malloc((size_t)plan->capacity * sizeof *to_cells);
+    if (!from || !to || !from_cells || !to_cells) goto done;
+    for (j = 0; j < Hk; j++) {
+        const int64_t c = plan->kept_count[l * Hk + j];
+        /* the indices, relative to the prefix's first cell */
+        from[j] = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, c);
+        to[j] = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, c);
+        ggml_set_input(from[j]);
+        ggml_set_input(to[j]);
+        ggml_build_forward_expand(graph, kvl_move_nodes(ctx, k, 0, c0, N, j, D, from[j], to[j]));
+        ggml_build_forward_expand(graph, kvl_move_nodes(ctx, v, kl->v_trans, c0, N, j, D, from[j], to[j]));
+    }
+    for (i = 0; i < ggml_graph_n_nodes(graph); i++)
+        if (!ggml_backend_supports_op(device->backend, ggml_graph_node(graph, i))) goto done;
+    if (!ggml_gallocr_alloc_graph(device->alloc, graph)) goto done;
+    for (j = 0; j < Hk; j++) {
+        const int64_t *kept = plan->kept_positions + (l * Hk + j) * plan->capacity;
+        const int64_t c = plan->kept_count[l * Hk + j];
+        for (r = 0; r < c; r++) {
+            from_cells[r] = (int32_t)kept[r];
+            to_cells[r] = N - c + r;
+        }
+        ggml_backend_tensor_set(from[j], from_cells, 0, (size_t)c * sizeof *from_cells);
+        ggml_backend_tensor_set(to[j], to_cells, 0, (size_t)c * sizeof *to_cells);
+    }
+    rc = ggml_backend_graph_compute(device->backend, graph) == GGML_STATUS_SUCCESS ? 0 : -1;
+    if (rc < 0) kvl_fail(kl, "layer %lld: the graph that moves the kept rows on %s failed", (long long)l,
+                         ggml_backend_dev_name(dev));
+done:
+    free(from);
+    free(to);
+    free(from_cells);
+    free(to_cells);
+    ggml_free(ctx);
+    return rc;
+}
+
 /* Applies a plan to layers[] (views of the prefix cells; with read, made
    here after the refusals, before anything changes). */
 static int kvl_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan *plan, kvec_layer *layers, int read) {
     int64_t N = kl->n_prefix, Hk = kl->n_kv_heads, B = 0, l, j, r;
     int uniform = 1;
+    kvl_device device;
+    memset(&device, 0, sizeof device);
+    kl->moved_on_device = 0;
     if (kl->n_layers <= 0 || !plan->kept_count || !plan->kept_positions || plan->n_layers != kl->n_layers ||
         plan->n_kv_heads != Hk)
         return kvl_fail(kl, "an empty plan, or one for other head counts");
@@ -500,6 +624,7 @@ static int kvl_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
     }
 #endif
     if (B == N && uniform) return 0;
+    llama_synchronize(ctx); /* the context's last compute is done before another backend touches the cache */
     /* kvec_compact would pack each head at the front; llama.cpp needs the
        kept rows at the tail (positions N-c .. N-1 for a head keeping c), so
        the plan is applied straight there. Row r goes to N-c+r >= its source
@@ -508,6 +633,12 @@ static int kvl_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
     for (l = 0; l < kl->n_layers; l++) {
         kvec_layer *L = &layers[l];
         int64_t ek = (int64_t)ggml_type_size(kl->k[l]->type), ev = (int64_t)ggml_type_size(kl->v[l]->type);
+        /* a cache in device memory: moved there, when its device runs the graph */
+        if (kl->cells[l].copy && kl->cells[l].k == kl->cells[l].copy) {
+            const int moved = kvl_move_on_device(kl, l, plan, &device);
+            if (moved < 0) { kvl_device_free(&device); return -1; }
+            if (moved == 0) { kl->moved_on_device++; continue; }
+        }
         for (j = 0; j < Hk; j++) {
             const int64_t *kept = plan->kept_positions + (l * Hk + j) * plan->capacity;
             const int64_t c = plan->kept_count[l * Hk + j];
@@ -517,9 +648,10 @@ static int kvl_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
                 kvl_move(&L->values, j, kept[r], N - c + r, ev);
             }
         }
-        /* a cache in device memory gets back the cells that changed */
+        /* a cache in device memory whose device cannot run the graph gets back the cells that changed */
         kvl_write_cells(kl, l, kl->cell_of_pos[0] + N - B, B);
     }
+    kvl_device_free(&device);
     if (B < N && !llama_memory_seq_rm(llama_get_memory(ctx), 0, 0, (llama_pos)(N - B)))
         return kvl_fail(kl, "llama_memory_seq_rm refused to remove positions 0..%lld", (long long)(N - B - 1));
     return 0;

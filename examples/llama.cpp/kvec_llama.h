@@ -44,10 +44,13 @@
    Caches in any backend: a layer whose cache is in device memory (layers
    offloaded to a GPU, or to another machine through the RPC backend) is
    read into a host copy of the prefix cells with ggml_backend_tensor_get
-   (one call per tensor, or one per V row when V is transposed), scored and
-   compacted there, and only the cells that changed (the last B) are written
-   back with ggml_backend_tensor_set. Layers in host memory are used in
-   place, so mixed placements work.
+   and scored there; its kept rows are then moved inside the device buffer
+   by a ggml graph run on that device (GET_ROWS of each head's kept cells,
+   SET_ROWS into the last cells), so only indices go back. A backend that
+   cannot run the graph gets the cells that changed (the last B) written
+   back from the host copy instead. Layers in host memory are used in
+   place, so mixed placements work. kvec_llama_reevict goes through the
+   host copy (the span of held cells read, the span written back).
 
    Refused, with a message: recurrent and hybrid models, sliding-window
    attention (SWA, iSWA), MLA and other caches whose K rows are not Hk*D, a
@@ -105,6 +108,7 @@ typedef struct kvec_llama {
 
     /* the cells an eviction reads and writes, per layer, in host memory */
     struct kvec_llama_cells *cells;  /* [n_layers] */
+    int64_t moved_on_device;   /* layers the last eviction moved inside their device buffers */
 
     char    error[256];        /* why the last call failed */
 } kvec_llama;

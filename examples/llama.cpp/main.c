@@ -174,6 +174,9 @@ int main(int argc, char **argv) {
                kvec_policy_name(config.policy ? config.policy : KVEC_POLICY_KVEC), (long long)stats.kept,
                (long long)n, 100.0 * (double)stats.kept / (double)n, stats.plan_ms + stats.move_ms,
                stats.plan_ms, stats.move_ms, 100.0 * (stats.plan_ms + stats.move_ms) / prefill_ms);
+        if (kl.moved_on_device)
+            printf("the kept rows of %lld layers moved inside their device buffers by a ggml graph (GET_ROWS/SET_ROWS)\n",
+                   (long long)kl.moved_on_device);
         if (stats.kept_max != stats.kept)
             printf("heads of different lengths: %lld on average, the longest %lld (the cache holds %lld cells, "
                    "each head masked to its own)\n", (long long)stats.kept, (long long)stats.kept_max, (long long)stats.kept_max);

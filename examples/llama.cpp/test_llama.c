@@ -28,9 +28,12 @@
    device memory of llama.cpp's RPC backend (every layer on one server, half
    the layers on it and half on the host, the layers over two servers) go
    through the same 50% eviction and re-eviction as a host cache. Each
-   placement keeps exactly the host's positions, and its logits after both
-   match the host's within REMOTE_KL (the server runs the same CPU kernels;
-   what each run measured is printed).
+   placement keeps exactly the host's positions, every remote layer's kept
+   rows are moved inside the server's buffer by a GET_ROWS/SET_ROWS graph,
+   and its logits after both match the host's within REMOTE_KL (the server
+   runs the same CPU kernels; what each run measured is printed). The first
+   placement runs in a 512-cell context (a transposed V read in one call),
+   the others in 1024 (row by row), each against a host run of its size.
 
    Built against llama.cpp with kvec-per-head.patch (make test-llama-patch,
    KVEC_LLAMA_PER_HEAD defined), with flash attention off and on:
@@ -80,11 +83,11 @@ static void check(int ok, const char *what) {
     if (ok) passed++; else failed++;
 }
 
-static struct llama_context *make_context(struct llama_model *model, kvec_llama *kl, int64_t threads,
-                                          enum llama_flash_attn_type flash, enum ggml_type cache_type,
-                                          uint32_t n_seq) {
+static struct llama_context *make_context_sized(struct llama_model *model, kvec_llama *kl, int64_t threads,
+                                                enum llama_flash_attn_type flash, enum ggml_type cache_type,
+                                                uint32_t n_seq, uint32_t n_ctx) {
     struct llama_context_params p = llama_context_default_params();
-    p.n_ctx = 1024;
+    p.n_ctx = n_ctx;
     p.n_batch = 1024;
     p.n_threads = p.n_threads_batch = (int32_t)threads;
     p.flash_attn_type = flash;
@@ -92,6 +95,12 @@ static struct llama_context *make_context(struct llama_model *model, kvec_llama 
     kvec_llama_context_params(kl, &p);
     p.n_seq_max = n_seq; /* after the helper, to test its refusal */
     return llama_init_from_model(model, p);
+}
+
+static struct llama_context *make_context(struct llama_model *model, kvec_llama *kl, int64_t threads,
+                                          enum llama_flash_attn_type flash, enum ggml_type cache_type,
+                                          uint32_t n_seq) {
+    return make_context_sized(model, kl, threads, flash, cache_type, n_seq, 1024);
 }
 
 /* Mean KL over the continuation; reference logits are [CONT][n_vocab]. */
@@ -366,6 +375,7 @@ typedef struct placement_run {
     float *logits_again;      /* [CONT][n_vocab] after the re-eviction */
     int64_t device_layers;    /* layers whose cache is not in host memory */
     int n_places;             /* distinct buffers (devices) holding the caches, up to 4 */
+    int64_t moved_on_device;  /* layers whose kept rows the eviction moved inside their device buffer */
     int ok;
 } placement_run;
 
@@ -388,7 +398,7 @@ static int copy_logits(struct llama_context *ctx, float *out, int64_t n_vocab) {
 }
 
 static placement_run run_placement(struct llama_model *model, const llama_token *tokens, int64_t threads,
-                                   enum llama_flash_attn_type flash) {
+                                   enum llama_flash_attn_type flash, uint32_t n_ctx) {
     const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model)), N = PREFIX, B = PREFIX / 2;
     placement_run run;
     kvec_llama kl;
@@ -404,7 +414,7 @@ static placement_run run_placement(struct llama_model *model, const llama_token 
     run.plan.kept_positions = (int64_t *)calloc((size_t)(kl.n_layers * kl.n_kv_heads * B), sizeof(int64_t));
     run.logits = (float *)malloc((size_t)(CONT * n_vocab) * sizeof(float));
     run.logits_again = (float *)malloc((size_t)(CONT * n_vocab) * sizeof(float));
-    ctx = make_context(model, &kl, threads, flash, GGML_TYPE_F16, 1);
+    ctx = make_context_sized(model, &kl, threads, flash, GGML_TYPE_F16, 1, n_ctx);
     if (!ctx || !run.plan.kept_count || !run.plan.kept_positions || !run.logits || !run.logits_again) goto done;
     /* the plan, then the eviction (which reads the cache again), then the continuation */
     if (kvec_llama_begin(&kl, N) || util_decode(ctx, tokens, N, 0, 0) || kvec_llama_check(&kl, ctx) ||
@@ -416,8 +426,9 @@ static placement_run run_placement(struct llama_model *model, const llama_token 
         for (i = 0; i < run.n_places; i++) seen |= !strcmp(places[i], place);
         if (!seen && run.n_places < 4) places[run.n_places++] = place;
     }
-    if (kvec_llama_evict(&kl, ctx, NULL, B, NULL) || util_decode(ctx, tokens + N, CONT, N, 1) ||
-        copy_logits(ctx, run.logits, n_vocab)) goto done;
+    if (kvec_llama_evict(&kl, ctx, NULL, B, NULL)) goto done;
+    run.moved_on_device = kl.moved_on_device;
+    if (util_decode(ctx, tokens + N, CONT, N, 1) || copy_logits(ctx, run.logits, n_vocab)) goto done;
     /* eviction during decoding: evict at N, decode CONT, evict again to B */
     llama_memory_clear(llama_get_memory(ctx), true);
     if (kvec_llama_begin(&kl, N) || util_decode(ctx, tokens, N, 0, 0) || kvec_llama_evict(&kl, ctx, NULL, B, NULL) ||
@@ -463,15 +474,20 @@ static void run_remote(const char *model_path, struct llama_model *host_model, c
     for (f = 0; f < 2; f++) {
         const enum llama_flash_attn_type flash = f ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
         const char *fa = f ? "flash attention on" : "flash attention off";
-        placement_run host = run_placement(host_model, tokens, threads, flash);
-        check(host.ok && host.device_layers == 0, "RPC: the host run evicts, its cache in host memory");
+        /* 512 cells: a transposed V is read in one call; 1024: row by row */
+        placement_run host[2];
+        host[0] = run_placement(host_model, tokens, threads, flash, 512);
+        host[1] = run_placement(host_model, tokens, threads, flash, 1024);
+        check(host[0].ok && host[1].ok && host[0].device_layers == 0 && host[1].device_layers == 0,
+              "RPC: the host runs evict, their caches in host memory");
         for (k = 0; k < 3; k++) {
-            static const char *names[3] = {"every layer on rpc-server 1", "half the layers on rpc-server 1",
+            static const char *names[3] = {"every layer on rpc-server 1 (512 cells)", "half the layers on rpc-server 1",
                                            "the layers over two rpc-servers"};
             struct llama_model_params mparams = llama_model_default_params();
             ggml_backend_dev_t use[3] = {devices[0], k == 2 ? devices[1] : NULL, NULL};
             struct llama_model *model;
             placement_run remote;
+            const placement_run *ref;
             double kl, kl_again, diff, diff_again;
             if (k == 2 && n_devices < 2) { printf("skip: %s (one endpoint given)\n", names[k]); continue; }
             mparams.devices = use;
@@ -481,22 +497,23 @@ static void run_remote(const char *model_path, struct llama_model *host_model, c
                 check(0, what);
                 continue;
             }
-            remote = run_placement(model, tokens, threads, flash);
+            remote = run_placement(model, tokens, threads, flash, k == 0 ? 512 : 1024);
+            ref = &host[k == 0 ? 0 : 1];
             snprintf(what, sizeof what, "RPC, %s, %s: the eviction runs, %lld of %d layers' caches in device memory, "
-                     "in %d place%s", names[k], fa, (long long)remote.device_layers, n_layers, remote.n_places,
-                     remote.n_places == 1 ? "" : "s");
-            check(remote.ok && host.ok &&
+                     "in %d place%s, %lld moved there by a graph", names[k], fa, (long long)remote.device_layers, n_layers,
+                     remote.n_places, remote.n_places == 1 ? "" : "s", (long long)remote.moved_on_device);
+            check(remote.ok && ref->ok && remote.moved_on_device == remote.device_layers &&
                   (k == 1 ? remote.device_layers > 0 && remote.device_layers < n_layers && remote.n_places == 2
                           : remote.device_layers == n_layers && remote.n_places == (k == 2 ? 2 : 1)), what);
-            if (remote.ok && host.ok) {
-                int same = !memcmp(remote.plan.kept_count, host.plan.kept_count,
-                                   (size_t)(n_layers * host.plan.n_kv_heads) * sizeof(int64_t)) &&
-                           !memcmp(remote.plan.kept_positions, host.plan.kept_positions,
-                                   (size_t)(n_layers * host.plan.n_kv_heads * host.plan.capacity) * sizeof(int64_t));
+            if (remote.ok && ref->ok) {
+                int same = !memcmp(remote.plan.kept_count, ref->plan.kept_count,
+                                   (size_t)(n_layers * ref->plan.n_kv_heads) * sizeof(int64_t)) &&
+                           !memcmp(remote.plan.kept_positions, ref->plan.kept_positions,
+                                   (size_t)(n_layers * ref->plan.n_kv_heads * ref->plan.capacity) * sizeof(int64_t));
                 snprintf(what, sizeof what, "RPC, %s, %s: the kept positions are the host's", names[k], fa);
                 check(same, what);
-                kl = logits_kl(host.logits, remote.logits, n_vocab, &diff);
-                kl_again = logits_kl(host.logits_again, remote.logits_again, n_vocab, &diff_again);
+                kl = logits_kl(ref->logits, remote.logits, n_vocab, &diff);
+                kl_again = logits_kl(ref->logits_again, remote.logits_again, n_vocab, &diff_again);
                 snprintf(what, sizeof what, "RPC, %s, %s: logits after the eviction match the host's "
                          "(KL %.2g, max |diff| %.2g), and after the re-eviction (KL %.2g, max |diff| %.2g); bound KL %.0e",
                          names[k], fa, kl, diff, kl_again, diff_again, REMOTE_KL);
@@ -505,7 +522,8 @@ static void run_remote(const char *model_path, struct llama_model *host_model, c
             placement_free(&remote);
             llama_model_free(model);
         }
-        placement_free(&host);
+        placement_free(&host[0]);
+        placement_free(&host[1]);
     }
 }
 
