@@ -73,6 +73,12 @@ if [ $patched = 1 ] && [ -f "$out/.built" ] && ! patches_current; then
     rm -f "$out/.built"
 fi
 if [ -f "$out/.built" ]; then
+    # llama-server compiles this checkout's kvec sources (kvec.h,
+    # examples/llama.cpp/kvec_*.c): the build tool sees their changes
+    if [ $patched = 1 ]; then
+        cmake --build "$out" -j "$(nproc 2> /dev/null || echo 2)" --target llama-server >> "$root/build.log" 2>&1 || {
+            echo "build-llama: rebuilding llama-server failed, see $root/build.log" >&2; tail -20 "$root/build.log" >&2; exit 1; }
+    fi
     echo "build-llama: llama.cpp already built in $out" >&2
     echo "$out"
     exit 0

@@ -20,7 +20,7 @@ case "$count" in [1-8]) ;; *) echo "with-rpc-servers: N is 1..8" >&2; exit 2 ;; 
 command -v python3 > /dev/null || { echo "with-rpc-servers: python3 is needed to find free ports" >&2; exit 1; }
 
 pids=()
-stop() { for pid in "${pids[@]}"; do kill "$pid" 2> /dev/null || true; done; wait 2> /dev/null || true; }
+stop() { for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2> /dev/null || true; done; wait 2> /dev/null || true; }
 trap stop EXIT
 
 endpoints=
@@ -30,11 +30,13 @@ for ((i = 0; i < count; i++)); do
     "$server" -H 127.0.0.1 -p "$port" -t 1 > "$log" 2>&1 &
     pids+=($!)
     # ready when it accepts a connection (at most 30 s)
+    # (the port was free a moment ago; if another process took it, the
+    # server exits, which is checked before each connection attempt)
     for ((t = 0; t < 300; t++)); do
-        if python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $port), 0.5).close()" 2> /dev/null; then break; fi
         if ! kill -0 "${pids[-1]}" 2> /dev/null; then
             echo "with-rpc-servers: rpc-server on port $port exited; its log:" >&2; cat "$log" >&2; exit 1
         fi
+        if python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $port), 0.5).close()" 2> /dev/null; then break; fi
         sleep 0.1
     done
     [ $t -lt 300 ] || { echo "with-rpc-servers: rpc-server on port $port did not start in 30 s" >&2; exit 1; }

@@ -16,7 +16,9 @@ Starts the patched llama-server (examples/llama.cpp/kvec-server.patch) on
 - a global budget (heads of different lengths, with the per-head patch)
   answers, and so does the next request after it;
 - with --rpc-server: the same request with every layer on an rpc-server
-  (llama.cpp's RPC backend) gets the same answer and the same eviction;
+  (llama.cpp's RPC backend) and flash attention off (V transposed) gets the
+  same answer and the same eviction, the kept rows moved inside the
+  server's buffers;
 - bad --kv-evict values and options the patch cannot serve: the server
   exits at start with a non-zero status and a message naming the problem.
 
@@ -81,10 +83,12 @@ class Server:
         self.proc = None
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.log_file = open(self.log, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                self.__exit__()
                 raise RuntimeError(f"llama-server exited with status {self.proc.returncode} (log {self.log})")
             try:
                 if request(self.port, "/health", timeout=5).get("status") == "ok":
@@ -92,16 +96,31 @@ class Server:
             except (urllib.error.URLError, ConnectionError, OSError, ValueError):
                 pass
             time.sleep(0.5)
+        self.__exit__()
         raise RuntimeError(f"llama-server did not become ready in 300 s (log {self.log})")
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
+        self.log_file.close()
+
+
+def stop(proc):
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def section(name, run):
+    """Runs one part of the test; an exception (a server that does not
+    start, an HTTP error) fails it with its message and the rest go on."""
+    try:
+        run()
+    except Exception as e:
+        check(False, f"{name}: {type(e).__name__}: {e}")
 
 
 def ask(port, document, question=QUESTION):
@@ -163,13 +182,26 @@ def main():
             (["--kv-evict", "kvec:1.5"], "more than the whole prompt", "budget-over"),
             (["--kv-evict", "kvec:16"], "below the window", "budget-window"),
             (["--kv-evict", "kvec:0.5:sideways"], "unknown budget mode", "bad-mode"),
+            (["--kv-evict", "kvec:0.5:"], "POLICY:BUDGET", "trailing-colon"),
             (["--kv-evict", "kvec:0.5", "-np", "2"], "one slot", "two-slots"),
             (["--kv-evict", "kvec:0.5", "--context-shift"], "context-shift", "ctx-shift"),
             (["--kv-evict", "kvec:0.5", "--cache-reuse", "256"], "cache-reuse", "cache-reuse"),
             (["--kv-evict", "kvec:0.5", "-ctk", "q8_0"], "q8_0", "quantised")]:
         start_refused(a.server, a.model, extra, text, logdir, name)
 
-    # eviction at 50% on the host
+    section("50% on the host", lambda: host_checks(base, logdir, document))
+    section("global budget", lambda: global_checks(base, logdir, document))
+    if a.rpc_server:
+        section("RPC", lambda: rpc_checks(base, logdir, document, a.rpc_server, a.threads))
+    else:
+        print("skip: RPC (no --rpc-server)")
+
+    print(f"test_llama_server: {passed} passed, {failed} failed in {time.time() - started:.0f} s (logs in {logdir})")
+    return 1 if failed else 0
+
+
+def host_checks(base, logdir, document):
+    """Eviction at 50% on the host: answers, cells held, a second request, two at once."""
     with Server(base + ["--kv-evict", "kvec:0.5"], logdir, "kvec-50") as srv:
         answer, reply = ask(srv.port, document)
         check(ANSWER.lower() in answer.lower(), f"50% K-VEC: the answer names the keeper ({answer.strip()!r})", srv.log)
@@ -197,8 +229,11 @@ def main():
               srv.log)
         check(srv.proc.poll() is None, "the server is still running", srv.log)
 
-    # a global budget (heads of different lengths, the per-head patch): the
-    # limits one prompt leaves must not mask the next prompt
+
+
+def global_checks(base, logdir, document):
+    """A global budget (heads of different lengths, the per-head patch): the
+    limits one prompt leaves must not mask the next prompt."""
     with Server(base + ["--kv-evict", "kvec:0.5:global"], logdir, "kvec-50-global") as srv:
         answer, _ = ask(srv.port, document)
         ev = slot_eviction(srv.port)
@@ -210,22 +245,30 @@ def main():
               f"global budget, a second request after heads of different lengths: answered ({answer2.strip()!r})",
               srv.log)
 
-    # the same with every layer on an rpc-server
-    if a.rpc_server:
-        rpc_port = free_port()
-        rpc_log = os.path.join(logdir, "rpc-server.log")
-        rpc = subprocess.Popen([a.rpc_server, "-H", "127.0.0.1", "-p", str(rpc_port), "-t", str(a.threads)],
-                               stdout=open(rpc_log, "w"), stderr=subprocess.STDOUT)
+
+
+def rpc_checks(base, logdir, document, rpc_server, threads):
+    """Every layer on an rpc-server, flash attention off (V transposed, the
+    other layout from the host run's, where auto turns it on)."""
+    rpc_port = free_port()
+    rpc_log = os.path.join(logdir, "rpc-server.log")
+    with open(rpc_log, "w") as rpc_log_file:
+        rpc = subprocess.Popen([rpc_server, "-H", "127.0.0.1", "-p", str(rpc_port), "-t", str(threads)],
+                               stdout=rpc_log_file, stderr=subprocess.STDOUT)
         try:
             for _ in range(300):
+                if rpc.poll() is not None:
+                    raise RuntimeError(f"rpc-server exited with status {rpc.returncode} (log {rpc_log})")
                 try:
                     socket.create_connection(("127.0.0.1", rpc_port), 0.5).close()
                     break
                 except OSError:
                     time.sleep(0.1)
+            else:
+                raise RuntimeError(f"rpc-server did not accept connections in 30 s (log {rpc_log})")
             # -lv 4: the log then says where the weights and the KV cache went
-            with Server(base + ["--kv-evict", "kvec:0.5", "--rpc", f"127.0.0.1:{rpc_port}", "-ngl", "99", "-lv", "4"],
-                        logdir, "kvec-50-rpc") as srv:
+            with Server(base + ["--kv-evict", "kvec:0.5", "--rpc", f"127.0.0.1:{rpc_port}", "-ngl", "99", "-fa", "off",
+                                "-lv", "4"], logdir, "kvec-50-rpc") as srv:
                 answer, _ = ask(srv.port, document)
                 check(ANSWER.lower() in answer.lower(),
                       f"RPC, every layer on an rpc-server, 50% K-VEC: the answer names the keeper ({answer.strip()!r})",
@@ -244,13 +287,7 @@ def main():
                       f"({kv_lines[0].split('llama_kv_cache:')[1].strip() if kv_lines else 'no KV buffer line in the log'})",
                       srv.log)
         finally:
-            rpc.terminate()
-            rpc.wait()
-    else:
-        print("skip: RPC (no --rpc-server)")
-
-    print(f"test_llama_server: {passed} passed, {failed} failed in {time.time() - started:.0f} s (logs in {logdir})")
-    return 1 if failed else 0
+            stop(rpc)
 
 
 if __name__ == "__main__":

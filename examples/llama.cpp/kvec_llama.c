@@ -327,6 +327,17 @@ static int kvl_read_cells(kvec_llama *kl, int64_t l, int64_t first, int64_t coun
     return 0;
 }
 
+/* The host copies of device caches, freed after each eviction: they hold a
+   whole prefix of K and V, which a long-running server should not keep. */
+static void kvl_free_copies(kvec_llama *kl) {
+    int64_t l;
+    for (l = 0; kl->cells && l < kl->n_layers; l++) {
+        free(kl->cells[l].copy);
+        kl->cells[l].copy = NULL;
+        kl->cells[l].copy_bytes = 0;
+    }
+}
+
 /* Writes cells [from, from + n) of layer l's host copy back to the device
    (nothing to do for a cache in host memory). */
 static void kvl_write_cells(kvec_llama *kl, int64_t l, int64_t from, int64_t n) {
@@ -450,6 +461,7 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
     if (!layers) return kvl_fail(kl, "out of memory");
     rc = kvl_plan(kl, config, budget, plan, layers, 1);
     free(layers);
+    kvl_free_copies(kl);
     return rc;
 }
 
@@ -497,7 +509,10 @@ static struct ggml_tensor *kvl_move_nodes(struct ggml_context *ctx, struct ggml_
     cells = ggml_view_2d(ctx, cache, N, D, (size_t)kv_size * esz, ((size_t)(j * D) * (size_t)kv_size + (size_t)c0) * esz);
     rows = ggml_cont(ctx, ggml_transpose(ctx, cells));
     rows = ggml_set_rows(ctx, rows, ggml_get_rows(ctx, rows, from), to);
-    return ggml_cpy(ctx, ggml_transpose(ctx, rows), cells);
+    /* back to [N][D] contiguous before the copy into the strided view: the
+       pinned CUDA backend's copy of a transposed source ignores the
+       destination's strides (ggml issue 1497) */
+    return ggml_cpy(ctx, ggml_cont(ctx, ggml_transpose(ctx, rows)), cells);
 }
 
 /* Layer l's plan applied inside its device buffer: one graph, run on the
@@ -663,6 +678,7 @@ int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
     if (!layers) return kvl_fail(kl, "out of memory");
     rc = kvl_apply(kl, ctx, plan, layers, 1);
     free(layers);
+    kvl_free_copies(kl);
     return rc;
 }
 
@@ -707,6 +723,7 @@ int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_confi
     free(plan.kept_count);
     free(plan.kept_positions);
     free(layers);
+    kvl_free_copies(kl);
     return rc;
 }
 
@@ -901,6 +918,7 @@ int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_con
     rc = 0;
 done:
     if (stats) stats->plan_ms = kvl_ms() - t0;
+    kvl_free_copies(kl);
     free(keys);
     free(values);
     free(scratch);

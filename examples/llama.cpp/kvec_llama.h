@@ -82,7 +82,7 @@ typedef struct kvec_llama_cells {
     int64_t k_cell, k_elem, v_cell, v_elem;   /* bytes */
     int64_t first, count;
     char   *copy;              /* the host copy (NULL: the cache's own memory) */
-    size_t  copy_bytes;        /* its capacity, reused by the next eviction */
+    size_t  copy_bytes;        /* its capacity (freed when an eviction ends) */
 } kvec_llama_cells;
 
 typedef struct kvec_llama {

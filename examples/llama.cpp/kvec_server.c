@@ -37,8 +37,8 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
     kvec_result r;
     size_t m;
     memset(kv, 0, sizeof *kv);
-    if (kvs_field(&at, policy, sizeof policy) || kvs_field(&at, budget, sizeof budget) ||
-        (*at && kvs_field(&at, mode, sizeof mode)) || *at)
+    if (!*at || at[strlen(at) - 1] == ':' || kvs_field(&at, policy, sizeof policy) ||
+        kvs_field(&at, budget, sizeof budget) || (*at && kvs_field(&at, mode, sizeof mode)) || *at)
         return kvs_fail(kv, "'%s' is not POLICY:BUDGET[:MODE] (for example kvec:0.5, snapkv:512, kvec:25%%:global)",
                         value ? value : "");
     if (kvec_llama_policy(policy, &kv->config.policy))
@@ -57,6 +57,7 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
         long long n = strtoll(budget, &end, 10);
         if (*end != '\0') return kvs_fail(kv, "budget '%s' is not a number", budget);
         if (n <= 0) return kvs_fail(kv, "a budget of %s cells keeps nothing: it must be above 0", budget);
+        if (n > INT32_MAX) return kvs_fail(kv, "a budget of %s cells is more than any context holds", budget);
         if (n < KVEC_SERVER_WINDOW)
             return kvs_fail(kv, "a budget of %lld cells is below the window of %d always-kept cells "
                                 "(a fraction needs a decimal point or %%: 0.5, 50%%)", n, KVEC_SERVER_WINDOW);

@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     double fraction = 0.5, t0, prefill_ms;
     int64_t keep = 0, n_predict = 32, n_threads = 2, n, budget, i, pos, gpu_layers = -1, device_layers = 0;
     const char *rpc = NULL;
-    ggml_backend_dev_t rpc_devices[9];
+    ggml_backend_dev_t rpc_devices[9] = {NULL}; /* 8 servers and the NULL after them */
     char error[256];
     int full = 0, rc = 1;
     kvec_config config;

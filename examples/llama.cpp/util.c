@@ -198,6 +198,6 @@ int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int
         snprintf(error, error_cap, "empty RPC endpoint list");
         return -1;
     }
-    if (n < cap) devices[n] = NULL;
+    devices[n] = NULL;
     return n;
 }

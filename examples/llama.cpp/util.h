@@ -56,7 +56,8 @@ void util_quiet_logs(void);
 
 /* Registers the rpc-servers of "HOST:PORT[,HOST:PORT...]" (llama.cpp's RPC
    backend; `rpc-server` on each machine), their first devices written to
-   devices[0 .. n-1] (at most `cap`, then a NULL when there is room). Found
+   devices[0 .. n-1] (at most `cap`) and a NULL after them: devices holds
+   cap + 1 entries (llama_model_params.devices is NULL-terminated). Found
    through ggml's backend registry, so a build without GGML_RPC links and
    says why it cannot. Returns n, or -1 with the reason in error. */
 int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int cap, char *error, size_t error_cap);
