@@ -47,6 +47,17 @@ int kvec_llama_policy(const char *name, kvec_policy *policy) {
     return -1;
 }
 
+/* The host copies of device caches, freed after each eviction: they hold a
+   whole prefix of K and V, which a long-running server should not keep. */
+static void kvl_free_copies(kvec_llama *kl) {
+    int64_t l;
+    for (l = 0; kl->cells && l < kl->n_layers; l++) {
+        free(kl->cells[l].copy);
+        kl->cells[l].copy = NULL;
+        kl->cells[l].copy_bytes = 0;
+    }
+}
+
 int kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t window) {
     memset(kl, 0, sizeof *kl);
     kl->v_trans = -1;
@@ -73,8 +84,7 @@ int kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t win
 }
 
 void kvec_llama_free(kvec_llama *kl) {
-    int64_t l;
-    for (l = 0; kl->cells && l < kl->n_layers; l++) free(kl->cells[l].copy);
+    kvl_free_copies(kl);
     free(kl->cells);
     free(kl->k);
     free(kl->v);
@@ -327,15 +337,9 @@ static int kvl_read_cells(kvec_llama *kl, int64_t l, int64_t first, int64_t coun
     return 0;
 }
 
-/* The host copies of device caches, freed after each eviction: they hold a
-   whole prefix of K and V, which a long-running server should not keep. */
-static void kvl_free_copies(kvec_llama *kl) {
-    int64_t l;
-    for (l = 0; kl->cells && l < kl->n_layers; l++) {
-        free(kl->cells[l].copy);
-        kl->cells[l].copy = NULL;
-        kl->cells[l].copy_bytes = 0;
-    }
+/* Whether the layer's cells were read into a host copy (a device cache). */
+static int kvl_in_copy(const kvec_llama_cells *c) {
+    return c->copy != NULL && c->k == c->copy;
 }
 
 /* Writes cells [from, from + n) of layer l's host copy back to the device
@@ -345,7 +349,7 @@ static void kvl_write_cells(kvec_llama *kl, int64_t l, int64_t from, int64_t n) 
     const kvec_llama_cells *c = &kl->cells[l];
     const int64_t width = kl->n_kv_heads * kl->head_dim, kv_size = k->ne[1], ev = (int64_t)ggml_type_size(v->type);
     int64_t i;
-    if (!c->copy || c->k != c->copy || n <= 0) return;
+    if (!kvl_in_copy(c) || n <= 0) return;
     ggml_backend_tensor_set(k, c->k + (from - c->first) * c->k_cell, (size_t)from * k->nb[1], (size_t)(n * c->k_cell));
     if (!kl->v_trans) {
         ggml_backend_tensor_set(v, c->v + (from - c->first) * c->v_cell, (size_t)from * v->nb[1], (size_t)(n * c->v_cell));
@@ -649,7 +653,7 @@ static int kvl_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
         kvec_layer *L = &layers[l];
         int64_t ek = (int64_t)ggml_type_size(kl->k[l]->type), ev = (int64_t)ggml_type_size(kl->v[l]->type);
         /* a cache in device memory: moved there, when its device runs the graph */
-        if (kl->cells[l].copy && kl->cells[l].k == kl->cells[l].copy) {
+        if (kvl_in_copy(&kl->cells[l])) {
             const int moved = kvl_move_on_device(kl, l, plan, &device);
             if (moved < 0) { kvl_device_free(&device); return -1; }
             if (moved == 0) { kl->moved_on_device++; continue; }
@@ -798,6 +802,17 @@ static void kvl_copy_head(const kvec_llama_cells *c, int is_v, int64_t cell, int
     }
 }
 
+/* The lowest and highest cell of positions [from, to) (no longer in
+   position order once decoding refills the cells freed at the front). */
+static void kvl_cell_range(const kvec_llama *kl, int64_t from, int64_t to, int64_t *lo, int64_t *hi) {
+    int64_t p;
+    *lo = *hi = kl->cell_of_pos[from];
+    for (p = from; p < to; p++) {
+        if (kl->cell_of_pos[p] < *lo) *lo = kl->cell_of_pos[p];
+        if (kl->cell_of_pos[p] > *hi) *hi = kl->cell_of_pos[p];
+    }
+}
+
 int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config, int64_t budget,
                        kvec_llama_stats *stats) {
     llama_memory_t mem = llama_get_memory(ctx);
@@ -867,16 +882,8 @@ int kvec_llama_reevict(kvec_llama *kl, struct llama_context *ctx, const kvec_con
         !plan.kept_positions) { kvl_fail(kl, "out of memory"); goto done; }
     if ((res = kvec_coverage_init(&coverage, coverage_memory, (size_t)n, n)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(res)); goto done; }
     /* the held cells span lo..hi; the kept rows go to the cells of N-B .. N-1 */
-    cell_lo = cell_hi = kl->cell_of_pos[P0];
-    for (p = P0; p < N; p++) {
-        if (kl->cell_of_pos[p] < cell_lo) cell_lo = kl->cell_of_pos[p];
-        if (kl->cell_of_pos[p] > cell_hi) cell_hi = kl->cell_of_pos[p];
-    }
-    dest_lo = dest_hi = kl->cell_of_pos[N - B];
-    for (p = N - B; p < N; p++) {
-        if (kl->cell_of_pos[p] < dest_lo) dest_lo = kl->cell_of_pos[p];
-        if (kl->cell_of_pos[p] > dest_hi) dest_hi = kl->cell_of_pos[p];
-    }
+    kvl_cell_range(kl, P0, N, &cell_lo, &cell_hi);
+    kvl_cell_range(kl, N - B, N, &dest_lo, &dest_hi);
     /* every layer read before any is rewritten (a device cache's copies) */
     for (l = 0; l < kl->n_layers; l++)
         if (kvl_read_cells(kl, l, cell_lo, cell_hi - cell_lo + 1)) goto done;

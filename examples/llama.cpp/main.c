@@ -160,7 +160,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < kl.n_layers; i++)
         device_layers += kl.k[i] && kl.k[i]->buffer && !ggml_backend_buffer_is_host(kl.k[i]->buffer);
     if (device_layers)
-        printf("cache: %lld of %lld layers in device memory (read and written back through ggml_backend_tensor_get/set)\n",
+        printf("cache: %lld of %lld layers in device memory (read for scoring with ggml_backend_tensor_get)\n",
                (long long)device_layers, (long long)kl.n_layers);
     if (full) {
         if (kvec_llama_check(&kl, ctx)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
