@@ -458,7 +458,8 @@ quality: $(BUILD)/quality
 # samples of `build/quality --kl`: seed 1 from the tuning half of the prose,
 # seed 2 from the report half (the decode file: a 512-token prefix and 1,024
 # forced tokens, for --decode). Seed 3: the fresh samples that decided the
-# default (docs/TUNING.md, round 6).
+# default (docs/TUNING.md, round 6). Seed 4 (SmolLM2) and seed 5 (Qwen2.5 at
+# 4K): the reports of the reconstruction scores; seeds 6 and 7: round 8.
 .PHONY: tasks
 tasks:
 	python3 bench/make_tasks.py --seed 1 --tokens 1024 --samples 10 --out bench/tasks/seed1-1024.jsonl
@@ -473,6 +474,12 @@ tasks:
 	python3 bench/make_tasks.py --kl --texts report --seed 2 --prefix 512 --forced 1024 --samples 12 --out bench/tasks/kl-seed2-decode.jsonl
 	python3 bench/make_tasks.py --seed 3 --tokens 1024 --samples 10 --out bench/tasks/seed3-1024.jsonl
 	python3 bench/make_tasks.py --kl --texts report --seed 3 --prefix 2048 --forced 128 --samples 8 --out bench/tasks/kl-seed3-2048.jsonl
+	python3 bench/make_tasks.py --seed 4 --tokens 1024 --samples 20 --out bench/tasks/seed4-1024.jsonl
+	python3 bench/make_tasks.py --seed 5 --tokens 4096 --samples 20 --interleave --out bench/tasks/seed5-4096.jsonl
+	for s in 6 7; do \
+	  python3 bench/make_tasks.py --seed $$s --tokens 1024 --samples 10 --out bench/tasks/seed$$s-1024.jsonl && \
+	  python3 bench/make_tasks.py --kl --texts report --seed $$s --prefix 2048 --forced 128 --samples 8 --out bench/tasks/kl-seed$$s-2048.jsonl || exit 1; \
+	done
 
 # NVIDIA kvpress beside kvec on the same samples (bench/peer_kvpress.py,
 # docs/PEER_KVPRESS.md): PEER_K samples of each task of the seed-2 1K file,
