@@ -98,9 +98,9 @@ $(BUILD)/quickstart: examples/quickstart.c kvec.h | $(BUILD)
 # this machine: the quality benchmark runs thousands of prefills. ISO C mode
 # turns GCC's multiply-add contraction off; the matrix products need it.
 ENGINE     = examples/engine/model.c examples/engine/tasks.c examples/engine/json.c examples/engine/gguf.c \
-             examples/engine/tokenizer.c examples/engine/session.c
+             examples/engine/tokenizer.c examples/engine/session.c examples/engine/scorer.c
 ENGINE_DEP = $(ENGINE) examples/engine/model.h examples/engine/tasks.h examples/engine/json.h examples/engine/gguf.h \
-             examples/engine/tokenizer.h examples/engine/unicode_tables.h examples/engine/session.h kvec.h
+             examples/engine/tokenizer.h examples/engine/unicode_tables.h examples/engine/session.h examples/engine/scorer.h kvec.h
 ENGINE_CC  = $(CC) -std=c99 $(WARN) -O3 -march=native -ffp-contract=fast -g $(OPENMP)
 
 $(BUILD)/test_engine: tests/test_engine.c $(ENGINE_DEP) | $(BUILD)
@@ -535,3 +535,8 @@ bench: $(BUILD)/speed
 
 clean:
 	rm -rf $(BUILD)
+
+# A learned scorer for one model (bench/train_scorer.c, docs/LEARNED.md):
+# fitted on the corpus scripts/fetch-corpus.sh fetches, checked by hash.
+$(BUILD)/train_scorer: bench/train_scorer.c $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/train_scorer.c $(ENGINE) -lm

@@ -639,6 +639,63 @@ KVEC_API kvec_result kvec_coverage_scores_scratch_bytes(const kvec_config *confi
 KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_layer *layer, float *scores,
                                           void *scratch, size_t scratch_bytes);
 
+/* Learned scores (KVzap, Fast KVzip, TRIM-KV's retention gates:
+   question-agnostic, no extra pass). A small model trained once per model
+   reads each token's hidden state where the layer's attention reads it
+   (after the layer's input norm) and predicts one score per KV head: for
+   hidden state x ([E]) and KV head j,
+
+     linear: y_j = W[j] . x + b[j]
+     MLP:    y_j = W2[j] . gelu(W1 x + b1) + b2[j],
+             gelu(a) = a * (1 + erf(a / sqrt(2))) / 2
+
+   The output is either the score itself (output = KVEC_SCORER_SCORE: a
+   regression to the log of the reconstruction score, as KVzap; higher =
+   keep, comparable across heads and layers, so a global budget works) or a
+   retention gate (KVEC_SCORER_LOG_RETENTION: log sigmoid(y_j) = log beta,
+   <= 0, for kvec_decode_retention; the score of a token i at step t is then
+   (t - i) log beta_i). Weights are fp32, row-major, in the engine's or the
+   weights file's memory:
+
+     weight  linear: [Hk][E]   MLP: W1 [F][E]
+     bias    linear: [Hk]      MLP: b1 [F]
+     weight2 MLP: W2 [Hk][F]   (NULL for linear)
+     bias2   MLP: b2 [Hk]      (NULL for linear)
+
+   hidden: [T][1][E], any dtype and strides (the engine's own buffer).
+   scores: Hk rows of scores_stride floats (>= T); column t of row j gets
+   token t's score for KV head j, and nothing else is written, so an engine
+   that prefills in chunks points each chunk at its columns of a [Hk][N]
+   array. Dot products run in a fixed order: the same scores for any thread
+   count. Scratch (kvec_learned_scores_scratch_bytes) depends on E and F,
+   never on T. Non-finite weights or hidden states: KVEC_ERROR_NON_FINITE,
+   nothing written. */
+typedef enum kvec_scorer_kind {
+    KVEC_SCORER_LINEAR = 1,
+    KVEC_SCORER_MLP    = 2
+} kvec_scorer_kind;
+
+typedef enum kvec_scorer_output {
+    KVEC_SCORER_SCORE         = 0, /* y itself: higher = keep */
+    KVEC_SCORER_LOG_RETENTION = 1  /* log sigmoid(y): a gate's log retention per step */
+} kvec_scorer_output;
+
+typedef struct kvec_scorer {
+    kvec_scorer_kind   kind;
+    kvec_scorer_output output;
+    int64_t      n_embd;     /* E: the hidden state's width */
+    int64_t      n_kv_heads; /* Hk: one output per KV head */
+    int64_t      n_hidden;   /* F: the MLP's hidden width; 0 for linear */
+    const float *weight;     /* linear [Hk][E]; MLP [F][E] */
+    const float *bias;       /* linear [Hk];    MLP [F]    */
+    const float *weight2;    /* MLP [Hk][F]; NULL for linear */
+    const float *bias2;      /* MLP [Hk];    NULL for linear */
+} kvec_scorer;
+
+KVEC_API kvec_result kvec_learned_scores_scratch_bytes(const kvec_scorer *scorer, size_t *bytes);
+KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_tensor *hidden, float *scores,
+                                         int64_t scores_stride, void *scratch, size_t scratch_bytes);
+
 /* Heads of different lengths (adaptive and global budgets), two ways to
    attend over them. Varlen: head j of layer layer_index holds kept_count
    rows; cu_seqlens ([Hk + 1], int32 as varlen attention kernels take it)
@@ -3877,6 +3934,123 @@ KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_
             s[t] = (float)(log(s[t] > 1e-30f ? (double)s[t] : 1e-30) +
                            (double)c.terms.mu * ((w->uniqueness[t] - mean_u) / (std_u + KVEC__Z_EPS)));
         }
+    }
+    return KVEC_OK;
+}
+
+/* >>learned scores */
+
+#define KVEC__LEARNED_BLOCK 32 /* tokens loaded and scored together; bounds the scratch */
+
+/* Rows of a scorer's arrays: first layer's rows, and (MLP) the second's. */
+static kvec_result kvec__check_scorer(const kvec_scorer *s, int64_t *first_rows) {
+    int64_t count;
+    if (!s) return KVEC_ERROR_NULL_POINTER;
+    if ((s->kind != KVEC_SCORER_LINEAR && s->kind != KVEC_SCORER_MLP) ||
+        (s->output != KVEC_SCORER_SCORE && s->output != KVEC_SCORER_LOG_RETENTION))
+        return KVEC_ERROR_BAD_CONFIG;
+    if (s->n_embd <= 0 || s->n_kv_heads <= 0 || (s->kind == KVEC_SCORER_MLP ? s->n_hidden <= 0 : s->n_hidden != 0))
+        return KVEC_ERROR_BAD_EXTENT;
+    if (!s->weight || !s->bias || (s->kind == KVEC_SCORER_MLP && (!s->weight2 || !s->bias2)))
+        return KVEC_ERROR_NULL_POINTER;
+    *first_rows = s->kind == KVEC_SCORER_MLP ? s->n_hidden : s->n_kv_heads;
+    if ((count = kvec__count(*first_rows, s->n_embd)) < 0 || kvec__count(count, sizeof(float)) < 0 ||
+        (s->kind == KVEC_SCORER_MLP && kvec__count(kvec__count(s->n_kv_heads, s->n_hidden), sizeof(float)) < 0))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    return KVEC_OK;
+}
+
+static int kvec__floats_finite(const float *x, int64_t n) {
+    int64_t i;
+    for (i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* One block's rows as fp32 ([B][E]) and, for the MLP, its hidden layer ([B][F]). */
+static void kvec__carve_learned(kvec__bump *b, const kvec_scorer *s, float **rows, float **hidden) {
+    *rows = (float *)kvec__take(b, kvec__count(KVEC__LEARNED_BLOCK, s->n_embd), sizeof(float));
+    *hidden = s->kind == KVEC_SCORER_MLP
+        ? (float *)kvec__take(b, kvec__count(KVEC__LEARNED_BLOCK, s->n_hidden), sizeof(float)) : NULL;
+}
+
+KVEC_API kvec_result kvec_learned_scores_scratch_bytes(const kvec_scorer *scorer, size_t *bytes) {
+    kvec__bump b;
+    float *rows, *hidden;
+    int64_t first_rows = 0;
+    kvec_result r;
+    if (!bytes) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec__check_scorer(scorer, &first_rows)) != KVEC_OK) return r;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__carve_learned(&b, scorer, &rows, &hidden);
+    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+    *bytes = b.used;
+    return KVEC_OK;
+}
+
+static float kvec__gelu(double a) { return (float)(0.5 * a * (1.0 + erf(a / sqrt(2.0)))); }
+
+/* log sigmoid(y), without overflow for large |y| */
+static float kvec__log_sigmoid(double y) { return (float)(y >= 0 ? -log1p(exp(-y)) : y - log1p(exp(y))); }
+
+KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_tensor *hidden, float *scores,
+                                         int64_t scores_stride, void *scratch, size_t scratch_bytes) {
+    const kvec_scorer *s = scorer;
+    kvec__call_memory m;
+    kvec__bump b;
+    kvec_result r;
+    size_t needed;
+    float *rows, *mid;
+    int64_t first_rows = 0, E, Hk, F, T, written, block;
+    if ((r = kvec_learned_scores_scratch_bytes(scorer, &needed)) != KVEC_OK) return r;
+    if (!hidden || !scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    if ((r = kvec_validate_tensor(hidden)) != KVEC_OK) return r;
+    kvec__check_scorer(s, &first_rows); /* checked above */
+    E = s->n_embd; Hk = s->n_kv_heads; F = s->n_hidden; T = hidden->n_tokens;
+    if (hidden->n_heads != 1 || hidden->head_dim != E) return KVEC_ERROR_SHAPE_MISMATCH;
+    if (scores_stride < T) return KVEC_ERROR_BAD_STRIDE;
+    /* scores: Hk - 1 full rows and the last one's T columns */
+    if ((written = kvec__count(Hk - 1, scores_stride)) < 0 || written > INT64_MAX - T) return KVEC_ERROR_SIZE_OVERFLOW;
+    written += T;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(hidden, 0);
+    if (!kvec__call_add(&m, s->weight, kvec__count(first_rows, E), sizeof(float), 0) ||
+        !kvec__call_add(&m, s->bias, first_rows, sizeof(float), 0) ||
+        (s->kind == KVEC_SCORER_MLP && (!kvec__call_add(&m, s->weight2, kvec__count(Hk, F), sizeof(float), 0) ||
+                                        !kvec__call_add(&m, s->bias2, Hk, sizeof(float), 0))) ||
+        !kvec__call_add(&m, scores, written, sizeof(float), 1) ||
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    if (!kvec__floats_finite(s->weight, first_rows * E) || !kvec__floats_finite(s->bias, first_rows) ||
+        (s->kind == KVEC_SCORER_MLP && (!kvec__floats_finite(s->weight2, Hk * F) ||
+                                        !kvec__floats_finite(s->bias2, Hk))) ||
+        !kvec__rows_finite(hidden, 0, T))
+        return KVEC_ERROR_NON_FINITE;
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    kvec__carve_learned(&b, s, &rows, &mid);
+    for (block = 0; block < T; block += KVEC__LEARNED_BLOCK) {
+        const int64_t n = T - block < KVEC__LEARNED_BLOCK ? T - block : KVEC__LEARNED_BLOCK;
+        int64_t t, j, f;
+        for (t = 0; t < n; t++) kvec__load_row(hidden, block + t, 0, rows + t * E);
+        if (s->kind == KVEC_SCORER_MLP) {
+            /* each hidden unit by one thread, every token of the block */
+            KVEC__PARALLEL_FOR
+            for (f = 0; f < F; f++) {
+                int64_t u;
+                for (u = 0; u < n; u++)
+                    mid[u * F + f] = kvec__gelu(kvec__dot(s->weight + f * E, rows + u * E, E) + (double)s->bias[f]);
+            }
+        }
+        for (t = 0; t < n; t++)
+            for (j = 0; j < Hk; j++) {
+                const double y = s->kind == KVEC_SCORER_MLP
+                    ? kvec__dot(s->weight2 + j * F, mid + t * F, F) + (double)s->bias2[j]
+                    : kvec__dot(s->weight + j * E, rows + t * E, E) + (double)s->bias[j];
+                scores[j * scores_stride + block + t] =
+                    s->output == KVEC_SCORER_LOG_RETENTION ? kvec__log_sigmoid(y) : (float)y;
+            }
     }
     return KVEC_OK;
 }

@@ -310,7 +310,8 @@ static void usage(void) {
             "       quality --model FILE.gguf --tasks FILE [--policies ..] [--budgets ..] [--settings ..]\n"
             "               [--max-tokens N] [--limit N] [--quick] [--out RESULT.json]   (your own documents)\n"
             "       quality --model FILE.gguf --kl SAMPLES.jsonl [--policies all | ..] [--budgets ..] [--limit N]\n"
-            "               [--quick] [--out RESULT.json]   (next-token KL on held text)\n");
+            "               [--quick] [--out RESULT.json]   (next-token KL on held text)\n"
+            "       both: [--scorer FILE.kvs] for the policies learned, learned-kvec (default scorers/MODEL.kvs)\n");
 }
 
 

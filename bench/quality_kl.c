@@ -74,7 +74,7 @@ typedef struct kl_sample {
 static void usage(void) {
     fprintf(stderr,
             "usage: quality --model FILE.gguf --kl SAMPLES.jsonl [--policies all | full,kvec,..] [--budgets 0.1,0.25,0.5]\n"
-            "               [--limit N] [--quick] [--decode EVERY] [--out RESULT.json]\n"
+            "               [--limit N] [--quick] [--decode EVERY] [--out RESULT.json] [--scorer FILE.kvs]\n"
             "SAMPLES.jsonl: one {\"text\": \"...\", \"prefix\": P, \"forced\": F} per line\n"
             "--decode EVERY: the cache held at the budget while the forced tokens run, re-evicted every EVERY tokens\n"
             "policies: full %s\n"
@@ -300,7 +300,7 @@ static const char *const STAT_NAMES[STAT_COUNT] = {"kl", "kl_stderr", "top1", "t
                                                    "kl_minus_kvec_stderr", "evict_seconds"};
 
 int quality_kl_file(int argc, char **argv) {
-    const char *model_path = NULL, *samples_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL;
+    const char *model_path = NULL, *samples_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL, *scorer_path = NULL;
     char error[512];
     int n_runs, i, r, quick = 0, k;
     int64_t limit = 0, n_read, n, t, max_positions = 0, max_forced = 0, capacity = 0, V, decode_every = 0;
@@ -338,7 +338,8 @@ int quality_kl_file(int argc, char **argv) {
                 fprintf(stderr, "quality: --decode needs a token count in 1..%d\n", MAX_FORCED);
                 return 2;
             }
-        } else { usage(); return 2; }
+        } else if (!strcmp(argv[i], "--scorer")) scorer_path = value;
+        else { usage(); return 2; }
         i++;
     }
     if (!model_path || !samples_path) { fprintf(stderr, "quality: --model FILE.gguf and --kl SAMPLES.jsonl are both needed\n"); return 2; }
@@ -375,6 +376,7 @@ int quality_kl_file(int argc, char **argv) {
         }
     }
     if (text_model_load(&m, model_path, error, sizeof error)) { fprintf(stderr, "quality: %s\n", error); return 1; }
+    if (scorer_path) snprintf(m.scorer_path, sizeof m.scorer_path, "%s", scorer_path);
     V = m.model.config.vocab_size;
     if (m.model.config.context_length && max_positions > m.model.config.context_length) {
         fprintf(stderr, "quality: a sample needs %lld positions, past %s's context of %lld\n", (long long)max_positions,
@@ -399,6 +401,10 @@ int quality_kl_file(int argc, char **argv) {
                 (long long)max_forced, (long long)V);
         return 1;
     }
+    if (text_scores_prepare(&m, &base, sources, error, sizeof error)) {
+        fprintf(stderr, "quality: %s\n", error);
+        return 1;
+    }
     printf("kvec quality, next-token KL on held text: %s, %lld samples of %s%s (prefix %lld..%lld, forced %lld..%lld "
            "tokens); %d rows\n",
            m.name, (long long)n, samples_path, quick ? " (--quick)" : "", (long long)prefix_range[0],
@@ -418,6 +424,7 @@ int quality_kl_file(int argc, char **argv) {
             return 1;
         }
         llm_cache_reset(&base);
+        base.learned_seconds = 0.0;
         if (text_prefill(&m, &base, ids, P, last, NULL)) { fprintf(stderr, "quality: sample %lld: prefill failed\n", (long long)t + 1); return 1; }
         if (sources && !decode_every && /* once per prefix, for every budget */
             text_scores_compute(&m, &base, ids, P, sources, &given, error, sizeof error)) {

@@ -74,7 +74,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: quality --model FILE.gguf --tasks FILE [--policies full,snapkv,kvec | all] [--budgets 0.25,0.5]\n"
             "               [--settings agnostic,aware,both] [--max-tokens N] [--limit N] [--skip N] [--per-task N] [--quick]\n"
-            "               [--trace-answer] [--per-sample] [--out RESULT.json]\n"
+            "               [--trace-answer] [--per-sample] [--out RESULT.json] [--scorer FILE.kvs]\n"
             "policies: full %s\n"
             "%s",
             TEXT_POLICY_NAMES, TEXT_POLICY_OPTIONS);
@@ -139,9 +139,17 @@ static int add_policies(const char *list, char separator, const char *budgets, t
         if (n >= sizeof name) { fprintf(stderr, "quality: unknown policy '%.*s'\n", (int)n, list); return -1; }
         memcpy(name, list, n);
         name[n] = '\0';
-        if (!strcmp(name, "all")) { /* full, then every policy name */
+        if (!strcmp(name, "all")) { /* full, then every policy name but the learned ones (they need a scorer file) */
+            char every[sizeof name * 32] = "", *word;
+            char names[1024];
+            snprintf(names, sizeof names, "%s", TEXT_POLICY_NAMES);
+            for (word = strtok(names, " "); word; word = strtok(NULL, " "))
+                if (text_policy_scores(word) != TEXT_SCORES_LEARNED) {
+                    strncat(every, word, sizeof every - strlen(every) - 2);
+                    strcat(every, " ");
+                }
             if ((n_runs = add_policy("full", budgets, runs, n_runs, max_runs)) < 0 ||
-                (n_runs = add_policies(TEXT_POLICY_NAMES, ' ', budgets, runs, n_runs, max_runs)) < 0)
+                (n_runs = add_policies(every, ' ', budgets, runs, n_runs, max_runs)) < 0)
                 return -1;
         } else if (n && (n_runs = add_policy(name, budgets, runs, n_runs, max_runs)) < 0) {
             return -1;
@@ -267,7 +275,7 @@ static int64_t find_answer(const text_model *m, const text_prompt *prompt, const
 }
 
 int quality_task_file(int argc, char **argv) {
-    const char *model_path = NULL, *tasks_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL;
+    const char *model_path = NULL, *tasks_path = NULL, *out_path = NULL, *policies = NULL, *budgets = NULL, *scorer_path = NULL;
     char settings_list[64] = "agnostic,aware", error[512], reply[MAX_REPLY], *name;
     int settings[TEXT_MAX_SETTINGS] = {0, 0, 0}, n_runs, i, s, r, k, quick = 0, trace = 0, per_sample = 0, l;
     static double answer_kept[TEXT_MAX_RUNS][TEXT_MAX_SETTINGS][MAX_LAYERS]; /* --trace-answer: sums over samples */
@@ -305,6 +313,7 @@ int quality_task_file(int argc, char **argv) {
         else if (!strcmp(argv[i], "--limit")) limit = atoll(value);
         else if (!strcmp(argv[i], "--skip")) skip = atoll(value);
         else if (!strcmp(argv[i], "--per-task")) per_task = atoll(value);
+        else if (!strcmp(argv[i], "--scorer")) scorer_path = value;
         else { usage(); return 2; }
         i++;
     }
@@ -341,6 +350,7 @@ int quality_task_file(int argc, char **argv) {
     }
     if (!to_do) { fprintf(stderr, "quality: no samples left to run (--limit, --skip, --per-task)\n"); return 2; }
     if (text_model_load(&m, model_path, error, sizeof error)) { fprintf(stderr, "quality: %s\n", error); return 1; }
+    if (scorer_path) snprintf(m.scorer_path, sizeof m.scorer_path, "%s", scorer_path);
     if (m.model.config.n_layers > MAX_LAYERS) { fprintf(stderr, "quality: more than %d layers\n", MAX_LAYERS); return 1; }
     if (!(base_logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))) ||
         !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float)))) {
@@ -386,8 +396,13 @@ int quality_task_file(int argc, char **argv) {
                     fprintf(stderr, "quality: out of memory for a cache of %lld positions\n", (long long)capacity);
                     return 1;
                 }
+                if (text_scores_prepare(&m, &base, sources, error, sizeof error)) {
+                    fprintf(stderr, "quality: %s\n", error);
+                    return 1;
+                }
             }
             llm_cache_reset(&base);
+            base.learned_seconds = 0.0; /* the scorer's time in this prefill alone */
             prefill_seconds -= text_seconds();
             if (text_prefill(&m, &base, prompt.prefix, prompt.n_prefix, base_logits, NULL)) {
                 fprintf(stderr, "quality: sample %lld: prefill failed\n", (long long)t + 1);
@@ -549,6 +564,9 @@ int quality_task_file(int argc, char **argv) {
     if (sources & TEXT_SCORES_EXPECTED)
         printf("expected attention (statistics and scores, once per prompt) %.1f s, %.3fx the prefill\n",
                given.expected_seconds, given.expected_seconds / prefill_seconds);
+    if (sources & TEXT_SCORES_LEARNED)
+        printf("the learned scorer (%s, inside the prefills, counted in them) %.2f s, %.4fx the prefill\n",
+               m.scorer.model_name, given.learned_seconds, given.learned_seconds / prefill_seconds);
 
     if (out_path) {
         static const char *const TABLES[3] = {"results", "stderr", "correct"};
@@ -594,8 +612,9 @@ int quality_task_file(int argc, char **argv) {
             if (kind >= 0) fprintf(f, "}}%s\n", kind + 1 < kinds.count ? "," : "\n  },");
             else fprintf(f, "\n  },\n");
         }
-        fprintf(f, "  \"prefill_seconds\": %.2f,\n  \"pass_seconds\": %.2f,\n  \"expected_seconds\": %.2f,\n",
-                prefill_seconds, given.pass_seconds, given.expected_seconds);
+        fprintf(f, "  \"prefill_seconds\": %.2f,\n  \"pass_seconds\": %.2f,\n  \"expected_seconds\": %.2f,\n"
+                   "  \"learned_seconds\": %.3f,\n",
+                prefill_seconds, given.pass_seconds, given.expected_seconds, given.learned_seconds);
         fprintf(f, "  \"wall_seconds\": %.1f,\n  \"cpu_seconds\": %.1f\n}\n", text_seconds() - started,
                 (double)clock() / CLOCKS_PER_SEC);
         fclose(f);

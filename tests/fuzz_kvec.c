@@ -838,6 +838,73 @@ static void fz_cuda(fz_case *f) {
     fz_expect_unchanged(m, r, "a kvec_cuda_* call");
 }
 
+/* A learned scorer (linear or MLP, hostile kinds and extents at times)
+   over hidden states of layer 0's dtype, NaN in the weights or states
+   sometimes, scores written into a strided array. A refusal leaves every
+   buffer as it was; a success writes columns 0 .. T-1 of each row with
+   numbers (log retention <= 0) and nothing past them. */
+static void fz_learned(fz_case *f) {
+    fz_memory *m = &f->mem;
+    fz_input *in = f->in;
+    kvec_scorer s;
+    const int64_t E = fz_range(in, 1, 40), Hk = fz_range(in, 1, 4), F = fz_range(in, 1, 24), T = fz_range(in, 1, 70);
+    /* hostile extents only where they must be refused or stay inside what is allocated */
+    static const int64_t too_big[4] = { INT64_MAX, INT64_MAX / 2, INT64_MAX / 4 + 1, (int64_t)1 << 62 };
+    const int64_t stride = fz_byte(in) % 8 ? T + fz_range(in, 0, 5)
+                         : fz_byte(in) % 2 ? T - fz_range(in, 1, 3) : too_big[fz_byte(in) % 4];
+    const int64_t rows = Hk * (stride > 0 && stride < 1000 ? stride : T + 5);
+    float *w1, *b1, *w2, *b2, *scores, *before;
+    kvec_tensor hidden;
+    size_t needed = 0, given;
+    void *scratch;
+    int64_t i, j;
+    kvec_result r;
+    memset(&s, 0, sizeof s);
+    s.kind = (kvec_scorer_kind)(fz_byte(in) % 8 ? 1 + fz_byte(in) % 2 : fz_byte(in) % 4);
+    s.output = (kvec_scorer_output)(fz_byte(in) % 8 ? fz_byte(in) % 2 : fz_byte(in) % 3);
+    s.n_embd = fz_byte(in) % 16 ? E : fz_byte(in) % 2 ? E + 1 : fz_byte(in) % 2 ? -fz_range(in, 0, 3) : too_big[fz_byte(in) % 4];
+    s.n_kv_heads = fz_byte(in) % 16 ? Hk : fz_byte(in) % 2 ? -fz_range(in, 0, 3) : too_big[fz_byte(in) % 4];
+    s.n_hidden = s.kind == KVEC_SCORER_MLP ? (fz_byte(in) % 16 ? F : fz_byte(in) % 2 ? -fz_range(in, 0, 3)
+                                                                   : too_big[fz_byte(in) % 4])
+                                           : (fz_byte(in) % 16 ? 0 : F);
+    w1 = (float *)fz_alloc(m, (size_t)((F > Hk ? F : Hk) * E) * sizeof(float), 1);
+    b1 = (float *)fz_alloc(m, (size_t)(F > Hk ? F : Hk) * sizeof(float), 1);
+    w2 = (float *)fz_alloc(m, (size_t)(Hk * F) * sizeof(float), 1);
+    b2 = (float *)fz_alloc(m, (size_t)Hk * sizeof(float), 1);
+    for (i = 0; i < (F > Hk ? F : Hk) * E; i++) w1[i] = (float)((int)(fz_next() % 2001) - 1000) / 2000.0f;
+    for (i = 0; i < (F > Hk ? F : Hk); i++) b1[i] = (float)((int)(fz_next() % 201) - 100) / 100.0f;
+    for (i = 0; i < Hk * F; i++) w2[i] = (float)((int)(fz_next() % 2001) - 1000) / 2000.0f;
+    for (i = 0; i < Hk; i++) b2[i] = (float)((int)(fz_next() % 201) - 100) / 100.0f;
+    if (fz_byte(in) % 16 == 0) w1[fz_next() % (uint64_t)E] = NAN;
+    if (fz_byte(in) % 16 == 0) b2[0] = INFINITY;
+    s.weight = fz_byte(in) % 32 ? w1 : NULL;
+    s.bias = b1;
+    s.weight2 = s.kind == KVEC_SCORER_MLP || fz_byte(in) % 4 == 0 ? w2 : NULL;
+    s.bias2 = s.weight2 ? b2 : NULL;
+    hidden = fz_view(m, f->shape.kv, fz_byte(in) % 2 ? FZ_TOKEN_MAJOR : FZ_PADDED, 0, T, 1, E);
+    fz_fill(&hidden, f->shape.nan_at == 1 && fz_next() % 3 == 0);
+    if (fz_byte(in) % 16 == 0) hidden.n_heads = 2;
+    scores = (float *)fz_alloc(m, (size_t)rows * sizeof(float), 1);
+    for (i = 0; i < rows; i++) scores[i] = -12345.0f;
+    before = (float *)malloc((size_t)rows * sizeof(float));
+    memcpy(before, scores, (size_t)rows * sizeof(float));
+    if (kvec_learned_scores_scratch_bytes(&s, &needed) != KVEC_OK || needed > ((size_t)1 << 26)) needed = 256;
+    given = fz_scratch_bytes(in, needed);
+    scratch = fz_alloc(m, given, 0);
+    fz_snapshot(m);
+    r = kvec_learned_scores(&s, &hidden, fz_byte(in) % 16 ? scores : w1, stride, scratch, given);
+    if (r != KVEC_OK) fz_expect_unchanged(m, r, "kvec_learned_scores");
+    else
+        for (j = 0; j < s.n_kv_heads && stride < 1000; j++)
+            for (i = 0; i < stride; i++) {
+                const float x = scores[j * stride + i];
+                if (i >= T) FZ_ASSERT(x == before[j * stride + i], "learned scores wrote past column T");
+                else FZ_ASSERT(!isnan(x) && (s.output != KVEC_SCORER_LOG_RETENTION || x <= 0.0f),
+                               "learned score %g (output %d)", x, (int)s.output);
+            }
+    free(before);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fz_input in;
     fz_case f;
@@ -846,7 +913,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     in.data = data; in.size = size; in.at = 0;
     memset(&f, 0, sizeof f);
     f.in = &in;
-    op = fz_byte(&in) % 11;
+    op = fz_byte(&in) % 12;
     fz_read_shape(&in, &f.shape);
     fz_read_config(&in, &f.shape, &f.config);
     fz_rng = (uint64_t)fz_byte(&in) * 0x9e3779b97f4a7c15ull + 1;
@@ -864,6 +931,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 8: fz_reconstruction(&f); break;
     case 9: fz_expected(&f); break;
     case 10: fz_coverage_scores(&f); break;
+    case 11: fz_learned(&f); break;
     default: if (fz_byte(&in) % 2) fz_cuda(&f); else fz_score_select_layer(&f); break;
     }
     fz_free(&f.mem);

@@ -4,6 +4,7 @@
    build/test_engine [model_dir]   (default bench/models/ref-4l) */
 #include "../examples/engine/json.h"
 #include "../examples/engine/model.h"
+#include "../examples/engine/scorer.h"
 #include "../examples/engine/tasks.h"
 
 
@@ -408,6 +409,128 @@ static void test_json_lines(void) {
     check(json_lines_next(&lines, &v, error, sizeof error) == 0, "json_lines: empty text");
 }
 
+/* ------------------------------------------------------- learned scorers */
+
+static int file_bytes(const char *path, unsigned char **data, long *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    *size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *data = (unsigned char *)malloc((size_t)*size);
+    if (fread(*data, 1, (size_t)*size, f) != (size_t)*size) { fclose(f); return -1; }
+    fclose(f);
+    return 0;
+}
+
+static void write_bytes(const char *path, const unsigned char *data, long size) {
+    FILE *f = fopen(path, "wb");
+    fwrite(data, 1, (size_t)size, f);
+    fclose(f);
+}
+
+/* A scorer file written and read back scores what kvec_learned_scores
+   scores on the forward pass's own attention input, chunk by chunk; files
+   for another model, truncated or corrupt, are refused with a message. */
+static void test_learned_scorer(const char *dir) {
+    const char *path = "build/test-scorer.kvs", *bad = "build/test-scorer-bad.kvs";
+    llm_model model;
+    task_spec spec;
+    task_sample s;
+    llm_cache cache;
+    llm_scorer loaded;
+    kvec_scorer *layers;
+    float *weights;
+    unsigned char *bytes;
+    long size;
+    char error[512];
+    int64_t L, E, Hk, l, j, t, d, i, T;
+    double worst = 0.0;
+    uint64_t state = 99;
+    if (load_model_and_tasks(dir, &model, &spec)) return;
+    L = model.config.n_layers; E = model.config.hidden_size; Hk = model.config.n_kv_heads;
+    layers = (kvec_scorer *)calloc((size_t)L, sizeof(kvec_scorer));
+    weights = (float *)malloc((size_t)(L * (Hk * E + Hk)) * sizeof(float));
+    for (i = 0; i < L * (Hk * E + Hk); i++) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        weights[i] = (float)((double)(state >> 40) / (double)(1 << 24) - 0.5) * 0.2f;
+    }
+    for (l = 0; l < L; l++) {
+        layers[l].kind = KVEC_SCORER_LINEAR; layers[l].output = KVEC_SCORER_SCORE;
+        layers[l].n_embd = E; layers[l].n_kv_heads = Hk;
+        layers[l].weight = weights + l * (Hk * E + Hk);
+        layers[l].bias = layers[l].weight + Hk * E;
+    }
+    check(llm_scorer_save(path, layers, &model, "test model", "random", error, sizeof error) == 0, "scorer written");
+    check(llm_scorer_load(&loaded, path, &model, error, sizeof error) == 0, "scorer read back");
+    check(loaded.n_layers == L && !memcmp(loaded.weights, weights, (size_t)(L * (Hk * E + Hk)) * sizeof(float)) &&
+              !strcmp(loaded.model_name, "test model"), "the same weights and name");
+    /* the forward pass scores every position, in chunks, as one call would */
+    task_generate(&spec, TASK_SINGLE, 600, 3, &s);
+    T = s.length;
+    llm_cache_init(&cache, &model, T);
+    check(llm_cache_set_scorers(&cache, loaded.layers) == 0 && llm_cache_log_hidden(&cache, 1) == 0, "scorer attached");
+    llm_forward(&model, &cache, s.tokens, 300, NULL);          /* two chunks */
+    llm_forward(&model, &cache, s.tokens + 300, T - 300, NULL); /* and the rest */
+    for (l = 0; l < L; l++)
+        for (t = 0; t < T; t++) {
+            const float *x = cache.hidden_log + (l * cache.capacity + t) * E;
+            for (j = 0; j < Hk; j++) {
+                double y = loaded.layers[l].bias[j];
+                for (d = 0; d < E; d++) y += (double)loaded.layers[l].weight[j * E + d] * x[d];
+                y = fabs(y - cache.learned[(l * Hk + j) * cache.capacity + t]);
+                worst = y > worst ? y : worst;
+            }
+        }
+    printf("  learned scores in the forward pass vs the formula on its attention input: max |diff| = %.2e\n", worst);
+    check(worst < 1e-4, "the forward pass's learned scores are the scorer's on each layer's attention input");
+    check(cache.learned_seconds > 0.0, "the scorer's time is counted");
+    {
+        kvec_scorer wrong = loaded.layers[0];
+        kvec_scorer *few = (kvec_scorer *)malloc((size_t)L * sizeof(kvec_scorer));
+        for (l = 0; l < L; l++) few[l] = loaded.layers[l];
+        wrong.n_embd = E - 1;
+        few[L - 1] = wrong;
+        check(llm_cache_set_scorers(&cache, few) == -1 && cache.scorers == loaded.layers,
+              "a scorer of another width is refused, the attached one kept");
+        free(few);
+    }
+    /* refusals */
+    check(llm_scorer_load(&loaded, "build/no-such-scorer.kvs", &model, error, sizeof error) == -1 &&
+              strstr(error, "cannot open"), "a missing file");
+    llm_scorer_free(&loaded);
+    if (file_bytes(path, &bytes, &size) == 0) {
+        write_bytes(bad, bytes, size - 3);
+        check(llm_scorer_load(&loaded, bad, &model, error, sizeof error) == -1 && strstr(error, "truncated"),
+              "a truncated file");
+        bytes[200] ^= 0x40;
+        write_bytes(bad, bytes, size);
+        check(llm_scorer_load(&loaded, bad, &model, error, sizeof error) == -1 && strstr(error, "checksum"),
+              "a corrupt byte");
+        bytes[200] ^= 0x40;
+        bytes[0] = 'X';
+        write_bytes(bad, bytes, size);
+        check(llm_scorer_load(&loaded, bad, &model, error, sizeof error) == -1 && strstr(error, "not a kvec scorer"),
+              "another kind of file");
+        free(bytes);
+    }
+    model.layers[0].attn_norm[0] += 0.5f; /* other weights, the same shape */
+    check(llm_scorer_load(&loaded, path, &model, error, sizeof error) == -1 && strstr(error, "another model") &&
+              strstr(error, "fingerprint"), "a scorer for other weights of the same shape");
+    model.layers[0].attn_norm[0] -= 0.5f;
+    model.config.n_layers -= 1;
+    check(llm_scorer_load(&loaded, path, &model, error, sizeof error) == -1 && strstr(error, "another model"),
+          "a scorer for another number of layers");
+    model.config.n_layers += 1;
+    llm_cache_free(&cache);
+    free(layers); free(weights);
+    task_sample_free(&s);
+    task_spec_free(&spec);
+    llm_free(&model);
+    remove(bad);
+    remove(path);
+}
+
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "bench/models/ref-4l";
     test_json_lines();
@@ -416,6 +539,7 @@ int main(int argc, char **argv) {
     test_decode_and_evict(dir);
     test_streamed_eviction(dir);
     test_generator(dir);
+    test_learned_scorer(dir);
     printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed != 0;
 }

@@ -2899,6 +2899,202 @@ static void test_reconstruction_scratch_is_bounded_by_the_chunk(void) {
     }
 }
 
+/* ---- learned scores -------------------------------------------------------- */
+
+typedef struct test_scorer {
+    kvec_scorer scorer;
+    float *w1, *b1, *w2, *b2; /* fp32 weights, as the scorer reads them */
+} test_scorer;
+
+static double test_uniform(uint64_t *state) { /* in [-1, 1) */
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(*state >> 11) / (double)(1ULL << 52) - 1.0;
+}
+
+static void make_scorer(test_scorer *t, kvec_scorer_kind kind, kvec_scorer_output output, int64_t E, int64_t Hk,
+                        int64_t F, uint64_t seed) {
+    const int64_t rows = kind == KVEC_SCORER_MLP ? F : Hk;
+    int64_t i;
+    memset(t, 0, sizeof *t);
+    t->w1 = (float *)malloc((size_t)(rows * E) * sizeof(float));
+    t->b1 = (float *)malloc((size_t)rows * sizeof(float));
+    for (i = 0; i < rows * E; i++) t->w1[i] = (float)(0.4 * test_uniform(&seed));
+    for (i = 0; i < rows; i++) t->b1[i] = (float)(0.3 * test_uniform(&seed));
+    if (kind == KVEC_SCORER_MLP) {
+        t->w2 = (float *)malloc((size_t)(Hk * F) * sizeof(float));
+        t->b2 = (float *)malloc((size_t)Hk * sizeof(float));
+        for (i = 0; i < Hk * F; i++) t->w2[i] = (float)(0.5 * test_uniform(&seed));
+        for (i = 0; i < Hk; i++) t->b2[i] = (float)(0.2 * test_uniform(&seed));
+    }
+    t->scorer.kind = kind; t->scorer.output = output;
+    t->scorer.n_embd = E; t->scorer.n_kv_heads = Hk; t->scorer.n_hidden = kind == KVEC_SCORER_MLP ? F : 0;
+    t->scorer.weight = t->w1; t->scorer.bias = t->b1; t->scorer.weight2 = t->w2; t->scorer.bias2 = t->b2;
+}
+
+static void free_scorer(test_scorer *t) { free(t->w1); free(t->b1); free(t->w2); free(t->b2); }
+
+/* The formula in double, on the values the view holds. */
+static double learned_reference(const kvec_scorer *s, const double *x, int64_t j) {
+    const int64_t E = s->n_embd, F = s->n_hidden;
+    double y, a;
+    int64_t f, e;
+    if (s->kind == KVEC_SCORER_LINEAR) {
+        y = s->bias[j];
+        for (e = 0; e < E; e++) y += (double)s->weight[j * E + e] * x[e];
+    } else {
+        y = s->bias2[j];
+        for (f = 0; f < F; f++) {
+            a = s->bias[f];
+            for (e = 0; e < E; e++) a += (double)s->weight[f * E + e] * x[e];
+            y += (double)s->weight2[j * F + f] * (0.5 * a * (1.0 + erf(a / sqrt(2.0))));
+        }
+    }
+    return s->output == KVEC_SCORER_LOG_RETENTION ? -log1p(exp(-y)) : y;
+}
+
+/* Hidden states [T][1][E] in a dtype and layout, values on the bf16 grid. */
+static kvec_tensor make_hidden(unsigned char **buffer, double **values, kvec_dtype dtype, enum layout layout,
+                               int64_t T, int64_t E, uint64_t seed) {
+    size_t bytes;
+    kvec_tensor v = make_view(buffer, &bytes, dtype, layout, 0, T, 1, E);
+    int64_t i;
+    *values = (double *)malloc((size_t)(T * E) * sizeof(double));
+    for (i = 0; i < T * E; i++) (*values)[i] = kvec_bf16_to_f32(kvec_f32_to_bf16((float)(2.0 * test_uniform(&seed))));
+    sync_tensor(&v, *values);
+    return v;
+}
+
+static kvec_result run_learned(const kvec_scorer *s, const kvec_tensor *hidden, float *scores, int64_t stride) {
+    size_t bytes;
+    void *scratch;
+    kvec_result r;
+    if ((r = kvec_learned_scores_scratch_bytes(s, &bytes)) != KVEC_OK) return r;
+    scratch = malloc(bytes);
+    r = kvec_learned_scores(s, hidden, scores, stride, scratch, bytes);
+    free(scratch);
+    return r;
+}
+
+static void test_learned_scores_match_naive_reference(void) {
+    static const kvec_dtype dtypes[3] = { KVEC_DTYPE_F32, KVEC_DTYPE_F16, KVEC_DTYPE_BF16 };
+    const int64_t T = 70, E = 20, Hk = 3, F = 9, stride = 75; /* 70 tokens: three blocks, the last partial */
+    int kind, output, k;
+    for (kind = KVEC_SCORER_LINEAR; kind <= KVEC_SCORER_MLP; kind++)
+        for (output = KVEC_SCORER_SCORE; output <= KVEC_SCORER_LOG_RETENTION; output++)
+            for (k = 0; k < 3; k++) {
+                test_scorer t;
+                unsigned char *buffer;
+                double *x, worst = 0.0;
+                float scores[3 * 75];
+                int64_t i, j, untouched = 0;
+                kvec_tensor hidden = make_hidden(&buffer, &x, dtypes[k], k == 1 ? PADDED : TOK_HEAD_DIM, T, E, 7 + k);
+                make_scorer(&t, (kvec_scorer_kind)kind, (kvec_scorer_output)output, E, Hk, F, 11 + kind);
+                for (i = 0; i < 3 * 75; i++) scores[i] = -123.0f;
+                CHECK(run_learned(&t.scorer, &hidden, scores, stride) == KVEC_OK, "kind %d output %d dtype %d", kind,
+                      output, k);
+                for (j = 0; j < Hk; j++) {
+                    for (i = 0; i < T; i++) {
+                        const double want = learned_reference(&t.scorer, x + i * E, j);
+                        const double err = fabs(scores[j * stride + i] - want) / (1.0 + fabs(want));
+                        worst = err > worst ? err : worst;
+                    }
+                    for (i = T; i < stride; i++) untouched += scores[j * stride + i] == -123.0f;
+                }
+                CHECK(worst < 2e-6, "kind %d output %d dtype %d: worst relative error %g", kind, output, k, worst);
+                CHECK(untouched == Hk * (stride - T), "columns past T untouched");
+                if (output == KVEC_SCORER_LOG_RETENTION)
+                    for (i = 0; i < T; i++) CHECK(scores[i] <= 0.0f, "log retention <= 0");
+                free_scorer(&t); free(buffer); free(x);
+            }
+}
+
+/* Chunks scored into their columns equal one call; any thread count, the same bits. */
+static void test_learned_scores_in_chunks_and_threads(void) {
+    const int64_t T = 100, E = 24, Hk = 2, F = 40;
+    test_scorer t;
+    unsigned char *buffer;
+    double *x;
+    float whole[2 * 100], chunked[2 * 100];
+    kvec_tensor hidden = make_hidden(&buffer, &x, KVEC_DTYPE_F16, TOK_HEAD_DIM, T, E, 3), part;
+    make_scorer(&t, KVEC_SCORER_MLP, KVEC_SCORER_SCORE, E, Hk, F, 5);
+    CHECK(run_learned(&t.scorer, &hidden, whole, T) == KVEC_OK, "one call");
+    part = hidden;
+    part.n_tokens = 37;
+    CHECK(run_learned(&t.scorer, &part, chunked, T) == KVEC_OK, "first chunk");
+    part.data = (unsigned char *)hidden.data + 37 * hidden.stride_token;
+    part.n_tokens = T - 37;
+    CHECK(run_learned(&t.scorer, &part, chunked + 37, T) == KVEC_OK, "second chunk");
+    CHECK(memcmp(whole, chunked, sizeof whole) == 0, "chunks in their columns give the same bits as one call");
+#ifdef TEST_THREADS
+    omp_set_num_threads(1);
+    CHECK(run_learned(&t.scorer, &hidden, chunked, T) == KVEC_OK, "one thread");
+    omp_set_num_threads(2);
+    CHECK(memcmp(whole, chunked, sizeof whole) == 0, "one and two threads give the same bits");
+#endif
+    free_scorer(&t); free(buffer); free(x);
+}
+
+/* Every refusal returns its code and writes nothing. */
+static void test_learned_scores_errors_touch_nothing(void) {
+    const int64_t T = 40, E = 16, Hk = 2, F = 8;
+    test_scorer t;
+    kvec_scorer saved;
+    unsigned char *buffer;
+    double *x;
+    float scores[2 * 40], before[2 * 40];
+    size_t bytes = 0;
+    void *scratch;
+    kvec_result r;
+    int64_t i;
+    kvec_tensor hidden = make_hidden(&buffer, &x, KVEC_DTYPE_F32, TOK_HEAD_DIM, T, E, 9), saved_hidden;
+    make_scorer(&t, KVEC_SCORER_MLP, KVEC_SCORER_SCORE, E, Hk, F, 13);
+    CHECK(kvec_learned_scores_scratch_bytes(&t.scorer, &bytes) == KVEC_OK, "scratch bytes");
+    scratch = malloc(bytes);
+    for (i = 0; i < 2 * 40; i++) scores[i] = before[i] = (float)i;
+    saved = t.scorer; saved_hidden = hidden;
+#define REFUSED(code, what)                                                                             \
+    do {                                                                                                \
+        r = kvec_learned_scores(&t.scorer, &hidden, scores, T, scratch, bytes);                         \
+        CHECK(r == (code), "%s: %s, expected %s", what, kvec_result_string(r), kvec_result_string(code)); \
+        CHECK(memcmp(scores, before, sizeof scores) == 0, "%s: scores written", what);                  \
+        t.scorer = saved; hidden = saved_hidden;                                                        \
+    } while (0)
+    t.scorer.kind = (kvec_scorer_kind)0; REFUSED(KVEC_ERROR_BAD_CONFIG, "an unknown kind");
+    t.scorer.output = (kvec_scorer_output)7; REFUSED(KVEC_ERROR_BAD_CONFIG, "an unknown output");
+    t.scorer.n_hidden = 0; REFUSED(KVEC_ERROR_BAD_EXTENT, "an MLP without hidden units");
+    t.scorer.kind = KVEC_SCORER_LINEAR; REFUSED(KVEC_ERROR_BAD_EXTENT, "a linear scorer with hidden units");
+    t.scorer.n_kv_heads = 0; REFUSED(KVEC_ERROR_BAD_EXTENT, "no KV heads");
+    t.scorer.n_embd = 15; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "hidden states of another width");
+    t.scorer.weight2 = NULL; REFUSED(KVEC_ERROR_NULL_POINTER, "an MLP without its second layer");
+    t.scorer.bias = NULL; REFUSED(KVEC_ERROR_NULL_POINTER, "no bias");
+    t.scorer.n_hidden = INT64_MAX / 4; REFUSED(KVEC_ERROR_SIZE_OVERFLOW, "hidden units past size_t");
+    hidden.n_heads = 2; hidden.head_dim = 8; hidden.stride_head = 8 * 4; REFUSED(KVEC_ERROR_SHAPE_MISMATCH, "hidden states in two heads");
+    hidden.dtype = (kvec_dtype)9; REFUSED(KVEC_ERROR_BAD_DTYPE, "an unknown dtype");
+    t.w1[5] = NAN; REFUSED(KVEC_ERROR_NON_FINITE, "a NaN weight"); t.w1[5] = 0.1f;
+    t.b2[1] = INFINITY; REFUSED(KVEC_ERROR_NON_FINITE, "an Inf bias"); t.b2[1] = 0.1f;
+    ((float *)buffer)[3 * E + 2] = NAN; REFUSED(KVEC_ERROR_NON_FINITE, "a NaN hidden state");
+    ((float *)buffer)[3 * E + 2] = 0.5f;
+    r = kvec_learned_scores(&t.scorer, &hidden, scores, T - 1, scratch, bytes);
+    CHECK(r == KVEC_ERROR_BAD_STRIDE && !memcmp(scores, before, sizeof scores), "a stride below T: %s", kvec_result_string(r));
+    r = kvec_learned_scores(&t.scorer, &hidden, scores, INT64_MAX / 2, scratch, bytes);
+    CHECK(r == KVEC_ERROR_SIZE_OVERFLOW && !memcmp(scores, before, sizeof scores), "rows past int64: %s", kvec_result_string(r));
+    r = kvec_learned_scores(&t.scorer, &hidden, scores, T, scratch, bytes - 1);
+    CHECK(r == KVEC_ERROR_SCRATCH_TOO_SMALL && !memcmp(scores, before, sizeof scores), "scratch one byte short: %s",
+          kvec_result_string(r));
+    r = kvec_learned_scores(&t.scorer, &hidden, t.w2, T, scratch, bytes);
+    CHECK(r == KVEC_ERROR_OVERLAP, "scores over the weights: %s", kvec_result_string(r));
+    r = kvec_learned_scores(&t.scorer, &hidden, (float *)buffer, T, scratch, bytes);
+    CHECK(r == KVEC_ERROR_OVERLAP, "scores over the hidden states: %s", kvec_result_string(r));
+    r = kvec_learned_scores(&t.scorer, &hidden, scores, T, buffer, bytes);
+    CHECK(r == KVEC_ERROR_OVERLAP || r == KVEC_ERROR_SCRATCH_TOO_SMALL, "scratch over the hidden states: %s",
+          kvec_result_string(r));
+    CHECK(kvec_learned_scores(&t.scorer, NULL, scores, T, scratch, bytes) == KVEC_ERROR_NULL_POINTER, "no hidden");
+    CHECK(kvec_learned_scores(NULL, &hidden, scores, T, scratch, bytes) == KVEC_ERROR_NULL_POINTER, "no scorer");
+    CHECK(kvec_learned_scores_scratch_bytes(&t.scorer, NULL) == KVEC_ERROR_NULL_POINTER, "no bytes");
+#undef REFUSED
+    free(scratch); free_scorer(&t); free(buffer); free(x);
+}
+
 int main(int argc, char **argv) {
     g_quiet = argc > 1 && strcmp(argv[1], "--quiet") == 0;
 #define RUN(test) do { if (!g_quiet) printf("%s\n", #test); test(); } while (0)
@@ -2960,6 +3156,9 @@ int main(int argc, char **argv) {
     RUN(test_expected_attention_one_and_two_threads_identical);
     RUN(test_expected_attention_errors_touch_nothing);
     RUN(test_coverage_over_given_scores);
+    RUN(test_learned_scores_match_naive_reference);
+    RUN(test_learned_scores_in_chunks_and_threads);
+    RUN(test_learned_scores_errors_touch_nothing);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

@@ -82,14 +82,14 @@ static void print_reply(const char *reply, int width) {
 static void usage(void) {
     fprintf(stderr,
             "usage: demo [--model FILE.gguf] [--document FILE] [--questions FILE]\n"
-            "            [--policies P,P,..] [--budgets F,F,..] [--aware] [--max-tokens N]\n"
+            "            [--policies P,P,..] [--budgets F,F,..] [--aware] [--max-tokens N] [--scorer FILE.kvs]\n"
             "policies: %s\n",
             TEXT_POLICY_NAMES);
 }
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
-    const char *questions_path = "examples/demo/questions.tsv";
+    const char *questions_path = "examples/demo/questions.tsv", *scorer_path = NULL;
     char policies[256] = "kvec,kvzip,snapkv,streaming", budgets[256] = "0.5,0.25,0.1";
     char error[512], *document, *questions_text, *name, *cut;
     size_t document_length, questions_length;
@@ -113,6 +113,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--policies")) snprintf(policies, sizeof policies, "%s", value);
         else if (!strcmp(argv[i], "--budgets")) snprintf(budgets, sizeof budgets, "%s", value);
         else if (!strcmp(argv[i], "--max-tokens")) max_tokens = atoll(value);
+        else if (!strcmp(argv[i], "--scorer")) scorer_path = value;
         else { usage(); return 2; }
         i++;
     }
@@ -164,6 +165,7 @@ int main(int argc, char **argv) {
 
     start = text_seconds();
     if (text_model_load(&m, model_path, error, sizeof error)) { fprintf(stderr, "demo: %s\n", error); return 1; }
+    if (scorer_path) snprintf(m.scorer_path, sizeof m.scorer_path, "%s", scorer_path);
     printf("%s: %d layers, %d KV heads of %d dims; loaded in %.1f s\n", m.name, m.model.config.n_layers,
            m.model.config.n_kv_heads, m.model.config.head_dim, text_seconds() - start);
 
@@ -188,6 +190,10 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "demo: out of memory for a cache of %lld positions\n", (long long)capacity);
                 return 1;
             }
+            if (text_scores_prepare(&m, &base, sources, error, sizeof error)) {
+                fprintf(stderr, "demo: %s\n", error);
+                return 1;
+            }
             printf("document: %s, %lld tokens in the %s prefix; %d questions; budgets per KV head\n\n",
                    document_path, (long long)prompt.n_prefix, aware ? "question-aware" : "question-agnostic",
                    n_questions);
@@ -195,6 +201,7 @@ int main(int argc, char **argv) {
         /* question-agnostic, every question shares the document's prefix */
         if (q == 0 || aware) {
             llm_cache_reset(&base);
+            base.learned_seconds = 0.0;
             start = text_seconds();
             if (text_prefill(&m, &base, prompt.prefix, prompt.n_prefix, base_logits, stderr)) {
                 fprintf(stderr, "demo: prefill failed (the prompt is longer than the cache?)\n");
@@ -203,7 +210,7 @@ int main(int argc, char **argv) {
             prefill_seconds = text_seconds() - start;
             if (q == 0) printf("prefill: %lld tokens in %.2f s\n", (long long)prompt.n_prefix, prefill_seconds);
             if (sources) { /* kvzip's reconstruction pass, expected attention: once per prefix */
-                given.pass_seconds = given.expected_seconds = 0;
+                given.pass_seconds = given.expected_seconds = given.learned_seconds = 0;
                 if (text_scores_compute(&m, &base, prompt.prefix, prompt.n_prefix, sources, &given, error, sizeof error)) {
                     fprintf(stderr, "demo: %s\n", error);
                     return 1;
@@ -214,6 +221,9 @@ int main(int argc, char **argv) {
                 if (q == 0 && (sources & TEXT_SCORES_EXPECTED))
                     printf("expected attention (query statistics and scores): %.2f s more, %.2fx the prefill\n",
                            given.expected_seconds, given.expected_seconds / prefill_seconds);
+                if (q == 0 && (sources & TEXT_SCORES_LEARNED))
+                    printf("learned scorer (%s): %.3f s inside the prefill, %.4fx it\n", m.scorer.model_name,
+                           given.learned_seconds, given.learned_seconds / prefill_seconds);
             }
         }
         printf("Q%d  %s  (expected: %s)\n", q + 1, questions[q].text, questions[q].answer);

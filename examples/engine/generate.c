@@ -64,7 +64,8 @@ static int fail(const char *what, const char *detail) {
 
 /* Text in, text out on a GGUF model. */
 static int run_text(const char *model_path, const char *prompt_file, const char *question, int raw,
-                    const char *policy, double fraction, int64_t max_tokens, int tokenize, int top_logits) {
+                    const char *policy, double fraction, int64_t max_tokens, int tokenize, int top_logits,
+                    const char *scorer_path) {
     char error[512], *text, *prompt = NULL, answer[4096];
     size_t length;
     int64_t n, capacity, n_question = 0, kept, n_new, i, k;
@@ -89,6 +90,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
 
     t0 = text_seconds();
     if (text_model_load(&m, model_path, error, sizeof error)) return fail(error, NULL);
+    if (scorer_path) snprintf(m.scorer_path, sizeof m.scorer_path, "%s", scorer_path);
     if (question && !(tokenize || top_logits)) {
         /* the question ends the user turn and is read after compression */
         text_prompt parts;
@@ -129,6 +131,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     if (llm_cache_init(&cache, &m.model, capacity) ||
         !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))))
         return fail("out of memory for the cache", NULL);
+    if (text_scores_prepare(&m, &cache, sources, error, sizeof error)) return fail(error, NULL);
     if (!top_logits)
         printf("%s loaded in %.1f s; prompt of %lld tokens\n", m.name, text_seconds() - t0, (long long)n);
 
@@ -185,6 +188,9 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     if (sources & TEXT_SCORES_EXPECTED)
         printf("expected attention (query statistics and scores): %.2f s, %.2fx the prefill\n", given.expected_seconds,
                given.expected_seconds / t_prefill);
+    if (sources & TEXT_SCORES_LEARNED)
+        printf("learned scorer (%s): %.3f s inside the prefill, %.4fx it\n", m.scorer.model_name,
+               given.learned_seconds, given.learned_seconds / t_prefill);
     llm_cache_free(&cache);
     text_model_free(&m);
     if (prompt != text) free(prompt); /* NULL with a question */
@@ -199,7 +205,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
 static void usage(void) {
     fprintf(stderr,
             "usage: generate --model FILE.gguf [--prompt-file F] [--question Q] [--raw]\n"
-            "                [--policy NAME|none] [--budget F] [--max-tokens N]\n"
+            "                [--policy NAME|none] [--budget F] [--max-tokens N] [--scorer FILE.kvs]\n"
             "       generate --model FILE.gguf --tokenize | --top-logits K   (text on stdin)\n"
             "       generate [--model DIR] [--task NAME] [--length T] [--seed S] [--policy NAME|none] [--budget F]\n"
             "policies: %s\n"
@@ -220,7 +226,7 @@ static double number_flag(const char *flag, const char *value, double low, doubl
 
 int main(int argc, char **argv) {
     const char *model_dir = "bench/models/ref-4l", *task = "multikey", *policy = "kvec";
-    const char *prompt_file = NULL, *question = NULL;
+    const char *prompt_file = NULL, *question = NULL, *scorer_path = NULL;
     int64_t length = 2048, budget, P, t, n_answer, max_tokens = 64;
     double fraction = 0.1;
     uint64_t seed = 1;
@@ -250,12 +256,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(flag, "--question")) question = value;
         else if (!strcmp(flag, "--max-tokens")) max_tokens = (int64_t)number_flag(flag, value, 1, 256);
         else if (!strcmp(flag, "--top-logits")) top_logits = (int)number_flag(flag, value, 1, 1e6);
+        else if (!strcmp(flag, "--scorer")) scorer_path = value;
         else { usage(); return 2; }
     }
     if (is_gguf(model_dir))
-        return run_text(model_dir, prompt_file, question, raw, policy, fraction, max_tokens, tokenize, top_logits);
-    if (prompt_file || question || raw || tokenize || top_logits) {
-        fprintf(stderr, "generate: --prompt-file, --question, --raw, --tokenize and --top-logits need a .gguf model\n");
+        return run_text(model_dir, prompt_file, question, raw, policy, fraction, max_tokens, tokenize, top_logits,
+                        scorer_path);
+    if (prompt_file || question || raw || tokenize || top_logits || scorer_path) {
+        fprintf(stderr, "generate: --prompt-file, --question, --raw, --tokenize, --top-logits and --scorer need a .gguf "
+                "model\n");
         return 2;
     }
     if (strcmp(policy, "none") && text_policy_parse(policy, &config, error, sizeof error)) {
@@ -263,8 +272,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (strcmp(policy, "none") && text_policy_scores(policy) != TEXT_SCORES_SELF) {
-        fprintf(stderr, "generate: %s takes its scores from the reconstruction pass or the query statistics of a text "
-                "prompt: it needs a .gguf model with its tokenizer\n", policy);
+        fprintf(stderr, "generate: %s takes its scores from the reconstruction pass, the query statistics or a learned "
+                "scorer of a text prompt: it needs a .gguf model with its tokenizer\n", policy);
         return 2;
     }
     for (kind = 0; kind < TASK_COUNT && strcmp(task, task_name((task_kind)kind)); kind++) {}

@@ -1,5 +1,6 @@
 /* model.c - see model.h. Read top to bottom: loading (config, safetensors, GGUF),
    the forward pass (matmul, RMSNorm, RoPE, attention, MLP), then eviction. */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime */
 #define KVEC_IMPLEMENTATION
 #include "model.h"
 
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -503,7 +505,42 @@ int llm_cache_init(llm_cache *cache, const llm_model *model, int64_t capacity) {
     return 0;
 }
 
+int llm_cache_set_scorers(llm_cache *cache, const kvec_scorer *scorers) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, E = cache->model->config.hidden_size;
+    size_t bytes = 0, most = 0;
+    int64_t l;
+    if (!scorers) { cache->scorers = NULL; return 0; }
+    for (l = 0; l < L; l++) {
+        if (scorers[l].n_embd != E || scorers[l].n_kv_heads != Hk ||
+            kvec_learned_scores_scratch_bytes(&scorers[l], &bytes) != KVEC_OK)
+            return -1;
+        most = bytes > most ? bytes : most;
+    }
+    if (!cache->learned && !(cache->learned = (float *)calloc((size_t)(L * Hk * cache->capacity), sizeof(float))))
+        return -1;
+    if (most > cache->learned_scratch_bytes) {
+        void *grown = realloc(cache->learned_scratch, most);
+        if (!grown) return -1;
+        cache->learned_scratch = grown;
+        cache->learned_scratch_bytes = most;
+    }
+    cache->scorers = scorers;
+    return 0;
+}
+
+int llm_cache_log_hidden(llm_cache *cache, int on) {
+    if (on && !cache->hidden_log &&
+        !(cache->hidden_log = (float *)malloc((size_t)(cache->n_layers * cache->capacity *
+                                                       cache->model->config.hidden_size) * sizeof(float))))
+        return -1;
+    if (!on) { free(cache->hidden_log); cache->hidden_log = NULL; }
+    return 0;
+}
+
 void llm_cache_free(llm_cache *cache) {
+    free(cache->learned);
+    free(cache->learned_scratch);
+    free(cache->hidden_log);
     free(cache->decode_memory);
     free(cache->observed);
     free(cache->memory);
@@ -892,6 +929,12 @@ static void attention(const llm_cache *cache, int64_t layer, const int64_t *leng
 }
 
 /* One chunk (n <= max_chunk tokens) through every layer. */
+static double llm_seconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
 static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_t *tokens, int64_t n,
                           float *logits) {
     const llm_config *c = &model->config;
@@ -914,6 +957,15 @@ static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_
         int64_t *length = cache->length + l * Hk;
         int64_t length_before[64];
         rms_norm(xn, x, w->attn_norm, n, E, c->rms_norm_eps);
+        if (cache->hidden_log)
+            memcpy(cache->hidden_log + (l * cap + cache->n_positions) * E, xn, (size_t)(n * E) * sizeof(float));
+        if (cache->scorers) { /* what the layer reads, scored before it is read */
+            const kvec_tensor hidden = kvec_tensor_contiguous(xn, KVEC_DTYPE_F32, n, 1, E);
+            const double started = llm_seconds();
+            kvec_learned_scores(&cache->scorers[l], &hidden, cache->learned + l * Hk * cap + cache->n_positions, cap,
+                                cache->learned_scratch, cache->learned_scratch_bytes); /* shapes checked when set */
+            cache->learned_seconds += llm_seconds() - started;
+        }
         pack_tokens(xt, xn, n, E);
         matmul(q, xn, xt, w->wq, n, E, H * D, 0);
         matmul(k, xn, xt, w->wk, n, E, Hk * D, 0);

@@ -106,6 +106,15 @@ typedef struct llm_cache {
     kvec_decode_state decode;
     void    *decode_memory;
     float   *observed;      /* [max_chunk][n_heads][capacity] the chunk's attention, for H2O */
+    /* learned scores (llm_cache_set_scorers): computed by the forward pass
+       from each layer's attention input, for every position it runs */
+    const kvec_scorer *scorers; /* [n_layers], NULL: none */
+    float   *learned;       /* [n_layers][n_kv_heads][capacity] their output per position */
+    void    *learned_scratch;
+    size_t   learned_scratch_bytes;
+    double   learned_seconds; /* time spent in kvec_learned_scores, summed */
+    /* the attention input itself (llm_cache_log_hidden), for training a scorer */
+    float   *hidden_log;    /* [n_layers][capacity][hidden] */
 } llm_cache;
 
 /* A cache for up to `capacity` positions (rounded up to a multiple of 64).
@@ -115,6 +124,19 @@ void llm_cache_free(llm_cache *cache);
 void llm_cache_reset(llm_cache *cache);
 /* dst = src (same model and capacity): the rows in use and the query log. */
 void llm_cache_copy(llm_cache *dst, const llm_cache *src);
+
+/* A learned scorer per layer (kvec_learned_scores; scorers: [n_layers],
+   each for this model's hidden size and KV heads, kept by the caller while
+   the cache uses them; NULL detaches): from now on every forward pass
+   scores the positions it runs into cache->learned[l][j][position], and
+   adds its time to cache->learned_seconds. The memory is taken here, once.
+   Returns 0, or -1 (a scorer of another shape, out of memory). */
+int llm_cache_set_scorers(llm_cache *cache, const kvec_scorer *scorers);
+/* Whether the forward pass keeps every layer's attention input (the
+   normalised hidden state, [n_layers][capacity][hidden]) in
+   cache->hidden_log: what a scorer is trained on. Returns 0, or -1 when
+   out of memory. */
+int llm_cache_log_hidden(llm_cache *cache, int on);
 
 /* Runs n tokens at positions n_positions .. n_positions+n-1 (prefill when the
    cache is empty, decoding when n == 1), appending their keys and values.

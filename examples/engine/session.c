@@ -3,6 +3,7 @@
 #include "session.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,6 +28,7 @@ int text_model_load(text_model *m, const char *path, char *error, size_t error_s
 }
 
 void text_model_free(text_model *m) {
+    llm_scorer_free(&m->scorer);
     tokenizer_free(&m->tok);
     llm_free(&m->model);
     memset(m, 0, sizeof *m);
@@ -192,7 +194,8 @@ int64_t text_cache_bytes(const llm_cache *cache) {
 
 const char *const TEXT_POLICY_NAMES =
     "kvec snapkv pyramidkv streaming h2o tova knorm keydiff random criticalkv laprox"
-    " adakv kvec-ada snap-global kvec-global laprox-global kvzip kvzip-kvec expected expected-kvec";
+    " adakv kvec-ada snap-global kvec-global laprox-global kvzip kvzip-kvec expected expected-kvec"
+    " learned learned-kvec";
 
 /* Whether the base of a policy name (before any ':') is `base`. */
 static int base_is(const char *name, const char *base) {
@@ -203,7 +206,57 @@ static int base_is(const char *name, const char *base) {
 int text_policy_scores(const char *name) {
     if (base_is(name, "kvzip") || base_is(name, "kvzip-kvec")) return TEXT_SCORES_PASS;
     if (base_is(name, "expected") || base_is(name, "expected-kvec")) return TEXT_SCORES_EXPECTED;
+    if (base_is(name, "learned") || base_is(name, "learned-kvec")) return TEXT_SCORES_LEARNED;
     return TEXT_SCORES_SELF;
+}
+
+int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *error, size_t error_size) {
+    if (!(sources & TEXT_SCORES_LEARNED)) return 0;
+    if (!m->scorer.layers) {
+        char path[600];
+        if (m->scorer_path[0]) {
+            snprintf(path, sizeof path, "%s", m->scorer_path);
+        } else {
+            const size_t n = strlen(m->name), stem = n > 5 && !strcmp(m->name + n - 5, ".gguf") ? n - 5 : n;
+            snprintf(path, sizeof path, "scorers/%.*s.kvs", (int)stem, m->name);
+        }
+        if (llm_scorer_load(&m->scorer, path, &m->model, error, error_size)) {
+            if (!m->scorer_path[0]) { /* the default: say how to get one */
+                const size_t used = strlen(error);
+                snprintf(error + used, error_size > used ? error_size - used : 0,
+                         " (scorers are trained per model: `make scorer MODEL=FILE.gguf`, docs/LEARNED.md; "
+                         "--scorer FILE names another file)");
+            }
+            return -1;
+        }
+    }
+    if (llm_cache_set_scorers(cache, m->scorer.layers))
+        return gguf_error(error, error_size, "out of memory for the learned scores");
+    return 0;
+}
+
+/* The scorer's output for positions 0 .. n-1 of a prefilled cache, as the
+   masses kvec selects by ([L][Hk][n]): exp of the predicted log score (of
+   the decayed log retention, for a gate: (n - 1 - i) log beta_i). The chat
+   header before the user's text scores as in the reconstruction pass: its
+   first 4 positions always kept, the rest first to go. */
+static int learned_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores) {
+    const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, cap = cache->capacity;
+    const int64_t header = text_user_start(m, ids, n);
+    const int gate = m->scorer.layers[0].output == KVEC_SCORER_LOG_RETENTION;
+    int64_t l, j, i;
+    if (!cache->scorers || cache->n_positions < n) return -1;
+    for (l = 0; l < L; l++)
+        for (j = 0; j < Hk; j++) {
+            const float *y = cache->learned + (l * Hk + j) * cap;
+            float *out = scores + (l * Hk + j) * n;
+            for (i = 0; i < n; i++) {
+                double z = gate ? (double)(n - 1 - i) * y[i] : y[i];
+                z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
+                out[i] = i < header ? (i < 4 ? INFINITY : 0.0f) : (float)exp(z);
+            }
+        }
+    return 0;
 }
 
 int64_t text_scores_positions(int sources, int64_t n) {
@@ -225,7 +278,8 @@ int text_scores_compute(const text_model *m, llm_cache *cache, const int32_t *id
     int64_t have = s->entries;
     double started;
     if (((sources & TEXT_SCORES_PASS) && scores_array(&s->pass, entries, &have)) ||
-        ((sources & TEXT_SCORES_EXPECTED) && scores_array(&s->expected, entries, &have)))
+        ((sources & TEXT_SCORES_EXPECTED) && scores_array(&s->expected, entries, &have)) ||
+        ((sources & TEXT_SCORES_LEARNED) && scores_array(&s->learned, entries, &have)))
         return gguf_error(error, error_size, "out of memory for the scores of %lld positions", (long long)n);
     if (entries > s->entries) s->entries = entries; /* every array asked for now holds as much */
     if (sources & TEXT_SCORES_PASS) {
@@ -239,6 +293,13 @@ int text_scores_compute(const text_model *m, llm_cache *cache, const int32_t *id
             return gguf_error(error, error_size, "expected attention failed (an evicted cache, or out of memory)");
         s->expected_seconds += text_seconds() - started;
     }
+    if (sources & TEXT_SCORES_LEARNED) {
+        if (learned_scores(m, cache, ids, n, s->learned))
+            return gguf_error(error, error_size, "no learned scores: the prefill ran without the scorer "
+                              "(text_scores_prepare)");
+        s->learned_seconds += cache->learned_seconds; /* spent inside the prefill */
+        cache->learned_seconds = 0.0;
+    }
     return 0;
 }
 
@@ -246,6 +307,7 @@ const float *text_scores_of(const text_scores *s, const char *policy) {
     switch (text_policy_scores(policy)) {
     case TEXT_SCORES_PASS: return s->pass;
     case TEXT_SCORES_EXPECTED: return s->expected;
+    case TEXT_SCORES_LEARNED: return s->learned;
     default: return NULL;
     }
 }
@@ -253,6 +315,7 @@ const float *text_scores_of(const text_scores *s, const char *policy) {
 void text_scores_free(text_scores *s) {
     free(s->pass);
     free(s->expected);
+    free(s->learned);
     memset(s, 0, sizeof *s);
 }
 
@@ -435,7 +498,11 @@ int text_policy_parse(const char *name, kvec_config *config, char *error, size_t
         {"kvzip-kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL},
         /* expected attention, one budget per head as kvpress */
         {"expected", KVEC_POLICY_SNAPKV, KVEC_BUDGET_DEFAULT},
-        {"expected-kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT}};
+        {"expected-kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_DEFAULT},
+        /* a learned scorer's predictions (text_scores_prepare): one budget
+           for the model, as the reconstruction scores they stand in for */
+        {"learned", KVEC_POLICY_SNAPKV, KVEC_BUDGET_GLOBAL},
+        {"learned-kvec", KVEC_POLICY_KVEC, KVEC_BUDGET_GLOBAL}};
     char option[64];
     const char *rest;
     size_t base_length = strcspn(name, ":"), i;
@@ -447,7 +514,8 @@ int text_policy_parse(const char *name, kvec_config *config, char *error, size_t
         return gguf_error(error, error_size, "unknown policy '%.*s' (%s)", (int)base_length, name, TEXT_POLICY_NAMES);
     config->policy = known[i].policy;
     config->budget_mode = known[i].mode;
-    if (text_policy_scores(name) == TEXT_SCORES_PASS) config->head_floor = -1.0f;
+    if (text_policy_scores(name) == TEXT_SCORES_PASS || text_policy_scores(name) == TEXT_SCORES_LEARNED)
+        config->head_floor = -1.0f;
     /* over given scores K-VEC has one term, uniqueness (kvec_coverage_scores) */
     if (text_policy_scores(name) != TEXT_SCORES_SELF && config->policy == KVEC_POLICY_KVEC)
         config->terms.enabled = KVEC_TERM_UNIQUENESS;

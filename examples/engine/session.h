@@ -6,6 +6,7 @@
 #define KVEC_EXAMPLE_SESSION_H
 
 #include "model.h"
+#include "scorer.h"
 #include "tokenizer.h"
 
 #include <stdio.h>
@@ -15,6 +16,11 @@ typedef struct text_model {
     tokenizer tok;
     char      name[128];   /* the file's name */
     int32_t   stop[3];     /* ids that end an answer (<|im_end|>, EOS), -1 unused */
+    /* the learned scorer (policies learned, learned-kvec), read on first use
+       from scorer_path, or when that is empty from scorers/NAME.kvs (NAME:
+       the model file's name without .gguf) */
+    char       scorer_path[512];
+    llm_scorer scorer;
 } text_model;
 
 /* Loads the weights and the tokenizer of a GGUF file. Returns 0, or -1 with
@@ -100,8 +106,16 @@ int64_t text_reconstruction_positions(int64_t n);
    scoring the cache itself (TEXT_SCORES_SELF), from the reconstruction pass
    (kvzip, kvzip-kvec), or from expected attention over the query log
    (expected, expected-kvec). */
-enum { TEXT_SCORES_SELF = 0, TEXT_SCORES_PASS = 1, TEXT_SCORES_EXPECTED = 2 };
+enum { TEXT_SCORES_SELF = 0, TEXT_SCORES_PASS = 1, TEXT_SCORES_EXPECTED = 2, TEXT_SCORES_LEARNED = 4 };
 int text_policy_scores(const char *name);
+
+/* What a cache needs before its prefill for the sources asked (TEXT_SCORES_*
+   bits): with TEXT_SCORES_LEARNED, the model's scorer (read once, checked
+   against the model) attached to the cache, so that the prefill computes
+   the learned scores as it goes. Call it after llm_cache_init, before the
+   prefill. Returns 0, or -1 with a message (no scorer for this model, a
+   scorer for another one). */
+int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *error, size_t error_size);
 
 /* The scores of the policies that do not score the cache themselves, for one
    prefix, computed once and shared by every budget and policy that reads
@@ -114,9 +128,10 @@ int text_policy_scores(const char *name);
    for a policy that scores the cache itself. Returns 0, or -1 with a
    message. */
 typedef struct text_scores {
-    float  *pass, *expected; /* [L][Hk][n] each, when their source was asked for */
+    float  *pass, *expected, *learned; /* [L][Hk][n] each, when their source was asked for */
     int64_t entries;         /* floats each array holds */
     double  pass_seconds, expected_seconds;
+    double  learned_seconds; /* the scorer's time inside the prefills */
 } text_scores;
 int64_t      text_scores_positions(int sources, int64_t n);
 int          text_scores_compute(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, int sources,

@@ -1,0 +1,51 @@
+/* scorer.h - learned scorers (kvec_learned_scores) in files: one per model,
+   trained by build/train_scorer, read by the engine's tools.
+
+   The file (little-endian; every size below is exact, so a truncated or
+   padded file is refused):
+
+     "KVECSCR1"                      8 bytes, the magic and version
+     kind, output                    u32 each: kvec_scorer_kind, kvec_scorer_output
+     n_layers, n_embd, n_kv_heads,   u32 each
+     n_hidden                        u32, 0 for a linear scorer
+     fingerprint                     u64, llm_model_fingerprint of the model it was trained on
+     model_name                      64 bytes, NUL-padded: the model file it was trained on
+     target                          64 bytes, NUL-padded: what it predicts, in words
+     per layer, in order:            fp32 arrays as kvec_scorer lays them out:
+       weight [rows][n_embd], bias [rows]      rows = n_kv_heads (linear) or n_hidden (MLP)
+       weight2 [n_kv_heads][n_hidden], bias2 [n_kv_heads]   (MLP only)
+     checksum                        u64, FNV-1a over every byte before it
+
+   A scorer is refused for a model whose shape (layers, hidden size, KV
+   heads) or fingerprint differs from the one it was trained on, with a
+   message that names both. */
+#ifndef KVEC_EXAMPLE_SCORER_H
+#define KVEC_EXAMPLE_SCORER_H
+
+#include "model.h"
+
+#include <stdint.h>
+
+#define LLM_SCORER_NAME_BYTES 64
+
+typedef struct llm_scorer {
+    kvec_scorer *layers;     /* [n_layers], pointing into weights */
+    float       *weights;    /* every layer's arrays, in file order */
+    int64_t      n_layers;
+    uint64_t     fingerprint;
+    char         model_name[LLM_SCORER_NAME_BYTES], target[LLM_SCORER_NAME_BYTES];
+} llm_scorer;
+
+/* FNV-1a over the model's shape and every layer's attention-norm weights:
+   cheap, and different for a different model or quantisation of it. */
+uint64_t llm_model_fingerprint(const llm_model *model);
+
+/* Reads path and checks it against model. Returns 0, or -1 with a message
+   (missing or corrupt file, another model). */
+int  llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model, char *error, size_t error_size);
+/* Writes layers ([n_layers], one shape) for model. Returns 0, or -1 with a message. */
+int  llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model *model, const char *model_name,
+                     const char *target, char *error, size_t error_size);
+void llm_scorer_free(llm_scorer *scorer);
+
+#endif
