@@ -537,6 +537,25 @@ clean:
 	rm -rf $(BUILD)
 
 # A learned scorer for one model (bench/train_scorer.c, docs/LEARNED.md):
-# fitted on the corpus scripts/fetch-corpus.sh fetches, checked by hash.
+# fitted on the corpus scripts/fetch-corpus.sh fetches (checked by sha256),
+# written to scorers/NAME.kvs with its report in scorers/NAME.txt.
+# MODEL: smollm2 (default), qwen, or a GGUF file; TRAIN_FLAGS: what
+# docs/LEARNED.md used for that model. About an hour on one core each.
+# scorers-check: the committed scorers against scorers/SHA256SUMS.
+MODEL ?= smollm2
+TRAIN_FLAGS_smollm2 = --windows 200 --chars 4000 --per-window 256
+TRAIN_FLAGS_qwen    = --windows 100 --chars 8000 --per-window 256
+.PHONY: scorer scorers-check
 $(BUILD)/train_scorer: bench/train_scorer.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ bench/train_scorer.c $(ENGINE) -lm
+
+scorer: $(BUILD)/train_scorer
+	@set -e; case "$(MODEL)" in smollm2|qwen) m=$$(scripts/fetch-model.sh $(MODEL) | tail -1) ;; *) m="$(MODEL)" ;; esac; \
+	corpus=$$(scripts/fetch-corpus.sh | tail -1); name=$$(basename "$$m" .gguf); mkdir -p scorers; \
+	echo "training scorers/$$name.kvs (report: scorers/$$name.txt)"; \
+	$(BUILD)/train_scorer --model "$$m" --corpus "$$corpus" --out "scorers/$$name.kvs" \
+	  $(or $(TRAIN_FLAGS),$(TRAIN_FLAGS_$(MODEL))) > "scorers/$$name.txt"; \
+	tail -3 "scorers/$$name.txt"
+
+scorers-check:
+	cd scorers && sha256sum -c SHA256SUMS

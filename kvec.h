@@ -831,6 +831,19 @@ KVEC_CUDA_API size_t      kvec_cuda_reconstruction_scratch_bytes(const kvec_conf
 KVEC_CUDA_API kvec_result kvec_cuda_reconstruction_scores(const kvec_config *config, const kvec_layer *layer,
                                                           const kvec_reconstruction *pass, float *scores,
                                                           void *scratch, size_t scratch_bytes, void *stream);
+/* Learned scores on the device (kvec_learned_scores's formula; weights,
+   hidden states, scores and scratch in device memory, the scorer struct on
+   the host). Scratch: the status word and, for an MLP, its hidden layer
+   for every token ([T][F] floats, so here the scratch grows with T);
+   kvec_cuda_learned_scores_scratch_bytes answers 0 for bad arguments.
+   Sums run in fp32 partial sums added in double, as on the CPU but not in
+   the same order: the scores agree to float rounding, not bit for bit.
+   NaN or Inf in the weights or hidden states is found on the device: the
+   scores are then not written, and kvec_cuda_status says so. */
+KVEC_CUDA_API size_t      kvec_cuda_learned_scores_scratch_bytes(const kvec_scorer *scorer, const kvec_tensor *hidden);
+KVEC_CUDA_API kvec_result kvec_cuda_learned_scores(const kvec_scorer *scorer, const kvec_tensor *hidden, float *scores,
+                                                   int64_t scores_stride, void *scratch, size_t scratch_bytes,
+                                                   void *stream);
 /* The device-side status lives in the scratch. kvec_cuda_evict and
    kvec_cuda_score clear it first; kvec_cuda_select and kvec_cuda_compact
    continue a chain (score -> select -> compact): they do nothing once it

@@ -736,6 +736,48 @@ __global__ void kc_recon_keys(kc_view keys, kc_view pq, int64_t begin, int64_t c
     scores[j * N + begin + i] = best;
 }
 
+/* >>learned scores
+
+   One thread per output: kc_learned_hidden fills the MLP's hidden layer
+   ([T][F], in the scratch), kc_learned_out the scores. A dot product is 8
+   fp32 partial sums added in double. */
+__device__ double kc_learned_dot(const float *w, const kc_view &x, int64_t t, int64_t n) {
+    float part[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+    double total = 0.0;
+    for (int64_t e = 0; e < n; e++) part[e % 8] += w[e] * kc_load(x, t, 0, e);
+    for (int k = 0; k < 8; k++) total += part[k];
+    return total;
+}
+
+__global__ void kc_learned_hidden(kc_view x, const float *w1, const float *b1, int64_t F, float *mid,
+                                  int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, T = x.n_tokens, E = x.head_dim;
+    if (i >= T * F) return;
+    const int64_t t = i / F, f = i % F;
+    const double a = kc_learned_dot(w1 + f * E, x, t, E) + (double)b1[f];
+    mid[i] = (float)(0.5 * a * (1.0 + erf(a / sqrt(2.0))));
+}
+
+__global__ void kc_learned_out(kc_view x, const float *w, const float *b, const float *mid, int64_t F, int64_t Hk,
+                               int log_retention, float *scores, int64_t stride, int32_t *status) {
+    KC_STOP_ON_ERROR(status);
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, T = x.n_tokens, E = x.head_dim;
+    if (i >= T * Hk) return;
+    const int64_t t = i / Hk, j = i % Hk;
+    double y;
+    if (mid) { /* the MLP's second layer over the hidden units, in order */
+        float part[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+        y = 0.0;
+        for (int64_t f = 0; f < F; f++) part[f % 8] += w[j * F + f] * mid[t * F + f];
+        for (int k = 0; k < 8; k++) y += part[k];
+        y += (double)b[j];
+    } else {
+        y = kc_learned_dot(w + j * E, x, t, E) + (double)b[j];
+    }
+    scores[j * stride + t] = log_retention ? (float)(y >= 0 ? -log1p(exp(-y)) : y - log1p(exp(y))) : (float)y;
+}
+
 /* >>output-aware scores (CriticalKV, LaProx) */
 
 /* ||W_o^h v_i||_p for query head h = blockIdx.y and the tokens of tile
@@ -1872,6 +1914,95 @@ KVEC_CUDA_API kvec_result kvec_cuda_reconstruction_scores(const kvec_config *con
                   (kc_view_of(layer->keys), kc_view_of(pass->queries), pass->chunk_begin, d.chunk, d.group, scale,
                    stats, scores, layer->keys.n_tokens, status));
     }
+    return KVEC_OK;
+}
+
+/* The checks kvec_learned_scores makes on the host side (weights are
+   device memory: their values are checked on the device); the MLP's
+   hidden floats; 0 and a result on refusal. */
+static kvec_result kc_learned_check(const kvec_scorer *s, const kvec_tensor *hidden, int64_t *first_rows,
+                                    size_t *needed) {
+    kvec_result r;
+    size_t cpu_bytes;
+    kvec__bump b;
+    if ((r = kvec_learned_scores_scratch_bytes(s, &cpu_bytes)) != KVEC_OK) return r; /* the scorer's fields */
+    if (!hidden) return KVEC_ERROR_NULL_POINTER;
+    if ((r = kvec_validate_tensor(hidden)) != KVEC_OK) return r;
+    if (hidden->n_heads != 1 || hidden->head_dim != s->n_embd) return KVEC_ERROR_SHAPE_MISMATCH;
+    if (s->n_kv_heads > INT64_MAX / hidden->n_tokens) return KVEC_ERROR_SIZE_OVERFLOW;
+    *first_rows = s->kind == KVEC_SCORER_MLP ? s->n_hidden : s->n_kv_heads;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__take(&b, 1, sizeof(int32_t));
+    if (s->kind == KVEC_SCORER_MLP) kvec__take(&b, kvec__count(hidden->n_tokens, s->n_hidden), sizeof(float));
+    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+    *needed = b.used;
+    return KVEC_OK;
+}
+
+KVEC_CUDA_API size_t kvec_cuda_learned_scores_scratch_bytes(const kvec_scorer *scorer, const kvec_tensor *hidden) {
+    int64_t rows;
+    size_t needed = 0;
+    return kc_learned_check(scorer, hidden, &rows, &needed) == KVEC_OK ? needed : 0;
+}
+
+KVEC_CUDA_API kvec_result kvec_cuda_learned_scores(const kvec_scorer *scorer, const kvec_tensor *hidden, float *scores,
+                                                   int64_t scores_stride, void *scratch, size_t scratch_bytes,
+                                                   void *stream_) {
+    const cudaStream_t stream = (cudaStream_t)stream_;
+    const kvec_scorer *s = scorer;
+    kvec__call_memory m;
+    kvec__bump b;
+    kvec_result r;
+    size_t needed;
+    int64_t rows, T, written;
+    int32_t *status;
+    float *mid = NULL;
+    if ((r = kc_learned_check(s, hidden, &rows, &needed)) != KVEC_OK) return r;
+    if (!scores || !scratch) return KVEC_ERROR_NULL_POINTER;
+    if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
+    T = hidden->n_tokens;
+    if (scores_stride < T) return KVEC_ERROR_BAD_STRIDE;
+    if ((written = kvec__count(s->n_kv_heads - 1, scores_stride)) < 0 || written > INT64_MAX - T)
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    written += T;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    m.extra[m.n_extra++] = kvec__tensor_region(hidden, 0);
+    if (!kvec__call_add(&m, s->weight, kvec__count(rows, s->n_embd), sizeof(float), 0) ||
+        !kvec__call_add(&m, s->bias, rows, sizeof(float), 0) ||
+        (s->kind == KVEC_SCORER_MLP &&
+         (!kvec__call_add(&m, s->weight2, kvec__count(s->n_kv_heads, s->n_hidden), sizeof(float), 0) ||
+          !kvec__call_add(&m, s->bias2, s->n_kv_heads, sizeof(float), 0))) ||
+        !kvec__call_add(&m, scores, written, sizeof(float), 1) ||
+        !kvec__call_add(&m, scratch, (int64_t)needed, 1, 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if ((r = kvec__check_overlaps(&m)) != KVEC_OK) return r;
+    if (T * (s->kind == KVEC_SCORER_MLP ? s->n_hidden : s->n_kv_heads) > (int64_t)INT32_MAX * 128)
+        return KVEC_ERROR_BAD_EXTENT; /* one grid dimension of 128-thread blocks */
+    kvec__bump_init(&b, scratch, scratch_bytes);
+    status = (int32_t *)kvec__take(&b, 1, sizeof(int32_t));
+    if (s->kind == KVEC_SCORER_MLP) mid = (float *)kvec__take(&b, T * s->n_hidden, sizeof(float));
+    if (status != kc_status_word(scratch)) return KVEC_ERROR_CUDA;
+    KC_CUDA(cudaMemsetAsync(status, 0, sizeof(int32_t), stream));
+    {   /* every value read must be finite: the hidden states and each weight array, as [n][1][width] views */
+        kvec_tensor arrays[5];
+        int n = 0;
+        arrays[n++] = *hidden;
+        arrays[n++] = kvec_tensor_contiguous((void *)s->weight, KVEC_DTYPE_F32, rows, 1, s->n_embd);
+        arrays[n++] = kvec_tensor_contiguous((void *)s->bias, KVEC_DTYPE_F32, rows, 1, 1);
+        if (s->kind == KVEC_SCORER_MLP) {
+            arrays[n++] = kvec_tensor_contiguous((void *)s->weight2, KVEC_DTYPE_F32, s->n_kv_heads, 1, s->n_hidden);
+            arrays[n++] = kvec_tensor_contiguous((void *)s->bias2, KVEC_DTYPE_F32, s->n_kv_heads, 1, 1);
+        }
+        for (int i = 0; i < n; i++)
+            KC_LAUNCH(kc_check_finite, kc_blocks(arrays[i].n_tokens * arrays[i].head_dim, 256), 256, 0,
+                      (kc_view_of(arrays[i]), status));
+    }
+    if (mid)
+        KC_LAUNCH(kc_learned_hidden, kc_blocks(T * s->n_hidden, 128), 128, 0,
+                  (kc_view_of(*hidden), s->weight, s->bias, s->n_hidden, mid, status));
+    KC_LAUNCH(kc_learned_out, kc_blocks(T * s->n_kv_heads, 128), 128, 0,
+              (kc_view_of(*hidden), mid ? s->weight2 : s->weight, mid ? s->bias2 : s->bias, mid, s->n_hidden,
+               s->n_kv_heads, s->output == KVEC_SCORER_LOG_RETENTION, scores, scores_stride, status));
     return KVEC_OK;
 }
 

@@ -630,6 +630,90 @@ static void test_reconstruction(bool quick) {
     std::printf("test_cuda: reconstruction scores compared with the CPU's on %d shapes\n", n_shapes);
 }
 
+/* >>learned scores: the device's against the CPU's, linear and MLP, both
+   outputs, every dtype and layout of the hidden states, columns past T
+   untouched; a NaN weight found on the device, nothing written; a host
+   refusal. */
+static void test_learned(bool quick) {
+    static const int64_t shapes[][4] = { /* T, E, Hk, F (0: linear) */
+        { 40, 16, 2, 0 }, { 70, 24, 3, 9 }, { 33, 8, 1, 40 }, { 130, 48, 2, 0 },
+    };
+    const int n_shapes = quick ? 3 : 4;
+    for (int sh = 0; sh < n_shapes; sh++) {
+        const int64_t T = shapes[sh][0], E = shapes[sh][1], Hk = shapes[sh][2], F = shapes[sh][3], stride = T + 3;
+        const int64_t rows = F ? F : Hk;
+        const kvec_dtype dtype = (kvec_dtype)(1 + sh % 3);
+        tensor hidden;
+        make_tensor(hidden, dtype, T, 1, E, sh % 3 == 2 ? LAYOUT_PADDED : LAYOUT_TOKEN_MAJOR, 1.0f);
+        std::vector<float> weights((size_t)(rows * E + rows + Hk * F + Hk));
+        for (float &w : weights) w = normal() * 0.3f;
+        float *device_weights = nullptr;
+        CUDA_OK(cudaMalloc((void **)&device_weights, weights.size() * sizeof(float)));
+        CUDA_OK(cudaMemcpy(device_weights, weights.data(), weights.size() * sizeof(float), cudaMemcpyHostToDevice));
+        for (int output = 0; output < 2; output++) {
+            kvec_scorer host = {}, device = {};
+            host.kind = F ? KVEC_SCORER_MLP : KVEC_SCORER_LINEAR;
+            host.output = (kvec_scorer_output)output;
+            host.n_embd = E; host.n_kv_heads = Hk; host.n_hidden = F;
+            host.weight = weights.data(); host.bias = host.weight + rows * E;
+            if (F) { host.weight2 = host.bias + rows; host.bias2 = host.weight2 + Hk * F; }
+            device = host;
+            device.weight = device_weights; device.bias = device.weight + rows * E;
+            if (F) { device.weight2 = device.bias + rows; device.bias2 = device.weight2 + Hk * F; }
+            std::vector<float> cpu((size_t)(Hk * stride), -7.0f), gpu = cpu;
+            size_t cpu_bytes = 0;
+            CHECK(kvec_learned_scores_scratch_bytes(&host, &cpu_bytes) == KVEC_OK, "cpu scratch");
+            std::vector<unsigned char> cpu_scratch(cpu_bytes);
+            CHECK(kvec_learned_scores(&host, &hidden.view, cpu.data(), stride, cpu_scratch.data(), cpu_bytes) == KVEC_OK,
+                  "cpu scores");
+            const size_t bytes = kvec_cuda_learned_scores_scratch_bytes(&device, &hidden.device_view);
+            void *scratch = nullptr;
+            float *device_scores = nullptr;
+            CHECK(bytes > 0, "device scratch");
+            CUDA_OK(cudaMalloc(&scratch, bytes));
+            CUDA_OK(cudaMalloc((void **)&device_scores, gpu.size() * sizeof(float)));
+            CUDA_OK(cudaMemcpy(device_scores, gpu.data(), gpu.size() * sizeof(float), cudaMemcpyHostToDevice));
+            kvec_result r = kvec_cuda_learned_scores(&device, &hidden.device_view, device_scores, stride, scratch, bytes,
+                                                     NULL);
+            kvec_result status = KVEC_ERROR_CUDA;
+            CHECK(r == KVEC_OK && kvec_cuda_status(scratch, NULL, &status) == KVEC_OK && status == KVEC_OK,
+                  "shape %d output %d: %s / status %s", sh, output, kvec_result_string(r), kvec_result_string(status));
+            CUDA_OK(cudaMemcpy(gpu.data(), device_scores, gpu.size() * sizeof(float), cudaMemcpyDeviceToHost));
+            double worst = 0.0;
+            bool outside = true;
+            for (int64_t j = 0; j < Hk; j++)
+                for (int64_t t = 0; t < stride; t++) {
+                    const size_t i = (size_t)(j * stride + t);
+                    if (t >= T) outside &= gpu[i] == -7.0f;
+                    else worst = std::fmax(worst, std::fabs(gpu[i] - cpu[i]) / (1.0 + std::fabs(cpu[i])));
+                }
+            CHECK(worst < 1e-5, "shape %d output %d (%s): device scores differ from the CPU's by %g", sh, output,
+                  dtype_name(dtype), worst);
+            CHECK(outside, "shape %d: a column past T was written", sh);
+            /* a NaN bias: found on the device, nothing written */
+            const float nan = NAN;
+            std::vector<float> before = gpu;
+            CUDA_OK(cudaMemcpy((void *)device.bias, &nan, sizeof nan, cudaMemcpyHostToDevice));
+            r = kvec_cuda_learned_scores(&device, &hidden.device_view, device_scores, stride, scratch, bytes, NULL);
+            CHECK(r == KVEC_OK && kvec_cuda_status(scratch, NULL, &status) == KVEC_OK && status == KVEC_ERROR_NON_FINITE,
+                  "shape %d: a NaN bias: %s / status %s", sh, kvec_result_string(r), kvec_result_string(status));
+            CUDA_OK(cudaMemcpy(gpu.data(), device_scores, gpu.size() * sizeof(float), cudaMemcpyDeviceToHost));
+            CHECK(gpu == before, "shape %d: scores written after a NaN", sh);
+            CUDA_OK(cudaMemcpy((void *)device.bias, host.bias, sizeof(float), cudaMemcpyHostToDevice));
+            /* refused on the host */
+            CHECK(kvec_cuda_learned_scores(&device, &hidden.device_view, device_scores, T - 1, scratch, bytes, NULL) ==
+                      KVEC_ERROR_BAD_STRIDE, "shape %d: a stride below T", sh);
+            CHECK(kvec_cuda_learned_scores(&device, &hidden.device_view, device_scores, stride, scratch, bytes - 1, NULL) ==
+                      KVEC_ERROR_SCRATCH_TOO_SMALL, "shape %d: scratch one byte short", sh);
+            cudaFree(scratch);
+            cudaFree(device_scores);
+        }
+        cudaFree(device_weights);
+        free_tensor(hidden);
+    }
+    std::printf("test_cuda: learned scores compared with the CPU's on %d shapes\n", n_shapes);
+}
+
 int main(int argc, char **argv) {
     int devices = 0;
     /* --quick: four small shapes (make test-all's sanitizer build); --smoke:
@@ -647,6 +731,7 @@ int main(int argc, char **argv) {
 #endif
     test_errors();
     test_reconstruction(quick);
+    test_learned(quick);
 
     const kvec_policy policies[] = { KVEC_POLICY_KVEC, KVEC_POLICY_SNAPKV, KVEC_POLICY_PYRAMIDKV, KVEC_POLICY_H2O,
                                      KVEC_POLICY_TOVA, KVEC_POLICY_KNORM, KVEC_POLICY_KEYDIFF,

@@ -95,7 +95,7 @@ int main(int argc, char **argv) {
     size_t document_length, questions_length;
     question questions[MAX_QUESTIONS];
     static run runs[MAX_RUNS];
-    int n_questions, n_runs = 1, aware = 0, sources = 0, q, r, i;
+    int n_questions, n_runs = 1, aware = 0, sources = 0, q, r, i, name_width = 12; /* the table's first column */
     int64_t max_tokens = 24;
     text_model m;
     llm_cache base, work;
@@ -147,6 +147,7 @@ int main(int argc, char **argv) {
             sources |= x->sources;
             snprintf(x->name, sizeof x->name, "%s", name);
             x->fraction = f;
+            if ((int)strlen(x->name) > name_width) name_width = (int)strlen(x->name);
             n_runs++;
             cut = *end ? end + 1 : end;
         }
@@ -250,7 +251,7 @@ int main(int argc, char **argv) {
             }
             right = text_contains(x->replies[q], questions[q].answer);
             x->correct += right;
-            printf("    %-12s %4.0f%%  %s  ", x->name, 100 * x->fraction, right ? "right" : "wrong");
+            printf("    %-*s %4.0f%%  %s  ", name_width, x->name, 100 * x->fraction, right ? "right" : "wrong");
             print_reply(x->replies[q], 60);
             putchar('\n');
             fflush(stdout);
@@ -258,11 +259,11 @@ int main(int argc, char **argv) {
         text_prompt_free(&prompt);
     }
 
-    printf("\n%-12s %6s %12s %10s %10s %12s %8s\n", "policy", "budget", "kept/head", "cache MB", "evict ms",
+    printf("\n%-*s %6s %12s %10s %10s %12s %8s\n", name_width, "policy", "budget", "kept/head", "cache MB", "evict ms",
            "answer ms", "right");
     for (r = 0; r < n_runs; r++) {
         const run *x = &runs[r];
-        printf("%-12s %5.0f%% %12lld %10.1f %10.1f %12.0f %5d/%d\n", x->name, 100 * x->fraction, (long long)x->kept,
+        printf("%-*s %5.0f%% %12lld %10.1f %10.1f %12.0f %5d/%d\n", name_width, x->name, 100 * x->fraction, (long long)x->kept,
                x->cache_bytes / n_questions / 1e6, x->fraction < 1 ? 1e3 * x->evict_seconds / n_questions : 0.0,
                1e3 * x->answer_seconds / n_questions, x->correct, n_questions);
     }
