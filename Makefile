@@ -544,7 +544,7 @@ clean:
 # scorers-check: the committed scorers against scorers/SHA256SUMS.
 MODEL ?= smollm2
 TRAIN_FLAGS_smollm2 = --windows 200 --chars 4000 --per-window 256
-TRAIN_FLAGS_qwen    = --windows 100 --chars 8000 --per-window 256
+TRAIN_FLAGS_qwen    = --windows 60 --chars 6000 --per-window 256
 .PHONY: scorer scorers-check
 $(BUILD)/train_scorer: bench/train_scorer.c $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ bench/train_scorer.c $(ENGINE) -lm

@@ -669,7 +669,8 @@ KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_
    array. Dot products run in a fixed order: the same scores for any thread
    count. Scratch (kvec_learned_scores_scratch_bytes) depends on E and F,
    never on T. Non-finite weights or hidden states: KVEC_ERROR_NON_FINITE,
-   nothing written. */
+   nothing written. Finite inputs always give numbers: a sum past float's
+   range saturates at +-FLT_MAX (NaN from such an overflow: -FLT_MAX). */
 typedef enum kvec_scorer_kind {
     KVEC_SCORER_LINEAR = 1,
     KVEC_SCORER_MLP    = 2
@@ -4001,10 +4002,18 @@ KVEC_API kvec_result kvec_learned_scores_scratch_bytes(const kvec_scorer *scorer
     return KVEC_OK;
 }
 
-static float kvec__gelu(double a) { return (float)(0.5 * a * (1.0 + erf(a / sqrt(2.0)))); }
+/* A sum as a float that is always a number: past float's range it
+   saturates, and NaN (an overflowed partial sum times 0, inf - inf) counts
+   as the lowest score. */
+static float kvec__saturate(double y) {
+    const double top = FLT_MAX;
+    return y != y ? (float)-top : y > top ? (float)top : y < -top ? (float)-top : (float)y;
+}
+
+static float kvec__gelu(double a) { return kvec__saturate(0.5 * a * (1.0 + erf(a / sqrt(2.0)))); }
 
 /* log sigmoid(y), without overflow for large |y| */
-static float kvec__log_sigmoid(double y) { return (float)(y >= 0 ? -log1p(exp(-y)) : y - log1p(exp(y))); }
+static float kvec__log_sigmoid(double y) { return kvec__saturate(y >= 0 ? -log1p(exp(-y)) : y - log1p(exp(y))); }
 
 KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_tensor *hidden, float *scores,
                                          int64_t scores_stride, void *scratch, size_t scratch_bytes) {
@@ -4062,7 +4071,7 @@ KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_t
                     ? kvec__dot(s->weight2 + j * F, mid + t * F, F) + (double)s->bias2[j]
                     : kvec__dot(s->weight + j * E, rows + t * E, E) + (double)s->bias[j];
                 scores[j * scores_stride + block + t] =
-                    s->output == KVEC_SCORER_LOG_RETENTION ? kvec__log_sigmoid(y) : (float)y;
+                    s->output == KVEC_SCORER_LOG_RETENTION ? kvec__log_sigmoid(y) : kvec__saturate(y);
             }
     }
     return KVEC_OK;

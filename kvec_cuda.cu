@@ -749,6 +749,12 @@ __device__ double kc_learned_dot(const float *w, const kc_view &x, int64_t t, in
     return total;
 }
 
+/* kvec__saturate: a float that is always a number */
+__device__ float kc_saturate(double y) {
+    const double top = FLT_MAX;
+    return y != y ? (float)-top : y > top ? (float)top : y < -top ? (float)-top : (float)y;
+}
+
 __global__ void kc_learned_hidden(kc_view x, const float *w1, const float *b1, int64_t F, float *mid,
                                   int32_t *status) {
     KC_STOP_ON_ERROR(status);
@@ -756,7 +762,7 @@ __global__ void kc_learned_hidden(kc_view x, const float *w1, const float *b1, i
     if (i >= T * F) return;
     const int64_t t = i / F, f = i % F;
     const double a = kc_learned_dot(w1 + f * E, x, t, E) + (double)b1[f];
-    mid[i] = (float)(0.5 * a * (1.0 + erf(a / sqrt(2.0))));
+    mid[i] = kc_saturate(0.5 * a * (1.0 + erf(a / sqrt(2.0))));
 }
 
 __global__ void kc_learned_out(kc_view x, const float *w, const float *b, const float *mid, int64_t F, int64_t Hk,
@@ -775,7 +781,7 @@ __global__ void kc_learned_out(kc_view x, const float *w, const float *b, const 
     } else {
         y = kc_learned_dot(w + j * E, x, t, E) + (double)b[j];
     }
-    scores[j * stride + t] = log_retention ? (float)(y >= 0 ? -log1p(exp(-y)) : y - log1p(exp(y))) : (float)y;
+    scores[j * stride + t] = kc_saturate(log_retention ? (y >= 0 ? -log1p(exp(-y)) : y - log1p(exp(y))) : y);
 }
 
 /* >>output-aware scores (CriticalKV, LaProx) */
@@ -1917,9 +1923,10 @@ KVEC_CUDA_API kvec_result kvec_cuda_reconstruction_scores(const kvec_config *con
     return KVEC_OK;
 }
 
-/* The checks kvec_learned_scores makes on the host side (weights are
-   device memory: their values are checked on the device); the MLP's
-   hidden floats; 0 and a result on refusal. */
+/* What kvec_learned_scores checks on the host (the weights are device
+   memory: their values are checked on the device): *first_rows gets the
+   first layer's rows, *needed the scratch (the status word, and the MLP's
+   hidden layer for every token). */
 static kvec_result kc_learned_check(const kvec_scorer *s, const kvec_tensor *hidden, int64_t *first_rows,
                                     size_t *needed) {
     kvec_result r;

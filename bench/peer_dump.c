@@ -159,6 +159,7 @@ int main(int argc, char **argv) {
         if (llm_cache_init(&cache, &m.model, text_scores_positions(sources, prompt.n_prefix) + 1) ||
             !(logits = (float *)malloc((size_t)m.model.config.vocab_size * sizeof(float))))
             return fail("out of memory", NULL);
+        if (text_scores_prepare(&m, &cache, sources, error, sizeof error)) return fail(error, NULL);
         if (text_prefill(&m, &cache, prompt.prefix, prompt.n_prefix, logits, NULL)) return fail("prefill failed", NULL);
         /* kvzip's pass, expected attention: the scores build/quality selects by */
         if (sources && text_scores_compute(&m, &cache, prompt.prefix, prompt.n_prefix, sources, &given, error, sizeof error))

@@ -68,6 +68,7 @@ static int parse_policy(const char *name, policy_run *run) {
     memset(run, 0, sizeof *run);
     snprintf(run->name, sizeof run->name, "%s", name);
     if (!strcmp(name, "full")) { run->full = 1; return 0; }
+    if (text_policy_scores(name) != TEXT_SCORES_SELF) return -1; /* the pass, statistics and scorers need a text model */
     return text_policy(name, &run->config);
 }
 

@@ -91,6 +91,33 @@ check "quality --tasks: kvzip rows, global and uniform, and the pass's time agai
       python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['pass_seconds'] > 0 and r['prefill_seconds'] > 0" \
       "$tmp/kvzip.json" 2> /dev/null; echo $?)
 
+# A learned scorer (scorers/NAME.kvs, trained by make scorer): scores from
+# the prefill itself; files for another model, or not scorers, refused.
+out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.txt \
+      --question "What was the name of Agnes Pellow's dog?" --policy learned --budget 0.25 --max-tokens 8 2> /dev/null)
+check "learned: evicted to 25% and the scorer's time printed beside the prefill's" \
+    $(echo "$out" | grep -q "learned: [0-9]* of [0-9]* prompt tokens kept per KV head" &&
+      echo "$out" | grep -q "learned scorer (.*): .* s inside the prefill, .*x it"; echo $?)
+refuses "generate: learned on a model without a tokenizer" "needs a .gguf model" "$build/generate" --policy learned
+refuses "generate: a scorer file that is missing" "cannot open the scorer" \
+    "$build/generate" --model "$model" --policy learned --scorer "$tmp/none.kvs" --prompt-file examples/demo/lighthouse.txt
+refuses "generate: a file that is not a scorer" "not a kvec scorer" \
+    "$build/generate" --model "$model" --policy learned --scorer examples/demo/lighthouse.txt \
+    --prompt-file examples/demo/lighthouse.txt
+for other in scorers/*.kvs; do
+    case "$other" in *"$(basename "$model" .gguf)".kvs) continue ;; esac
+    refuses "generate: a scorer for another model ($(basename "$other"))" "trained for another model" \
+        "$build/generate" --model "$model" --policy learned --scorer "$other" --prompt-file examples/demo/lighthouse.txt
+done
+head -c 1000 "scorers/$(basename "$model" .gguf).kvs" > "$tmp/short.kvs"
+refuses "generate: a truncated scorer" "truncated" \
+    "$build/generate" --model "$model" --policy learned --scorer "$tmp/short.kvs" --prompt-file examples/demo/lighthouse.txt
+root=$PWD
+refuses "quality: learned where no scorer is found says how to train one" "make scorer" \
+    bash -c 'cd "$1" && "$2/quality" --model "$3" --tasks "$4/examples/demo/lighthouse.jsonl" --limit 1 \
+             --policies learned --budgets 0.25' _ "$tmp" "$(cd "$build" && pwd)" \
+    "$(cd "$(dirname "$model")" && pwd)/$(basename "$model")" "$root"
+
 # A long run in parts: --skip keeps the file's sample numbers.
 "$build/quality" --model "$model" --tasks examples/demo/lighthouse.jsonl --limit 3 --skip 2 --policies full \
     --settings agnostic --max-tokens 8 --per-sample > "$tmp/skip.txt" 2> /dev/null

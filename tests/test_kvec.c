@@ -5,6 +5,7 @@
 #define KVEC_IMPLEMENTATION
 #include "../kvec.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -3032,6 +3033,17 @@ static void test_learned_scores_in_chunks_and_threads(void) {
     CHECK(memcmp(whole, chunked, sizeof whole) == 0, "one and two threads give the same bits");
 #endif
     free_scorer(&t); free(buffer); free(x);
+    { /* finite inputs past float's range: numbers still, saturated */
+        float w[2] = { 1e30f, 1e30f }, b = 0.0f, h[2] = { 1e10f, 1e10f }, w2[1] = { 0.0f }, b2 = 0.0f, out[1];
+        kvec_scorer s = { KVEC_SCORER_LINEAR, KVEC_SCORER_SCORE, 2, 1, 0, NULL, NULL, NULL, NULL };
+        kvec_tensor states = kvec_tensor_contiguous(h, KVEC_DTYPE_F32, 1, 1, 2);
+        s.weight = w; s.bias = &b;
+        CHECK(run_learned(&s, &states, out, 1) == KVEC_OK && out[0] == FLT_MAX, "a sum past float's range: %g", out[0]);
+        w[0] = w[1] = -1e30f;
+        CHECK(run_learned(&s, &states, out, 1) == KVEC_OK && out[0] == -FLT_MAX, "below it: %g", out[0]);
+        s.kind = KVEC_SCORER_MLP; s.n_hidden = 1; s.weight2 = w2; s.bias2 = &b2; /* gelu(-inf-ish) * 0 */
+        CHECK(run_learned(&s, &states, out, 1) == KVEC_OK && !isnan(out[0]), "an MLP's overflow: %g", out[0]);
+    }
 }
 
 /* Every refusal returns its code and writes nothing. */

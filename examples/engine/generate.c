@@ -156,6 +156,7 @@ static int run_text(const char *model_path, const char *prompt_file, const char 
     /* kvzip: the model repeats the prompt once more, with the full cache;
        expected: statistics of the prompt's queries */
     if (sources && text_scores_compute(&m, &cache, ids, n, sources, &given, error, sizeof error)) return fail(error, NULL);
+    llm_cache_set_scorers(&cache, NULL); /* the answer's tokens need no scores */
     if (strcmp(policy, "none")) {
         kvec_result r;
         const int64_t budget = (int64_t)(fraction * (double)n);

@@ -555,6 +555,7 @@ void llm_cache_reset(llm_cache *cache) {
     int64_t i;
     cache->n_positions = 0;
     cache->decoding = 0;
+    cache->learned_failed = 0;
     for (i = 0; i < (int64_t)cache->n_layers * cache->n_kv_heads; i++) cache->length[i] = 0;
 }
 
@@ -962,8 +963,9 @@ static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_
         if (cache->scorers) { /* what the layer reads, scored before it is read */
             const kvec_tensor hidden = kvec_tensor_contiguous(xn, KVEC_DTYPE_F32, n, 1, E);
             const double started = llm_seconds();
-            kvec_learned_scores(&cache->scorers[l], &hidden, cache->learned + l * Hk * cap + cache->n_positions, cap,
-                                cache->learned_scratch, cache->learned_scratch_bytes); /* shapes checked when set */
+            if (kvec_learned_scores(&cache->scorers[l], &hidden, cache->learned + l * Hk * cap + cache->n_positions, cap,
+                                    cache->learned_scratch, cache->learned_scratch_bytes) != KVEC_OK)
+                cache->learned_failed = 1; /* shapes were checked when set: NaN or Inf in the states */
             cache->learned_seconds += llm_seconds() - started;
         }
         pack_tokens(xt, xn, n, E);

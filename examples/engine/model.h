@@ -113,6 +113,7 @@ typedef struct llm_cache {
     void    *learned_scratch;
     size_t   learned_scratch_bytes;
     double   learned_seconds; /* time spent in kvec_learned_scores, summed */
+    int      learned_failed;  /* a chunk's scores were refused since the last reset (non-finite states) */
     /* the attention input itself (llm_cache_log_hidden), for training a scorer */
     float   *hidden_log;    /* [n_layers][capacity][hidden] */
 } llm_cache;

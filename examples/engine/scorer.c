@@ -3,6 +3,7 @@
 
 #include "gguf.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@ uint64_t llm_model_fingerprint(const llm_model *model) {
     const int64_t shape[3] = { c->n_layers, c->hidden_size, c->n_kv_heads };
     uint64_t h = fnv1a(FNV_START, shape, sizeof shape);
     int64_t l;
+    h = fnv1a(h, c->weight_dtype, strlen(c->weight_dtype)); /* the file's weight type: another quantisation differs */
     for (l = 0; l < c->n_layers; l++)
         h = fnv1a(h, model->layers[l].attn_norm, (size_t)c->hidden_size * sizeof(float));
     return h;
@@ -65,7 +67,7 @@ int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model
     const llm_config *c = &model->config;
     unsigned char header[SCORER_HEADER_BYTES], tail[8];
     uint32_t kind, output, L, E, Hk, F;
-    int64_t floats, l;
+    int64_t floats, l, i;
     uint64_t h, fingerprint;
     long size;
     FILE *f;
@@ -92,9 +94,10 @@ int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model
         fingerprint != llm_model_fingerprint(model)) {
         fclose(f);
         return gguf_error(error, error_size,
-                          "%s was trained for another model: '%s' (%u layers, hidden size %u, %u KV heads); this "
+                          "%s was trained for another model: '%s' (%lu layers, hidden size %lu, %lu KV heads); this "
                           "model has %d layers, hidden size %d, %d KV heads%s",
-                          path, scorer->model_name, L, E, Hk, c->n_layers, c->hidden_size, c->n_kv_heads,
+                          path, scorer->model_name, (unsigned long)L, (unsigned long)E, (unsigned long)Hk,
+                          c->n_layers, c->hidden_size, c->n_kv_heads,
                           (int64_t)L == c->n_layers && (int64_t)E == c->hidden_size && (int64_t)Hk == c->n_kv_heads
                               ? ", and other weights (its fingerprint differs)" : "");
     }
@@ -124,17 +127,17 @@ int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model
         return gguf_error(error, error_size, "%s: checksum mismatch (the file is corrupt)", path);
     }
     lay_out(scorer->layers, scorer->weights, L, kind, output, E, Hk, F);
-    for (l = 0; l < (int64_t)L; l++) { /* finite weights, the shape kvec expects */
+    for (l = 0; l < (int64_t)L; l++) { /* each layer a scorer kvec takes */
         size_t bytes;
         if (kvec_learned_scores_scratch_bytes(&scorer->layers[l], &bytes) != KVEC_OK) {
             llm_scorer_free(scorer);
             return gguf_error(error, error_size, "%s: layer %lld is not a valid scorer", path, (long long)l);
         }
     }
-    for (l = 0; l < floats; l++)
-        if (!(scorer->weights[l] - scorer->weights[l] == 0.0f)) { /* NaN and Inf both fail */
+    for (i = 0; i < floats; i++)
+        if (!isfinite(scorer->weights[i])) {
             llm_scorer_free(scorer);
-            return gguf_error(error, error_size, "%s: a weight is not finite", path);
+            return gguf_error(error, error_size, "%s: weight %lld is not finite", path, (long long)i);
         }
     scorer->n_layers = L;
     scorer->fingerprint = fingerprint;
@@ -147,9 +150,20 @@ int llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model
     const kvec_scorer *s0 = &layers[0];
     const int64_t rows = s0->kind == KVEC_SCORER_MLP ? s0->n_hidden : s0->n_kv_heads;
     unsigned char header[SCORER_HEADER_BYTES], tail[8];
+    char temporary[1100];
     uint64_t h;
     int64_t l;
     FILE *f;
+    for (l = 0; l < c->n_layers; l++) { /* one shape, this model's, every layer valid */
+        const kvec_scorer *s = &layers[l];
+        size_t bytes;
+        if (s->kind != s0->kind || s->output != s0->output || s->n_embd != c->hidden_size ||
+            s->n_kv_heads != c->n_kv_heads || s->n_hidden != s0->n_hidden ||
+            kvec_learned_scores_scratch_bytes(s, &bytes) != KVEC_OK)
+            return gguf_error(error, error_size, "layer %lld's scorer has another shape than the model's", (long long)l);
+    }
+    if (snprintf(temporary, sizeof temporary, "%s.partial", path) >= (int)sizeof temporary)
+        return gguf_error(error, error_size, "the path %s is too long", path);
     memset(header, 0, sizeof header);
     memcpy(header, SCORER_MAGIC, 8);
     put_u32(header + 8, (uint32_t)s0->kind); put_u32(header + 12, (uint32_t)s0->output);
@@ -158,7 +172,7 @@ int llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model
     put_u64(header + 32, llm_model_fingerprint(model));
     strncpy((char *)header + 40, model_name, LLM_SCORER_NAME_BYTES - 1);
     strncpy((char *)header + 40 + LLM_SCORER_NAME_BYTES, target, LLM_SCORER_NAME_BYTES - 1);
-    if (!(f = fopen(path, "wb"))) return gguf_error(error, error_size, "cannot write %s", path);
+    if (!(f = fopen(temporary, "wb"))) return gguf_error(error, error_size, "cannot write %s", temporary);
     h = fnv1a(FNV_START, header, sizeof header);
     fwrite(header, 1, sizeof header, f);
 #define PUT(array, count) do { fwrite(array, 4, (size_t)(count), f); h = fnv1a(h, array, (size_t)(count) * 4); } while (0)
@@ -174,7 +188,14 @@ int llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model
 #undef PUT
     put_u64(tail, h);
     fwrite(tail, 1, 8, f);
-    if (ferror(f) | fclose(f)) return gguf_error(error, error_size, "cannot write %s (disk full?)", path);
+    if (ferror(f) | fclose(f)) { /* an existing scorer at path stays as it was */
+        remove(temporary);
+        return gguf_error(error, error_size, "cannot write %s (disk full?)", temporary);
+    }
+    if (rename(temporary, path)) {
+        remove(temporary);
+        return gguf_error(error, error_size, "cannot replace %s", path);
+    }
     return 0;
 }
 

@@ -16,7 +16,7 @@
        weight2 [n_kv_heads][n_hidden], bias2 [n_kv_heads]   (MLP only)
      checksum                        u64, FNV-1a over every byte before it
 
-   A scorer is refused for a model whose shape (layers, hidden size, KV
+   Floats are read as they lie: a little-endian host. A scorer is refused for a model whose shape (layers, hidden size, KV
    heads) or fingerprint differs from the one it was trained on, with a
    message that names both. */
 #ifndef KVEC_EXAMPLE_SCORER_H
@@ -36,8 +36,10 @@ typedef struct llm_scorer {
     char         model_name[LLM_SCORER_NAME_BYTES], target[LLM_SCORER_NAME_BYTES];
 } llm_scorer;
 
-/* FNV-1a over the model's shape and every layer's attention-norm weights:
-   cheap, and different for a different model or quantisation of it. */
+/* FNV-1a over the model's shape, its file's weight type and every layer's
+   attention-norm weights: cheap, and different for another model, or for
+   the same model in another weight type (two quantisations with one type
+   name, and the same norms, are not told apart). */
 uint64_t llm_model_fingerprint(const llm_model *model);
 
 /* Reads path and checks it against model. Returns 0, or -1 with a message

@@ -242,16 +242,18 @@ int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *erro
    first 4 positions always kept, the rest first to go. */
 static int learned_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, cap = cache->capacity;
-    const int64_t header = text_user_start(m, ids, n);
-    const int gate = m->scorer.layers[0].output == KVEC_SCORER_LOG_RETENTION;
-    int64_t l, j, i;
-    if (!cache->scorers || cache->n_positions < n) return -1;
+    int64_t header, l, j, i;
+    int gate;
+    if (!cache->scorers || cache->learned_failed || cache->n_positions < n) return -1;
+    header = text_user_start(m, ids, n);
+    gate = cache->scorers[0].output == KVEC_SCORER_LOG_RETENTION;
     for (l = 0; l < L; l++)
         for (j = 0; j < Hk; j++) {
             const float *y = cache->learned + (l * Hk + j) * cap;
             float *out = scores + (l * Hk + j) * n;
             for (i = 0; i < n; i++) {
-                double z = gate ? (double)(n - 1 - i) * y[i] : y[i];
+                /* a gate's decayed score (n - 1 - i) log beta, over n: the same order, no saturation */
+                double z = gate ? (double)(n - 1 - i) / (double)n * y[i] : y[i];
                 z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
                 out[i] = i < header ? (i < 4 ? INFINITY : 0.0f) : (float)exp(z);
             }
@@ -296,7 +298,7 @@ int text_scores_compute(const text_model *m, llm_cache *cache, const int32_t *id
     if (sources & TEXT_SCORES_LEARNED) {
         if (learned_scores(m, cache, ids, n, s->learned))
             return gguf_error(error, error_size, "no learned scores: the prefill ran without the scorer "
-                              "(text_scores_prepare)");
+                              "(text_scores_prepare), or its states were not finite");
         s->learned_seconds += cache->learned_seconds; /* spent inside the prefill */
         cache->learned_seconds = 0.0;
     }
@@ -345,8 +347,21 @@ int64_t text_reconstruction_positions(int64_t n) {
     return n + chunk + 64; /* the prompt, the turn's end and the quoted tail take under 64 */
 }
 
+static int reconstruction_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores,
+                                 char *error, size_t error_size);
+
 int text_reconstruction_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores,
                                char *error, size_t error_size) {
+    const kvec_scorer *scorers = cache->scorers; /* the pass's rows are not the prompt's: no learned scores for them */
+    int status;
+    cache->scorers = NULL;
+    status = reconstruction_scores(m, cache, ids, n, scores, error, error_size);
+    cache->scorers = scorers;
+    return status;
+}
+
+static int reconstruction_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores,
+                                 char *error, size_t error_size) {
     const int64_t L = m->model.config.n_layers, Hk = m->model.config.n_kv_heads;
     const int64_t header = text_user_start(m, ids, n);
     const int chat = header > 0;
