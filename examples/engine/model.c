@@ -929,12 +929,14 @@ static void attention(const llm_cache *cache, int64_t layer, const int64_t *leng
     }
 }
 
-/* One chunk (n <= max_chunk tokens) through every layer. */
+/* Seconds on a monotonic clock (the scorer's time inside the forward pass). */
 static double llm_seconds(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
 }
+
+/* One chunk (n <= max_chunk tokens) through every layer. */
 
 static void forward_chunk(const llm_model *model, llm_cache *cache, const int32_t *tokens, int64_t n,
                           float *logits) {

@@ -104,8 +104,9 @@ int64_t text_reconstruction_positions(int64_t n);
 
 /* Where a policy (text_policy_parse's name) gets its scores: from kvec
    scoring the cache itself (TEXT_SCORES_SELF), from the reconstruction pass
-   (kvzip, kvzip-kvec), or from expected attention over the query log
-   (expected, expected-kvec). */
+   (kvzip, kvzip-kvec), from expected attention over the query log
+   (expected, expected-kvec), or from a learned scorer run by the prefill
+   (learned, learned-kvec). */
 enum { TEXT_SCORES_SELF = 0, TEXT_SCORES_PASS = 1, TEXT_SCORES_EXPECTED = 2, TEXT_SCORES_LEARNED = 4 };
 int text_policy_scores(const char *name);
 
