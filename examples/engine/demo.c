@@ -3,13 +3,16 @@
    cache. What eviction costs, at a glance.
 
    build/demo [--model FILE.gguf] [--document FILE] [--questions FILE]
-              [--policies kvec,kvzip,snapkv,streaming] [--budgets 0.5,0.25,0.1]
-              [--aware] [--max-tokens N]
+              [--policies kvec,kvzip,learned,snapkv,streaming] [--budgets 0.5,0.25,0.1]
+              [--aware] [--max-tokens N] [--scorer FILE.kvs]
 
    The prompt is one ChatML user turn: an instruction, the document, then the
    question. kvzip's rows take their scores from one more pass in which the
    model repeats the document (text_reconstruction_scores); its time is
-   printed beside the prefill's. Question-agnostic (the default): the document alone is prefilled
+   printed beside the prefill's. learned's rows take theirs from the
+   model's learned scorer (scorers/NAME.kvs, docs/LEARNED.md), run inside
+   the prefill; without --policies they are shown when that file exists
+   (or --scorer names one). Question-agnostic (the default): the document alone is prefilled
    and compressed, then the question is read from the compressed cache, as
    when one cached document serves many questions. --aware: the question is
    prefilled with the document and compressed with it (SnapKV's setting:
@@ -90,7 +93,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt";
     const char *questions_path = "examples/demo/questions.tsv", *scorer_path = NULL;
-    char policies[256] = "kvec,kvzip,snapkv,streaming", budgets[256] = "0.5,0.25,0.1";
+    char policies[256] = "", budgets[256] = "0.5,0.25,0.1";
     char error[512], *document, *questions_text, *name, *cut;
     size_t document_length, questions_length;
     question questions[MAX_QUESTIONS];
@@ -122,6 +125,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (max_tokens < 1 || max_tokens > 256) { fprintf(stderr, "demo: --max-tokens must be 1..256\n"); return 2; }
+    if (!policies[0]) { /* the default rows: learned ones when this model has a scorer */
+        const char *base = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
+        const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
+        char scorer[600];
+        FILE *f;
+        snprintf(scorer, sizeof scorer, "scorers/%.*s.kvs", (int)stem, base);
+        if ((f = fopen(scorer_path ? scorer_path : scorer, "rb"))) fclose(f);
+        snprintf(policies, sizeof policies, "%s", f ? "kvec,kvzip,learned,snapkv,streaming" : "kvec,kvzip,snapkv,streaming");
+    }
 
     memset(&given, 0, sizeof given);
     /* The table's rows: the full cache, then each policy at each budget. */
