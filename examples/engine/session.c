@@ -237,9 +237,10 @@ int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *erro
 
 /* The scorer's output for positions 0 .. n-1 of a prefilled cache, as the
    masses kvec selects by ([L][Hk][n]): exp of the predicted log score (of
-   the decayed log retention, for a gate: (n - 1 - i) log beta_i). The chat
-   header before the user's text scores as in the reconstruction pass: its
-   first 4 positions always kept, the rest first to go. */
+   the decayed log retention, for a gate: (n - 1 - i) log beta_i). The
+   first 4 positions (the attention sinks, which no scorer was trained on)
+   are always kept; the rest of a chat header before the user's text goes
+   first, as in the reconstruction pass. */
 static int learned_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, cap = cache->capacity;
     int64_t header, l, j, i;
@@ -255,7 +256,7 @@ static int learned_scores(const text_model *m, llm_cache *cache, const int32_t *
                 /* a gate's decayed score (n - 1 - i) log beta, over n: the same order, no saturation */
                 double z = gate ? (double)(n - 1 - i) / (double)n * y[i] : y[i];
                 z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
-                out[i] = i < header ? (i < 4 ? INFINITY : 0.0f) : (float)exp(z);
+                out[i] = i < 4 ? INFINITY : i < header ? 0.0f : (float)exp(z);
             }
         }
     return 0;
