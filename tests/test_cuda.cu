@@ -635,6 +635,7 @@ static void test_reconstruction(bool quick) {
    untouched; a NaN weight found on the device, nothing written; a host
    refusal. */
 static void test_learned(bool quick) {
+    const uint64_t saved_rng = g_rng; /* its own numbers: the tests after it see the draws they saw before it */
     static const int64_t shapes[][4] = { /* T, E, Hk, F (0: linear) */
         { 40, 16, 2, 0 }, { 70, 24, 3, 9 }, { 33, 8, 1, 40 }, { 130, 48, 2, 0 },
     };
@@ -711,6 +712,7 @@ static void test_learned(bool quick) {
         cudaFree(device_weights);
         free_tensor(hidden);
     }
+    g_rng = saved_rng;
     std::printf("test_cuda: learned scores compared with the CPU's on %d shapes\n", n_shapes);
 }
 
