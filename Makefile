@@ -200,8 +200,9 @@ LLAMA_LIBS  = $(LLAMA_DIR)/build/src/libllama.a $(LLAMA_DIR)/build/ggml/src/libg
               $(LLAMA_DIR)/build/ggml/src/libggml-cpu.a $(LLAMA_DIR)/build/ggml/src/ggml-rpc/libggml-rpc.a \
               $(LLAMA_DIR)/build/ggml/src/libggml-base.a
 LLAMA_CC    = $(CC) -std=c11 $(WARN) -O2 -g $(OPENMP) -isystem $(LLAMA_DIR)/src/include -isystem $(LLAMA_DIR)/src/ggml/include
-LLAMA_HDR   = examples/llama.cpp/kvec_llama.h examples/llama.cpp/util.h kvec.h
-LLAMA_OBJ   = $(LLAMA_OUT)/kvec_llama.o $(LLAMA_OUT)/util.o
+LLAMA_HDR   = examples/llama.cpp/kvec_llama.h examples/llama.cpp/util.h kvec.h examples/engine/scorer.h \
+              examples/engine/model.h
+LLAMA_OBJ   = $(LLAMA_OUT)/kvec_llama.o $(LLAMA_OUT)/util.o $(LLAMA_OUT)/scorer.o
 LLAMA_MODEL ?= $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 LLAMA_BINS  = $(LLAMA_OUT)/kvec-llama $(LLAMA_OUT)/kvec-llama-measure $(LLAMA_OUT)/test_llama
 
@@ -215,6 +216,11 @@ $(LLAMA_OUT)/kvec-llama: $(LLAMA_OUT)/main.o $(LLAMA_OBJ)
 	$(CXX) -o $@ $^ $(LLAMA_LIBS) $(OPENMP) -lpthread -lm
 
 $(LLAMA_OUT)/json.o: examples/engine/json.c examples/engine/json.h
+	@mkdir -p $(LLAMA_OUT)
+	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
+
+# the learned scorers' file reader, shared with the C engine
+$(LLAMA_OUT)/scorer.o: examples/engine/scorer.c examples/engine/scorer.h examples/engine/model.h kvec.h
 	@mkdir -p $(LLAMA_OUT)
 	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
 
@@ -281,17 +287,23 @@ $(LLAMA_POUT)/%.o: examples/llama.cpp/%.c $(LLAMA_HDR) $(LLAMA_PLIBS)
 	@mkdir -p $(LLAMA_POUT)
 	$(LLAMA_PCC) -c $< -o $@
 
-$(LLAMA_POUT)/kvec-llama: $(LLAMA_POUT)/main.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o
+LLAMA_POBJ  = $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o $(LLAMA_POUT)/scorer.o
+
+$(LLAMA_POUT)/kvec-llama: $(LLAMA_POUT)/main.o $(LLAMA_POBJ)
 	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
 
 $(LLAMA_POUT)/json.o: examples/engine/json.c examples/engine/json.h
 	@mkdir -p $(LLAMA_POUT)
 	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
 
-$(LLAMA_POUT)/kvec-llama-measure: $(LLAMA_POUT)/measure.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o $(LLAMA_POUT)/json.o
+$(LLAMA_POUT)/scorer.o: examples/engine/scorer.c examples/engine/scorer.h examples/engine/model.h kvec.h
+	@mkdir -p $(LLAMA_POUT)
+	$(CC) -std=c99 $(WARN) -O2 -c $< -o $@
+
+$(LLAMA_POUT)/kvec-llama-measure: $(LLAMA_POUT)/measure.o $(LLAMA_POBJ) $(LLAMA_POUT)/json.o
 	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
 
-$(LLAMA_POUT)/test_llama: $(LLAMA_POUT)/test_llama.o $(LLAMA_POUT)/kvec_llama.o $(LLAMA_POUT)/util.o
+$(LLAMA_POUT)/test_llama: $(LLAMA_POUT)/test_llama.o $(LLAMA_POBJ)
 	$(CXX) -o $@ $^ $(LLAMA_PLIBS) $(OPENMP) -lpthread -lm
 
 llama-example-patched: $(LLAMA_PBINS)

@@ -896,8 +896,15 @@ KVEC_API uint16_t kvec_f32_to_bf16(float f);  /* round to nearest even */
 #include <omp.h>
 #define KVEC__PRAGMA(x) _Pragma(#x)
 #define KVEC__PARALLEL_FOR KVEC__PRAGMA(omp parallel for schedule(dynamic, 1))
+/* one team for a whole sequence of loops, each shared out by KVEC__FOR (a
+   barrier after each): for short loops repeated many times, where opening a
+   region per loop would cost more than the loop */
+#define KVEC__PARALLEL_REGION KVEC__PRAGMA(omp parallel)
+#define KVEC__FOR KVEC__PRAGMA(omp for schedule(static))
 #else
 #define KVEC__PARALLEL_FOR
+#define KVEC__PARALLEL_REGION
+#define KVEC__FOR
 #endif
 
 #define KVEC__DEFAULT_WINDOW      32
@@ -3956,8 +3963,18 @@ KVEC_API kvec_result kvec_coverage_scores(const kvec_config *config, const kvec_
 
 #define KVEC__LEARNED_BLOCK 32 /* tokens loaded and scored together; bounds the scratch */
 
-/* Rows of a scorer's arrays: first layer's rows, and (MLP) the second's. */
-static kvec_result kvec__check_scorer(const kvec_scorer *s, int64_t *first_rows) {
+/* One block's rows as fp32 ([B][E]) and, for the MLP, its hidden layer ([B][F]). */
+static void kvec__carve_learned(kvec__bump *b, const kvec_scorer *s, float **rows, float **hidden) {
+    *rows = (float *)kvec__take(b, kvec__count(KVEC__LEARNED_BLOCK, s->n_embd), sizeof(float));
+    *hidden = s->kind == KVEC_SCORER_MLP
+        ? (float *)kvec__take(b, kvec__count(KVEC__LEARNED_BLOCK, s->n_hidden), sizeof(float)) : NULL;
+}
+
+/* Checks a scorer; gives the rows of its first layer's arrays (F for the
+   MLP, Hk for the linear map) and the scratch it needs. */
+static kvec_result kvec__plan_scorer(const kvec_scorer *s, int64_t *first_rows, size_t *scratch_bytes) {
+    kvec__bump b;
+    float *rows, *hidden;
     int64_t count;
     if (!s) return KVEC_ERROR_NULL_POINTER;
     if ((s->kind != KVEC_SCORER_LINEAR && s->kind != KVEC_SCORER_MLP) ||
@@ -3971,6 +3988,10 @@ static kvec_result kvec__check_scorer(const kvec_scorer *s, int64_t *first_rows)
     if ((count = kvec__count(*first_rows, s->n_embd)) < 0 || kvec__count(count, sizeof(float)) < 0 ||
         (s->kind == KVEC_SCORER_MLP && kvec__count(kvec__count(s->n_kv_heads, s->n_hidden), sizeof(float)) < 0))
         return KVEC_ERROR_SIZE_OVERFLOW;
+    kvec__bump_init(&b, NULL, 0);
+    kvec__carve_learned(&b, s, &rows, &hidden);
+    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
+    *scratch_bytes = b.used;
     return KVEC_OK;
 }
 
@@ -3981,24 +4002,13 @@ static int kvec__floats_finite(const float *x, int64_t n) {
     return 1;
 }
 
-/* One block's rows as fp32 ([B][E]) and, for the MLP, its hidden layer ([B][F]). */
-static void kvec__carve_learned(kvec__bump *b, const kvec_scorer *s, float **rows, float **hidden) {
-    *rows = (float *)kvec__take(b, kvec__count(KVEC__LEARNED_BLOCK, s->n_embd), sizeof(float));
-    *hidden = s->kind == KVEC_SCORER_MLP
-        ? (float *)kvec__take(b, kvec__count(KVEC__LEARNED_BLOCK, s->n_hidden), sizeof(float)) : NULL;
-}
-
 KVEC_API kvec_result kvec_learned_scores_scratch_bytes(const kvec_scorer *scorer, size_t *bytes) {
-    kvec__bump b;
-    float *rows, *hidden;
-    int64_t first_rows = 0;
+    int64_t first_rows;
+    size_t needed;
     kvec_result r;
     if (!bytes) return KVEC_ERROR_NULL_POINTER;
-    if ((r = kvec__check_scorer(scorer, &first_rows)) != KVEC_OK) return r;
-    kvec__bump_init(&b, NULL, 0);
-    kvec__carve_learned(&b, scorer, &rows, &hidden);
-    if (b.overflow) return KVEC_ERROR_SIZE_OVERFLOW;
-    *bytes = b.used;
+    if ((r = kvec__plan_scorer(scorer, &first_rows, &needed)) != KVEC_OK) return r;
+    *bytes = needed;
     return KVEC_OK;
 }
 
@@ -4023,12 +4033,11 @@ KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_t
     kvec_result r;
     size_t needed;
     float *rows, *mid;
-    int64_t first_rows = 0, E, Hk, F, T, written, block;
-    if ((r = kvec_learned_scores_scratch_bytes(scorer, &needed)) != KVEC_OK) return r;
+    int64_t first_rows = 0, E, Hk, F, T, written;
+    if ((r = kvec__plan_scorer(scorer, &first_rows, &needed)) != KVEC_OK) return r;
     if (!hidden || !scores || !scratch) return KVEC_ERROR_NULL_POINTER;
     if (scratch_bytes < needed) return KVEC_ERROR_SCRATCH_TOO_SMALL;
     if ((r = kvec_validate_tensor(hidden)) != KVEC_OK) return r;
-    kvec__check_scorer(s, &first_rows); /* checked above */
     E = s->n_embd; Hk = s->n_kv_heads; F = s->n_hidden; T = hidden->n_tokens;
     if (hidden->n_heads != 1 || hidden->head_dim != E) return KVEC_ERROR_SHAPE_MISMATCH;
     if (scores_stride < T) return KVEC_ERROR_BAD_STRIDE;
@@ -4052,27 +4061,38 @@ KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_t
         return KVEC_ERROR_NON_FINITE;
     kvec__bump_init(&b, scratch, scratch_bytes);
     kvec__carve_learned(&b, s, &rows, &mid);
-    for (block = 0; block < T; block += KVEC__LEARNED_BLOCK) {
-        const int64_t n = T - block < KVEC__LEARNED_BLOCK ? T - block : KVEC__LEARNED_BLOCK;
-        int64_t t, j, f;
-        for (t = 0; t < n; t++) kvec__load_row(hidden, block + t, 0, rows + t * E);
-        if (s->kind == KVEC_SCORER_MLP) {
-            /* each hidden unit by one thread, every token of the block */
-            KVEC__PARALLEL_FOR
-            for (f = 0; f < F; f++) {
-                int64_t u;
-                for (u = 0; u < n; u++)
-                    mid[u * F + f] = kvec__gelu(kvec__dot(s->weight + f * E, rows + u * E, E) + (double)s->bias[f]);
+    /* One team for every block: each loop below is shared out and ends in a
+       barrier; every value is computed whole by one thread, in a fixed
+       order, so the bits do not depend on the thread count. */
+    KVEC__PARALLEL_REGION
+    {
+        int64_t block;
+        for (block = 0; block < T; block += KVEC__LEARNED_BLOCK) {
+            const int64_t n = T - block < KVEC__LEARNED_BLOCK ? T - block : KVEC__LEARNED_BLOCK;
+            int64_t t, f;
+            KVEC__FOR
+            for (t = 0; t < n; t++) kvec__load_row(hidden, block + t, 0, rows + t * E);
+            if (s->kind == KVEC_SCORER_MLP) {
+                /* each hidden unit by one thread, every token of the block */
+                KVEC__FOR
+                for (f = 0; f < F; f++) {
+                    int64_t u;
+                    for (u = 0; u < n; u++)
+                        mid[u * F + f] = kvec__gelu(kvec__dot(s->weight + f * E, rows + u * E, E) + (double)s->bias[f]);
+                }
+            }
+            KVEC__FOR
+            for (t = 0; t < n; t++) {
+                int64_t j;
+                for (j = 0; j < Hk; j++) {
+                    const double y = s->kind == KVEC_SCORER_MLP
+                        ? kvec__dot(s->weight2 + j * F, mid + t * F, F) + (double)s->bias2[j]
+                        : kvec__dot(s->weight + j * E, rows + t * E, E) + (double)s->bias[j];
+                    scores[j * scores_stride + block + t] =
+                        s->output == KVEC_SCORER_LOG_RETENTION ? kvec__log_sigmoid(y) : kvec__saturate(y);
+                }
             }
         }
-        for (t = 0; t < n; t++)
-            for (j = 0; j < Hk; j++) {
-                const double y = s->kind == KVEC_SCORER_MLP
-                    ? kvec__dot(s->weight2 + j * F, mid + t * F, F) + (double)s->bias2[j]
-                    : kvec__dot(s->weight + j * E, rows + t * E, E) + (double)s->bias[j];
-                scores[j * scores_stride + block + t] =
-                    s->output == KVEC_SCORER_LOG_RETENTION ? kvec__log_sigmoid(y) : kvec__saturate(y);
-            }
     }
     return KVEC_OK;
 }

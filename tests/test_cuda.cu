@@ -46,7 +46,10 @@ static int g_checks = 0, g_failures = 0;
     } while (0)
 
 /* >>random data */
-static uint64_t g_rng = 0x1234567ull;
+#ifndef TEST_CUDA_SEED /* other random data: compile with -DTEST_CUDA_SEED=N */
+#define TEST_CUDA_SEED 0x1234567ull
+#endif
+static uint64_t g_rng = TEST_CUDA_SEED;
 static uint64_t next_u64() {
     g_rng ^= g_rng << 13; g_rng ^= g_rng >> 7; g_rng ^= g_rng << 17;
     return g_rng;
@@ -298,7 +301,10 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
                     for (int64_t i = 0; i < N; i++) {
                         compared++;
                         if (std::isinf(a[i]) || std::isinf(b[i])) { bad += a[i] != b[i]; continue; }
-                        if (ranks) { rank_mismatch += a[i] != b[i]; continue; }
+                        /* rank scores are in rank units (kvec__union_score): a near-tie
+                           swapped moves a token by a rank or two (1.5 or 0.5 units
+                           each); only a move of more than 3 ranks counts */
+                        if (ranks) { rank_mismatch += std::fabs((double)a[i] - b[i]) > 4.5; continue; }
                         const double err = std::fabs((double)a[i] - b[i]);
                         /* relative to the score, or to the head's largest score for scores
                            near zero (a cosine of 1e-6 carries the CPU's own fp32 rounding).
@@ -313,8 +319,8 @@ static void run_case(const case_desc &cd, model &m, bool quick) {
             CHECK(bad == 0, "%s: %lld of %lld scores differ by more than 1e-3 relative (worst %.3g)", what,
                   (long long)bad, (long long)compared, worst);
             /* The rank union turns near-ties into swapped ranks: a few, never many. */
-            CHECK(rank_mismatch * 200 <= compared, "%s: %lld of %lld rank scores differ", what, (long long)rank_mismatch,
-                  (long long)compared);
+            CHECK(rank_mismatch * 200 <= compared, "%s: %lld of %lld rank scores differ by more than 3 ranks", what,
+                  (long long)rank_mismatch, (long long)compared);
             if (!quick && worst > 1e-4) std::printf("  note: %s: worst relative score difference %.3g\n", what, worst);
         }
     }
@@ -553,6 +559,17 @@ static void test_errors() {
 
 /* >>main */
 
+/* For a scorer's device test: `bytes` of device scratch (a size of 0 is
+   the scratch query's refusal, a failed check) and a device copy of the
+   scores' starting values, whose untouched columns are then compared. */
+static void device_scratch_and_scores(size_t bytes, const std::vector<float> &initial, void **scratch,
+                                      float **device_scores) {
+    CHECK(bytes > 0, "device scratch");
+    CUDA_OK(cudaMalloc(scratch, bytes ? bytes : 1));
+    CUDA_OK(cudaMalloc((void **)device_scores, initial.size() * sizeof(float)));
+    CUDA_OK(cudaMemcpy(*device_scores, initial.data(), initial.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
 /* >>reconstruction scores: the device's against the CPU's, for shapes that
    cross several of the CPU's row blocks and key tiles, in every dtype and
    layout; columns outside the chunk untouched; a NaN in a pass query found
@@ -587,10 +604,7 @@ static void test_reconstruction(bool quick) {
         const size_t bytes = kvec_cuda_reconstruction_scratch_bytes(&c, &device_layer, &device_pass);
         void *scratch = nullptr;
         float *device_scores = nullptr;
-        CHECK(bytes > 0, "device scratch");
-        CUDA_OK(cudaMalloc(&scratch, bytes));
-        CUDA_OK(cudaMalloc((void **)&device_scores, gpu.size() * sizeof(float)));
-        CUDA_OK(cudaMemcpy(device_scores, gpu.data(), gpu.size() * sizeof(float), cudaMemcpyHostToDevice));
+        device_scratch_and_scores(bytes, gpu, &scratch, &device_scores);
         kvec_result r = kvec_cuda_reconstruction_scores(&c, &device_layer, &device_pass, device_scores, scratch, bytes, NULL);
         kvec_result status = KVEC_ERROR_CUDA;
         CHECK(r == KVEC_OK, "shape %d: %s", s, kvec_result_string(r));
@@ -670,10 +684,7 @@ static void test_learned(bool quick) {
             const size_t bytes = kvec_cuda_learned_scores_scratch_bytes(&device, &hidden.device_view);
             void *scratch = nullptr;
             float *device_scores = nullptr;
-            CHECK(bytes > 0, "device scratch");
-            CUDA_OK(cudaMalloc(&scratch, bytes));
-            CUDA_OK(cudaMalloc((void **)&device_scores, gpu.size() * sizeof(float)));
-            CUDA_OK(cudaMemcpy(device_scores, gpu.data(), gpu.size() * sizeof(float), cudaMemcpyHostToDevice));
+            device_scratch_and_scores(bytes, gpu, &scratch, &device_scores);
             kvec_result r = kvec_cuda_learned_scores(&device, &hidden.device_view, device_scores, stride, scratch, bytes,
                                                      NULL);
             kvec_result status = KVEC_ERROR_CUDA;

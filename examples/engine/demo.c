@@ -126,11 +126,9 @@ int main(int argc, char **argv) {
     }
     if (max_tokens < 1 || max_tokens > 256) { fprintf(stderr, "demo: --max-tokens must be 1..256\n"); return 2; }
     if (!policies[0]) { /* the default rows: learned ones when this model has a scorer */
-        const char *base = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
-        const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
         char scorer[600];
         FILE *f;
-        snprintf(scorer, sizeof scorer, "scorers/%.*s.kvs", (int)stem, base);
+        text_scorer_default_path(model_path, scorer, sizeof scorer);
         if ((f = fopen(scorer_path ? scorer_path : scorer, "rb"))) fclose(f);
         snprintf(policies, sizeof policies, "%s", f ? "kvec,kvzip,learned,snapkv,streaming" : "kvec,kvzip,snapkv,streaming");
     }

@@ -1,9 +1,8 @@
 /* scorer.c - see scorer.h. */
 #include "scorer.h"
 
-#include "gguf.h"
-
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,14 +18,33 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
 }
 #define FNV_START 14695981039346656037ULL
 
+/* A message into error and -1 (this file needs no other part of the engine,
+   so that programs on other runtimes, the llama.cpp example, can link it). */
+static int scorer_error(char *error, size_t error_size, const char *format, ...) {
+    va_list args;
+    if (error && error_size) {
+        va_start(args, format);
+        vsnprintf(error, error_size, format, args);
+        va_end(args);
+    }
+    return -1;
+}
+
+uint64_t llm_fingerprint_start(int64_t n_layers, int64_t n_embd, int64_t n_kv_heads, const char *weight_dtype) {
+    const int64_t shape[3] = { n_layers, n_embd, n_kv_heads };
+    const uint64_t h = fnv1a(FNV_START, shape, sizeof shape);
+    return fnv1a(h, weight_dtype, strlen(weight_dtype)); /* the file's weight type: another quantisation differs */
+}
+
+uint64_t llm_fingerprint_layer(uint64_t fingerprint, const float *attn_norm, int64_t n_embd) {
+    return fnv1a(fingerprint, attn_norm, (size_t)n_embd * sizeof(float));
+}
+
 uint64_t llm_model_fingerprint(const llm_model *model) {
     const llm_config *c = &model->config;
-    const int64_t shape[3] = { c->n_layers, c->hidden_size, c->n_kv_heads };
-    uint64_t h = fnv1a(FNV_START, shape, sizeof shape);
+    uint64_t h = llm_fingerprint_start(c->n_layers, c->hidden_size, c->n_kv_heads, c->weight_dtype);
     int64_t l;
-    h = fnv1a(h, c->weight_dtype, strlen(c->weight_dtype)); /* the file's weight type: another quantisation differs */
-    for (l = 0; l < c->n_layers; l++)
-        h = fnv1a(h, model->layers[l].attn_norm, (size_t)c->hidden_size * sizeof(float));
+    for (l = 0; l < c->n_layers; l++) h = llm_fingerprint_layer(h, model->layers[l].attn_norm, c->hidden_size);
     return h;
 }
 
@@ -65,6 +83,16 @@ static void lay_out(kvec_scorer *layers, float *weights, int64_t L, uint32_t kin
 
 int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model, char *error, size_t error_size) {
     const llm_config *c = &model->config;
+    llm_scorer_target want;
+    want.n_layers = c->n_layers;
+    want.n_embd = c->hidden_size;
+    want.n_kv_heads = c->n_kv_heads;
+    want.fingerprint = llm_model_fingerprint(model);
+    return llm_scorer_load_for(scorer, path, &want, error, error_size);
+}
+
+int llm_scorer_load_for(llm_scorer *scorer, const char *path, const llm_scorer_target *want, char *error,
+                        size_t error_size) {
     unsigned char header[SCORER_HEADER_BYTES], tail[8];
     uint32_t kind, output, L, E, Hk, F;
     int64_t floats, l, i;
@@ -72,11 +100,11 @@ int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model
     long size;
     FILE *f;
     memset(scorer, 0, sizeof *scorer);
-    if (!(f = fopen(path, "rb"))) return gguf_error(error, error_size, "cannot open the scorer %s", path);
+    if (!(f = fopen(path, "rb"))) return scorer_error(error, error_size, "cannot open the scorer %s", path);
     if (fseek(f, 0, SEEK_END) || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) ||
         fread(header, 1, sizeof header, f) != sizeof header || memcmp(header, SCORER_MAGIC, 8)) {
         fclose(f);
-        return gguf_error(error, error_size, "%s is not a kvec scorer (no KVECSCR1 header)", path);
+        return scorer_error(error, error_size, "%s is not a kvec scorer (no KVECSCR1 header)", path);
     }
     kind = get_u32(header + 8); output = get_u32(header + 12);
     L = get_u32(header + 16); E = get_u32(header + 20); Hk = get_u32(header + 24); F = get_u32(header + 28);
@@ -88,23 +116,23 @@ int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model
         (output != KVEC_SCORER_SCORE && output != KVEC_SCORER_LOG_RETENTION) || L < 1 || L > 1024 || E < 1 ||
         E > 65536 || Hk < 1 || Hk > 1024 || (kind == KVEC_SCORER_MLP ? F < 1 || F > 65536 : F != 0)) {
         fclose(f);
-        return gguf_error(error, error_size, "%s: a scorer of an unknown kind or shape", path);
+        return scorer_error(error, error_size, "%s: a scorer of an unknown kind or shape", path);
     }
-    if ((int64_t)L != c->n_layers || (int64_t)E != c->hidden_size || (int64_t)Hk != c->n_kv_heads ||
-        fingerprint != llm_model_fingerprint(model)) {
+    if ((int64_t)L != want->n_layers || (int64_t)E != want->n_embd || (int64_t)Hk != want->n_kv_heads ||
+        fingerprint != want->fingerprint) {
+        const int same_shape = (int64_t)L == want->n_layers && (int64_t)E == want->n_embd && (int64_t)Hk == want->n_kv_heads;
         fclose(f);
-        return gguf_error(error, error_size,
-                          "%s was trained for another model: '%s' (%lu layers, hidden size %lu, %lu KV heads); this "
-                          "model has %d layers, hidden size %d, %d KV heads%s",
-                          path, scorer->model_name, (unsigned long)L, (unsigned long)E, (unsigned long)Hk,
-                          c->n_layers, c->hidden_size, c->n_kv_heads,
-                          (int64_t)L == c->n_layers && (int64_t)E == c->hidden_size && (int64_t)Hk == c->n_kv_heads
-                              ? ", and other weights (its fingerprint differs)" : "");
+        return scorer_error(error, error_size,
+                            "%s was trained for another model: '%s' (%lu layers, hidden size %lu, %lu KV heads); this "
+                            "model has %lld layers, hidden size %lld, %lld KV heads%s",
+                            path, scorer->model_name, (unsigned long)L, (unsigned long)E, (unsigned long)Hk,
+                            (long long)want->n_layers, (long long)want->n_embd, (long long)want->n_kv_heads,
+                            same_shape ? ", and other weights (its fingerprint differs)" : "");
     }
     floats = (int64_t)L * layer_floats(kind, E, Hk, F); /* at most 1024 * (2^32 + ...): fits */
     if ((int64_t)size != SCORER_HEADER_BYTES + floats * 4 + 8) {
         fclose(f);
-        return gguf_error(error, error_size, "%s: %ld bytes, a scorer of this shape has %lld (truncated or padded)",
+        return scorer_error(error, error_size, "%s: %ld bytes, a scorer of this shape has %lld (truncated or padded)",
                           path, size, (long long)(SCORER_HEADER_BYTES + floats * 4 + 8));
     }
     scorer->weights = (float *)malloc((size_t)floats * sizeof(float));
@@ -112,32 +140,32 @@ int llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model
     if (!scorer->weights || !scorer->layers) {
         fclose(f);
         llm_scorer_free(scorer);
-        return gguf_error(error, error_size, "out of memory for the scorer %s", path);
+        return scorer_error(error, error_size, "out of memory for the scorer %s", path);
     }
     /* the floats as they lie: a little-endian host, as every engine this runs on */
     if (fread(scorer->weights, 4, (size_t)floats, f) != (size_t)floats || fread(tail, 1, 8, f) != 8) {
         fclose(f);
         llm_scorer_free(scorer);
-        return gguf_error(error, error_size, "%s: read error", path);
+        return scorer_error(error, error_size, "%s: read error", path);
     }
     fclose(f);
     h = fnv1a(fnv1a(FNV_START, header, sizeof header), scorer->weights, (size_t)floats * 4);
     if (h != get_u64(tail)) {
         llm_scorer_free(scorer);
-        return gguf_error(error, error_size, "%s: checksum mismatch (the file is corrupt)", path);
+        return scorer_error(error, error_size, "%s: checksum mismatch (the file is corrupt)", path);
     }
     lay_out(scorer->layers, scorer->weights, L, kind, output, E, Hk, F);
     for (l = 0; l < (int64_t)L; l++) { /* each layer a scorer kvec takes */
         size_t bytes;
         if (kvec_learned_scores_scratch_bytes(&scorer->layers[l], &bytes) != KVEC_OK) {
             llm_scorer_free(scorer);
-            return gguf_error(error, error_size, "%s: layer %lld is not a valid scorer", path, (long long)l);
+            return scorer_error(error, error_size, "%s: layer %lld is not a valid scorer", path, (long long)l);
         }
     }
     for (i = 0; i < floats; i++)
         if (!isfinite(scorer->weights[i])) {
             llm_scorer_free(scorer);
-            return gguf_error(error, error_size, "%s: weight %lld is not finite", path, (long long)i);
+            return scorer_error(error, error_size, "%s: weight %lld is not finite", path, (long long)i);
         }
     scorer->n_layers = L;
     scorer->fingerprint = fingerprint;
@@ -160,10 +188,10 @@ int llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model
         if (s->kind != s0->kind || s->output != s0->output || s->n_embd != c->hidden_size ||
             s->n_kv_heads != c->n_kv_heads || s->n_hidden != s0->n_hidden ||
             kvec_learned_scores_scratch_bytes(s, &bytes) != KVEC_OK)
-            return gguf_error(error, error_size, "layer %lld's scorer has another shape than the model's", (long long)l);
+            return scorer_error(error, error_size, "layer %lld's scorer has another shape than the model's", (long long)l);
     }
     if (snprintf(temporary, sizeof temporary, "%s.partial", path) >= (int)sizeof temporary)
-        return gguf_error(error, error_size, "the path %s is too long", path);
+        return scorer_error(error, error_size, "the path %s is too long", path);
     memset(header, 0, sizeof header);
     memcpy(header, SCORER_MAGIC, 8);
     put_u32(header + 8, (uint32_t)s0->kind); put_u32(header + 12, (uint32_t)s0->output);
@@ -172,7 +200,7 @@ int llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model
     put_u64(header + 32, llm_model_fingerprint(model));
     strncpy((char *)header + 40, model_name, LLM_SCORER_NAME_BYTES - 1);
     strncpy((char *)header + 40 + LLM_SCORER_NAME_BYTES, target, LLM_SCORER_NAME_BYTES - 1);
-    if (!(f = fopen(temporary, "wb"))) return gguf_error(error, error_size, "cannot write %s", temporary);
+    if (!(f = fopen(temporary, "wb"))) return scorer_error(error, error_size, "cannot write %s", temporary);
     h = fnv1a(FNV_START, header, sizeof header);
     fwrite(header, 1, sizeof header, f);
 #define PUT(array, count) do { fwrite(array, 4, (size_t)(count), f); h = fnv1a(h, array, (size_t)(count) * 4); } while (0)
@@ -190,11 +218,11 @@ int llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model
     fwrite(tail, 1, 8, f);
     if (ferror(f) | fclose(f)) { /* an existing scorer at path stays as it was */
         remove(temporary);
-        return gguf_error(error, error_size, "cannot write %s (disk full?)", temporary);
+        return scorer_error(error, error_size, "cannot write %s (disk full?)", temporary);
     }
     if (rename(temporary, path)) {
         remove(temporary);
-        return gguf_error(error, error_size, "cannot replace %s", path);
+        return scorer_error(error, error_size, "cannot replace %s", path);
     }
     return 0;
 }

@@ -41,10 +41,25 @@ typedef struct llm_scorer {
    the same model in another weight type (two quantisations with one type
    name, and the same norms, are not told apart). */
 uint64_t llm_model_fingerprint(const llm_model *model);
+/* The same in steps, for a program that reads the model another way: start
+   with the shape and the weight type (the ggml type name, upper case, of
+   the type holding most elements of the 2-D blk.* tensors: "Q4_1", "F16"),
+   then add each layer's attention-norm weights ([n_embd] fp32) in order. */
+uint64_t llm_fingerprint_start(int64_t n_layers, int64_t n_embd, int64_t n_kv_heads, const char *weight_dtype);
+uint64_t llm_fingerprint_layer(uint64_t fingerprint, const float *attn_norm, int64_t n_embd);
+
+/* What a scorer file must have been trained for. */
+typedef struct llm_scorer_target {
+    int64_t  n_layers, n_embd, n_kv_heads;
+    uint64_t fingerprint;
+} llm_scorer_target;
 
 /* Reads path and checks it against model. Returns 0, or -1 with a message
    (missing or corrupt file, another model). */
 int  llm_scorer_load(llm_scorer *scorer, const char *path, const llm_model *model, char *error, size_t error_size);
+/* The same against a shape and fingerprint (llm_fingerprint_start). */
+int  llm_scorer_load_for(llm_scorer *scorer, const char *path, const llm_scorer_target *want, char *error,
+                         size_t error_size);
 /* Writes layers ([n_layers], one shape) for model. Returns 0, or -1 with a message. */
 int  llm_scorer_save(const char *path, const kvec_scorer *layers, const llm_model *model, const char *model_name,
                      const char *target, char *error, size_t error_size);

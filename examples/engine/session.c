@@ -210,16 +210,18 @@ int text_policy_scores(const char *name) {
     return TEXT_SCORES_SELF;
 }
 
+void text_scorer_default_path(const char *model_file, char *path, size_t path_size) {
+    const char *base = strrchr(model_file, '/') ? strrchr(model_file, '/') + 1 : model_file;
+    const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
+    snprintf(path, path_size, "scorers/%.*s.kvs", (int)stem, base);
+}
+
 int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *error, size_t error_size) {
     if (!(sources & TEXT_SCORES_LEARNED)) return 0;
     if (!m->scorer.layers) {
         char path[600];
-        if (m->scorer_path[0]) {
-            snprintf(path, sizeof path, "%s", m->scorer_path);
-        } else {
-            const size_t n = strlen(m->name), stem = n > 5 && !strcmp(m->name + n - 5, ".gguf") ? n - 5 : n;
-            snprintf(path, sizeof path, "scorers/%.*s.kvs", (int)stem, m->name);
-        }
+        if (m->scorer_path[0]) snprintf(path, sizeof path, "%s", m->scorer_path);
+        else text_scorer_default_path(m->name, path, sizeof path);
         if (llm_scorer_load(&m->scorer, path, &m->model, error, error_size)) {
             if (!m->scorer_path[0]) { /* the default: say how to get one */
                 const size_t used = strlen(error);

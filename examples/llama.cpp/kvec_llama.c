@@ -7,6 +7,7 @@
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,8 @@ int kvec_llama_init(kvec_llama *kl, const struct llama_model *model, int64_t win
         return kvl_fail(kl, "unexpected head counts (%lld query heads, %lld KV heads)",
                         (long long)kl->n_heads, (long long)kl->n_kv_heads);
     kl->head_dim = llama_model_n_embd(model) / kl->n_heads; /* checked against Qcur at capture */
+    kl->n_embd = llama_model_n_embd(model);
+    kl->pending_layer = -1;
     kl->window = window;
     kl->k = (struct ggml_tensor **)calloc((size_t)kl->n_layers, sizeof *kl->k);
     kl->v = (struct ggml_tensor **)calloc((size_t)kl->n_layers, sizeof *kl->v);
@@ -92,7 +95,39 @@ void kvec_llama_free(kvec_llama *kl) {
     free(kl->queries);
     free(kl->ubatch_pos);
     free(kl->cell_of_pos);
+    free(kl->learned);
+    free(kl->learned_seen);
+    free(kl->hidden_rows);
+    free(kl->pending);
+    free(kl->learned_scratch);
     memset(kl, 0, sizeof *kl);
+}
+
+int kvec_llama_set_scorers(kvec_llama *kl, const kvec_scorer *scorers) {
+    size_t most = 0, bytes;
+    int64_t l;
+    kvec_result r;
+    if (scorers) {
+        for (l = 0; l < kl->n_layers; l++) {
+            if ((r = kvec_learned_scores_scratch_bytes(&scorers[l], &bytes)) != KVEC_OK)
+                return kvl_fail(kl, "the scorer of layer %lld: %s", (long long)l, kvec_result_string(r));
+            if (scorers[l].n_embd != kl->n_embd || scorers[l].n_kv_heads != kl->n_kv_heads)
+                return kvl_fail(kl, "the scorer of layer %lld reads %lld values and gives %lld KV heads; this model has "
+                                    "%lld and %lld", (long long)l, (long long)scorers[l].n_embd,
+                                (long long)scorers[l].n_kv_heads, (long long)kl->n_embd, (long long)kl->n_kv_heads);
+            if (bytes > most) most = bytes;
+        }
+        if (most > kl->learned_scratch_bytes) {
+            void *grown = realloc(kl->learned_scratch, most);
+            if (!grown) return kvl_fail(kl, "out of memory");
+            kl->learned_scratch = grown;
+            kl->learned_scratch_bytes = most;
+        }
+        if (!kl->learned_seen && !(kl->learned_seen = (int64_t *)calloc((size_t)kl->n_layers, sizeof(int64_t))))
+            return kvl_fail(kl, "out of memory");
+    }
+    kl->scorers = scorers;
+    return 0;
 }
 
 void kvec_llama_context_params(kvec_llama *kl, struct llama_context_params *params) {
@@ -112,6 +147,15 @@ int kvec_llama_begin(kvec_llama *kl, int64_t n_prefix) {
     kl->queries = (float *)calloc(q, sizeof *kl->queries);
     kl->cell_of_pos = (int64_t *)malloc((size_t)n_prefix * sizeof *kl->cell_of_pos);
     if (!kl->queries || !kl->cell_of_pos) return kvl_fail(kl, "out of memory");
+    free(kl->learned);
+    kl->learned = NULL;
+    if (kl->scorers) {
+        if (!(kl->learned = (float *)malloc((size_t)(kl->n_layers * kl->n_kv_heads * n_prefix) * sizeof *kl->learned)))
+            return kvl_fail(kl, "out of memory");
+        memset(kl->learned_seen, 0, (size_t)kl->n_layers * sizeof *kl->learned_seen);
+        kl->pending_layer = -1;
+        kl->learned_ms = 0;
+    }
     for (p = 0; p < n_prefix; p++) kl->cell_of_pos[p] = -1;
     memset(kl->rows_seen, 0, (size_t)kl->n_layers * sizeof *kl->rows_seen);
     kl->n_prefix = n_prefix;
@@ -134,6 +178,58 @@ static void kvl_note_write(kvec_llama *kl, struct ggml_tensor *t) {
         /* transposed V is written one element per row ([1][kv_size*Hk*D]) */
         kl->v_trans = dst->ne[0] == 1 && root->ne[0] > 1;
     }
+}
+
+/* attn_norm-<il>, f32 [n_tokens][E] (the layer's attention input): scored
+   now, placed by position when Qcur-<il> gives the ubatch's positions. */
+static void kvl_capture_hidden(kvec_llama *kl, struct ggml_tensor *t, int64_t il) {
+    const int64_t n = t->ne[1], E = kl->n_embd;
+    double started;
+    kvec_tensor rows;
+    kvec_result r;
+    if (t->type != GGML_TYPE_F32 || t->ne[0] != E || t->ne[2] != 1 || t->ne[3] != 1 ||
+        t->nb[1] != (size_t)E * sizeof(float)) {
+        kvl_fail(kl, "attn_norm-%lld is not f32 [tokens][%lld]: unsupported graph", (long long)il, (long long)E);
+        return;
+    }
+    if (n > kl->pending_cap) {
+        float *hidden = (float *)realloc(kl->hidden_rows, (size_t)(n * E) * sizeof *hidden);
+        float *pending;
+        if (hidden) kl->hidden_rows = hidden;
+        pending = (float *)realloc(kl->pending, (size_t)(n * kl->n_kv_heads) * sizeof *pending);
+        if (pending) kl->pending = pending;
+        if (!hidden || !pending) { kvl_fail(kl, "out of memory"); return; }
+        kl->pending_cap = n;
+    }
+    started = kvl_ms();
+    ggml_backend_tensor_get(t, kl->hidden_rows, 0, (size_t)(n * E) * sizeof(float));
+    rows = kvec_tensor_contiguous(kl->hidden_rows, KVEC_DTYPE_F32, n, 1, E);
+    if ((r = kvec_learned_scores(&kl->scorers[il], &rows, kl->pending, n, kl->learned_scratch,
+                                 kl->learned_scratch_bytes)) != KVEC_OK) {
+        kvl_fail(kl, "learned scores, layer %lld: %s", (long long)il, kvec_result_string(r));
+        return;
+    }
+    kl->pending_layer = il;
+    kl->pending_rows = n;
+    kl->learned_ms += kvl_ms() - started;
+}
+
+/* Layer il's pending scores to their positions (the ubatch's, just read). */
+static void kvl_place_learned(kvec_llama *kl, int64_t il, int64_t n) {
+    const int64_t N = kl->n_prefix, Hk = kl->n_kv_heads;
+    int64_t i, j;
+    if (kl->pending_layer != il || kl->pending_rows != n) {
+        kvl_fail(kl, "attn_norm-%lld was not seen before Qcur-%lld with the same tokens: unsupported graph",
+                 (long long)il, (long long)il);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        const int64_t p = kl->ubatch_pos[i];
+        if (p < 0 || p >= N) continue;
+        for (j = 0; j < Hk; j++) kl->learned[(il * Hk + j) * N + p] = kl->pending[j * n + i];
+        kl->learned_seen[il]++;
+    }
+    kl->pending_layer = -1;
 }
 
 /* Qcur-<il>'s RoPE output, f32 [n_tokens][H][D]; src[1] the ubatch positions. */
@@ -159,6 +255,7 @@ static void kvl_capture_queries(kvec_llama *kl, struct ggml_tensor *t, int64_t i
     }
     ggml_backend_tensor_get(pos, kl->ubatch_pos, 0, (size_t)n * sizeof(int32_t));
     kl->n_ubatch_pos = n;
+    if (kl->learned) kvl_place_learned(kl, il, n);
     for (i = 0; i < n; i++) {
         int64_t p = kl->ubatch_pos[i];
         if (p < first || p >= kl->n_prefix) continue;
@@ -201,6 +298,10 @@ bool kvec_llama_eval_cb(struct ggml_tensor *t, bool ask, void *user_data) {
         if (!kl->armed) return ask ? false : true;
         if (!kvl_is_layer0_k_write(t)) return ask ? false : true;
         if (!ask) kvl_capture_cells(kl, t);
+        return true;
+    }
+    if (kl->armed && kl->learned && (il = kvl_layer_of(t->name, "attn_norm-")) >= 0 && il < kl->n_layers) {
+        if (!ask) kvl_capture_hidden(kl, t, il);
         return true;
     }
     /* The name alone is not enough: the Q matmul and reshape are Qcur-<il> too. */
@@ -381,10 +482,51 @@ int kvec_llama_views(kvec_llama *kl, kvec_layer *layers) {
     return 0;
 }
 
+/* The learned scores as the masses kvec_select takes ([L][Hk][N]): exp of
+   the predicted log score, or for a retention gate of the decayed log
+   retention (N-1-i)/N log beta_i (the order of (N-1-i) log beta_i, without
+   its overflow); the first 4 positions always kept. With K-VEC, its
+   uniqueness term over them (kvec_coverage_scores) per layer. */
+static int kvl_learned_masses(kvec_llama *kl, const kvec_config *cfg, const kvec_layer *layers, float *masses) {
+    const int64_t L = kl->n_layers, Hk = kl->n_kv_heads, N = kl->n_prefix;
+    const int gate = kl->scorers[0].output == KVEC_SCORER_LOG_RETENTION;
+    int64_t l, i;
+    size_t bytes = 0;
+    void *scratch;
+    kvec_result r;
+    for (l = 0; l < L; l++)
+        if (kl->learned_seen[l] != N)
+            return kvl_fail(kl, "layer %lld: %lld of %lld positions got learned scores (was the prefill decoded "
+                                "after kvec_llama_set_scorers and kvec_llama_begin?)",
+                            (long long)l, (long long)kl->learned_seen[l], (long long)N);
+    for (i = 0; i < L * Hk * N; i++) {
+        const int64_t position = i % N;
+        double y = gate ? (double)(N - 1 - position) / (double)N * kl->learned[i] : kl->learned[i];
+        y = y < -80.0 ? -80.0 : y > 80.0 ? 80.0 : y;
+        masses[i] = position < 4 ? INFINITY : (float)exp(y);
+    }
+    if (cfg->policy != KVEC_POLICY_KVEC) return 0;
+    for (l = 0; l < L; l++) {
+        size_t b;
+        if ((r = kvec_coverage_scores_scratch_bytes(cfg, &layers[l], &b)) != KVEC_OK)
+            return kvl_fail(kl, "kvec: %s", kvec_result_string(r));
+        if (b > bytes) bytes = b;
+    }
+    if (!(scratch = malloc(bytes ? bytes : 1))) return kvl_fail(kl, "out of memory");
+    for (l = 0; l < L; l++)
+        if ((r = kvec_coverage_scores(cfg, &layers[l], masses + l * Hk * N, scratch, bytes)) != KVEC_OK) {
+            free(scratch);
+            return kvl_fail(kl, "kvec, layer %lld: %s", (long long)l, kvec_result_string(r));
+        }
+    free(scratch);
+    return 0;
+}
+
 /* Scores and selects over layers[] (views of the prefix cells); with read,
-   the views are made here, after the refusals. */
+   the views are made here, after the refusals. With learned, by the
+   learned scores (kvl_learned_masses) instead of the policy's own. */
 static int kvl_plan(kvec_llama *kl, const kvec_config *config, int64_t budget, kvec_plan *plan,
-                    kvec_layer *layers, int read) {
+                    kvec_layer *layers, int read, int learned) {
     kvec_config resolved, cfg;
     kvec_coverage coverage;
     size_t score_bytes = 0, select_bytes, b;
@@ -407,9 +549,30 @@ static int kvl_plan(kvec_llama *kl, const kvec_config *config, int64_t budget, k
                         resolved.budget_mode == KVEC_BUDGET_PYRAMID ? "pyramid" :
                         resolved.budget_mode == KVEC_BUDGET_ADAPTIVE ? "adaptive" : "global");
 #endif
-    if (resolved.policy == KVEC_POLICY_CRITICALKV || resolved.policy == KVEC_POLICY_LAPROX)
+    if (learned) {
+        if (!kl->scorers || !kl->learned)
+            return kvl_fail(kl, "no learned scores: kvec_llama_set_scorers before kvec_llama_begin and the prefill");
+        if (resolved.policy == KVEC_POLICY_KVEC && cfg.terms.enabled != 0 && cfg.terms.enabled != KVEC_TERM_UNIQUENESS)
+            return kvl_fail(kl, "over learned scores K-VEC has one term, uniqueness: terms.enabled must be 0 or "
+                                "KVEC_TERM_UNIQUENESS");
+        if (resolved.policy == KVEC_POLICY_KVEC) cfg.terms.enabled = KVEC_TERM_UNIQUENESS;
+    } else if (resolved.policy == KVEC_POLICY_CRITICALKV || resolved.policy == KVEC_POLICY_LAPROX)
         return kvl_fail(kl, "%s reads W_o, which llama.cpp holds quantised: not supported here", kvec_policy_name(resolved.policy));
     if (read && kvec_llama_views(kl, layers)) return -1;
+    if (learned) { /* one selection over every layer's masses, under any budget mode */
+        select_bytes = kvec_select_scratch_bytes(&cfg, kl->n_layers, kl->n_kv_heads, N);
+        select_scratch = malloc(select_bytes ? select_bytes : 1);
+        scores = (float *)malloc((size_t)(kl->n_layers * kl->n_kv_heads * N) * sizeof *scores);
+        if (!select_scratch || !scores) { kvl_fail(kl, "out of memory"); goto done; }
+        if (kvl_learned_masses(kl, &cfg, layers, scores)) goto done;
+        if ((r = kvec_select(&cfg, scores, kl->n_layers, kl->n_kv_heads, N, budget, plan, select_scratch,
+                             select_bytes)) != KVEC_OK) {
+            kvl_fail(kl, "kvec: %s", kvec_result_string(r));
+            goto done;
+        }
+        rc = 0;
+        goto done;
+    }
     for (l = 0; l < kl->n_layers; l++) {
         if ((r = kvec_layer_scratch_bytes(&cfg, &layers[l], &b)) != KVEC_OK) { kvl_fail(kl, "kvec: %s", kvec_result_string(r)); goto done; }
         if (b > score_bytes) score_bytes = b;
@@ -463,7 +626,7 @@ int kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config
     int rc;
     (void)ctx;
     if (!layers) return kvl_fail(kl, "out of memory");
-    rc = kvl_plan(kl, config, budget, plan, layers, 1);
+    rc = kvl_plan(kl, config, budget, plan, layers, 1, 0);
     free(layers);
     kvl_free_copies(kl);
     return rc;
@@ -686,8 +849,8 @@ int kvec_llama_apply(kvec_llama *kl, struct llama_context *ctx, const kvec_plan 
     return rc;
 }
 
-int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
-                     int64_t budget, kvec_llama_stats *stats) {
+static int kvl_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config, int64_t budget,
+                     kvec_llama_stats *stats, int learned) {
     kvec_plan plan;
     kvec_layer *layers;
     int64_t N = kl->n_prefix, cap = budget < N ? budget : N, h;
@@ -707,7 +870,7 @@ int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_confi
         return kvl_fail(kl, "out of memory");
     }
     /* one read of a device cache serves the plan and the moves */
-    rc = kvl_plan(kl, config, budget, &plan, layers, 1);
+    rc = kvl_plan(kl, config, budget, &plan, layers, 1, learned);
     t1 = kvl_ms();
     if (rc == 0) rc = kvl_apply(kl, ctx, &plan, layers, 0);
     if (stats) {
@@ -729,6 +892,16 @@ int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_confi
     free(layers);
     kvl_free_copies(kl);
     return rc;
+}
+
+int kvec_llama_evict(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config, int64_t budget,
+                     kvec_llama_stats *stats) {
+    return kvl_evict(kl, ctx, config, budget, stats, 0);
+}
+
+int kvec_llama_evict_learned(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config, int64_t budget,
+                             kvec_llama_stats *stats) {
+    return kvl_evict(kl, ctx, config, budget, stats, 1);
 }
 
 int kvec_llama_keep_positions(kvec_llama *kl, struct llama_context *ctx, const uint8_t *keep) {

@@ -106,6 +106,21 @@ typedef struct kvec_llama {
 
     int     head_limits;       /* the last eviction gave heads different lengths (patched llama.cpp) */
 
+    /* learned scores (kvec_llama_set_scorers): each layer's scorer reads
+       attn_norm-<il> (the layer's attention input) as the prefill computes
+       it; the scores wait in `pending` until Qcur-<il> gives the ubatch's
+       positions */
+    int64_t n_embd;
+    const kvec_scorer *scorers;    /* [n_layers], the caller's; NULL: none */
+    float  *learned;           /* [n_layers][n_kv_heads][n_prefix] the scorers' outputs by position */
+    int64_t *learned_seen;     /* [n_layers] prefix positions scored */
+    float  *hidden_rows;       /* [pending_cap][n_embd] one ubatch's attn_norm rows, on the host */
+    float  *pending;           /* [n_kv_heads][pending_cap] their scores */
+    int64_t pending_layer, pending_rows, pending_cap;
+    void   *learned_scratch;
+    size_t  learned_scratch_bytes;
+    double  learned_ms;        /* the last prefill's time in the scorers (copy to the host and scoring) */
+
     /* the cells an eviction reads and writes, per layer, in host memory */
     struct kvec_llama_cells *cells;  /* [n_layers] */
     int64_t moved_on_device;   /* layers the last eviction moved inside their device buffers */
@@ -145,6 +160,27 @@ int  kvec_llama_check(kvec_llama *kl, struct llama_context *ctx);
    viewed in a host copy read by this call (kvec_llama_apply writes what it
    moves back to the device). Returns 0, or -1 with kl->error. */
 int  kvec_llama_views(kvec_llama *kl, kvec_layer *layers);
+
+/* Learned scores (kvec_learned_scores, docs/LEARNED.md): scorers ([n_layers],
+   kept by the caller until kvec_llama_free or another call) are run on each
+   layer's attention input during the prefills that kvec_llama_begin arms,
+   at the cost of one small matrix product per layer; NULL turns them off.
+   Refused when a layer's scorer does not take this model's hidden size and
+   KV heads. */
+int  kvec_llama_set_scorers(kvec_llama *kl, const kvec_scorer *scorers);
+
+/* kvec_llama_evict by the learned scores of the last prefill instead of
+   the policy's own: a token's mass is exp of its predicted log score (for
+   a retention gate, of its decayed log retention, (N-1-i)/N log beta), the
+   first 4 positions (attention sinks, which no scorer is trained on) and
+   the window are always kept. With config->policy KVEC_POLICY_KVEC, K-VEC's
+   uniqueness term is added (kvec_coverage_scores; config->terms.enabled
+   must be 0 or KVEC_TERM_UNIQUENESS); any other policy selects by the
+   scores alone. config->budget_mode decides how the budget is shared: the
+   scores compare across layers and heads, so KVEC_BUDGET_GLOBAL, as they
+   were measured, which needs the per-head patch. */
+int  kvec_llama_evict_learned(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
+                              int64_t budget, kvec_llama_stats *stats);
 
 /* What each KV head would keep (plan capacity >= budget), nothing moved. */
 int  kvec_llama_plan(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,

@@ -2,10 +2,11 @@
    evicted per KV head by kvec, and it answers from what is left.
 
    kvec-llama --model FILE.gguf [--document FILE] [--question TEXT]
-              [--policy kvec|snapkv|tova|h2o|keydiff|knorm|streaming|random]
+              [--policy kvec|snapkv|tova|h2o|keydiff|knorm|streaming|random|learned|learned-kvec]
               [--budget F | --keep N] [--flash-attn on|off] [--threads N]
               [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]
-              [--budget-mode uniform|pyramid|adaptive|global]
+              [--budget-mode uniform|pyramid|adaptive|global] [--question-after]
+              [--scorer FILE.kvs] [--mu X]
 
    The prompt is one chat turn: an instruction, the document, the question.
    The whole prompt is prefilled with kvec's callback capturing the last 32
@@ -15,7 +16,16 @@
    --full skips the eviction (the reference). --budget-mode other than
    uniform gives heads different lengths (budget is then their average) and
    needs the build against kvec-per-head.patch. Prints the prefill and the
-   eviction time, what each head keeps and the reply. */
+   eviction time, what each head keeps and the reply.
+
+   --question-after: the document is read and evicted first, the question
+   is decoded after the eviction (the cache of a document asked about
+   later: no policy can see the question). learned and learned-kvec score
+   with the model's learned scorer (docs/LEARNED.md; --scorer FILE, by
+   default scorers/NAME.kvs), computed during the prefill from each layer's
+   attention input; their budget is global (as measured), which needs the
+   per-head build; the stock build shares it uniformly and says so.
+   learned-kvec adds K-VEC's uniqueness term (weight --mu, default 1). */
 #define KVEC_IMPLEMENTATION
 #include "kvec_llama.h"
 #include "util.h"
@@ -31,7 +41,8 @@ static void usage(void) {
             "usage: kvec-llama --model FILE.gguf [--document FILE] [--question TEXT]\n"
             "                  [--policy NAME] [--budget F | --keep N] [--flash-attn on|off]\n"
             "                  [--threads N] [--cache-type f16|f32|bf16|q8_0|q4_0] [--n-predict N] [--full]\n"
-            "                  [--budget-mode uniform|pyramid|adaptive|global]\n"
+            "                  [--budget-mode uniform|pyramid|adaptive|global] [--question-after]\n"
+            "                  [--scorer FILE.kvs] [--mu X]   (policies learned, learned-kvec)\n"
             "                  [--gpu-layers N] [--rpc HOST:PORT[,HOST:PORT...]]\n"
             "  --gpu-layers N: the last N layers (and their caches) on the build's GPU or RPC devices\n"
             "  --rpc: layers on rpc-servers (llama.cpp's RPC backend); --gpu-layers defaults to all\n");
@@ -45,7 +56,12 @@ int main(int argc, char **argv) {
     const char *rpc = NULL;
     ggml_backend_dev_t rpc_devices[9] = {NULL}; /* 8 servers and the NULL after them */
     char error[256];
-    int full = 0, rc = 1;
+    int full = 0, rc = 1, learned = 0, question_after = 0, mode_given = 0;
+    const char *scorer_path = NULL;
+    char default_scorer[600];
+    llm_scorer scorer;
+    llama_token *question_tokens = NULL;
+    int64_t n_question = 0;
     kvec_config config;
     enum llama_flash_attn_type flash = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     enum ggml_type cache_type = GGML_TYPE_F16;
@@ -62,15 +78,28 @@ int main(int argc, char **argv) {
 
     memset(&config, 0, sizeof config);
     memset(&kl, 0, sizeof kl);
+    memset(&scorer, 0, sizeof scorer);
     for (i = 1; i < argc; i++) {
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--full")) { full = 1; continue; }
+        if (!strcmp(argv[i], "--question-after")) { question_after = 1; continue; }
         if (!value) { usage(); return 2; }
         if (!strcmp(argv[i], "--model")) model_path = value;
         else if (!strcmp(argv[i], "--document")) document_path = value;
         else if (!strcmp(argv[i], "--question")) question = value;
         else if (!strcmp(argv[i], "--policy")) {
-            if (kvec_llama_policy(value, &config.policy)) { fprintf(stderr, "kvec-llama: unknown policy %s\n", value); return 2; }
+            /* learned: select by the scores alone; learned-kvec: with K-VEC's uniqueness term */
+            learned = !strcmp(value, "learned") || !strcmp(value, "learned-kvec");
+            if (learned) config.policy = !strcmp(value, "learned") ? KVEC_POLICY_SNAPKV : KVEC_POLICY_KVEC;
+            else if (kvec_llama_policy(value, &config.policy)) { fprintf(stderr, "kvec-llama: unknown policy %s\n", value); return 2; }
+        } else if (!strcmp(argv[i], "--scorer")) scorer_path = value;
+        else if (!strcmp(argv[i], "--mu")) {
+            char *end;
+            config.terms.mu = strtof(value, &end);
+            if (end == value || *end || !(config.terms.mu > 0 && config.terms.mu < 100)) {
+                fprintf(stderr, "kvec-llama: --mu must be a number in (0, 100)\n");
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--budget")) fraction = atof(value);
         else if (!strcmp(argv[i], "--keep")) keep = atoll(value);
         else if (!strcmp(argv[i], "--flash-attn")) {
@@ -82,6 +111,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--gpu-layers")) gpu_layers = atoll(value);
         else if (!strcmp(argv[i], "--rpc")) rpc = value;
         else if (!strcmp(argv[i], "--budget-mode")) {
+            mode_given = 1;
             if (!strcmp(value, "uniform")) config.budget_mode = KVEC_BUDGET_UNIFORM;
             else if (!strcmp(value, "pyramid")) config.budget_mode = KVEC_BUDGET_PYRAMID;
             else if (!strcmp(value, "adaptive")) config.budget_mode = KVEC_BUDGET_ADAPTIVE;
@@ -120,6 +150,29 @@ int main(int argc, char **argv) {
     }
     vocab = llama_model_get_vocab(model);
     if (kvec_llama_init(&kl, model, 32)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
+    if (learned && !full) {
+        if (!scorer_path) {
+            util_default_scorer_path(model_path, default_scorer, sizeof default_scorer);
+            scorer_path = default_scorer;
+        }
+        if (util_load_scorer(&scorer, scorer_path, model_path, model, error, sizeof error)) {
+            fprintf(stderr, "kvec-llama: %s%s\n", error,
+                    scorer_path == default_scorer ? " (scorers are trained per model: `make scorer MODEL=FILE.gguf`, "
+                                                    "docs/LEARNED.md; --scorer FILE names another file)" : "");
+            goto done;
+        }
+        if (kvec_llama_set_scorers(&kl, scorer.layers)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
+        config.head_floor = -1.0f; /* no share per head: the scores compare across heads */
+        if (!mode_given) {
+#ifdef KVEC_LLAMA_PER_HEAD
+            config.budget_mode = KVEC_BUDGET_GLOBAL;
+#else
+            config.budget_mode = KVEC_BUDGET_UNIFORM;
+            printf("note: stock llama.cpp: the budget is shared uniformly over the heads; the learned scores were "
+                   "measured with one global budget, which needs the build with kvec-per-head.patch\n");
+#endif
+        }
+    }
 
     if (!(document = util_read_file(document_path, &document_length))) {
         fprintf(stderr, "kvec-llama: cannot read %s\n", document_path);
@@ -133,9 +186,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kvec-llama: cannot build the prompt\n");
         goto done;
     }
+    if (question_after) { /* the prompt cut before "\n\nQuestion:", each part tokenized alone */
+        const char *cut = strstr(prompt, "\n\nQuestion: ");
+        int64_t n_head;
+        llama_token *head;
+        if (!cut || !(head = util_tokenize(vocab, prompt, (size_t)(cut - prompt), 1, &n_head)) ||
+            !(question_tokens = util_tokenize(vocab, cut, strlen(cut), 0, &n_question))) {
+            fprintf(stderr, "kvec-llama: cannot split the prompt before the question\n");
+            goto done;
+        }
+        free(tokens);
+        tokens = head;
+        n = n_head;
+    }
 
     cparams = llama_context_default_params();
-    cparams.n_ctx = (uint32_t)(n + n_predict + 256);
+    cparams.n_ctx = (uint32_t)(n + n_question + n_predict + 256);
     cparams.n_batch = cparams.n_ctx;
     cparams.n_threads = cparams.n_threads_batch = (int32_t)n_threads;
     cparams.flash_attn_type = flash;
@@ -157,6 +223,9 @@ int main(int argc, char **argv) {
     printf("prompt %lld tokens, prefill %.0f ms (%lld threads, flash attention %s, V %s)\n", (long long)n,
            prefill_ms, (long long)n_threads, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
            kl.v_trans == 1 ? "transposed [Hk*D][cells]" : "[cells][Hk*D]");
+    if (kl.learned)
+        printf("learned scores computed during the prefill: %.1f ms, %.2f%% of it (attention inputs copied to the "
+               "host and scored)\n", kl.learned_ms, 100.0 * kl.learned_ms / prefill_ms);
     for (i = 0; i < kl.n_layers; i++)
         device_layers += kl.k[i] && kl.k[i]->buffer && !ggml_backend_buffer_is_host(kl.k[i]->buffer);
     if (device_layers)
@@ -166,12 +235,13 @@ int main(int argc, char **argv) {
         if (kvec_llama_check(&kl, ctx)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
         printf("full cache: %lld cells per KV head\n", (long long)n);
     } else {
-        if (kvec_llama_evict(&kl, ctx, &config, budget, &stats)) {
+        if ((learned ? kvec_llama_evict_learned : kvec_llama_evict)(&kl, ctx, &config, budget, &stats)) {
             fprintf(stderr, "kvec-llama: refused: %s\n", kl.error);
             goto done;
         }
         printf("kvec %s: %lld of %lld cells per KV head kept (%.0f%%), eviction %.2f ms (scoring %.2f, moving %.2f) = %.2f%% of the prefill\n",
-               kvec_policy_name(config.policy ? config.policy : KVEC_POLICY_KVEC), (long long)stats.kept,
+               learned ? (config.policy == KVEC_POLICY_KVEC ? "learned-kvec" : "learned")
+                       : kvec_policy_name(config.policy ? config.policy : KVEC_POLICY_KVEC), (long long)stats.kept,
                (long long)n, 100.0 * (double)stats.kept / (double)n, stats.plan_ms + stats.move_ms,
                stats.plan_ms, stats.move_ms, 100.0 * (stats.plan_ms + stats.move_ms) / prefill_ms);
         if (kl.moved_on_device)
@@ -182,10 +252,18 @@ int main(int argc, char **argv) {
                    "each head masked to its own)\n", (long long)stats.kept, (long long)stats.kept_max, (long long)stats.kept_max);
     }
 
-    /* The prefill's last logits survive the eviction: the first reply token. */
+    /* The question read after the eviction, or the prefill's last logits
+       (they survive the eviction): the first reply token. */
+    if (question_after && util_decode(ctx, question_tokens, n_question, n, 0)) {
+        fprintf(stderr, "kvec-llama: decoding the question failed\n");
+        goto done;
+    }
+    if (question_after)
+        printf("question read after the eviction: %lld tokens at positions %lld..%lld\n", (long long)n_question,
+               (long long)n, (long long)(n + n_question - 1));
     next = util_argmax(llama_get_logits_ith(ctx, -1), llama_vocab_n_tokens(vocab));
     t0 = util_ms();
-    for (pos = n, i = 0; i < n_predict && !llama_vocab_is_eog(vocab, next); i++, pos++) {
+    for (pos = n + n_question, i = 0; i < n_predict && !llama_vocab_is_eog(vocab, next); i++, pos++) {
         util_append_piece(vocab, next, reply, sizeof reply);
         if (util_decode(ctx, &next, 1, pos, 0)) { fprintf(stderr, "kvec-llama: decode failed at position %lld\n", (long long)pos); goto done; }
         next = util_argmax(llama_get_logits_ith(ctx, -1), llama_vocab_n_tokens(vocab));
@@ -198,6 +276,8 @@ done:
     if (ctx) llama_free(ctx);
     if (model) llama_model_free(model);
     kvec_llama_free(&kl);
+    llm_scorer_free(&scorer);
+    free(question_tokens);
     free(tokens);
     free(prompt);
     free(user);

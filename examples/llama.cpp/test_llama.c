@@ -608,6 +608,135 @@ static void run_refusals(struct llama_model *model, const llama_token *tokens, i
 #endif
 }
 
+/* The learned scores (kvec_llama_set_scorers, kvec_llama_evict_learned),
+   with the model's committed scorer (scorers/NAME.kvs; skipped, saying so,
+   when there is none):
+   - the file loads for this model: the GGUF fingerprint read through ggml
+     equals the one the C engine wrote into it;
+   - another model's scorer file is refused by name; a scorer of another
+     hidden size is refused by kvec_llama_set_scorers;
+   - every prefix position of every layer gets finite scores, each at its own
+     position however the prefill is split into ubatches: 448 tokens in one
+     ubatch and in ubatches of 100 give layer 0 (whose input is the token's
+     embedding alone) the same bits, and every layer the same scores within
+     0.25 of 1 + |y| (measured: 0.09 on SmolLM2; llama.cpp's kernels round
+     differently at another batch size, and the differences grow with
+     depth);
+   - an eviction to 50% by them leaves a sequence llama.cpp decodes on, and
+     its KL to the full cache is below the same eviction's by random scores
+     (learned and learned-kvec; global budgets with the patch, uniform
+     without). */
+static void run_learned(const char *model_path, struct llama_model *model, const llama_token *tokens, int64_t threads) {
+    const struct llama_vocab *vocab = llama_model_get_vocab(model);
+    const int64_t n_vocab = llama_vocab_n_tokens(vocab), N = PREFIX, B = PREFIX / 2;
+    char path[600], error[512], what[1024];
+    const char *other = strstr(model_path, "Qwen") ? "scorers/SmolLM2-135M-Instruct.Q4_1.kvs"
+                                                   : "scorers/Qwen2.5-Coder-0.5B-Instruct.kvs";
+    llm_scorer scorer, wrong;
+    kvec_scorer *shifted;
+    kvec_llama kl;
+    struct llama_context *ctx = NULL;
+    struct llama_context_params p;
+    float *one_ubatch = NULL, *ref = NULL;
+    double kl_by[3] = {1e9, 1e9, 1e9}, worst = 0, worst_layer0 = 0;
+    int64_t i, l, rows;
+    int ok, finite, run;
+    FILE *f;
+
+    util_default_scorer_path(model_path, path, sizeof path);
+    if (!(f = fopen(path, "rb"))) {
+        printf("learned scores: skipped (no scorer %s for this model: make scorer MODEL=%s)\n", path, model_path);
+        return;
+    }
+    fclose(f);
+    ok = util_load_scorer(&scorer, path, model_path, model, error, sizeof error) == 0;
+    if (!ok) printf("  %s\n", error);
+    snprintf(what, sizeof what, "learned: %s loads for this model (the GGUF fingerprint read through ggml is the C engine's)", path);
+    check(ok, what);
+    if (!ok) return;
+    if ((f = fopen(other, "rb"))) {
+        fclose(f);
+        snprintf(what, sizeof what, "learned: %s (another model's) is refused, naming it", other);
+        check(util_load_scorer(&wrong, other, model_path, model, error, sizeof error) != 0 &&
+              strstr(error, "another model") != NULL, what);
+    }
+    kvec_llama_init(&kl, model, 32);
+    rows = kl.n_layers;
+    shifted = (kvec_scorer *)malloc((size_t)rows * sizeof *shifted);
+    if (shifted) {
+        memcpy(shifted, scorer.layers, (size_t)rows * sizeof *shifted);
+        shifted[rows - 1].n_embd += 1; /* its weights are then read short: refused before use */
+        check(kvec_llama_set_scorers(&kl, shifted) != 0 && kl.scorers == NULL,
+              "learned: a scorer of another hidden size is refused by kvec_llama_set_scorers");
+        free(shifted);
+    }
+    one_ubatch = (float *)malloc((size_t)(kl.n_layers * kl.n_kv_heads * N) * sizeof *one_ubatch);
+    ref = (float *)malloc((size_t)(CONT * n_vocab) * sizeof *ref);
+    ok = one_ubatch && ref && kvec_llama_set_scorers(&kl, scorer.layers) == 0;
+
+    /* the prefill in one ubatch, then in ubatches of 100 */
+    for (run = 0; ok && run < 2; run++) {
+        p = llama_context_default_params();
+        p.n_ctx = 1024;
+        p.n_batch = 1024;
+        p.n_ubatch = run == 0 ? 512 : 100;
+        p.n_threads = p.n_threads_batch = (int32_t)threads;
+        kvec_llama_context_params(&kl, &p);
+        if (ctx) llama_free(ctx);
+        ok = (ctx = llama_init_from_model(model, p)) != NULL && kvec_llama_begin(&kl, N) == 0 &&
+             util_decode(ctx, tokens, N, 0, 0) == 0 && !kl.error[0];
+        if (!ok) break;
+        for (l = 0; l < kl.n_layers; l++) ok = ok && kl.learned_seen[l] == N;
+        for (i = 0, finite = 1; i < kl.n_layers * kl.n_kv_heads * N; i++) finite = finite && isfinite(kl.learned[i]);
+        if (run == 0) {
+            check(ok && finite, "learned: every prefix position of every layer and KV head got a finite score");
+            memcpy(one_ubatch, kl.learned, (size_t)(kl.n_layers * kl.n_kv_heads * N) * sizeof *one_ubatch);
+        } else {
+            for (i = 0; i < kl.n_layers * kl.n_kv_heads * N; i++) {
+                const double d = fabs((double)kl.learned[i] - one_ubatch[i]) / (1.0 + fabs((double)one_ubatch[i]));
+                if (i < kl.n_kv_heads * N) worst_layer0 = fmax(worst_layer0, d);
+                worst = fmax(worst, d);
+            }
+            snprintf(what, sizeof what, "learned: a prefill in ubatches of 100 gives layer 0 the scores of one ubatch, "
+                                        "bitwise (worst %.2g): each score is at its own position", worst_layer0);
+            check(ok && worst_layer0 == 0, what);
+            snprintf(what, sizeof what, "learned: and every layer within %.2f of them (worst %.3f, relative to 1 + |y|: "
+                                        "llama.cpp's kernels round otherwise at another batch size)", 0.25, worst);
+            check(ok && worst < 0.25, what);
+        }
+    }
+    if (!ok) printf("  learned capture: %s\n", kl.error);
+
+    /* the full cache's continuation, then 50% by learned, learned-kvec and random scores */
+    ok = ok && util_decode(ctx, tokens + N, CONT, N, 1) == 0;
+    for (i = 0; ok && i < CONT; i++) memcpy(ref + i * n_vocab, llama_get_logits_ith(ctx, (int32_t)i), (size_t)n_vocab * sizeof *ref);
+    for (run = 0; ok && run < 3; run++) {
+        kvec_config config;
+        memset(&config, 0, sizeof config);
+        config.policy = run == 0 ? KVEC_POLICY_SNAPKV : run == 1 ? KVEC_POLICY_KVEC : KVEC_POLICY_RANDOM;
+        config.head_floor = -1.0f;
+#ifdef KVEC_LLAMA_PER_HEAD
+        config.budget_mode = KVEC_BUDGET_GLOBAL;
+#endif
+        llama_memory_clear(llama_get_memory(ctx), true);
+        if (kvec_llama_begin(&kl, N) || util_decode(ctx, tokens, N, 0, 0) ||
+            (run < 2 ? kvec_llama_evict_learned : kvec_llama_evict)(&kl, ctx, &config, B, NULL)) {
+            printf("  learned eviction %d: %s\n", run, kl.error);
+            ok = 0;
+            break;
+        }
+        kl_by[run] = continuation_kl(ctx, tokens + N, N, ref, n_vocab);
+    }
+    snprintf(what, sizeof what, "learned: 50%% by learned scores, KL to the full cache %.4f nats (with uniqueness %.4f) "
+                                "< random scores' %.4f", kl_by[0], kl_by[1], kl_by[2]);
+    check(ok && kl_by[0] < kl_by[2] && kl_by[1] < kl_by[2], what);
+    if (ctx) llama_free(ctx);
+    kvec_llama_free(&kl);
+    llm_scorer_free(&scorer);
+    free(one_ubatch);
+    free(ref);
+}
+
 int main(int argc, char **argv) {
     const char *model_path = NULL, *document_path = "examples/demo/lighthouse.txt", *dump_path = NULL, *stock_logits = NULL;
     const char *rpc = NULL;
@@ -663,6 +792,7 @@ int main(int argc, char **argv) {
         run_flash(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED);
         run_flash(model, tokens, threads, LLAMA_FLASH_ATTN_TYPE_ENABLED);
         run_refusals(model, tokens, threads);
+        run_learned(model_path, model, tokens, threads);
     }
     free(tokens);
     free(text);

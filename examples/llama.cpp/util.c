@@ -2,6 +2,9 @@
 #define _POSIX_C_SOURCE 199309L
 #include "util.h"
 
+#include "gguf.h" /* ggml's reader of GGUF files */
+
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,4 +203,91 @@ int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int
     }
     devices[n] = NULL;
     return n;
+}
+
+void util_default_scorer_path(const char *model_path, char *path, size_t path_cap) {
+    const char *base = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
+    const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
+    snprintf(path, path_cap, "scorers/%.*s.kvs", (int)stem, base);
+}
+
+/* The fingerprint of llm_model_fingerprint, from the GGUF file itself:
+   metadata through ggml's reader, the attention norms read from the file. */
+static int util_gguf_fingerprint(const char *model_path, int64_t n_layers, int64_t n_embd, int64_t n_kv_heads,
+                                 uint64_t *fingerprint, char *error, size_t error_cap) {
+    struct gguf_init_params params = { true, NULL };
+    struct gguf_context *g = gguf_init_from_file(model_path, params);
+    uint64_t elements[GGML_TYPE_COUNT] = {0}, most = 0, h;
+    char weight_type[32], name[64];
+    float *norm = NULL;
+    void *raw = NULL;
+    FILE *f = NULL;
+    int64_t t, l, e;
+    int best = 0, type, rc = -1;
+    if (!g) { snprintf(error, error_cap, "%s: not a GGUF file ggml can read", model_path); return -1; }
+    for (t = 0; t < gguf_get_n_tensors(g); t++) { /* matrices of the blocks, by type */
+        const int64_t *ne = gguf_get_tensor_ne(g, t);
+        const enum ggml_type tt = gguf_get_tensor_type(g, t);
+        if (!strncmp(gguf_get_tensor_name(g, t), "blk.", 4) && ne[1] > 1 && ne[2] == 1 && ne[3] == 1 &&
+            (int)tt >= 0 && tt < GGML_TYPE_COUNT)
+            elements[tt] += (uint64_t)(ne[0] * ne[1]);
+    }
+    for (type = 0; type < GGML_TYPE_COUNT; type++)
+        if (elements[type] > most) { most = elements[type]; best = type; }
+    snprintf(weight_type, sizeof weight_type, "%s", ggml_type_name((enum ggml_type)best));
+    for (e = 0; weight_type[e]; e++) weight_type[e] = (char)toupper((unsigned char)weight_type[e]);
+    h = llm_fingerprint_start(n_layers, n_embd, n_kv_heads, weight_type);
+    norm = (float *)malloc((size_t)n_embd * sizeof *norm);
+    raw = malloc((size_t)n_embd * sizeof(float));
+    if (!norm || !raw || !(f = fopen(model_path, "rb"))) { snprintf(error, error_cap, "cannot read %s", model_path); goto done; }
+    for (l = 0; l < n_layers; l++) {
+        int64_t id;
+        enum ggml_type tt;
+        size_t bytes;
+        snprintf(name, sizeof name, "blk.%lld.attn_norm.weight", (long long)l);
+        if ((id = gguf_find_tensor(g, name)) < 0 || gguf_get_tensor_ne(g, id)[0] != n_embd ||
+            gguf_get_tensor_ne(g, id)[1] != 1) {
+            snprintf(error, error_cap, "%s: no %s of %lld values", model_path, name, (long long)n_embd);
+            goto done;
+        }
+        tt = gguf_get_tensor_type(g, id);
+        if (tt != GGML_TYPE_F32 && tt != GGML_TYPE_F16 && tt != GGML_TYPE_BF16) {
+            snprintf(error, error_cap, "%s: %s is %s (f32, f16 or bf16 expected)", model_path, name, ggml_type_name(tt));
+            goto done;
+        }
+        bytes = (size_t)n_embd * ggml_type_size(tt);
+        if (fseek(f, (long)(gguf_get_data_offset(g) + gguf_get_tensor_offset(g, id)), SEEK_SET) ||
+            fread(raw, 1, bytes, f) != bytes) {
+            snprintf(error, error_cap, "%s: cannot read %s", model_path, name);
+            goto done;
+        }
+        for (e = 0; e < n_embd; e++) {
+            uint16_t half;
+            if (tt == GGML_TYPE_F32) { memcpy(&norm[e], (char *)raw + 4 * e, 4); continue; }
+            memcpy(&half, (char *)raw + 2 * e, 2);
+            norm[e] = tt == GGML_TYPE_F16 ? kvec_f16_to_f32(half) : kvec_bf16_to_f32(half);
+        }
+        h = llm_fingerprint_layer(h, norm, n_embd);
+    }
+    *fingerprint = h;
+    rc = 0;
+done:
+    if (f) fclose(f);
+    free(norm);
+    free(raw);
+    gguf_free(g);
+    return rc;
+}
+
+int util_load_scorer(llm_scorer *scorer, const char *scorer_path, const char *model_path,
+                     const struct llama_model *model, char *error, size_t error_cap) {
+    llm_scorer_target want;
+    want.n_layers = llama_model_n_layer(model);
+    want.n_embd = llama_model_n_embd(model);
+    want.n_kv_heads = llama_model_n_head_kv(model);
+    memset(scorer, 0, sizeof *scorer);
+    if (util_gguf_fingerprint(model_path, want.n_layers, want.n_embd, want.n_kv_heads, &want.fingerprint, error,
+                              error_cap))
+        return -1;
+    return llm_scorer_load_for(scorer, scorer_path, &want, error, error_cap);
 }

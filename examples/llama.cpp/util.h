@@ -9,6 +9,7 @@
 #include "llama.h"
 #include "ggml-backend.h"
 #include "../../kvec.h"
+#include "../engine/scorer.h"
 
 double util_ms(void);
 char  *util_read_file(const char *path, size_t *length); /* NUL-terminated, NULL on failure */
@@ -61,5 +62,18 @@ void util_quiet_logs(void);
    through ggml's backend registry, so a build without GGML_RPC links and
    says why it cannot. Returns n, or -1 with the reason in error. */
 int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int cap, char *error, size_t error_cap);
+
+/* A learned scorer file (examples/engine/scorer.h, trained by
+   build/train_scorer) loaded for model, read from model_path: refused
+   unless it was trained for this model's shape and its GGUF file's
+   fingerprint (the weight type that holds most elements of the blk.*
+   matrices, every layer's attention-norm weights), the same fingerprint
+   the C engine computes. Returns 0, or -1 with the reason in error. */
+int util_load_scorer(llm_scorer *scorer, const char *scorer_path, const char *model_path,
+                     const struct llama_model *model, char *error, size_t error_cap);
+
+/* scorers/NAME.kvs, NAME the model file's name without its folder and
+   ".gguf": where `make scorer MODEL=...` writes a model's scorer. */
+void util_default_scorer_path(const char *model_path, char *path, size_t path_cap);
 
 #endif
