@@ -949,18 +949,20 @@ __device__ int64_t kc_block_collect(uint8_t *flags, int64_t n, int64_t *out, kc_
    kvec__select_head. With the cross-head term one block (blockIdx.x = 0)
    takes the heads in order, as kvec__select_cross_head: each first takes
    its best free - reserve, then reserve more among tokens no earlier head
-   of the layer kept (topped up from the rest if there are too few).
+   of the layer kept (topped up from the rest if there are too few). A
+   reserve of 0 (few free slots) is then each head's own best, as on the
+   CPU, but still in the one block, which is all the launch has.
    scores: [L][Hk][N]; head_flags: [KC_BATCH][N] bytes, cross-head only. */
 __global__ void __launch_bounds__(KC_SELECT_THREADS)
-kc_select(const float *scores, int64_t N, int64_t Hk, int64_t window, kc_select_batch batch,
+kc_select(const float *scores, int64_t N, int64_t Hk, int64_t window, kc_select_batch batch, int cross_head,
           int64_t *kept_count, int64_t *kept_positions, int64_t plan_heads, int64_t capacity,
           uint8_t *head_flags, int32_t *status) {
     __shared__ kc_select_shared sh;
     KC_STOP_ON_ERROR(status);
     const int tid = threadIdx.x, b = blockIdx.y;
     const int64_t l = batch.first_layer + b, n = N - window, F = batch.free_slots[b], reserve = batch.reserve[b];
-    const int64_t first_head = reserve > 0 ? 0 : blockIdx.x, last_head = reserve > 0 ? Hk : blockIdx.x + 1;
-    uint8_t *flags = reserve > 0 ? head_flags + (int64_t)b * N : NULL;
+    const int64_t first_head = cross_head ? 0 : blockIdx.x, last_head = cross_head ? Hk : blockIdx.x + 1;
+    uint8_t *flags = cross_head ? head_flags + (int64_t)b * N : NULL;
     if (flags)
         for (int64_t i = tid; i < n; i += KC_SELECT_THREADS) flags[i] = 0;
     __syncthreads();
@@ -1681,7 +1683,7 @@ static kvec_result kc_select_layers(const kvec_config *c, const float *scores, i
             batch.reserve[b] = cross_head ? (int64_t)floor((double)c->terms.beta * (double)batch.free_slots[b]) : 0;
         }
         KC_LAUNCH(kc_select, dim3(cross_head ? 1u : (unsigned)Hk, (unsigned)batch.n_layers), KC_SELECT_THREADS, 0, (
-            scores, N, Hk, c->window, batch, plan->kept_count, plan->kept_positions, plan->n_kv_heads,
+            scores, N, Hk, c->window, batch, cross_head, plan->kept_count, plan->kept_positions, plan->n_kv_heads,
             plan->capacity, select_flags, status));
     }
     return KVEC_OK;

@@ -34,6 +34,9 @@
    runs the same CPU kernels; what each run measured is printed). The first
    placement runs in a 512-cell context (a transposed V read in one call),
    the others in 1024 (row by row), each against a host run of its size.
+   With every layer on the server, and with half of them: the learned
+   scores, from attention inputs computed on the server, are the host's
+   bit for bit (when the model has a scorer in scorers/).
 
    Built against llama.cpp with kvec-per-head.patch (make test-llama-patch,
    KVEC_LLAMA_PER_HEAD defined), with flash attention off and on:
@@ -443,6 +446,24 @@ done:
     return run;
 }
 
+/* The learned scores ([L][Hk][PREFIX], malloc'd) of a prefill of the
+   prefix with scorers set, NULL on failure (the reason printed). */
+static float *learned_of(struct llama_model *model, const llama_token *tokens, int64_t threads,
+                         const kvec_scorer *scorers) {
+    kvec_llama kl;
+    struct llama_context *ctx = NULL;
+    float *out = NULL;
+    if (kvec_llama_init(&kl, model, 32) == 0 && kvec_llama_set_scorers(&kl, scorers) == 0 &&
+        (ctx = make_context(model, &kl, threads, LLAMA_FLASH_ATTN_TYPE_DISABLED, GGML_TYPE_F16, 1)) &&
+        kvec_llama_begin(&kl, PREFIX) == 0 && util_decode(ctx, tokens, PREFIX, 0, 0) == 0 && !kl.error[0] &&
+        (out = (float *)malloc((size_t)(kl.n_layers * kl.n_kv_heads * PREFIX) * sizeof *out)))
+        memcpy(out, kl.learned, (size_t)(kl.n_layers * kl.n_kv_heads * PREFIX) * sizeof *out);
+    if (!out) printf("  learned scores: %s\n", kl.error[0] ? kl.error : "the context or the prefill failed");
+    if (ctx) llama_free(ctx);
+    kvec_llama_free(&kl);
+    return out;
+}
+
 /* Mean KL between two [CONT][n_vocab] logit sets, and the largest |difference|. */
 static double logits_kl(const float *a, const float *b, int64_t n_vocab, double *max_diff) {
     double kl = 0;
@@ -465,7 +486,7 @@ static void run_remote(const char *model_path, struct llama_model *host_model, c
     const int64_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(host_model));
     const int32_t n_layers = llama_model_n_layer(host_model);
     int n_devices, f, k;
-    char what[320], error[256];
+    char what[1024], error[512];
     if ((n_devices = util_add_rpc_servers(endpoints, devices, 2, error, sizeof error)) < 0) {
         snprintf(what, sizeof what, "RPC: the servers at %s answer (%s)", endpoints, error);
         check(0, what);
@@ -518,6 +539,25 @@ static void run_remote(const char *model_path, struct llama_model *host_model, c
                          "(KL %.2g, max |diff| %.2g), and after the re-eviction (KL %.2g, max |diff| %.2g); bound KL %.0e",
                          names[k], fa, kl, diff, kl_again, diff_again, REMOTE_KL);
                 check(kl < REMOTE_KL && kl_again < REMOTE_KL, what);
+            }
+            if (f == 0 && k < 2) { /* learned scores from attention inputs computed on the server */
+                char path[600];
+                llm_scorer scorer;
+                util_default_scorer_path(model_path, path, sizeof path);
+                if (util_load_scorer(&scorer, path, model_path, host_model, error, sizeof error) == 0) {
+                    float *at_host = learned_of(host_model, tokens, threads, scorer.layers);
+                    float *at_server = learned_of(model, tokens, threads, scorer.layers);
+                    snprintf(what, sizeof what, "RPC, %s: the learned scores (attn_norm read from the server) are "
+                             "the host's, bit for bit", names[k]);
+                    check(at_host && at_server &&
+                          !memcmp(at_host, at_server, (size_t)(n_layers * llama_model_n_head_kv(host_model) * PREFIX) * sizeof(float)),
+                          what);
+                    free(at_host);
+                    free(at_server);
+                    llm_scorer_free(&scorer);
+                } else {
+                    printf("skip: RPC learned scores (%s)\n", error);
+                }
             }
             placement_free(&remote);
             llama_model_free(model);
