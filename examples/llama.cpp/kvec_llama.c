@@ -948,6 +948,10 @@ int kvec_llama_continue(kvec_llama *kl, int64_t p_end) {
     if (!(grown = (int64_t *)realloc(kl->cell_of_pos, (size_t)p_end * sizeof *grown))) return kvl_fail(kl, "out of memory");
     kl->cell_of_pos = grown;
     for (p = kl->n_prefix; p < p_end; p++) kl->cell_of_pos[p] = -1;
+    /* learned scores belong to the prefill kvec_llama_begin armed (the
+       re-eviction scores by the policy): not captured from here on */
+    free(kl->learned);
+    kl->learned = NULL;
     memset(kl->rows_seen, 0, (size_t)kl->n_layers * sizeof *kl->rows_seen);
     memset(kl->queries, 0, (size_t)(kl->n_layers * kl->window * kl->n_heads * kl->head_dim) * sizeof *kl->queries);
     kl->n_prefix = p_end;

@@ -178,7 +178,9 @@ int  kvec_llama_set_scorers(kvec_llama *kl, const kvec_scorer *scorers);
    must be 0 or KVEC_TERM_UNIQUENESS); any other policy selects by the
    scores alone. config->budget_mode decides how the budget is shared: the
    scores compare across layers and heads, so KVEC_BUDGET_GLOBAL, as they
-   were measured, which needs the per-head patch. */
+   were measured, which needs the per-head patch. Learned scores cover the
+   prefill kvec_llama_begin armed: kvec_llama_reevict, after
+   kvec_llama_continue, scores by the policy. */
 int  kvec_llama_evict_learned(kvec_llama *kl, struct llama_context *ctx, const kvec_config *config,
                               int64_t budget, kvec_llama_stats *stats);
 

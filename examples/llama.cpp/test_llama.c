@@ -770,6 +770,25 @@ static void run_learned(const char *model_path, struct llama_model *model, const
     snprintf(what, sizeof what, "learned: 50%% by learned scores, KL to the full cache %.4f nats (with uniqueness %.4f) "
                                 "< random scores' %.4f", kl_by[0], kl_by[1], kl_by[2]);
     check(ok && kl_by[0] < kl_by[2] && kl_by[1] < kl_by[2], what);
+    /* after kvec_llama_continue the scores are dropped (they covered the
+       armed prefill): decoding goes on, a learned eviction says why it
+       cannot, the policy's re-eviction works */
+    if (ok) {
+        kvec_config config;
+        memset(&config, 0, sizeof config);
+        config.head_floor = -1.0f;
+        llama_memory_clear(llama_get_memory(ctx), true);
+        ok = kvec_llama_begin(&kl, N) == 0 && util_decode(ctx, tokens, N, 0, 0) == 0 &&
+             kvec_llama_evict_learned(&kl, ctx, &config, B, NULL) == 0 && kvec_llama_continue(&kl, N + CONT) == 0 &&
+             kl.learned == NULL && util_decode(ctx, tokens + N, CONT, N, 0) == 0;
+        config.head_floor = 0;
+        ok = ok && kvec_llama_reevict(&kl, ctx, &config, B, NULL) == 0 &&
+             llama_memory_seq_pos_min(llama_get_memory(ctx), 0) == N + CONT - B &&
+             kvec_llama_evict_learned(&kl, ctx, &config, B, NULL) != 0;
+        if (!ok) printf("  %s\n", kl.error);
+        check(ok, "learned: after kvec_llama_continue the scores are dropped, the re-eviction by the policy works, "
+                  "a learned one is refused");
+    }
     if (ctx) llama_free(ctx);
     kvec_llama_free(&kl);
     llm_scorer_free(&scorer);
