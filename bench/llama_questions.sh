@@ -24,7 +24,7 @@ questions=examples/demo/questions.tsv
 [ -f "$model" ] || { echo "llama_questions: no model at $model (make model)" >&2; exit 1; }
 
 echo "llama_questions: $(basename "$model"), $bin, question after the eviction, $threads thread(s), $(date -u +%F)"
-printf '%-16s %7s %8s   %s\n' policy budget correct "answers (one word of each reply)"
+printf '%-16s %7s %8s   %s\n' policy budget correct "per question (+ right, - wrong)"
 IFS=, read -ra policy_list <<< "$policies"
 IFS=, read -ra budget_list <<< "$budgets"
 for policy in "${policy_list[@]}"; do
