@@ -135,6 +135,7 @@ typedef struct options {
     int64_t long_layers;          /* layers timed in the long run */
     const char *summary;          /* JSON lines for bench/speed_torch.py, or NULL */
     int64_t recon_chunk;          /* reconstruction scores: chunk tokens, 0 = not run */
+    int64_t learned_tokens;       /* learned scores: tokens of one prefill chunk, 0 = not run */
 } options;
 
 static void usage(FILE *f)
@@ -151,6 +152,7 @@ static void usage(FILE *f)
         "  --long-layers  layers timed in the long run (default 4), times scaled to %d layers\n"
         "  --summary      write the SnapKV and K-VEC totals per size as JSON lines to FILE\n"
         "  --reconstruction C  then reconstruction scores of one layer, a C-token chunk (default 2048; 0: none)\n"
+        "  --learned T    then learned scores of one layer, a T-token prefill chunk (default 2048; 0: none)\n"
         "  --policies     any of:", MAX_REPEATS, N_LAYERS, N_LAYERS, N_LAYERS);
     for (p = 0; p < N_POLICIES; p++) fprintf(f, " %s", POLICIES[p].name);
     fprintf(f, " (default all)\n");
@@ -207,6 +209,7 @@ static int parse_options(int argc, char **argv, options *o)
     o->layers = N_LAYERS;
     o->long_n = -1; /* default below */
     o->recon_chunk = -1;
+    o->learned_tokens = -1;
     o->long_layers = 4;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -255,6 +258,15 @@ static int parse_options(int argc, char **argv, options *o)
             }
             o->recon_chunk = c;
             i++;
+        } else if (strcmp(a, "--learned") == 0 && v) {
+            char *end;
+            long long t = strtoll(v, &end, 10);
+            if (*end != '\0' || t < 0 || t > 65536) {
+                fprintf(stderr, "speed: bad --learned '%s' (0 .. 65536 tokens)\n", v);
+                return 0;
+            }
+            o->learned_tokens = t;
+            i++;
         } else if (strcmp(a, "--summary") == 0 && v) {
             o->summary = v;
             i++;
@@ -275,6 +287,7 @@ static int parse_options(int argc, char **argv, options *o)
     if (o->quick && o->repeats == 0) o->repeats = 1;
     if (o->long_n < 0) o->long_n = o->quick ? 0 : 131072;
     if (o->recon_chunk < 0) o->recon_chunk = 2048;
+    if (o->learned_tokens < 0) o->learned_tokens = 2048;
     return 1;
 }
 
@@ -825,6 +838,88 @@ static void run_reconstruction(int64_t chunk, int repeats)
     free(k); free(pk); free(q); free(scores); free(qg); free(k32); free(c); free(scratch);
 }
 
+/* >>learned: kvec_learned_scores on one layer of the Llama-3.1-8B shape, a
+   linear scorer ([8][4096]) over a T-token prefill chunk of fp32 hidden
+   states ([T][1][4096]); beside sgemm of the same products ([T x E] x
+   [E x Hk]) and of the layer's K projection ([T x E] x [E x Hk*D]), whose
+   rate stands for the prefill's. The prefill of one layer is 2 T P FLOPs
+   for its P weights (attention 4096 x (4096 + 2 x 1024 + 4096), MLP
+   3 x 4096 x 14336), plus attention over the context; the share printed
+   counts the weights' products only, so the real share is smaller. */
+static void run_learned(int64_t T, int repeats)
+{
+    const int64_t E = 4096, Hk = N_KVHEADS, KD = N_KVHEADS * HEAD_DIM;
+    const double layer_weights = 4096.0 * (4096.0 + 2.0 * 1024.0 + 4096.0) + 3.0 * 4096.0 * 14336.0;
+    size_t held = 0;
+    float *hidden = (float *)xmalloc((size_t)(T * E) * sizeof(float), &held);
+    float *weights = (float *)xmalloc((size_t)(Hk * E + Hk) * sizeof(float), &held);
+    float *wk = (float *)xmalloc((size_t)(KD * E) * sizeof(float), &held);
+    float *scores = (float *)xmalloc((size_t)(Hk * T) * sizeof(float), &held);
+    float *same = (float *)xmalloc((size_t)(T * Hk) * sizeof(float), &held);
+    float *kproj = (float *)xmalloc((size_t)(T * KD) * sizeof(float), &held);
+    kvec_scorer scorer;
+    kvec_tensor view;
+    size_t scratch_bytes = 0;
+    void *scratch;
+    double kvec_t[MAX_REPEATS], same_t[MAX_REPEATS], kproj_t[MAX_REPEATS], flops, kproj_rate;
+    uint64_t seed = DATA_SEED + 11;
+    int64_t i;
+    int rep;
+    stats ks, ss, kp;
+    for (i = 0; i < T * E; i++) hidden[i] = (float)normal01(&seed);
+    for (i = 0; i < Hk * E + Hk; i++) weights[i] = 0.02f * (float)normal01(&seed);
+    for (i = 0; i < KD * E; i++) wk[i] = 0.02f * (float)normal01(&seed);
+    memset(&scorer, 0, sizeof scorer);
+    scorer.kind = KVEC_SCORER_LINEAR;
+    scorer.output = KVEC_SCORER_SCORE;
+    scorer.n_embd = E;
+    scorer.n_kv_heads = Hk;
+    scorer.weight = weights;
+    scorer.bias = weights + Hk * E;
+    view = kvec_tensor_contiguous(hidden, KVEC_DTYPE_F32, T, 1, E);
+    if (kvec_learned_scores_scratch_bytes(&scorer, &scratch_bytes) != KVEC_OK) {
+        problem("learned", "scratch query failed", 0, 0, 0, 0);
+        return;
+    }
+    scratch = xmalloc(scratch_bytes, &held);
+    for (rep = 0; rep < repeats; rep++) {
+        double t0 = omp_get_wtime();
+        fprintf(stderr, "  learned scores, %lld tokens, repeat %d/%d\n", (long long)T, rep + 1, repeats);
+        if (kvec_learned_scores(&scorer, &view, scores, T, scratch, scratch_bytes) != KVEC_OK)
+            problem("learned", "kvec_learned_scores failed", 0, 0, 0, 0);
+        kvec_t[rep] = omp_get_wtime() - t0;
+        t0 = omp_get_wtime();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)Hk, (int)E, 1.0f, hidden, (int)E, weights,
+                    (int)E, 0.0f, same, (int)Hk);
+        same_t[rep] = omp_get_wtime() - t0;
+        t0 = omp_get_wtime();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)KD, (int)E, 1.0f, hidden, (int)E, wk,
+                    (int)E, 0.0f, kproj, (int)KD);
+        kproj_t[rep] = omp_get_wtime() - t0;
+    }
+    for (i = 0; i < T * Hk; i++) { /* the same products, summed in another order */
+        const double a = scores[(i % Hk) * T + i / Hk] - weights[Hk * E + i % Hk], b = same[i];
+        if (!(fabs(a - b) <= 1e-3 * (1.0 + fabs(b)))) { problem("learned", "score %lld differs from sgemm's", i, 0, 0, 0); break; }
+    }
+    ks = stats_of(kvec_t, repeats);
+    ss = stats_of(same_t, repeats);
+    kp = stats_of(kproj_t, repeats);
+    flops = 2.0 * (double)T * (double)E * (double)Hk;
+    kproj_rate = 2.0 * (double)T * (double)E * (double)KD / kp.med;
+    printf("\n==== learned scores: one layer of the Llama-3.1-8B shape, a linear scorer [%lld][%lld] over a "
+           "%lld-token prefill chunk (fp32 hidden states); %d repeat%s ====\n",
+           (long long)Hk, (long long)E, (long long)T, repeats, repeats == 1 ? "" : "s");
+    printf("  kvec_learned_scores         median %8.2f ms [%.2f, %.2f]  %.3f GFLOP -> %.1f GFLOP/s\n",
+           1e3 * ks.med, 1e3 * ks.min, 1e3 * ks.max, flops / 1e9, flops / ks.med / 1e9);
+    printf("  sgemm, same products        median %8.2f ms [%.2f, %.2f]  -> %.1f GFLOP/s (ratio kvec / sgemm %.2f)\n",
+           1e3 * ss.med, 1e3 * ss.min, 1e3 * ss.max, flops / ss.med / 1e9, ss.med / ks.med);
+    printf("  sgemm, the K projection     median %8.2f ms [%.2f, %.2f]  -> %.1f GFLOP/s (the prefill's rate here)\n",
+           1e3 * kp.med, 1e3 * kp.min, 1e3 * kp.max, kproj_rate / 1e9);
+    printf("  share of the layer's prefill (its weights' products at that rate, %.1f GFLOP): %.3f%%\n",
+           2.0 * (double)T * layer_weights / 1e9, 100.0 * ks.med / (2.0 * (double)T * layer_weights / kproj_rate));
+    free(hidden); free(weights); free(wk); free(scores); free(same); free(kproj); free(scratch);
+}
+
 /* >>machine */
 static void cpuinfo_field(const char *key, char *out, size_t out_size)
 {
@@ -1253,6 +1348,7 @@ int main(int argc, char **argv)
         run_size(&o, o.long_n, o.long_layers, long_selected, 1);
     }
     if (o.recon_chunk > 0) run_reconstruction(o.recon_chunk, o.repeats ? o.repeats : 3);
+    if (o.learned_tokens > 0) run_learned(o.learned_tokens, o.repeats ? o.repeats : 3);
     if (g_problems) {
         printf("\n%d PROBLEM%s with kvec's results (details on stderr)\n", g_problems, g_problems == 1 ? "" : "S");
         return 1;
