@@ -471,7 +471,8 @@ quality: $(BUILD)/quality
 # seed 2 from the report half (the decode file: a 512-token prefix and 1,024
 # forced tokens, for --decode). Seed 3: the fresh samples that decided the
 # default (docs/TUNING.md, round 6). Seed 4 (SmolLM2) and seed 5 (Qwen2.5 at
-# 4K): the reports of the reconstruction scores; seeds 6 and 7: round 8.
+# 4K): the reports of the reconstruction scores; seeds 6 and 7: round 8;
+# seed 8: SmolLM2 at 2K (passkey and needle, the tasks it answers there).
 .PHONY: tasks
 tasks:
 	python3 bench/make_tasks.py --seed 1 --tokens 1024 --samples 10 --out bench/tasks/seed1-1024.jsonl
@@ -488,6 +489,8 @@ tasks:
 	python3 bench/make_tasks.py --kl --texts report --seed 3 --prefix 2048 --forced 128 --samples 8 --out bench/tasks/kl-seed3-2048.jsonl
 	python3 bench/make_tasks.py --seed 4 --tokens 1024 --samples 20 --out bench/tasks/seed4-1024.jsonl
 	python3 bench/make_tasks.py --seed 5 --tokens 4096 --samples 20 --interleave --out bench/tasks/seed5-4096.jsonl
+	python3 bench/make_tasks.py --seed 8 --tokens 2048 --samples 40 --tasks passkey,needle --interleave \
+	    --out bench/tasks/seed8-2048.jsonl
 	for s in 6 7; do \
 	  python3 bench/make_tasks.py --seed $$s --tokens 1024 --samples 10 --out bench/tasks/seed$$s-1024.jsonl && \
 	  python3 bench/make_tasks.py --kl --texts report --seed $$s --prefix 2048 --forced 128 --samples 8 --out bench/tasks/kl-seed$$s-2048.jsonl || exit 1; \
