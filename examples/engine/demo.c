@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
     if (!policies[0]) { /* the default rows: learned ones when this model has a scorer */
         char scorer[600];
         FILE *f;
-        text_scorer_default_path(model_path, scorer, sizeof scorer);
+        llm_scorer_default_path(model_path, scorer, sizeof scorer);
         if ((f = fopen(scorer_path ? scorer_path : scorer, "rb"))) fclose(f);
         snprintf(policies, sizeof policies, "%s", f ? "kvec,kvzip,learned,snapkv,streaming" : "kvec,kvzip,snapkv,streaming");
     }

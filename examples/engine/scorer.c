@@ -232,3 +232,18 @@ void llm_scorer_free(llm_scorer *scorer) {
     free(scorer->layers);
     memset(scorer, 0, sizeof *scorer);
 }
+
+void llm_scorer_default_path(const char *model_file, char *path, size_t path_size) {
+    const char *base = strrchr(model_file, '/') ? strrchr(model_file, '/') + 1 : model_file;
+    const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
+    snprintf(path, path_size, "scorers/%.*s.kvs", (int)stem, base);
+}
+
+void llm_scorer_masses(const float *y, int64_t n, int gate, int64_t header, float *masses) {
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        double z = gate ? (double)(n - 1 - i) / (double)n * y[i] : y[i];
+        z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
+        masses[i] = i < 4 ? INFINITY : i < header ? 0.0f : (float)exp(z);
+    }
+}

@@ -210,18 +210,12 @@ int text_policy_scores(const char *name) {
     return TEXT_SCORES_SELF;
 }
 
-void text_scorer_default_path(const char *model_file, char *path, size_t path_size) {
-    const char *base = strrchr(model_file, '/') ? strrchr(model_file, '/') + 1 : model_file;
-    const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
-    snprintf(path, path_size, "scorers/%.*s.kvs", (int)stem, base);
-}
-
 int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *error, size_t error_size) {
     if (!(sources & TEXT_SCORES_LEARNED)) return 0;
     if (!m->scorer.layers) {
         char path[600];
         if (m->scorer_path[0]) snprintf(path, sizeof path, "%s", m->scorer_path);
-        else text_scorer_default_path(m->name, path, sizeof path);
+        else llm_scorer_default_path(m->name, path, sizeof path);
         if (llm_scorer_load(&m->scorer, path, &m->model, error, error_size)) {
             if (!m->scorer_path[0]) { /* the default: say how to get one */
                 const size_t used = strlen(error);
@@ -238,29 +232,17 @@ int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *erro
 }
 
 /* The scorer's output for positions 0 .. n-1 of a prefilled cache, as the
-   masses kvec selects by ([L][Hk][n]): exp of the predicted log score (of
-   the decayed log retention, for a gate: (n - 1 - i) log beta_i). The
-   first 4 positions (the attention sinks, which no scorer was trained on)
-   are always kept; the rest of a chat header before the user's text goes
-   first, as in the reconstruction pass. */
+   masses kvec selects by ([L][Hk][n], llm_scorer_masses): the sinks always
+   kept, the rest of a chat header before the user's text first to go, as
+   in the reconstruction pass. */
 static int learned_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, cap = cache->capacity;
-    int64_t header, l, j, i;
+    int64_t header, h;
     int gate;
     if (!cache->scorers || cache->learned_failed || cache->n_positions < n) return -1;
     header = text_user_start(m, ids, n);
     gate = cache->scorers[0].output == KVEC_SCORER_LOG_RETENTION;
-    for (l = 0; l < L; l++)
-        for (j = 0; j < Hk; j++) {
-            const float *y = cache->learned + (l * Hk + j) * cap;
-            float *out = scores + (l * Hk + j) * n;
-            for (i = 0; i < n; i++) {
-                /* a gate's decayed score (n - 1 - i) log beta, over n: the same order, no saturation */
-                double z = gate ? (double)(n - 1 - i) / (double)n * y[i] : y[i];
-                z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
-                out[i] = i < 4 ? INFINITY : i < header ? 0.0f : (float)exp(z);
-            }
-        }
+    for (h = 0; h < L * Hk; h++) llm_scorer_masses(cache->learned + h * cap, n, gate, header, scores + h * n);
     return 0;
 }
 

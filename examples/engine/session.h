@@ -110,10 +110,6 @@ int64_t text_reconstruction_positions(int64_t n);
 enum { TEXT_SCORES_SELF = 0, TEXT_SCORES_PASS = 1, TEXT_SCORES_EXPECTED = 2, TEXT_SCORES_LEARNED = 4 };
 int text_policy_scores(const char *name);
 
-/* The scorer file a model uses when none is named: scorers/NAME.kvs, NAME
-   the model file's name without its folder and ".gguf". */
-void text_scorer_default_path(const char *model_file, char *path, size_t path_size);
-
 /* What a cache needs before its prefill for the sources asked (TEXT_SCORES_*
    bits): with TEXT_SCORES_LEARNED, the model's scorer (read once, checked
    against the model) attached to the cache, so that the prefill computes

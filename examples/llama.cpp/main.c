@@ -152,7 +152,7 @@ int main(int argc, char **argv) {
     if (kvec_llama_init(&kl, model, 32)) { fprintf(stderr, "kvec-llama: refused: %s\n", kl.error); goto done; }
     if (learned && !full) {
         if (!scorer_path) {
-            util_default_scorer_path(model_path, default_scorer, sizeof default_scorer);
+            llm_scorer_default_path(model_path, default_scorer, sizeof default_scorer);
             scorer_path = default_scorer;
         }
         if (util_load_scorer(&scorer, scorer_path, model_path, model, error, sizeof error)) {

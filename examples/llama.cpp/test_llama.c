@@ -543,7 +543,7 @@ static void run_remote(const char *model_path, struct llama_model *host_model, c
             if (f == 0 && k < 2) { /* learned scores from attention inputs computed on the server */
                 char path[600];
                 llm_scorer scorer;
-                util_default_scorer_path(model_path, path, sizeof path);
+                llm_scorer_default_path(model_path, path, sizeof path);
                 if (util_load_scorer(&scorer, path, model_path, host_model, error, sizeof error) == 0) {
                     float *at_host = learned_of(host_model, tokens, threads, scorer.layers);
                     float *at_server = learned_of(model, tokens, threads, scorer.layers);
@@ -683,7 +683,7 @@ static void run_learned(const char *model_path, struct llama_model *model, const
     int ok, finite, run;
     FILE *f;
 
-    util_default_scorer_path(model_path, path, sizeof path);
+    llm_scorer_default_path(model_path, path, sizeof path);
     if (!(f = fopen(path, "rb"))) {
         printf("learned scores: skipped (no scorer %s for this model: make scorer MODEL=%s)\n", path, model_path);
         return;

@@ -205,12 +205,6 @@ int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int
     return n;
 }
 
-void util_default_scorer_path(const char *model_path, char *path, size_t path_cap) {
-    const char *base = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
-    const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
-    snprintf(path, path_cap, "scorers/%.*s.kvs", (int)stem, base);
-}
-
 /* The fingerprint of llm_model_fingerprint, from the GGUF file itself:
    metadata through ggml's reader, the attention norms read from the file. */
 static int util_gguf_fingerprint(const char *model_path, int64_t n_layers, int64_t n_embd, int64_t n_kv_heads,

@@ -72,8 +72,4 @@ int util_add_rpc_servers(const char *endpoints, ggml_backend_dev_t *devices, int
 int util_load_scorer(llm_scorer *scorer, const char *scorer_path, const char *model_path,
                      const struct llama_model *model, char *error, size_t error_cap);
 
-/* scorers/NAME.kvs, NAME the model file's name without its folder and
-   ".gguf": where `make scorer MODEL=...` writes a model's scorer. */
-void util_default_scorer_path(const char *model_path, char *path, size_t path_cap);
-
 #endif
