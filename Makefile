@@ -491,7 +491,7 @@ tasks:
 	python3 bench/make_tasks.py --seed 5 --tokens 4096 --samples 20 --interleave --out bench/tasks/seed5-4096.jsonl
 	python3 bench/make_tasks.py --seed 8 --tokens 2048 --samples 40 --tasks passkey,needle --interleave \
 	    --out bench/tasks/seed8-2048.jsonl
-	for s in 6 7; do \
+	for s in 6 7 9 10; do \
 	  python3 bench/make_tasks.py --seed $$s --tokens 1024 --samples 10 --out bench/tasks/seed$$s-1024.jsonl && \
 	  python3 bench/make_tasks.py --kl --texts report --seed $$s --prefix 2048 --forced 128 --samples 8 --out bench/tasks/kl-seed$$s-2048.jsonl || exit 1; \
 	done
