@@ -233,10 +233,15 @@ void llm_scorer_free(llm_scorer *scorer) {
     memset(scorer, 0, sizeof *scorer);
 }
 
-void llm_scorer_default_path(const char *model_file, char *path, size_t path_size) {
+int llm_scorer_path_in(const char *folder, const char *model_file, char *path, size_t path_size) {
     const char *base = strrchr(model_file, '/') ? strrchr(model_file, '/') + 1 : model_file;
     const size_t n = strlen(base), stem = n > 5 && !strcmp(base + n - 5, ".gguf") ? n - 5 : n;
-    snprintf(path, path_size, "scorers/%.*s.kvs", (int)stem, base);
+    const int written = snprintf(path, path_size, "%s/%.*s.kvs", folder, (int)stem, base);
+    return written < 0 || (size_t)written >= path_size ? -1 : 0;
+}
+
+void llm_scorer_default_path(const char *model_file, char *path, size_t path_size) {
+    (void)llm_scorer_path_in("scorers", model_file, path, path_size); /* a path too long fails to open, by name */
 }
 
 void llm_scorer_masses(const float *y, int64_t n, int gate, int64_t header, float *masses) {

@@ -69,6 +69,9 @@ void llm_scorer_free(llm_scorer *scorer);
    ".gguf": where `make scorer` writes a model's scorer, and the file the
    tools read when none is named. */
 void llm_scorer_default_path(const char *model_file, char *path, size_t path_size);
+/* The same in another folder: FOLDER/NAME.kvs. 0, or -1 when it does not
+   fit in path_size. */
+int  llm_scorer_path_in(const char *folder, const char *model_file, char *path, size_t path_size);
 
 /* One head's scorer outputs y[0..n) (positions 0 .. n-1 of a prefix) as
    the masses kvec selects by: exp of the predicted log score, or for a

@@ -187,23 +187,30 @@ static void kvl_capture_hidden(kvec_llama *kl, struct ggml_tensor *t, int64_t il
     double started;
     kvec_tensor rows;
     kvec_result r;
+    int on_host;
     if (t->type != GGML_TYPE_F32 || t->ne[0] != E || t->ne[2] != 1 || t->ne[3] != 1 ||
         t->nb[1] != (size_t)E * sizeof(float)) {
         kvl_fail(kl, "attn_norm-%lld is not f32 [tokens][%lld]: unsupported graph", (long long)il, (long long)E);
         return;
     }
+    /* rows in host memory (the CPU backend) are scored where they lie; a
+       device's (or an RPC server's) are copied to the host first */
+    on_host = t->buffer && ggml_backend_buffer_is_host(t->buffer) && t->data;
     if (n > kl->pending_cap) {
-        float *hidden = (float *)realloc(kl->hidden_rows, (size_t)(n * E) * sizeof *hidden);
-        float *pending;
-        if (hidden) kl->hidden_rows = hidden;
-        pending = (float *)realloc(kl->pending, (size_t)(n * kl->n_kv_heads) * sizeof *pending);
-        if (pending) kl->pending = pending;
-        if (!hidden || !pending) { kvl_fail(kl, "out of memory"); return; }
+        float *pending = (float *)realloc(kl->pending, (size_t)(n * kl->n_kv_heads) * sizeof *pending);
+        if (!pending) { kvl_fail(kl, "out of memory"); return; }
+        kl->pending = pending;
         kl->pending_cap = n;
     }
+    if (!on_host && n > kl->hidden_cap) {
+        float *hidden = (float *)realloc(kl->hidden_rows, (size_t)(n * E) * sizeof *hidden);
+        if (!hidden) { kvl_fail(kl, "out of memory"); return; }
+        kl->hidden_rows = hidden;
+        kl->hidden_cap = n;
+    }
     started = kvl_ms();
-    ggml_backend_tensor_get(t, kl->hidden_rows, 0, (size_t)(n * E) * sizeof(float));
-    rows = kvec_tensor_contiguous(kl->hidden_rows, KVEC_DTYPE_F32, n, 1, E);
+    if (!on_host) ggml_backend_tensor_get(t, kl->hidden_rows, 0, (size_t)(n * E) * sizeof(float));
+    rows = kvec_tensor_contiguous(on_host ? t->data : (void *)kl->hidden_rows, KVEC_DTYPE_F32, n, 1, E);
     if ((r = kvec_learned_scores(&kl->scorers[il], &rows, kl->pending, n, kl->learned_scratch,
                                  kl->learned_scratch_bytes)) != KVEC_OK) {
         kvl_fail(kl, "learned scores, layer %lld: %s", (long long)il, kvec_result_string(r));

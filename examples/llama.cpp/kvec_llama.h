@@ -114,9 +114,9 @@ typedef struct kvec_llama {
     const kvec_scorer *scorers;    /* [n_layers], the caller's; NULL: none */
     float  *learned;           /* [n_layers][n_kv_heads][n_prefix] the scorers' outputs by position */
     int64_t *learned_seen;     /* [n_layers] prefix positions scored */
-    float  *hidden_rows;       /* [pending_cap][n_embd] one ubatch's attn_norm rows, on the host */
-    float  *pending;           /* [n_kv_heads][pending_cap] their scores */
-    int64_t pending_layer, pending_rows, pending_cap;
+    float  *hidden_rows;       /* [hidden_cap][n_embd] one ubatch's attn_norm rows copied from a device */
+    float  *pending;           /* [n_kv_heads][pending_cap] one ubatch's scores */
+    int64_t pending_layer, pending_rows, pending_cap, hidden_cap;
     void   *learned_scratch;
     size_t  learned_scratch_bytes;
     double  learned_ms;        /* the last prefill's time in the scorers (copy to the host and scoring) */

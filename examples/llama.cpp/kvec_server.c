@@ -1,5 +1,6 @@
 /* kvec_server.c - kvec in llama-server (see kvec_server.h). */
 #include "kvec_server.h"
+#include "util.h" /* util_load_scorer, and the engine's scorer files (examples/engine/scorer.h) */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,7 +32,7 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
     static const char *const modes[] = {"uniform", "pyramid", "adaptive", "global"};
     static const kvec_budget_mode mode_values[] = {KVEC_BUDGET_UNIFORM, KVEC_BUDGET_PYRAMID, KVEC_BUDGET_ADAPTIVE,
                                                   KVEC_BUDGET_GLOBAL};
-    char policy[32], budget[32], mode[32] = "uniform", *end;
+    char policy[32], budget[32], mode[32] = "", *end;
     const char *at = value ? value : "";
     kvec_config resolved;
     kvec_result r;
@@ -41,9 +42,15 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
         kvs_field(&at, budget, sizeof budget) || (*at && kvs_field(&at, mode, sizeof mode)) || *at)
         return kvs_fail(kv, "'%s' is not POLICY:BUDGET[:MODE] (for example kvec:0.5, snapkv:512, kvec:25%%:global)",
                         value ? value : "");
-    if (kvec_llama_policy(policy, &kv->config.policy))
-        return kvs_fail(kv, "unknown policy '%s' (kvec, snapkv, pyramidkv, streaming, h2o, tova, knorm, keydiff, random)",
-                        policy);
+    if (!strcmp(policy, "learned") || !strcmp(policy, "learned-kvec")) {
+        /* by the learned scores alone (a policy that selects by the scores it is given), or with K-VEC's
+           uniqueness term over them; no share per head: the scores compare across heads */
+        kv->learned = 1;
+        kv->config.policy = !strcmp(policy, "learned") ? KVEC_POLICY_SNAPKV : KVEC_POLICY_KVEC;
+        kv->config.head_floor = -1.0f;
+    } else if (kvec_llama_policy(policy, &kv->config.policy))
+        return kvs_fail(kv, "unknown policy '%s' (kvec, snapkv, pyramidkv, streaming, h2o, tova, knorm, keydiff, random, "
+                            "learned, learned-kvec)", policy);
     if (kv->config.policy == KVEC_POLICY_CRITICALKV || kv->config.policy == KVEC_POLICY_LAPROX)
         return kvs_fail(kv, "%s reads W_o, which llama.cpp holds quantised: not supported", policy);
     if (strchr(budget, '%') || strchr(budget, '.') || strchr(budget, 'e') || strchr(budget, 'E')) {
@@ -63,6 +70,13 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
                                 "(a fraction needs a decimal point or %%: 0.5, 50%%)", n, KVEC_SERVER_WINDOW);
         kv->cells = (int64_t)n;
     }
+    if (!*mode) { /* none given: uniform, or global for the learned scores where heads may differ in length */
+#ifdef KVEC_LLAMA_PER_HEAD
+        snprintf(mode, sizeof mode, "%s", kv->learned ? "global" : "uniform");
+#else
+        snprintf(mode, sizeof mode, "uniform");
+#endif
+    }
     for (m = 0; m < sizeof modes / sizeof *modes && strcmp(mode, modes[m]); m++) {}
     if (m == sizeof modes / sizeof *modes)
         return kvs_fail(kv, "unknown budget mode '%s' (uniform, pyramid, adaptive, global)", mode);
@@ -78,15 +92,56 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
     return 0;
 }
 
-int kvec_server_init(kvec_server *kv, const struct llama_model *model) {
+#ifndef KVEC_SERVER_SCORERS
+#define KVEC_SERVER_SCORERS "scorers"
+#endif
+
+int kvec_server_init(kvec_server *kv, const struct llama_model *model, const char *model_path,
+                     const char *scorer_path) {
+    char default_path[1024], error[512];
+    llm_scorer *scorer;
     kvec_server_free(kv);
     if (kvec_llama_init(&kv->kl, model, KVEC_SERVER_WINDOW)) return kvs_fail(kv, "%s", kv->kl.error);
+    if (kv->learned) {
+        const int defaulted = !scorer_path || !*scorer_path;
+        if (!model_path || !*model_path) {
+            kvec_llama_free(&kv->kl);
+            return kvs_fail(kv, "the learned policies need the model's file, to check the scorer against it");
+        }
+        if (defaulted) {
+            if (llm_scorer_path_in(KVEC_SERVER_SCORERS, model_path, default_path, sizeof default_path)) {
+                kvec_llama_free(&kv->kl);
+                return kvs_fail(kv, "the default scorer's path is too long: name one with --kv-evict-scorer");
+            }
+            scorer_path = default_path;
+        }
+        if (!(scorer = (llm_scorer *)calloc(1, sizeof *scorer))) {
+            kvec_llama_free(&kv->kl);
+            return kvs_fail(kv, "out of memory");
+        }
+        if (util_load_scorer(scorer, scorer_path, model_path, model, error, sizeof error) ||
+            kvec_llama_set_scorers(&kv->kl, scorer->layers)) {
+            kvs_fail(kv, "%s%s", kv->kl.error[0] ? kv->kl.error : error,
+                     defaulted ? " (scorers are trained per model: `make scorer MODEL=FILE.gguf` in the kvec "
+                                 "checkout, docs/LEARNED.md; --kv-evict-scorer FILE names another file)" : "");
+            llm_scorer_free(scorer);
+            free(scorer);
+            kvec_llama_free(&kv->kl);
+            return -1;
+        }
+        kv->scorer = scorer;
+    }
     kv->ready = 1;
     return 0;
 }
 
 void kvec_server_free(kvec_server *kv) {
     if (kv->ready) kvec_llama_free(&kv->kl);
+    if (kv->scorer) {
+        llm_scorer_free((llm_scorer *)kv->scorer);
+        free(kv->scorer);
+        kv->scorer = NULL;
+    }
     kv->ready = 0;
     kv->armed = 0;
 }
@@ -128,7 +183,8 @@ int kvec_server_evict(kvec_server *kv, struct llama_context *ctx) {
     kv->kept_cells = kv->kept_mean = N;
     kv->evict_ms = 0;
     if (B >= N) { kvec_server_disarm(kv); return 0; }
-    if (kvec_llama_evict(&kv->kl, ctx, &kv->config, B, &stats)) return kvs_fail(kv, "%s", kv->kl.error);
+    if ((kv->learned ? kvec_llama_evict_learned : kvec_llama_evict)(&kv->kl, ctx, &kv->config, B, &stats))
+        return kvs_fail(kv, "%s", kv->kl.error);
     kv->kept_cells = stats.kept_max;
     kv->kept_mean = stats.kept;
     kv->evict_ms = stats.plan_ms + stats.move_ms;

@@ -224,8 +224,8 @@ int main(int argc, char **argv) {
            prefill_ms, (long long)n_threads, flash == LLAMA_FLASH_ATTN_TYPE_ENABLED ? "on" : "off",
            kl.v_trans == 1 ? "transposed [Hk*D][cells]" : "[cells][Hk*D]");
     if (kl.learned)
-        printf("learned scores computed during the prefill: %.1f ms, %.2f%% of it (attention inputs copied to the "
-               "host and scored)\n", kl.learned_ms, 100.0 * kl.learned_ms / prefill_ms);
+        printf("learned scores computed during the prefill: %.1f ms, %.2f%% of it (the attention inputs scored on "
+               "the host, copied there first from a device)\n", kl.learned_ms, 100.0 * kl.learned_ms / prefill_ms);
     for (i = 0; i < kl.n_layers; i++)
         device_layers += kl.k[i] && kl.k[i]->buffer && !ggml_backend_buffer_is_host(kl.k[i]->buffer);
     if (device_layers)
