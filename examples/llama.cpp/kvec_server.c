@@ -96,40 +96,41 @@ int kvec_server_parse(kvec_server *kv, const char *value) {
 #define KVEC_SERVER_SCORERS "scorers"
 #endif
 
-int kvec_server_init(kvec_server *kv, const struct llama_model *model, const char *model_path,
-                     const char *scorer_path) {
+/* The learned policies' scorer into kv->scorer, checked against the model
+   and handed to the helper (kv->kl initialised). 0, or -1 with kv->error. */
+static int kvs_load_scorer(kvec_server *kv, const struct llama_model *model, const char *model_path,
+                           const char *scorer_path) {
+    const int defaulted = !scorer_path || !*scorer_path;
     char default_path[1024], error[512];
     llm_scorer *scorer;
+    if (!model_path || !*model_path)
+        return kvs_fail(kv, "the learned policies need the model's file, to check the scorer against it");
+    if (defaulted) {
+        if (llm_scorer_path_in(KVEC_SERVER_SCORERS, model_path, default_path, sizeof default_path))
+            return kvs_fail(kv, "the default scorer's path is too long: name one with --kv-evict-scorer");
+        scorer_path = default_path;
+    }
+    if (!(scorer = (llm_scorer *)calloc(1, sizeof *scorer))) return kvs_fail(kv, "out of memory");
+    if (util_load_scorer(scorer, scorer_path, model_path, model, error, sizeof error) ||
+        kvec_llama_set_scorers(&kv->kl, scorer->layers)) {
+        kvs_fail(kv, "%s%s", kv->kl.error[0] ? kv->kl.error : error,
+                 defaulted ? " (scorers are trained per model: `make scorer MODEL=FILE.gguf` in the kvec checkout, "
+                             "docs/LEARNED.md; --kv-evict-scorer FILE names another file)" : "");
+        llm_scorer_free(scorer);
+        free(scorer);
+        return -1;
+    }
+    kv->scorer = scorer;
+    return 0;
+}
+
+int kvec_server_init(kvec_server *kv, const struct llama_model *model, const char *model_path,
+                     const char *scorer_path) {
     kvec_server_free(kv);
     if (kvec_llama_init(&kv->kl, model, KVEC_SERVER_WINDOW)) return kvs_fail(kv, "%s", kv->kl.error);
-    if (kv->learned) {
-        const int defaulted = !scorer_path || !*scorer_path;
-        if (!model_path || !*model_path) {
-            kvec_llama_free(&kv->kl);
-            return kvs_fail(kv, "the learned policies need the model's file, to check the scorer against it");
-        }
-        if (defaulted) {
-            if (llm_scorer_path_in(KVEC_SERVER_SCORERS, model_path, default_path, sizeof default_path)) {
-                kvec_llama_free(&kv->kl);
-                return kvs_fail(kv, "the default scorer's path is too long: name one with --kv-evict-scorer");
-            }
-            scorer_path = default_path;
-        }
-        if (!(scorer = (llm_scorer *)calloc(1, sizeof *scorer))) {
-            kvec_llama_free(&kv->kl);
-            return kvs_fail(kv, "out of memory");
-        }
-        if (util_load_scorer(scorer, scorer_path, model_path, model, error, sizeof error) ||
-            kvec_llama_set_scorers(&kv->kl, scorer->layers)) {
-            kvs_fail(kv, "%s%s", kv->kl.error[0] ? kv->kl.error : error,
-                     defaulted ? " (scorers are trained per model: `make scorer MODEL=FILE.gguf` in the kvec "
-                                 "checkout, docs/LEARNED.md; --kv-evict-scorer FILE names another file)" : "");
-            llm_scorer_free(scorer);
-            free(scorer);
-            kvec_llama_free(&kv->kl);
-            return -1;
-        }
-        kv->scorer = scorer;
+    if (kv->learned && kvs_load_scorer(kv, model, model_path, scorer_path)) {
+        kvec_llama_free(&kv->kl);
+        return -1;
     }
     kv->ready = 1;
     return 0;
