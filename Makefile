@@ -270,8 +270,9 @@ llama-patched:
 # llama-server with --kv-evict (examples/llama.cpp/kvec-server.patch), built
 # in the patched copy by `make llama-patched`. `make test-llama-server`
 # starts it on 127.0.0.1 with SmolLM2 and asks it about a document, with the
-# cache evicted to 50%, on the host and with the layers on an rpc-server
-# (about 4 minutes on 2 cores), and checks its refusals.
+# cache evicted to 50% on the host and with the layers on an rpc-server, and
+# to 25% by the learned scorer (about 4 minutes on 2 cores), and checks its
+# refusals.
 LLAMA_SERVER = $(LLAMA_PDIR)/build/bin/llama-server
 .PHONY: llama-server test-llama-server
 llama-server: llama-patched
