@@ -494,8 +494,10 @@ int kvec_llama_views(kvec_llama *kl, kvec_layer *layers) {
    retention (N-1-i)/N log beta_i (the order of (N-1-i) log beta_i, without
    its overflow); the first 4 positions always kept. This is the C engine's
    llm_scorer_masses (examples/engine/scorer.c) without a chat header,
-   written out here because this helper is copied into programs (and
-   llama-server) that link nothing of the engine. With K-VEC, its
+   written out here so that the helper needs only kvec.h and llama.cpp
+   (the example programs and llama-server also link the engine's scorer
+   reader, util.c's callers, but a program vendoring the helper need
+   not). With K-VEC, its
    uniqueness term over them (kvec_coverage_scores) per layer. */
 static int kvl_learned_masses(kvec_llama *kl, const kvec_config *cfg, const kvec_layer *layers, float *masses) {
     const int64_t L = kl->n_layers, Hk = kl->n_kv_heads, N = kl->n_prefix;
