@@ -357,9 +357,9 @@ $(BUILD)/test_real_model: tests/test_real_model.c $(ENGINE_DEP) | $(BUILD)
 test-real-model: $(BUILD)/test_real_model
 	$(BUILD)/test_real_model $(REAL_MODEL_ARGS)
 
-# build/generate, build/demo and build/quality --tasks on SmolLM2, and on bad
-# files, prompts and flags.
-test-cli: $(BUILD)/generate $(BUILD)/demo $(BUILD)/quality
+# build/generate, build/demo, build/quality --tasks and build/train_gates on
+# SmolLM2, and on bad files, prompts and flags.
+test-cli: $(BUILD)/generate $(BUILD)/demo $(BUILD)/quality $(BUILD)/train_scorer $(BUILD)/train_gates
 	tests/test_cli.sh $(BUILD) $(KVEC_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # The real-model tests of `make test`: both models are fetched first (once,
@@ -562,8 +562,11 @@ MODEL ?= smollm2
 TRAIN_FLAGS_smollm2 = --windows 200 --chars 4000 --per-window 256
 TRAIN_FLAGS_qwen    = --windows 60 --chars 6000 --per-window 256
 .PHONY: scorer scorers-check
-$(BUILD)/train_scorer: bench/train_scorer.c $(ENGINE_DEP) | $(BUILD)
+$(BUILD)/train_scorer: bench/train_scorer.c bench/train_corpus.h $(ENGINE_DEP) | $(BUILD)
 	$(ENGINE_CC) -o $@ bench/train_scorer.c $(ENGINE) -lm
+
+$(BUILD)/train_gates: bench/train_gates.c bench/train_corpus.h $(ENGINE_DEP) | $(BUILD)
+	$(ENGINE_CC) -o $@ bench/train_gates.c $(ENGINE) -lm
 
 scorer: $(BUILD)/train_scorer
 	@set -e; case "$(MODEL)" in smollm2|qwen) m=$$(scripts/fetch-model.sh $(MODEL) | tail -1) ;; *) m="$(MODEL)" ;; esac; \

@@ -31,7 +31,7 @@
    each held-out window's and head's top quarter (by the pass) that the map
    also ranks in its top quarter; the same windows chose r, so these lean
    optimistic (the tasks of build/quality are the measurement). */
-#include "../examples/engine/session.h"
+#include "train_corpus.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -56,55 +56,6 @@ static int usage(void) {
             "usage: train_scorer --model FILE.gguf --corpus TEXT --out FILE.kvs [--windows 200] [--chars 4000]\n"
             "                    [--per-window 128] [--ridge 1e-4,1e-3,1e-2,0.1,1] [--seed 1] [--threads N]\n");
     return 2;
-}
-
-static int parse_int(const char *text, int64_t low, int64_t high, int64_t *out) {
-    char *end;
-    long long v = strtoll(text, &end, 10);
-    if (end == text || *end || v < low || v > high) return -1;
-    *out = v;
-    return 0;
-}
-
-static char *read_file(const char *path, size_t *length) {
-    FILE *f = fopen(path, "rb");
-    char *text = NULL;
-    long size;
-    if (!f) return NULL;
-    if (!fseek(f, 0, SEEK_END) && (size = ftell(f)) > 0 && !fseek(f, 0, SEEK_SET) &&
-        (text = (char *)malloc((size_t)size + 1)) && fread(text, 1, (size_t)size, f) == (size_t)size) {
-        text[size] = '\0';
-        *length = (size_t)size;
-    } else {
-        free(text);
-        text = NULL;
-    }
-    fclose(f);
-    return text;
-}
-
-/* Window w of n_windows cut from the text: about `chars` characters from an
-   evenly spaced start, both ends moved forward to the next paragraph break
-   (or space) so that no word is cut. *begin, *end: byte offsets. */
-static void window_bounds(const char *text, size_t length, int64_t w, int64_t n_windows, int64_t chars,
-                          size_t *begin, size_t *end) {
-    const size_t span = length > (size_t)chars ? length - (size_t)chars : 0;
-    size_t b = (size_t)((double)span * (double)w / (double)(n_windows > 1 ? n_windows - 1 : 1));
-    size_t e, limit;
-    const char *p;
-    limit = b + 400 < length ? b + 400 : length;
-    if (b > 0 && (p = strstr(text + b, "\n\n")) && (size_t)(p - text) < limit) b = (size_t)(p - text) + 2;
-    else while (b > 0 && b < limit && text[b - 1] != ' ' && text[b - 1] != '\n') b++;
-    e = b + (size_t)chars < length ? b + (size_t)chars : length;
-    limit = e + 400 < length ? e + 400 : length;
-    while (e < limit && text[e] != ' ' && text[e] != '\n') e++;
-    *begin = b;
-    *end = e;
-}
-
-static uint64_t next_random(uint64_t *state) {
-    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return *state >> 17;
 }
 
 /* Solves (A + lambda D) w = b for the upper triangle of A ([n][n], sums),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# build/generate, build/demo and build/quality --tasks on a real GGUF model,
+# build/generate, build/demo, build/quality --tasks and build/train_gates on a real GGUF model,
 # and on bad input: a
 # truncated or foreign file, invalid UTF-8, a prompt past the model's
 # context, bad flags. Each bad input must end in a message and exit status 1
@@ -255,6 +255,26 @@ refuses "demo: unknown policy" "unknown policy" "$build/demo" --model "$model" -
 printf 'no tab here\n' > "$tmp/q.tsv"
 refuses "demo: malformed questions file" "question" "$build/demo" --model "$model" --questions "$tmp/q.tsv"
 refuses "demo: missing document" "cannot read" "$build/demo" --model "$model" --document "$tmp/none.txt"
+
+# Retention gates distilled against the full cache (build/train_gates): the
+# gradient the training follows against central differences, a few steps
+# on the demo's document, and the file they write read back by the engine.
+out=$(OMP_NUM_THREADS=1 "$build/train_gates" --model "$model" --corpus examples/demo/lighthouse.txt --out "$tmp/g.kvs" \
+      --windows 2 --chars 1500 --check-gradient 2> /dev/null)
+check "train_gates: the analytic gradient matches central differences ($(echo "$out" | tail -1))" \
+    $(echo "$out" | tail -1 | grep -q ": ok$"; echo $?)
+out=$("$build/train_gates" --model "$model" --corpus examples/demo/lighthouse.txt --out "$tmp/g.kvs" \
+      --windows 2 --chars 1500 --steps 4 --capacity 64 2> /dev/null)
+check "train_gates: a short training writes a gate file" $([ -s "$tmp/g.kvs" ] && echo "$out" | grep -q "^wrote"; echo $?)
+out=$("$build/generate" --model "$model" --prompt-file examples/demo/lighthouse.txt --scorer "$tmp/g.kvs" \
+      --question "What was the name of Agnes Pellow's dog?" --policy learned --budget 0.25 --max-tokens 8 2> /dev/null)
+check "generate evicts by the gates' decayed retention" $(echo "$out" | grep -q "policy learned: [0-9]* of [0-9]* prompt tokens kept"; echo $?)
+refuses "train_gates: a corpus that is missing" "cannot read" \
+    "$build/train_gates" --model "$model" --corpus "$tmp/none.txt" --out "$tmp/g2.kvs"
+refuses "train_gates: windows that would overlap" "overlap" \
+    "$build/train_gates" --model "$model" --corpus examples/demo/lighthouse.txt --out "$tmp/g2.kvs" --windows 20
+refuses "train_gates: a bad capacity" "usage" \
+    "$build/train_gates" --model "$model" --corpus examples/demo/lighthouse.txt --out "$tmp/g2.kvs" --capacity 0
 
 echo "test_cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
