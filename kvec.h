@@ -697,6 +697,23 @@ KVEC_API kvec_result kvec_learned_scores_scratch_bytes(const kvec_scorer *scorer
 KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_tensor *hidden, float *scores,
                                          int64_t scores_stride, void *scratch, size_t scratch_bytes);
 
+/* One head's learned scores at the end of a prefix of n positions as the
+   masses to select by (kvec_select with external scores; higher = keep):
+   y ([n], kvec_learned_scores' output for positions 0 .. n-1 of one layer
+   and KV head) into masses ([n]; masses == y: in place).
+
+     score (KVEC_SCORER_SCORE):         exp(y_i)
+     gate (KVEC_SCORER_LOG_RETENTION):  exp((n - 1 - i) / n * y_i)
+
+   The gate's is its decayed log retention at the prefix's end, (n - 1 - i)
+   log beta_i, over n: the same order, in exp's range. Both are clamped to
+   e^+-80. Positions below n_sinks (the attention sinks, which no scorer is
+   trained on) get +inf, always kept; positions n_sinks .. header-1 (a chat
+   header before the user's text; header 0 for none) get 0, first to go.
+   Non-finite outputs: KVEC_ERROR_NON_FINITE, nothing written. */
+KVEC_API kvec_result kvec_learned_masses(kvec_scorer_output output, const float *y, int64_t n, int64_t n_sinks,
+                                         int64_t header, float *masses);
+
 /* Heads of different lengths (adaptive and global budgets), two ways to
    attend over them. Varlen: head j of layer layer_index holds kept_count
    rows; cu_seqlens ([Hk + 1], int32 as varlen attention kernels take it)
@@ -4093,6 +4110,26 @@ KVEC_API kvec_result kvec_learned_scores(const kvec_scorer *scorer, const kvec_t
                 }
             }
         }
+    }
+    return KVEC_OK;
+}
+
+KVEC_API kvec_result kvec_learned_masses(kvec_scorer_output output, const float *y, int64_t n, int64_t n_sinks,
+                                         int64_t header, float *masses) {
+    kvec__call_memory m;
+    int64_t i;
+    if (!y || !masses) return KVEC_ERROR_NULL_POINTER;
+    if (output != KVEC_SCORER_SCORE && output != KVEC_SCORER_LOG_RETENTION) return KVEC_ERROR_BAD_CONFIG;
+    if (n < 1 || n_sinks < 0 || header < 0 || header > n) return KVEC_ERROR_BAD_EXTENT;
+    kvec__call_init(&m, NULL, NULL, 0, 0);
+    if ((masses != y && !kvec__call_add(&m, y, n, sizeof(float), 0)) || !kvec__call_add(&m, masses, n, sizeof(float), 1))
+        return KVEC_ERROR_SIZE_OVERFLOW;
+    if (kvec__check_overlaps(&m) != KVEC_OK) return KVEC_ERROR_OVERLAP; /* in place, or apart */
+    if (!kvec__floats_finite(y, n)) return KVEC_ERROR_NON_FINITE;
+    for (i = 0; i < n; i++) {
+        double z = output == KVEC_SCORER_LOG_RETENTION ? (double)(n - 1 - i) / (double)n * y[i] : y[i];
+        z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
+        masses[i] = i < n_sinks ? INFINITY : i < header ? 0.0f : (float)exp(z);
     }
     return KVEC_OK;
 }

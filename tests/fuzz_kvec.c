@@ -903,6 +903,27 @@ static void fz_learned(fz_case *f) {
                                "learned score %g (output %d)", x, (int)s.output);
             }
     free(before);
+    /* Head 0's scores as masses (kvec_learned_masses): into a buffer of
+       their own, in place, or one float along (an overlap), with hostile
+       lengths, sinks, headers and kinds at times. A refusal changes
+       nothing; a success gives +inf to the sinks, 0 to the header, and a
+       positive number to every other position. */
+    if (r == KVEC_OK && stride > 0 && stride < 1000) {
+        const int64_t n = fz_byte(in) % 8 ? fz_range(in, 1, T) : fz_byte(in) % 2 ? -fz_range(in, 0, 3) : fz_hostile(in);
+        const int64_t sinks = fz_byte(in) % 16 ? fz_range(in, 0, 6) : -1;
+        const int64_t header = fz_byte(in) % 8 ? fz_range(in, 0, n > 0 && n <= T ? n : 0) : n + fz_range(in, 1, 3);
+        const kvec_scorer_output output = fz_byte(in) % 8 ? s.output : (kvec_scorer_output)(fz_byte(in) % 5);
+        const unsigned where = fz_byte(in) % 4;
+        float *out = where == 0 ? scores : where == 1 && rows > T ? scores + 1 : (float *)fz_alloc(m, (size_t)T * sizeof(float), 1);
+        fz_snapshot(m);
+        r = kvec_learned_masses(output, fz_byte(in) % 32 ? scores : NULL, n, sinks, header, out);
+        if (r != KVEC_OK) fz_expect_unchanged(m, r, "kvec_learned_masses");
+        else
+            for (i = 0; i < n; i++)
+                FZ_ASSERT(i < sinks ? out[i] == INFINITY : i < header ? out[i] == 0.0f : out[i] > 0.0f && isfinite(out[i]),
+                          "mass %g at %lld (sinks %lld, header %lld)", out[i], (long long)i, (long long)sinks,
+                          (long long)header);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -3107,6 +3107,59 @@ static void test_learned_scores_errors_touch_nothing(void) {
     free(scratch); free_scorer(&t); free(buffer); free(x);
 }
 
+/* kvec_learned_masses against the formula written out: a score's exp, a
+   gate's decayed log retention, the sinks kept, the header first to go;
+   in place the same; bad input refused with nothing written. */
+static void test_learned_masses(void) {
+    enum { N = 50 };
+    float y[N], masses[N], in_place[N], before[N];
+    int64_t i, out;
+    for (i = 0; i < N; i++) y[i] = (float)((i * 37) % 23 - 11) / (i % 3 == 0 ? 4.0f : 0.5f);
+    y[7] = 200.0f; y[8] = -FLT_MAX; /* clamped to e^+-80 */
+    for (out = 0; out < 2; out++) {
+        const kvec_scorer_output output = out ? KVEC_SCORER_LOG_RETENTION : KVEC_SCORER_SCORE;
+        int ok = 1;
+        for (i = 0; i < N; i++) y[i] = out && y[i] > 0 ? -y[i] : y[i]; /* a gate's log retention is <= 0 */
+        CHECK(kvec_learned_masses(output, y, N, 4, 10, masses) == KVEC_OK, "output %d", (int)output);
+        for (i = 0; i < N; i++) {
+            double z = out ? (double)(N - 1 - i) / N * y[i] : y[i];
+            const float want = i < 4 ? INFINITY : i < 10 ? 0.0f : (float)exp(z < -80 ? -80 : z > 80 ? 80 : z);
+            ok &= masses[i] == want;
+        }
+        CHECK(ok, "output %d: masses as the formula gives them", (int)output);
+        memcpy(in_place, y, sizeof y);
+        CHECK(kvec_learned_masses(output, in_place, N, 4, 10, in_place) == KVEC_OK &&
+              !memcmp(in_place, masses, sizeof masses), "output %d: in place, the same", (int)output);
+        if (out) { /* the gate's order is (N - 1 - i) log beta_i's: the newest token decays least */
+            float flat[N];
+            for (i = 0; i < N; i++) flat[i] = -0.01f;
+            CHECK(kvec_learned_masses(output, flat, N, 0, 0, masses) == KVEC_OK, "a flat gate");
+            for (i = 1, ok = 1; i < N; i++) ok &= masses[i] > masses[i - 1];
+            CHECK(ok && masses[N - 1] == 1.0f, "a flat gate keeps the newest first (last %g)", masses[N - 1]);
+        }
+    }
+    for (i = 0; i < N; i++) masses[i] = before[i] = (float)-i;
+#define REFUSED(code, what, call)                                                                       \
+    do {                                                                                                \
+        const kvec_result r = (call);                                                                   \
+        CHECK(r == (code), "%s: %s, expected %s", what, kvec_result_string(r), kvec_result_string(code)); \
+        CHECK(!memcmp(masses, before, sizeof masses), "%s: masses written", what);                      \
+    } while (0)
+    REFUSED(KVEC_ERROR_NULL_POINTER, "no outputs", kvec_learned_masses(KVEC_SCORER_SCORE, NULL, N, 4, 0, masses));
+    REFUSED(KVEC_ERROR_BAD_CONFIG, "an unknown output", kvec_learned_masses((kvec_scorer_output)2, y, N, 4, 0, masses));
+    REFUSED(KVEC_ERROR_BAD_EXTENT, "no positions", kvec_learned_masses(KVEC_SCORER_SCORE, y, 0, 4, 0, masses));
+    REFUSED(KVEC_ERROR_BAD_EXTENT, "negative sinks", kvec_learned_masses(KVEC_SCORER_SCORE, y, N, -1, 0, masses));
+    REFUSED(KVEC_ERROR_BAD_EXTENT, "a header past the prefix", kvec_learned_masses(KVEC_SCORER_SCORE, y, N, 4, N + 1, masses));
+    REFUSED(KVEC_ERROR_SIZE_OVERFLOW, "a length past size_t",
+            kvec_learned_masses(KVEC_SCORER_SCORE, y, INT64_MAX / 2, 4, 0, masses));
+    REFUSED(KVEC_ERROR_OVERLAP, "outputs one float along the masses",
+            kvec_learned_masses(KVEC_SCORER_SCORE, masses + 1, N - 1, 4, 0, masses));
+    y[20] = NAN;
+    REFUSED(KVEC_ERROR_NON_FINITE, "a NaN output", kvec_learned_masses(KVEC_SCORER_SCORE, y, N, 4, 0, masses));
+    CHECK(kvec_learned_masses(KVEC_SCORER_SCORE, y, N, 4, 0, NULL) == KVEC_ERROR_NULL_POINTER, "no masses");
+#undef REFUSED
+}
+
 int main(int argc, char **argv) {
     g_quiet = argc > 1 && strcmp(argv[1], "--quiet") == 0;
 #define RUN(test) do { if (!g_quiet) printf("%s\n", #test); test(); } while (0)
@@ -3171,6 +3224,7 @@ int main(int argc, char **argv) {
     RUN(test_learned_scores_match_naive_reference);
     RUN(test_learned_scores_in_chunks_and_threads);
     RUN(test_learned_scores_errors_touch_nothing);
+    RUN(test_learned_masses);
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

@@ -243,12 +243,3 @@ int llm_scorer_path_in(const char *folder, const char *model_file, char *path, s
 void llm_scorer_default_path(const char *model_file, char *path, size_t path_size) {
     (void)llm_scorer_path_in("scorers", model_file, path, path_size); /* a path too long fails to open, by name */
 }
-
-void llm_scorer_masses(const float *y, int64_t n, int gate, int64_t header, float *masses) {
-    int64_t i;
-    for (i = 0; i < n; i++) {
-        double z = gate ? (double)(n - 1 - i) / (double)n * y[i] : y[i];
-        z = z < -80.0 ? -80.0 : z > 80.0 ? 80.0 : z;
-        masses[i] = i < 4 ? INFINITY : i < header ? 0.0f : (float)exp(z);
-    }
-}

@@ -73,13 +73,4 @@ void llm_scorer_default_path(const char *model_file, char *path, size_t path_siz
    fit in path_size. */
 int  llm_scorer_path_in(const char *folder, const char *model_file, char *path, size_t path_size);
 
-/* One head's scorer outputs y[0..n) (positions 0 .. n-1 of a prefix) as
-   the masses kvec selects by: exp of the predicted log score, or for a
-   retention gate (gate != 0) of the decayed log retention (n-1-i)/n log
-   beta_i (the order of (n-1-i) log beta_i, without its overflow), clamped
-   to e^+-80. The first 4 positions (the attention sinks, which no scorer
-   is trained on) get +inf, always kept; positions 4 .. header-1 (a chat
-   header before the user's text; 0 for none) get 0, first to go. */
-void llm_scorer_masses(const float *y, int64_t n, int gate, int64_t header, float *masses);
-
 #endif

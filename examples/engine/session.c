@@ -232,17 +232,18 @@ int text_scores_prepare(text_model *m, llm_cache *cache, int sources, char *erro
 }
 
 /* The scorer's output for positions 0 .. n-1 of a prefilled cache, as the
-   masses kvec selects by ([L][Hk][n], llm_scorer_masses): the sinks always
-   kept, the rest of a chat header before the user's text first to go, as
-   in the reconstruction pass. */
+   masses kvec selects by ([L][Hk][n], kvec_learned_masses): the 4 sinks
+   always kept, the rest of a chat header before the user's text first to
+   go, as in the reconstruction pass. */
 static int learned_scores(const text_model *m, llm_cache *cache, const int32_t *ids, int64_t n, float *scores) {
     const int64_t L = cache->n_layers, Hk = cache->n_kv_heads, cap = cache->capacity;
     int64_t header, h;
-    int gate;
     if (!cache->scorers || cache->learned_failed || cache->n_positions < n) return -1;
     header = text_user_start(m, ids, n);
-    gate = cache->scorers[0].output == KVEC_SCORER_LOG_RETENTION;
-    for (h = 0; h < L * Hk; h++) llm_scorer_masses(cache->learned + h * cap, n, gate, header, scores + h * n);
+    for (h = 0; h < L * Hk; h++)
+        if (kvec_learned_masses(cache->scorers[0].output, cache->learned + h * cap, n, 4, header, scores + h * n) !=
+            KVEC_OK)
+            return -1;
     return 0;
 }
 

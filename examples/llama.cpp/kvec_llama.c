@@ -489,19 +489,12 @@ int kvec_llama_views(kvec_llama *kl, kvec_layer *layers) {
     return 0;
 }
 
-/* The learned scores as the masses kvec_select takes ([L][Hk][N]): exp of
-   the predicted log score, or for a retention gate of the decayed log
-   retention (N-1-i)/N log beta_i (the order of (N-1-i) log beta_i, without
-   its overflow); the first 4 positions always kept. This is the C engine's
-   llm_scorer_masses (examples/engine/scorer.c) without a chat header,
-   written out here so that the helper needs only kvec.h and llama.cpp
-   (the example programs and llama-server also link the engine's scorer
-   reader, util.c's callers, but a program vendoring the helper need
-   not). With K-VEC, its
-   uniqueness term over them (kvec_coverage_scores) per layer. */
+/* The learned scores as the masses kvec_select takes ([L][Hk][N],
+   kvec_learned_masses; the first 4 positions always kept, no chat header
+   told apart). With K-VEC, its uniqueness term over them
+   (kvec_coverage_scores) per layer. */
 static int kvl_learned_masses(kvec_llama *kl, const kvec_config *cfg, const kvec_layer *layers, float *masses) {
     const int64_t L = kl->n_layers, Hk = kl->n_kv_heads, N = kl->n_prefix;
-    const int gate = kl->scorers[0].output == KVEC_SCORER_LOG_RETENTION;
     int64_t l, i;
     size_t bytes = 0;
     void *scratch;
@@ -511,12 +504,9 @@ static int kvl_learned_masses(kvec_llama *kl, const kvec_config *cfg, const kvec
             return kvl_fail(kl, "layer %lld: %lld of %lld positions got learned scores (was the prefill decoded "
                                 "after kvec_llama_set_scorers and kvec_llama_begin?)",
                             (long long)l, (long long)kl->learned_seen[l], (long long)N);
-    for (i = 0; i < L * Hk * N; i++) {
-        const int64_t position = i % N;
-        double y = gate ? (double)(N - 1 - position) / (double)N * kl->learned[i] : kl->learned[i];
-        y = y < -80.0 ? -80.0 : y > 80.0 ? 80.0 : y;
-        masses[i] = position < 4 ? INFINITY : (float)exp(y);
-    }
+    for (i = 0; i < L * Hk; i++)
+        if ((r = kvec_learned_masses(kl->scorers[0].output, kl->learned + i * N, N, 4, 0, masses + i * N)) != KVEC_OK)
+            return kvl_fail(kl, "kvec: learned scores: %s", kvec_result_string(r));
     if (cfg->policy != KVEC_POLICY_KVEC) return 0;
     for (l = 0; l < L; l++) {
         size_t b;
