@@ -578,3 +578,18 @@ scorer: $(BUILD)/train_scorer
 
 scorers-check:
 	cd scorers && sha256sum -c SHA256SUMS
+
+# Retention gates distilled against the full cache (bench/train_gates.c;
+# docs/LEARNED.md and docs/TUNING.md round 10: measured, not shipped),
+# written to $(BUILD)/NAME-gates.kvs with the report beside it; read them
+# with --scorer FILE --policies learned. GATES_FLAGS: more flags for
+# train_gates (--capacity 256, say). About 15 minutes on one core.
+GATES_FLAGS ?=
+.PHONY: gates
+gates: $(BUILD)/train_gates
+	@set -e; case "$(MODEL)" in smollm2|qwen) m=$$(scripts/fetch-model.sh $(MODEL) | tail -1) ;; *) m="$(MODEL)" ;; esac; \
+	corpus=$$(scripts/fetch-corpus.sh | tail -1); name=$$(basename "$$m" .gguf); \
+	echo "training $(BUILD)/$$name-gates.kvs (report: $(BUILD)/$$name-gates.txt)"; \
+	$(BUILD)/train_gates --model "$$m" --corpus "$$corpus" --out "$(BUILD)/$$name-gates.kvs" $(GATES_FLAGS) \
+	  > "$(BUILD)/$$name-gates.txt"; \
+	tail -3 "$(BUILD)/$$name-gates.txt"

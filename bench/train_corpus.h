@@ -55,6 +55,30 @@ static void window_bounds(const char *text, size_t length, int64_t w, int64_t n_
     *end = e;
 }
 
+/* The corpus read whole into *text and the model loaded, after checking
+   that `windows` windows of `chars` characters need not share text.
+   Returns 0, or the exit status (1, 2) after a message naming `program`. */
+static int train_open(const char *program, const char *corpus, const char *model, int64_t windows, int64_t chars,
+                      char **text, size_t *length, text_model *m) {
+    char error[512];
+    if (!(*text = read_file(corpus, length))) {
+        fprintf(stderr, "%s: cannot read the corpus %s\n", program, corpus);
+        return 1;
+    }
+    if ((double)*length / (double)windows < (double)(chars + 800)) { /* windows may not share text */
+        fprintf(stderr, "%s: %lld windows of %lld characters overlap in a corpus of %zu bytes "
+                "(fewer --windows or a smaller --chars)\n", program, (long long)windows, (long long)chars, *length);
+        free(*text);
+        return 2;
+    }
+    if (text_model_load(m, model, error, sizeof error)) {
+        fprintf(stderr, "%s: %s\n", program, error);
+        free(*text);
+        return 1;
+    }
+    return 0;
+}
+
 static uint64_t next_random(uint64_t *state) {
     *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
     return *state >> 17;

@@ -14,7 +14,7 @@
    worth beta^a of itself. Query t then attends to key i with its logit
    plus (t - i) log beta_i: a key of beta near 1 stays, one of small beta
    fades with age. At eviction the cache keeps the highest (t - i) log beta_i
-   (llm_scorer_masses; the first 4 positions, the attention sinks, are not
+   (kvec_learned_masses; the first 4 positions, the attention sinks, are not
    gated and always kept).
 
    The training, layer by layer (the model is frozen; each layer's gates see
@@ -52,7 +52,7 @@
 #include <omp.h>
 #endif
 
-#define N_SINKS 4 /* positions never gated, as llm_scorer_masses keeps them */
+#define N_SINKS 4 /* positions never gated, as kvec_learned_masses keeps them */
 
 typedef struct options {
     const char *model, *corpus, *out;
@@ -163,7 +163,7 @@ static loss_parts gate_loss(const window_data *wd, int64_t l, int64_t j, int64_t
                 p[i] /= sum;
                 for (d = 0; d < D; d++) o[d] += p[i] * v[i * D + d];
             }
-            for (d = 0; d < D; d++) { /* squared error over norm, a mean over the n * group outputs */
+            for (d = 0; d < D; d++) { /* squared error over norm: a mean over the queries read and their heads */
                 const double r = o[d] - target[d];
                 err += r * r;
                 g[d] = 2.0 * r / norm;
@@ -283,6 +283,7 @@ int main(int argc, char **argv) {
     text_model m;
     llm_cache cache;
     char error[512], *text, target[64];
+    int status;
     size_t length;
     int64_t L, E, H, Hk, D, i, w, s, n_train = 0, n_held = 0, max_n = 0, *order;
     window_data *train, *held;
@@ -319,25 +320,13 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!o.model || !o.corpus || !o.out) return usage();
-    if (!(text = read_file(o.corpus, &length))) {
-        fprintf(stderr, "train_gates: cannot read the corpus %s\n", o.corpus);
-        return 1;
-    }
-    if (text_model_load(&m, o.model, error, sizeof error)) {
-        fprintf(stderr, "train_gates: %s\n", error);
-        return 1;
-    }
+    if ((status = train_open("train_gates", o.corpus, o.model, o.windows, o.chars, &text, &length, &m))) return status;
     L = m.model.config.n_layers; E = m.model.config.hidden_size; Hk = m.model.config.n_kv_heads;
     H = m.model.config.n_heads; D = m.model.config.head_dim;
     if (D > 256 || E > 4095) {
         fprintf(stderr, "train_gates: head size %lld or hidden size %lld above 256 or 4095\n", (long long)D,
                 (long long)E);
         return 1;
-    }
-    if ((double)length / (double)o.windows < (double)(o.chars + 800)) { /* windows may not share text */
-        fprintf(stderr, "train_gates: %lld windows of %lld characters overlap in a corpus of %zu bytes "
-                "(fewer --windows or a smaller --chars)\n", (long long)o.windows, (long long)o.chars, length);
-        return 2;
     }
     train = (window_data *)calloc((size_t)o.windows, sizeof(window_data));
     held = (window_data *)calloc((size_t)o.windows, sizeof(window_data));

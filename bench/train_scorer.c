@@ -148,6 +148,7 @@ int main(int argc, char **argv) {
     text_model m;
     llm_cache cache;
     char error[512], *text;
+    int status;
     size_t length;
     int64_t L, E, Hk, n1, i, w, l, j, n_train = 0, n_held = 0, held_cap, n_windows_total;
     double *A, *B, *solution, *system, started, mean_overlap = 0.0;
@@ -189,21 +190,9 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!o.model || !o.corpus || !o.out) return usage();
-    if (!(text = read_file(o.corpus, &length))) {
-        fprintf(stderr, "train_scorer: cannot read the corpus %s\n", o.corpus);
-        return 1;
-    }
-    if (text_model_load(&m, o.model, error, sizeof error)) {
-        fprintf(stderr, "train_scorer: %s\n", error);
-        return 1;
-    }
+    if ((status = train_open("train_scorer", o.corpus, o.model, o.windows, o.chars, &text, &length, &m))) return status;
     L = m.model.config.n_layers; E = m.model.config.hidden_size; Hk = m.model.config.n_kv_heads; n1 = E + 1;
     if (E > 4096) { fprintf(stderr, "train_scorer: hidden size %lld above 4096\n", (long long)E); return 1; }
-    if ((double)length / (double)o.windows < (double)(o.chars + 800)) { /* windows may not share text */
-        fprintf(stderr, "train_scorer: %lld windows of %lld characters overlap in a corpus of %zu bytes "
-                "(fewer --windows or a smaller --chars)\n", (long long)o.windows, (long long)o.chars, length);
-        return 2;
-    }
     n_windows_total = o.windows;
     held_cap = (n_windows_total / 10 + 1) * o.per_window;
     A = (double *)calloc((size_t)(L * n1 * n1), sizeof(double));
