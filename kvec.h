@@ -241,9 +241,10 @@ CUDA
    link it); its functions, kvec_cuda_*, are declared below (>>cuda api)
    whatever KVEC_STATIC says, and take the same cache, config and plan
    with device pointers inside. Uniform and pyramid budgets, every policy,
-   every K-VEC term, reconstruction scores. Expected attention and the
-   coverage over given scores are host only: they run once per prefill on
-   small statistics, and their scores go to kvec_cuda_select like any.
+   every K-VEC term, reconstruction scores. Expected attention, the
+   coverage over given scores and kvec_learned_masses are host only: they
+   run once per prefill on small statistics or [Hk][N] rows, and their
+   scores go to kvec_cuda_select like any.
 
 NON-GOALS
 

@@ -905,13 +905,16 @@ static void fz_learned(fz_case *f) {
     free(before);
     /* Head 0's scores as masses (kvec_learned_masses): into a buffer of
        their own, in place, or one float along (an overlap), with hostile
-       lengths, sinks, headers and kinds at times. A refusal changes
+       lengths (only those that must be refused: a length the caller's
+       memory cannot hold is the caller's error), sinks, headers and kinds
+       at times. A refusal changes
        nothing; a success gives +inf to the sinks, 0 to the header, and a
        positive number to every other position. */
     if (r == KVEC_OK && stride > 0 && stride < 1000) {
-        const int64_t n = fz_byte(in) % 8 ? fz_range(in, 1, T) : fz_byte(in) % 2 ? -fz_range(in, 0, 3) : fz_hostile(in);
+        const int64_t n = fz_byte(in) % 8 ? fz_range(in, 1, T) : fz_byte(in) % 2 ? -fz_range(in, 0, 3) : too_big[fz_byte(in) % 4];
         const int64_t sinks = fz_byte(in) % 16 ? fz_range(in, 0, 6) : -1;
-        const int64_t header = fz_byte(in) % 8 ? fz_range(in, 0, n > 0 && n <= T ? n : 0) : n + fz_range(in, 1, 3);
+        const int64_t header = fz_byte(in) % 8 ? fz_range(in, 0, n > 0 && n <= T ? n : 0)
+                             : fz_byte(in) % 2 && n < INT64_MAX - 3 ? n + fz_range(in, 1, 3) : fz_hostile(in);
         const kvec_scorer_output output = fz_byte(in) % 8 ? s.output : (kvec_scorer_output)(fz_byte(in) % 5);
         const unsigned where = fz_byte(in) % 4;
         float *out = where == 0 ? scores : where == 1 && rows > T ? scores + 1 : (float *)fz_alloc(m, (size_t)T * sizeof(float), 1);
